@@ -1,0 +1,91 @@
+//! The accounts file: mailboxes, aliases and catch-alls, as a person writes them.
+//!
+//! ```toml
+//! [mailboxes.thomas]
+//! password = "{SHA512-CRYPT}$6$…"     # from `postmaster hash-password`
+//! quota = "2G"                        # optional
+//! send_as = ["@example.net"]          # optional: more addresses thomas may send as
+//! # disabled = true                   # optional: no login; mail is still accepted
+//!
+//! [aliases]
+//! postmaster = "thomas"               # in every hosted domain
+//! "sales@example.org" = ["thomas", "anna@elsewhere.example"]
+//!
+//! [catch_all]
+//! "example.org" = "thomas"            # only addresses nothing else matches
+//! ```
+//!
+//! A mailbox's name is its login and its local part in every hosted domain. Parsing
+//! ([`parse`]) turns the text into [`Accounts`], a value the rest of postmaster trusts:
+//! every address is valid and hosted, every alias reaches something, nothing loops.
+
+mod parse;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use parse::{Policy, parse};
+
+use crate::address::Address;
+use crate::password::PasswordHash;
+
+/// A validated accounts file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accounts {
+    /// By name; the name is the login and the local part of its addresses.
+    pub mailboxes: BTreeMap<String, Mailbox>,
+    /// By address: every alias is concrete here (a bare `postmaster` key has become
+    /// one alias per hosted domain).
+    pub aliases: BTreeMap<Address, Vec<Target>>,
+    /// By domain: where mail to an address of that domain that nothing else
+    /// matches goes.
+    pub catch_all: BTreeMap<String, Vec<Target>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub name: String,
+    pub password: PasswordHash,
+    /// No login (IMAP, POP3, SMTP AUTH); mail to it is still accepted and kept.
+    pub disabled: bool,
+    /// Storage quota in bytes.
+    pub quota: Option<u64>,
+    /// Sender addresses granted beyond the mailbox's own and its sole aliases.
+    pub send_as: Vec<SendAs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SendAs {
+    Address(Address),
+    /// Any address of the domain that no other login owns.
+    Domain(String),
+}
+
+/// Where an alias or catch-all delivers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Mailbox(String),
+    /// Another alias of a hosted domain.
+    Alias(Address),
+    /// An address outside the hosted domains: the mail is forwarded there.
+    External(Address),
+}
+
+impl Accounts {
+    /// The mailboxes an alias finally delivers to, and whether it also forwards
+    /// outside. Aliases are loop-free once parsed, so this terminates.
+    pub fn expand<'a>(&'a self, targets: &'a [Target]) -> (BTreeSet<&'a str>, bool) {
+        let mut mailboxes = BTreeSet::new();
+        let mut external = false;
+        let mut stack: Vec<&Target> = targets.iter().collect();
+        while let Some(t) = stack.pop() {
+            match t {
+                Target::Mailbox(name) => {
+                    mailboxes.insert(name.as_str());
+                }
+                Target::External(_) => external = true,
+                Target::Alias(a) => stack.extend(self.aliases.get(a).into_iter().flatten()),
+            }
+        }
+        (mailboxes, external)
+    }
+}

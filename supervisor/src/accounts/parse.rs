@@ -1,0 +1,434 @@
+//! From the accounts file's text to [`Accounts`], reporting every problem at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use super::{Accounts, Mailbox, SendAs, Target};
+use crate::address::{Address, check_domain, check_local_part};
+use crate::diag::{Diagnostics, Invalid, Source};
+use crate::password::{self, Scheme};
+use crate::tomlwalk::{self, key_str};
+
+/// What the accounts file is checked against: it comes from the configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The hosted domains; the first is the primary one.
+    pub domains: Vec<String>,
+    /// Accept `{PLAIN}` passwords. Only for test setups; off by default.
+    pub allow_plain_passwords: bool,
+}
+
+const ROOT_KEYS: &[&str] = &["mailboxes", "aliases", "catch_all"];
+const MAILBOX_KEYS: &[&str] = &["password", "disabled", "quota", "send_as"];
+
+/// Parses and validates an accounts file.
+pub fn parse(source: &Source, policy: &Policy) -> Result<Accounts, Invalid> {
+    let mut d = Diagnostics::new(source);
+    let accounts = parse_into(source, policy, &mut d);
+    match accounts {
+        Some(a) if d.is_empty() => Ok(a),
+        _ => Err(Invalid(d.into_sorted())),
+    }
+}
+
+/// An alias or catch-all target as written, kept with its span until every alias
+/// address is known and it can be resolved.
+struct RawTargets<'a> {
+    key_span: Range<usize>,
+    targets: Vec<(Range<usize>, &'a str)>,
+}
+
+fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Option<Accounts> {
+    let root = tomlwalk::parse(source, d)?;
+    let root_span = root.span();
+    let root = root.get_ref();
+    if root.is_empty() {
+        d.error(
+            root_span.start..root_span.start,
+            "the accounts file is empty",
+            "define at least one mailbox: [mailboxes.NAME] with password = \"…\" from `postmaster hash-password`",
+        );
+        return None;
+    }
+    tomlwalk::check_keys(d, root, ROOT_KEYS, "the accounts file");
+
+    let mut mailboxes = BTreeMap::new();
+    if let Some((_, v)) = tomlwalk::get(root, "mailboxes")
+        && let Some(table) = tomlwalk::as_table(d, v, "`mailboxes`")
+    {
+        for (key, value) in table.iter() {
+            if let Some(m) = parse_mailbox(d, policy, key_str(key), key.span(), value) {
+                mailboxes.insert(m.name.clone(), m);
+            }
+        }
+    }
+    if mailboxes.is_empty() && d.is_empty() {
+        d.error(
+            root_span.start..root_span.start,
+            "the accounts file defines no mailbox",
+            "define at least one: [mailboxes.NAME] with password = \"…\" from `postmaster hash-password`",
+        );
+    }
+
+    // Every concrete alias address with the span of the key that made it.
+    let mut aliases: BTreeMap<Address, RawTargets<'_>> = BTreeMap::new();
+    if let Some((_, v)) = tomlwalk::get(root, "aliases")
+        && let Some(table) = tomlwalk::as_table(d, v, "`aliases`")
+    {
+        for (key, value) in table.iter() {
+            let name = key_str(key);
+            let Some(addresses) = alias_addresses(d, policy, name, key.span()) else {
+                continue;
+            };
+            let Some(targets) = tomlwalk::as_str_or_list(d, value, &format!("alias `{name}`")) else {
+                continue;
+            };
+            for address in addresses {
+                if mailboxes.contains_key(&address.local) {
+                    d.error(
+                        key.span(),
+                        format!("`{address}` is the address of mailbox `{}` already", address.local),
+                        "remove this alias: mail to it reaches the mailbox without one",
+                    );
+                } else if aliases.contains_key(&address) {
+                    d.error(
+                        key.span(),
+                        format!("`{address}` is defined twice in [aliases]"),
+                        "keep one of the two (a bare name like `postmaster` stands for it in every hosted domain)",
+                    );
+                } else {
+                    aliases.insert(
+                        address,
+                        RawTargets {
+                            key_span: key.span(),
+                            targets: targets.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    let mut catch_all_raw: BTreeMap<String, RawTargets<'_>> = BTreeMap::new();
+    if let Some((_, v)) = tomlwalk::get(root, "catch_all")
+        && let Some(table) = tomlwalk::as_table(d, v, "`catch_all`")
+    {
+        for (key, value) in table.iter() {
+            let domain = key_str(key);
+            if let Err(why) = check_domain(domain) {
+                d.error(key.span(), format!("catch-all domain `{domain}` is not valid: {why}"), "");
+                continue;
+            }
+            if !policy.domains.iter().any(|h| h == domain) {
+                d.error(
+                    key.span(),
+                    format!("`{domain}` is not a hosted domain"),
+                    format!("host it in the configuration (domains = […]) or remove it; hosted: {}", policy.domains.join(", ")),
+                );
+                continue;
+            }
+            let what = format!("catch-all of `{domain}`");
+            if let Some(targets) = tomlwalk::as_str_or_list(d, value, &what) {
+                catch_all_raw.insert(domain.to_string(), RawTargets { key_span: key.span(), targets });
+            }
+        }
+    }
+
+    // Targets can only be resolved once every alias address is known.
+    let resolver = Resolver { policy, mailboxes: &mailboxes, aliases: &aliases };
+    let mut resolved_aliases = BTreeMap::new();
+    for (address, raw) in &aliases {
+        let what = format!("alias `{address}`");
+        if let Some(t) = resolver.resolve(d, raw, &what) {
+            resolved_aliases.insert(address.clone(), t);
+        }
+    }
+    let mut catch_all = BTreeMap::new();
+    for (domain, raw) in &catch_all_raw {
+        let what = format!("catch-all of `{domain}`");
+        if let Some(t) = resolver.resolve(d, raw, &what) {
+            catch_all.insert(domain.clone(), t);
+        }
+    }
+    report_loops(d, &resolved_aliases, &aliases);
+
+    Some(Accounts { mailboxes, aliases: resolved_aliases, catch_all })
+}
+
+fn parse_mailbox(
+    d: &mut Diagnostics<'_>,
+    policy: &Policy,
+    name: &str,
+    key_span: Range<usize>,
+    value: &tomlwalk::Value<'_>,
+) -> Option<Mailbox> {
+    let name_ok = match check_local_part(name) {
+        Ok(()) => true,
+        Err(why) => {
+            d.error(key_span.clone(), format!("mailbox name `{}` is not valid: {why}", name.escape_default()), "");
+            false
+        }
+    };
+    let table = tomlwalk::as_table(d, value, &format!("mailbox `{name}`"))?;
+    tomlwalk::check_keys(d, table, MAILBOX_KEYS, &format!("mailbox `{name}`"));
+
+    let password = match tomlwalk::get(table, "password") {
+        None => {
+            d.error(
+                key_span.clone(),
+                format!("mailbox `{name}` has no password"),
+                "add password = \"…\" with the line `postmaster hash-password` prints",
+            );
+            None
+        }
+        Some((_, v)) => {
+            let text = tomlwalk::as_str(d, v, &format!("the password of `{name}`"))?;
+            match password::parse(text) {
+                Ok(p) if p.scheme == Scheme::Plain && !policy.allow_plain_passwords => {
+                    d.error(
+                        v.span(),
+                        format!("mailbox `{name}` has a {{PLAIN}} password; only hashes are accepted"),
+                        "hash the password with `postmaster hash-password` and paste the line it prints",
+                    );
+                    None
+                }
+                Ok(p) => Some(p),
+                Err(refused) => {
+                    d.error(v.span(), format!("mailbox `{name}`: {}", refused.message), refused.hint);
+                    None
+                }
+            }
+        }
+    };
+    let disabled = match tomlwalk::get(table, "disabled") {
+        Some((_, v)) => tomlwalk::as_bool(d, v, "`disabled`").unwrap_or(false),
+        None => false,
+    };
+    let quota = tomlwalk::get(table, "quota").and_then(|(_, v)| parse_quota(d, v));
+    let mut send_as = Vec::new();
+    if let Some((_, v)) = tomlwalk::get(table, "send_as")
+        && let Some(list) = tomlwalk::as_str_list(d, v, "`send_as`")
+    {
+        for (span, entry) in list {
+            if let Some(s) = parse_send_as(d, policy, span, entry) {
+                send_as.push(s);
+            }
+        }
+    }
+    Some(Mailbox {
+        name: name.to_string(),
+        password: password.filter(|_| name_ok)?,
+        disabled,
+        quota,
+        send_as,
+    })
+}
+
+/// `"2G"`, `"500M"`, `"1024K"`, `"1T"` (binary units, as dovecot reads them) or a
+/// number of bytes.
+fn parse_quota(d: &mut Diagnostics<'_>, v: &tomlwalk::Value<'_>) -> Option<u64> {
+    const HINT: &str = "write a size like \"500M\", \"2G\" or \"1T\", or a number of bytes";
+    if let toml::de::DeValue::Integer(_) = v.get_ref() {
+        return tomlwalk::as_u64(d, v, "`quota`").filter(|n| {
+            if *n == 0 {
+                d.error(v.span(), "`quota` of 0 bytes leaves no room for any mail", "remove the quota for no limit");
+            }
+            *n > 0
+        });
+    }
+    let text = tomlwalk::as_str(d, v, "`quota`")?;
+    let (digits, unit) = text.trim().split_at(text.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(text.trim().len()));
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => {
+            d.error(v.span(), format!("`quota` has an unknown unit `{}`", unit.escape_default()), HINT);
+            return None;
+        }
+    };
+    match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(1 << shift)) {
+        Some(0) => {
+            d.error(v.span(), "`quota` of 0 bytes leaves no room for any mail", "remove the quota for no limit");
+            None
+        }
+        Some(n) => Some(n),
+        None => {
+            d.error(v.span(), format!("`quota` value `{}` is not a size", text.escape_default()), HINT);
+            None
+        }
+    }
+}
+
+fn parse_send_as(d: &mut Diagnostics<'_>, policy: &Policy, span: Range<usize>, entry: &str) -> Option<SendAs> {
+    let hosted_hint = || format!("hosted domains: {}", policy.domains.join(", "));
+    if let Some(domain) = entry.strip_prefix('@') {
+        if !policy.domains.iter().any(|h| h == domain) {
+            d.error(span, format!("`send_as` entry `{entry}` is not in a hosted domain"), hosted_hint());
+            return None;
+        }
+        return Some(SendAs::Domain(domain.to_string()));
+    }
+    match Address::parse(entry) {
+        Err(why) => {
+            d.error(span, format!("`send_as` entry `{}` is not a valid address: {why}", entry.escape_default()), "write it as local@domain, or @domain for every otherwise unowned address of a domain");
+            None
+        }
+        Ok(a) if !policy.domains.contains(&a.domain) => {
+            d.error(span, format!("`send_as` entry `{a}` is not in a hosted domain"), hosted_hint());
+            None
+        }
+        Ok(a) => Some(SendAs::Address(a)),
+    }
+}
+
+/// The concrete addresses an alias key stands for: `name@domain` itself, or a bare
+/// `name` in every hosted domain.
+fn alias_addresses(d: &mut Diagnostics<'_>, policy: &Policy, key: &str, span: Range<usize>) -> Option<Vec<Address>> {
+    if key.contains('@') {
+        match Address::parse(key) {
+            Err(why) => {
+                d.error(span, format!("alias `{}` is not a valid address: {why}", key.escape_default()), "");
+                None
+            }
+            Ok(a) if !policy.domains.contains(&a.domain) => {
+                d.error(
+                    span,
+                    format!("alias `{a}` is not in a hosted domain"),
+                    format!("only addresses of hosted domains can be aliases; hosted: {}", policy.domains.join(", ")),
+                );
+                None
+            }
+            Ok(a) => Some(vec![a]),
+        }
+    } else {
+        match check_local_part(key) {
+            Err(why) => {
+                d.error(span, format!("alias `{}` is not valid: {why}", key.escape_default()), "");
+                None
+            }
+            Ok(()) => Some(
+                policy
+                    .domains
+                    .iter()
+                    .map(|domain| Address { local: key.to_string(), domain: domain.clone() })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+struct Resolver<'r, 'a> {
+    policy: &'r Policy,
+    mailboxes: &'r BTreeMap<String, Mailbox>,
+    aliases: &'r BTreeMap<Address, RawTargets<'a>>,
+}
+
+impl Resolver<'_, '_> {
+    fn resolve(&self, d: &mut Diagnostics<'_>, raw: &RawTargets<'_>, what: &str) -> Option<Vec<Target>> {
+        if raw.targets.is_empty() {
+            d.error(raw.key_span.clone(), format!("{what} delivers to nothing"), "give it at least one mailbox or address");
+            return None;
+        }
+        let mut out: Vec<Target> = Vec::new();
+        let mut ok = true;
+        for (span, text) in &raw.targets {
+            match self.target(text) {
+                Ok(t) if out.contains(&t) => {
+                    d.error(span.clone(), format!("{what} lists `{text}` twice"), "remove one");
+                    ok = false;
+                }
+                Ok(t) => out.push(t),
+                Err((message, hint)) => {
+                    d.error(span.clone(), format!("{what}: {message}"), hint);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn target(&self, text: &str) -> Result<Target, (String, String)> {
+        if !text.contains('@') {
+            return if self.mailboxes.contains_key(text) {
+                Ok(Target::Mailbox(text.to_string()))
+            } else {
+                Err((
+                    format!("there is no mailbox `{}` to deliver to", text.escape_default()),
+                    "define [mailboxes.NAME], or write a full address".into(),
+                ))
+            };
+        }
+        let a = Address::parse(text)
+            .map_err(|why| (format!("`{}` is not a valid address: {why}", text.escape_default()), String::new()))?;
+        if !self.policy.domains.contains(&a.domain) {
+            return Ok(Target::External(a));
+        }
+        if self.mailboxes.contains_key(&a.local) {
+            Ok(Target::Mailbox(a.local))
+        } else if self.aliases.contains_key(&a) {
+            Ok(Target::Alias(a))
+        } else {
+            Err((
+                format!("`{a}` is neither a mailbox nor an alias, so mail would go nowhere"),
+                "point it at a mailbox, or define that alias".into(),
+            ))
+        }
+    }
+}
+
+/// Reports every alias that reaches itself, once per loop, at the key of the
+/// loop's first member in file order.
+fn report_loops(d: &mut Diagnostics<'_>, resolved: &BTreeMap<Address, Vec<Target>>, raw: &BTreeMap<Address, RawTargets<'_>>) {
+    let mut reported: BTreeSet<Address> = BTreeSet::new();
+    for start in resolved.keys() {
+        if reported.contains(start) {
+            continue;
+        }
+        if let Some(cycle) = find_cycle(resolved, start) {
+            let text: Vec<String> = cycle.iter().map(|a| a.to_string()).collect();
+            let first = cycle
+                .iter()
+                .min_by_key(|a| raw.get(*a).map_or(usize::MAX, |r| r.key_span.start))
+                .expect("a cycle has members");
+            d.error(
+                raw[first].key_span.clone(),
+                format!("alias loop: {} → {}", text.join(" → "), text[0]),
+                "make one of these aliases deliver to a mailbox",
+            );
+            reported.extend(cycle);
+        }
+    }
+}
+
+/// A path of aliases from `start` back to `start`, if there is one.
+fn find_cycle(resolved: &BTreeMap<Address, Vec<Target>>, start: &Address) -> Option<Vec<Address>> {
+    fn visit(
+        resolved: &BTreeMap<Address, Vec<Target>>,
+        start: &Address,
+        at: &Address,
+        path: &mut Vec<Address>,
+        seen: &mut BTreeSet<Address>,
+    ) -> bool {
+        for t in resolved.get(at).into_iter().flatten() {
+            if let Target::Alias(next) = t {
+                if next == start {
+                    return true;
+                }
+                if seen.insert(next.clone()) {
+                    path.push(next.clone());
+                    if visit(resolved, start, next, path, seen) {
+                        return true;
+                    }
+                    path.pop();
+                }
+            }
+        }
+        false
+    }
+    let mut path = vec![start.clone()];
+    let mut seen = BTreeSet::new();
+    visit(resolved, start, start, &mut path, &mut seen).then_some(path)
+}

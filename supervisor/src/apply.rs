@@ -1,0 +1,288 @@
+//! Effects: putting rendered files in place so that no reader ever sees a torn one.
+//!
+//! Every file is written to a temporary name in its own directory, flushed to disk
+//! and renamed over the old one; the directory is flushed too. postfix maps are
+//! compiled from a temporary source and the compiled table is renamed into place,
+//! so postfix only ever opens a complete table. Unchanged content is not rewritten:
+//! an unchanged map is not even recompiled, so the daemons see no change at all.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::MapType;
+use crate::render::{File, Kind};
+
+/// Temporary files end in this, so that leftovers of a killed run can be recognised
+/// and removed.
+const TMP_SUFFIX: &str = ".postmaster-tmp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("postmap could not compile {}: {detail}", path.display())]
+    Postmap { path: PathBuf, detail: String },
+    #[error("group `{0}` does not exist; it must be able to read the passwd-file (is dovecot installed?)")]
+    NoSuchGroup(String),
+}
+
+fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> ApplyError + 'p {
+    move |source| ApplyError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// How the files are put in place.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Compile postfix maps with this table type; `None` writes the sources only
+    /// (`postmaster render`).
+    pub compile_maps: Option<MapType>,
+    /// The group that may read the passwd-file (dovecot's); `None` keeps it private
+    /// to the owner.
+    pub passwd_group: Option<String>,
+    /// The `postmap` program.
+    pub postmap: PathBuf,
+}
+
+/// What applying changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub written: Vec<PathBuf>,
+    pub unchanged: Vec<PathBuf>,
+}
+
+impl Report {
+    pub fn changed(&self) -> bool {
+        !self.written.is_empty()
+    }
+}
+
+/// Writes `files` under `dir` (creating subdirectories), each atomically.
+pub fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Report, ApplyError> {
+    let passwd_gid = match &options.passwd_group {
+        Some(name) => Some(group_id(name)?.ok_or_else(|| ApplyError::NoSuchGroup(name.clone()))?),
+        None => None,
+    };
+    let mut report = Report::default();
+    for file in files {
+        let path = dir.join(&file.path);
+        let parent = path.parent().expect("a file under a directory");
+        fs::create_dir_all(parent).map_err(io_err("creating directory", parent))?;
+        remove_stale_temporaries(parent)?;
+        let changed = match (file.kind, options.compile_maps) {
+            (Kind::PostfixMap, Some(map_type)) => write_map(&path, &file.content, map_type, &options.postmap)?,
+            (Kind::PasswdFile, _) => {
+                let (mode, gid) = if passwd_gid.is_some() { (0o640, passwd_gid) } else { (0o600, None) };
+                write_atomic(&path, file.content.as_bytes(), mode, gid)?
+            }
+            _ => write_atomic(&path, file.content.as_bytes(), 0o644, None)?,
+        };
+        if changed {
+            report.written.push(path);
+        } else {
+            report.unchanged.push(path);
+        }
+    }
+    Ok(report)
+}
+
+/// Writes `content` to `path` atomically with `mode` (and group `gid`); returns
+/// whether anything changed.
+pub fn write_atomic(path: &Path, content: &[u8], mode: u32, gid: Option<u32>) -> Result<bool, ApplyError> {
+    let old = fs::metadata(path).ok();
+    if let Some(meta) = &old
+        && meta.permissions().mode() & 0o7777 == mode
+        && gid.is_none_or(|g| meta.gid() == g)
+        && fs::read(path).is_ok_and(|c| c == content)
+    {
+        return Ok(false);
+    }
+    let tmp = temporary_name(path);
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io_err("creating", &tmp))?;
+        if let Some(gid) = gid {
+            rustix::fs::fchown(&f, None, Some(rustix::fs::Gid::from_raw(gid)))
+                .map_err(|e| io_err("setting the group of", &tmp)(e.into()))?;
+        }
+        // The umask may have narrowed the mode given to open().
+        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("setting the mode of", &tmp))?;
+        f.write_all(content).map_err(io_err("writing", &tmp))?;
+        if let Some(meta) = &old {
+            bump_mtime(&f, meta).map_err(io_err("setting the time of", &tmp))?;
+        }
+        f.sync_all().map_err(io_err("flushing", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
+        sync_dir(path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| true)
+}
+
+/// Readers that poll by mtime and size (dovecot's passwd-file, for one) miss a
+/// rewrite within the same second that keeps the size. Make the new file's mtime
+/// differ from the old one's in whole seconds, whatever the clock says.
+fn bump_mtime(f: &fs::File, old: &fs::Metadata) -> io::Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let old_secs = u64::try_from(old.mtime()).unwrap_or(0);
+    if now.as_secs() > old_secs {
+        return Ok(());
+    }
+    let t = Duration::from_secs(old_secs + 1);
+    let ts = rustix::fs::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: 0 };
+    rustix::fs::futimens(f, &rustix::fs::Timestamps { last_access: ts, last_modification: ts })?;
+    Ok(())
+}
+
+/// Writes a map source and compiles it; the compiled table is built under a
+/// temporary name and renamed into place.
+fn write_map(path: &Path, content: &str, map_type: MapType, postmap: &Path) -> Result<bool, ApplyError> {
+    let table = with_suffix(path, map_type.suffix());
+    let source_same = fs::read(path).is_ok_and(|c| c == content.as_bytes());
+    let table_fresh = match (fs::metadata(&table), fs::metadata(path)) {
+        (Ok(t), Ok(s)) => t.modified().ok() >= s.modified().ok(),
+        _ => false,
+    };
+    if source_same && table_fresh {
+        return Ok(false);
+    }
+    let tmp_source = temporary_name(path);
+    let tmp_table = with_suffix(&tmp_source, map_type.suffix());
+    let result = (|| {
+        write_new(&tmp_source, content.as_bytes(), 0o644)?;
+        let out = Command::new(postmap)
+            .arg(format!("{}:{}", map_type.name(), tmp_source.display()))
+            .output()
+            .map_err(io_err("running postmap for", path))?;
+        if !out.status.success() {
+            return Err(ApplyError::Postmap {
+                path: path.to_path_buf(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        fs::File::open(&tmp_table)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("flushing", &tmp_table))?;
+        // The table first: a crash between the renames leaves an old source next to
+        // a new table, which differs from the next rendering and is rebuilt.
+        fs::rename(&tmp_table, &table).map_err(io_err("renaming into place", &table))?;
+        fs::rename(&tmp_source, path).map_err(io_err("renaming into place", path))?;
+        sync_dir(path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp_source);
+        let _ = fs::remove_file(&tmp_table);
+    }
+    result.map(|()| true)
+}
+
+fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), ApplyError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err("creating", path))?;
+    f.write_all(content).map_err(io_err("writing", path))?;
+    f.sync_all().map_err(io_err("flushing", path))
+}
+
+fn sync_dir(path: &Path) -> Result<(), ApplyError> {
+    let dir = path.parent().expect("a file under a directory");
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("flushing directory", dir))
+}
+
+/// `.name.postmaster-tmp` next to `name`: hidden, and recognisable as ours.
+fn temporary_name(path: &Path) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(path.file_name().expect("a file name"));
+    name.push(TMP_SUFFIX);
+    path.with_file_name(name)
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Removes temporaries a killed run left behind in `dir`.
+fn remove_stale_temporaries(dir: &Path) -> Result<(), ApplyError> {
+    for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
+        let entry = entry.map_err(io_err("listing", dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && (name.ends_with(TMP_SUFFIX) || name.contains(&format!("{TMP_SUFFIX}."))) {
+            let p = entry.path();
+            fs::remove_file(&p).map_err(io_err("removing stale temporary", &p))?;
+        }
+    }
+    Ok(())
+}
+
+/// The id of a group, from /etc/group.
+pub fn group_id(name: &str) -> Result<Option<u32>, ApplyError> {
+    let path = Path::new("/etc/group");
+    let text = fs::read_to_string(path).map_err(io_err("reading", path))?;
+    Ok(text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name)).then(|| fields.nth(1)?.parse().ok())?
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_atomically_and_skips_unchanged_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("users");
+        assert!(write_atomic(&p, b"a\n", 0o600, None).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"a\n");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!write_atomic(&p, b"a\n", 0o600, None).unwrap());
+        // A mode change alone is a change.
+        assert!(write_atomic(&p, b"a\n", 0o640, None).unwrap());
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![OsString::from("users")], "no temporary left behind");
+    }
+
+    #[test]
+    fn same_second_same_size_rewrite_changes_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("users");
+        write_atomic(&p, b"aaaa\n", 0o600, None).unwrap();
+        let before = fs::metadata(&p).unwrap().mtime();
+        write_atomic(&p, b"bbbb\n", 0o600, None).unwrap();
+        let after = fs::metadata(&p).unwrap().mtime();
+        assert_ne!(before, after, "a same-size rewrite must be visible by mtime");
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".users.postmaster-tmp"), "half").unwrap();
+        fs::write(dir.path().join(".virtual.postmaster-tmp.lmdb"), "half").unwrap();
+        fs::write(dir.path().join("keep"), "x").unwrap();
+        remove_stale_temporaries(dir.path()).unwrap();
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![OsString::from("keep")]);
+    }
+}

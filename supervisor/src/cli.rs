@@ -1,0 +1,227 @@
+//! The `postmaster` command line: flags become validated values here, and every
+//! failure becomes an exit code in one place ([`ExitCode`]).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::accounts::{self, Accounts};
+use crate::apply;
+use crate::config::{self, Config, MapType};
+use crate::diag::Invalid;
+use crate::password::{self, Scheme};
+use crate::render;
+use crate::tomlwalk;
+
+/// Exit codes scripts can rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Ok = 0,
+    /// The configuration or accounts file is invalid; the errors were printed.
+    Invalid = 1,
+    /// Wrong usage (clap's own code).
+    Usage = 2,
+    /// Something in the system failed: a file could not be written, a program failed.
+    Failed = 3,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "postmaster", version, about = "A postfix + dovecot mail host that runs itself")]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, default_value = config::DEFAULT_PATH, env = "POSTMASTER_CONFIG")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Validate the configuration and the accounts file; print every error as
+    /// file:line:column.
+    Check,
+    /// Write the generated maps, the passwd-file and the whole mail host's postfix and
+    /// dovecot configuration into a directory.
+    Render {
+        /// Where to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Validate the accounts file and install the generated maps and passwd-file into
+    /// the generated directory once (what the daemon does on every change).
+    Apply,
+    /// Hash a password for the accounts file. Reads it from the terminal without
+    /// echo, or one line from standard input when that is not a terminal.
+    HashPassword {
+        #[arg(long, value_enum, default_value_t = HashScheme::Sha512Crypt)]
+        scheme: HashScheme,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum HashScheme {
+    #[value(name = "SHA512-CRYPT", alias = "sha512-crypt")]
+    Sha512Crypt,
+    #[value(name = "BLF-CRYPT", alias = "blf-crypt")]
+    BlfCrypt,
+    #[value(name = "ARGON2ID", alias = "argon2id")]
+    Argon2id,
+}
+
+impl From<HashScheme> for Scheme {
+    fn from(s: HashScheme) -> Scheme {
+        match s {
+            HashScheme::Sha512Crypt => Scheme::Sha512Crypt,
+            HashScheme::BlfCrypt => Scheme::BlfCrypt,
+            HashScheme::Argon2id => Scheme::Argon2id,
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Commands::Check => check(&cli.config),
+        Commands::Render { out } => render_to(&cli.config, &out),
+        Commands::Apply => apply_once(&cli.config),
+        Commands::HashPassword { scheme } => hash_password(scheme.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::Ok,
+        Err(Failure::Invalid(invalid)) => {
+            eprintln!("{invalid}");
+            let n = invalid.0.len();
+            eprintln!("{n} error{}; nothing was changed", if n == 1 { "" } else { "s" });
+            ExitCode::Invalid
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("postmaster: {message}");
+            ExitCode::Failed
+        }
+    }
+}
+
+enum Failure {
+    Invalid(Invalid),
+    Failed(String),
+}
+
+impl From<Invalid> for Failure {
+    fn from(i: Invalid) -> Self {
+        Failure::Invalid(i)
+    }
+}
+
+impl From<apply::ApplyError> for Failure {
+    fn from(e: apply::ApplyError) -> Self {
+        Failure::Failed(e.to_string())
+    }
+}
+
+/// Loads and validates both files.
+pub fn load(config_path: &Path) -> Result<(Config, Accounts), Invalid> {
+    let config = Config::load(config_path)?;
+    let accounts = load_accounts(&config)?;
+    Ok((config, accounts))
+}
+
+pub fn load_accounts(config: &Config) -> Result<Accounts, Invalid> {
+    let path = &config.accounts_file;
+    let bytes = std::fs::read(path).map_err(|e| {
+        Invalid(vec![crate::diag::whole_file(
+            path,
+            format!("cannot read the accounts file: {e}"),
+            "create it, or set accounts_file in the configuration",
+        )])
+    })?;
+    let source = tomlwalk::decode(path, bytes).map_err(|d| Invalid(vec![d]))?;
+    accounts::parse(&source, &config.accounts_policy())
+}
+
+fn check(config_path: &Path) -> Result<(), Failure> {
+    let (config, accounts) = load(config_path)?;
+    println!(
+        "ok: {} mailbox{}, {} alias address{}, {} catch-all{} for {}",
+        accounts.mailboxes.len(),
+        if accounts.mailboxes.len() == 1 { "" } else { "es" },
+        accounts.aliases.len(),
+        if accounts.aliases.len() == 1 { "" } else { "es" },
+        accounts.catch_all.len(),
+        if accounts.catch_all.len() == 1 { "" } else { "s" },
+        config.domains.join(", ")
+    );
+    Ok(())
+}
+
+/// The map type: the configured one, else lmdb where this postfix supports it.
+pub fn map_type(config: &Config) -> MapType {
+    if let Some(t) = config.postfix.map_type {
+        return t;
+    }
+    match Command::new("postconf").arg("-m").output() {
+        Ok(out) if out.status.success() => {
+            if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "lmdb") {
+                MapType::Lmdb
+            } else {
+                MapType::Hash
+            }
+        }
+        // No postfix here (rendering on another machine): assume a current one.
+        _ => MapType::Lmdb,
+    }
+}
+
+fn render_to(config_path: &Path, out: &Path) -> Result<(), Failure> {
+    let (config, accounts) = load(config_path)?;
+    let mut files = render::generated(&config, &accounts);
+    files.extend(render::host_config(&config, map_type(&config)));
+    let options = apply::Options { compile_maps: None, passwd_group: None, postmap: "postmap".into() };
+    let report = apply::apply(out, &files, &options)?;
+    for f in &files {
+        println!("{}", out.join(&f.path).display());
+    }
+    eprintln!("{} written, {} unchanged", report.written.len(), report.unchanged.len());
+    Ok(())
+}
+
+fn apply_once(config_path: &Path) -> Result<(), Failure> {
+    let (config, accounts) = load(config_path)?;
+    let files = render::generated(&config, &accounts);
+    let options = apply::Options {
+        compile_maps: Some(map_type(&config)),
+        passwd_group: Some("dovecot".into()),
+        postmap: "postmap".into(),
+    };
+    let report = apply::apply(&config.generated_dir, &files, &options)?;
+    for p in &report.written {
+        println!("written: {}", p.display());
+    }
+    for p in &report.unchanged {
+        println!("unchanged: {}", p.display());
+    }
+    Ok(())
+}
+
+fn hash_password(scheme: Scheme) -> Result<(), Failure> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| Failure::Failed(format!("reading the password: {e}")))?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| Failure::Failed(format!("reading the password: {e}")))?;
+        if first != again {
+            return Err(Failure::Failed("the two passwords differ; nothing was hashed".into()));
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::Failed(format!("reading the password from standard input: {e}")))?;
+        line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line).to_string()
+    };
+    let hashed = password::hash(scheme, &password).map_err(|e| Failure::Failed(e.to_string()))?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{hashed}").map_err(|e| Failure::Failed(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,516 @@
+//! The configuration file (`/etc/postmaster/config.toml`), read into [`Config`]: a
+//! value the rest of postmaster trusts. Unknown keys are errors (a typo must not
+//! silently fall back to a default), and every problem is reported at once.
+//!
+//! ```toml
+//! host_name = "mail.example.org"          # the name clients and other servers use
+//! domains = ["example.org", "example.net"] # hosted mail domains; the first is primary
+//! accounts_file = "/etc/postmaster/accounts.toml"
+//! state_dir = "/var/lib/postmaster"
+//!
+//! [tls]
+//! source = "acme"                         # or "files": another tool writes them
+//!
+//! [acme]
+//! contact = ["mailto:postmaster@example.org"]
+//! ```
+//!
+//! `postmaster.example.toml` at the top of the repository documents every key.
+
+use std::path::{Path, PathBuf};
+
+use crate::address::check_domain;
+use crate::diag::{Diagnostics, Invalid, Source};
+use crate::tomlwalk::{self, Table};
+
+pub const DEFAULT_PATH: &str = "/etc/postmaster/config.toml";
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The mail host's own name: HELO, TLS certificate, clients' server setting.
+    pub host_name: String,
+    /// Hosted mail domains; the first is the primary one.
+    pub domains: Vec<String>,
+    pub accounts_file: PathBuf,
+    /// Where the daemon keeps what it owns: ACME account, certificates, schedule.
+    pub state_dir: PathBuf,
+    /// Where generated postfix maps and the dovecot passwd-file go.
+    pub generated_dir: PathBuf,
+    /// Allow `{PLAIN}` passwords in the accounts file. For test setups only.
+    pub insecure_allow_plain_passwords: bool,
+    pub tls: Tls,
+    pub acme: Acme,
+    pub units: Units,
+    pub postfix: Postfix,
+    pub dovecot: Dovecot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSource {
+    /// postmaster obtains and renews the certificate itself.
+    Acme,
+    /// Another tool (certbot, NixOS security.acme, a person) writes the files;
+    /// postmaster watches, validates and installs them.
+    Files,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub source: TlsSource,
+    /// The full chain (leaf first) in PEM.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// The daemon answers http-01 on port 80, from a socket systemd hands it.
+    Http01,
+    /// The daemon writes http-01 tokens into a directory a web server serves.
+    Webroot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    pub directory: String,
+    pub contact: Vec<String>,
+    /// Names besides the host name to put on the certificate.
+    pub extra_names: Vec<String>,
+    pub challenge: Challenge,
+    pub webroot: Option<PathBuf>,
+    /// An extra root certificate to trust for the CA's API (test CAs like pebble).
+    pub trust_root: Option<PathBuf>,
+    /// External account binding, for CAs that want one.
+    pub eab: Option<Eab>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eab {
+    pub kid: String,
+    /// The HMAC key is a secret: it lives in its own file, not here.
+    pub hmac_key_file: PathBuf,
+}
+
+/// systemd unit names: they differ between distributions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Units {
+    pub postfix: String,
+    pub dovecot: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapType {
+    Lmdb,
+    Hash,
+}
+
+impl MapType {
+    pub fn name(self) -> &'static str {
+        match self {
+            MapType::Lmdb => "lmdb",
+            MapType::Hash => "hash",
+        }
+    }
+
+    /// The file postmap makes next to the source.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            MapType::Lmdb => ".lmdb",
+            MapType::Hash => ".db",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Postfix {
+    /// `None`: lmdb where this postfix has it, else hash (decided where postfix is).
+    pub map_type: Option<MapType>,
+    pub message_size_limit: u64,
+    /// Reject mail on port 25 whose sender domain has no DNS records. Needs DNS.
+    pub reject_unknown_sender_domain: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DovecotVersion {
+    V2_3,
+    V2_4,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dovecot {
+    pub version: DovecotVersion,
+    /// Mail lives in `<mail_root>/<mailbox>/`.
+    pub mail_root: PathBuf,
+    pub vmail_user: String,
+    pub vmail_uid: u32,
+    pub vmail_gid: u32,
+}
+
+const ROOT_KEYS: &[&str] = &[
+    "host_name",
+    "domains",
+    "accounts_file",
+    "state_dir",
+    "generated_dir",
+    "insecure_allow_plain_passwords",
+    "tls",
+    "acme",
+    "systemd",
+    "postfix",
+    "dovecot",
+];
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, Invalid> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Invalid(vec![crate::diag::whole_file(
+                path,
+                format!("cannot read the configuration: {e}"),
+                format!("create it (see postmaster.example.toml) or pass --config; the default is {DEFAULT_PATH}"),
+            )])
+        })?;
+        let source = tomlwalk::decode(path, bytes).map_err(|d| Invalid(vec![d]))?;
+        Config::parse(&source)
+    }
+
+    pub fn parse(source: &Source) -> Result<Config, Invalid> {
+        let mut d = Diagnostics::new(source);
+        let config = parse_into(source, &mut d);
+        match config {
+            Some(c) if d.is_empty() => Ok(c),
+            _ => Err(Invalid(d.into_sorted())),
+        }
+    }
+
+    /// The accounts file's rules, as this configuration sets them.
+    pub fn accounts_policy(&self) -> crate::accounts::Policy {
+        crate::accounts::Policy {
+            domains: self.domains.clone(),
+            allow_plain_passwords: self.insecure_allow_plain_passwords,
+        }
+    }
+
+    /// Every name the certificate must cover.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names = vec![self.host_name.clone()];
+        for n in &self.acme.extra_names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        names
+    }
+}
+
+fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
+    let root = tomlwalk::parse(source, d)?;
+    let root_span = root.span();
+    let root = root.get_ref();
+    tomlwalk::check_keys(d, root, ROOT_KEYS, "the configuration");
+    let mut f = Fields { d, table: root, section: "" };
+
+    let host_name = f.required_str("host_name", root_span.start);
+    if let Some((span, v)) = f.span_of("host_name")
+        && let Err(why) = check_domain(&v)
+    {
+        f.d.error(span, format!("`host_name` `{v}` is not a valid host name: {why}"), "use the fully qualified name clients connect to, like mail.example.org");
+    }
+    let domains = f.domains(root_span.start);
+    let accounts_file = f.path("accounts_file").unwrap_or_else(|| "/etc/postmaster/accounts.toml".into());
+    let state_dir = f.path("state_dir").unwrap_or_else(|| "/var/lib/postmaster".into());
+    let generated_dir = f.path("generated_dir").unwrap_or_else(|| state_dir.join("generated"));
+    let insecure_allow_plain_passwords = f.bool("insecure_allow_plain_passwords").unwrap_or(false);
+
+    let tls = {
+        let mut s = f.section("tls", &["source", "cert", "key"]);
+        let source = match s.choice("source", &["acme", "files"]).as_deref() {
+            Some("files") => TlsSource::Files,
+            _ => TlsSource::Acme,
+        };
+        let (cert, key) = match source {
+            TlsSource::Acme => (
+                s.path("cert").unwrap_or_else(|| state_dir.join("tls/fullchain.pem")),
+                s.path("key").unwrap_or_else(|| state_dir.join("tls/privkey.pem")),
+            ),
+            TlsSource::Files => (
+                s.required_path("cert", "with source = \"files\", say where the certificate chain is"),
+                s.required_path("key", "with source = \"files\", say where the private key is"),
+            ),
+        };
+        Tls { source, cert, key }
+    };
+
+    let acme = {
+        let mut s = f.section(
+            "acme",
+            &["directory", "contact", "extra_names", "challenge", "webroot", "trust_root", "eab_kid", "eab_hmac_key_file"],
+        );
+        let directory = match s.str("directory").as_deref() {
+            None | Some("letsencrypt") => LETS_ENCRYPT.to_string(),
+            Some("letsencrypt-staging") => LETS_ENCRYPT_STAGING.to_string(),
+            Some(url) => {
+                if !url.starts_with("https://")
+                    && let Some((span, _)) = s.span_of("directory")
+                {
+                    s.d.error(span, "`directory` must be an https:// URL", "or \"letsencrypt\" / \"letsencrypt-staging\"");
+                }
+                url.to_string()
+            }
+        };
+        let contact = s.str_list("contact");
+        for c in &contact {
+            if !c.starts_with("mailto:")
+                && let Some((span, _)) = s.span_of("contact")
+            {
+                s.d.error(span, format!("contact `{c}` must be a mailto: URL"), "write it as \"mailto:you@example.org\"");
+            }
+        }
+        let extra_names = s.str_list("extra_names");
+        for n in &extra_names {
+            if let Err(why) = check_domain(n)
+                && let Some((span, _)) = s.span_of("extra_names")
+            {
+                s.d.error(span, format!("extra name `{n}` is not a valid host name: {why}"), "");
+            }
+        }
+        let challenge = match s.choice("challenge", &["http-01", "webroot"]).as_deref() {
+            Some("webroot") => Challenge::Webroot,
+            _ => Challenge::Http01,
+        };
+        let webroot = s.path("webroot");
+        if challenge == Challenge::Webroot && webroot.is_none() && tls.source == TlsSource::Acme {
+            let at = s.section_start(root_span.start);
+            s.d.error(at..at, "challenge = \"webroot\" needs `webroot`", "set webroot = the directory your web server serves for this host name");
+        }
+        let trust_root = s.path("trust_root");
+        let eab_kid = s.str("eab_kid");
+        let eab_hmac_key_file = s.path("eab_hmac_key_file");
+        let eab = match (eab_kid, eab_hmac_key_file) {
+            (Some(kid), Some(hmac_key_file)) => Some(Eab { kid, hmac_key_file }),
+            (None, None) => None,
+            _ => {
+                let at = s.section_start(root_span.start);
+                s.d.error(at..at, "external account binding needs both `eab_kid` and `eab_hmac_key_file`", "set both, or neither");
+                None
+            }
+        };
+        Acme { directory, contact, extra_names, challenge, webroot, trust_root, eab }
+    };
+
+    let units = {
+        let mut s = f.section("systemd", &["postfix_unit", "dovecot_unit"]);
+        Units {
+            postfix: s.unit("postfix_unit").unwrap_or_else(|| "postfix.service".into()),
+            dovecot: s.unit("dovecot_unit").unwrap_or_else(|| "dovecot.service".into()),
+        }
+    };
+
+    let postfix = {
+        let mut s = f.section("postfix", &["map_type", "message_size_limit", "reject_unknown_sender_domain"]);
+        let map_type = match s.choice("map_type", &["lmdb", "hash"]).as_deref() {
+            Some("lmdb") => Some(MapType::Lmdb),
+            Some("hash") => Some(MapType::Hash),
+            _ => None,
+        };
+        let message_size_limit = s.u64("message_size_limit").unwrap_or(64 << 20);
+        if message_size_limit < (1 << 20)
+            && let Some((span, _)) = s.span_of("message_size_limit")
+        {
+            s.d.error(span, "`message_size_limit` is below 1 MiB: most mail with an attachment would bounce", "it is in bytes; 67108864 is 64 MiB");
+        }
+        Postfix {
+            map_type,
+            message_size_limit,
+            reject_unknown_sender_domain: s.bool("reject_unknown_sender_domain").unwrap_or(true),
+        }
+    };
+
+    let dovecot = {
+        let mut s = f.section("dovecot", &["version", "mail_root", "vmail_user", "vmail_uid", "vmail_gid"]);
+        let version = match s.choice("version", &["2.4", "2.3"]).as_deref() {
+            Some("2.3") => DovecotVersion::V2_3,
+            _ => DovecotVersion::V2_4,
+        };
+        let id = |s: &mut Fields<'_, '_, '_>, key: &str| {
+            let n = s.u64(key)?;
+            match u32::try_from(n) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    if let Some((span, _)) = s.span_of(key) {
+                        s.d.error(span, format!("`{key}` must be a user or group id above 0 (mail is never stored as root)"), "");
+                    }
+                    None
+                }
+            }
+        };
+        Dovecot {
+            version,
+            mail_root: s.path("mail_root").unwrap_or_else(|| "/var/vmail".into()),
+            vmail_user: s.str("vmail_user").unwrap_or_else(|| "vmail".into()),
+            vmail_uid: id(&mut s, "vmail_uid").unwrap_or(5000),
+            vmail_gid: id(&mut s, "vmail_gid").unwrap_or(5000),
+        }
+    };
+
+    Some(Config {
+        host_name: host_name?,
+        domains: domains?,
+        accounts_file,
+        state_dir,
+        generated_dir,
+        insecure_allow_plain_passwords,
+        tls,
+        acme,
+        units,
+        postfix,
+        dovecot,
+    })
+}
+
+/// Typed access to one table's fields, recording what is wrong as it goes.
+struct Fields<'d, 's, 't> {
+    d: &'d mut Diagnostics<'s>,
+    table: &'t Table<'t>,
+    /// `""` for the root, else the section name, for messages.
+    section: &'static str,
+}
+
+static EMPTY: std::sync::LazyLock<Table<'static>> = std::sync::LazyLock::new(Table::new);
+
+impl<'d, 's, 't> Fields<'d, 's, 't> {
+    fn name(&self, key: &str) -> String {
+        if self.section.is_empty() {
+            format!("`{key}`")
+        } else {
+            format!("`{key}` in [{}]", self.section)
+        }
+    }
+
+    fn section<'e>(&'e mut self, name: &'static str, known: &[&str]) -> Fields<'e, 's, 't> {
+        let table = match tomlwalk::get(self.table, name) {
+            Some((_, v)) => tomlwalk::as_table(self.d, v, &format!("[{name}]")),
+            None => None,
+        };
+        let table: &'t Table<'t> = table.unwrap_or(&EMPTY);
+        tomlwalk::check_keys(self.d, table, known, &format!("[{name}]"));
+        Fields { d: self.d, table, section: name }
+    }
+
+    /// Where to point a diagnostic about the section as a whole.
+    fn section_start(&self, fallback: usize) -> usize {
+        self.table.iter().next().map_or(fallback, |(k, _)| k.span().start)
+    }
+
+    fn span_of(&self, key: &str) -> Option<(std::ops::Range<usize>, String)> {
+        let (_, v) = tomlwalk::get(self.table, key)?;
+        let text = v.get_ref().as_str().map(str::to_string).unwrap_or_default();
+        Some((v.span(), text))
+    }
+
+    fn str(&mut self, key: &str) -> Option<String> {
+        let (_, v) = tomlwalk::get(self.table, key)?;
+        tomlwalk::as_str(self.d, v, &self.name(key)).map(str::to_string)
+    }
+
+    fn required_str(&mut self, key: &str, at: usize) -> Option<String> {
+        if tomlwalk::get(self.table, key).is_none() {
+            self.d.error(at..at, format!("{} is missing", self.name(key)), format!("add {key} = \"…\""));
+            return None;
+        }
+        self.str(key)
+    }
+
+    fn bool(&mut self, key: &str) -> Option<bool> {
+        let (_, v) = tomlwalk::get(self.table, key)?;
+        tomlwalk::as_bool(self.d, v, &self.name(key))
+    }
+
+    fn u64(&mut self, key: &str) -> Option<u64> {
+        let (_, v) = tomlwalk::get(self.table, key)?;
+        tomlwalk::as_u64(self.d, v, &self.name(key))
+    }
+
+    fn str_list(&mut self, key: &str) -> Vec<String> {
+        let Some((_, v)) = tomlwalk::get(self.table, key) else {
+            return Vec::new();
+        };
+        tomlwalk::as_str_list(self.d, v, &self.name(key))
+            .map(|l| l.into_iter().map(|(_, s)| s.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    fn choice(&mut self, key: &str, allowed: &[&str]) -> Option<String> {
+        let value = self.str(key)?;
+        if allowed.contains(&value.as_str()) {
+            return Some(value);
+        }
+        let (_, v) = tomlwalk::get(self.table, key)?;
+        let quoted: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+        self.d.error(v.span(), format!("{} cannot be \"{}\"", self.name(key), value.escape_default()), format!("use {}", quoted.join(" or ")));
+        None
+    }
+
+    fn path(&mut self, key: &str) -> Option<PathBuf> {
+        let (_, v) = tomlwalk::get(self.table, key)?;
+        let text = tomlwalk::as_str(self.d, v, &self.name(key))?;
+        if text.is_empty() {
+            self.d.error(v.span(), format!("{} is empty", self.name(key)), "give a path");
+            return None;
+        }
+        // Relative paths are relative to the configuration file, not to wherever
+        // the daemon happens to run.
+        let base = self.d.source().path.parent().unwrap_or(Path::new("/"));
+        Some(base.join(text))
+    }
+
+    fn required_path(&mut self, key: &str, hint: &str) -> PathBuf {
+        match tomlwalk::get(self.table, key) {
+            None => {
+                let at = self.section_start(0);
+                self.d.error(at..at, format!("{} is missing", self.name(key)), hint.to_string());
+                PathBuf::new()
+            }
+            Some(_) => self.path(key).unwrap_or_default(),
+        }
+    }
+
+    fn unit(&mut self, key: &str) -> Option<String> {
+        let name = self.str(key)?;
+        let valid = name.ends_with(".service")
+            && name.len() > ".service".len()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':' | '\\'));
+        if !valid && let Some((span, _)) = self.span_of(key) {
+            self.d.error(span, format!("{} `{}` is not a service unit name", self.name(key), name.escape_default()), "like postfix.service");
+        }
+        valid.then_some(name)
+    }
+
+    fn domains(&mut self, at: usize) -> Option<Vec<String>> {
+        let Some((_, v)) = tomlwalk::get(self.table, "domains") else {
+            self.d.error(at..at, "`domains` is missing", "add domains = [\"example.org\"]: the mail domains this host serves");
+            return None;
+        };
+        let list = tomlwalk::as_str_list(self.d, v, "`domains`")?;
+        if list.is_empty() {
+            self.d.error(v.span(), "`domains` is empty", "list at least one mail domain");
+            return None;
+        }
+        let mut out: Vec<String> = Vec::new();
+        let mut ok = true;
+        for (span, domain) in list {
+            if let Err(why) = check_domain(domain) {
+                self.d.error(span, format!("domain `{}` is not valid: {why}", domain.escape_default()), "");
+                ok = false;
+            } else if out.iter().any(|d| d == domain) {
+                self.d.error(span, format!("domain `{domain}` is listed twice"), "remove one");
+                ok = false;
+            } else {
+                out.push(domain.to_string());
+            }
+        }
+        ok.then_some(out)
+    }
+}

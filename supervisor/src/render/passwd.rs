@@ -1,0 +1,68 @@
+//! dovecot's passwd-file: one line per mailbox, serving as passdb and userdb.
+//!
+//! `name:{SCHEME}hash:uid:gid::home::extra fields`. The login is the mailbox name;
+//! dovecot strips the domain from `thomas@example.org` before looking it up (see the
+//! dovecot configuration), so one line serves every hosted domain.
+
+use std::fmt::Write;
+
+use crate::accounts::Accounts;
+use crate::config::{Config, DovecotVersion};
+
+pub fn render(config: &Config, accounts: &Accounts) -> String {
+    let mut out = String::new();
+    let dc = &config.dovecot;
+    for m in accounts.mailboxes.values() {
+        let home = config.dovecot.mail_root.join(&m.name);
+        let mut extra: Vec<String> = Vec::new();
+        if m.disabled {
+            // A passdb `nologin` refuses the login even with the right password; the
+            // userdb entry stays, so LMTP keeps delivering: nothing is lost.
+            extra.push("nologin".into());
+            extra.push("reason=This\\ account\\ is\\ disabled.".into());
+        }
+        if let Some(bytes) = m.quota {
+            let size = size_with_unit(bytes);
+            extra.push(match dc.version {
+                DovecotVersion::V2_4 => format!("userdb_quota_storage_size={size}"),
+                DovecotVersion::V2_3 => format!("userdb_quota_rule=*:storage={size}"),
+            });
+        }
+        writeln!(
+            out,
+            "{}:{}:{}:{}::{}::{}",
+            m.name,
+            m.password.text,
+            dc.vmail_uid,
+            dc.vmail_gid,
+            home.display(),
+            extra.join(" ")
+        )
+        .expect("writing to a String");
+    }
+    out
+}
+
+/// A byte count in the largest unit that states it exactly, as dovecot reads sizes.
+fn size_with_unit(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "k")] {
+        if bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_with_unit;
+
+    #[test]
+    fn sizes_keep_their_exact_value() {
+        assert_eq!(size_with_unit(2 << 30), "2G");
+        assert_eq!(size_with_unit(1536 << 20), "1536M");
+        assert_eq!(size_with_unit(1 << 40), "1T");
+        assert_eq!(size_with_unit(1000), "1000B");
+        assert_eq!(size_with_unit(4096), "4k");
+    }
+}
