@@ -89,3 +89,6 @@ impl Accounts {
         (mailboxes, external)
     }
 }
+
+#[cfg(test)]
+mod tests;

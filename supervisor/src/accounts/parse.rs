@@ -70,8 +70,9 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
         );
     }
 
-    // Every concrete alias address with the span of the key that made it.
-    let mut aliases: BTreeMap<Address, RawTargets<'_>> = BTreeMap::new();
+    // The alias keys as written, and every concrete address with the key it came from.
+    let mut alias_keys: Vec<(String, RawTargets<'_>)> = Vec::new();
+    let mut aliases: BTreeMap<Address, usize> = BTreeMap::new();
     if let Some((_, v)) = tomlwalk::get(root, "aliases")
         && let Some(table) = tomlwalk::as_table(d, v, "`aliases`")
     {
@@ -83,6 +84,8 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
             let Some(targets) = tomlwalk::as_str_or_list(d, value, &format!("alias `{name}`")) else {
                 continue;
             };
+            let index = alias_keys.len();
+            alias_keys.push((name.to_string(), RawTargets { key_span: key.span(), targets }));
             for address in addresses {
                 if mailboxes.contains_key(&address.local) {
                     d.error(
@@ -97,13 +100,7 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
                         "keep one of the two (a bare name like `postmaster` stands for it in every hosted domain)",
                     );
                 } else {
-                    aliases.insert(
-                        address,
-                        RawTargets {
-                            key_span: key.span(),
-                            targets: targets.clone(),
-                        },
-                    );
+                    aliases.insert(address, index);
                 }
             }
         }
@@ -134,15 +131,17 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
         }
     }
 
-    // Targets can only be resolved once every alias address is known.
+    // Targets can only be resolved once every alias address is known. They do not
+    // depend on the alias's own domain, so each key is resolved (and reported) once.
     let resolver = Resolver { policy, mailboxes: &mailboxes, aliases: &aliases };
-    let mut resolved_aliases = BTreeMap::new();
-    for (address, raw) in &aliases {
-        let what = format!("alias `{address}`");
-        if let Some(t) = resolver.resolve(d, raw, &what) {
-            resolved_aliases.insert(address.clone(), t);
-        }
-    }
+    let resolved_keys: Vec<Option<Vec<Target>>> = alias_keys
+        .iter()
+        .map(|(name, raw)| resolver.resolve(d, raw, &format!("alias `{name}`")))
+        .collect();
+    let resolved_aliases: BTreeMap<Address, Vec<Target>> = aliases
+        .iter()
+        .filter_map(|(address, &i)| Some((address.clone(), resolved_keys[i].clone()?)))
+        .collect();
     let mut catch_all = BTreeMap::new();
     for (domain, raw) in &catch_all_raw {
         let what = format!("catch-all of `{domain}`");
@@ -150,7 +149,7 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
             catch_all.insert(domain.clone(), t);
         }
     }
-    report_loops(d, &resolved_aliases, &aliases);
+    report_loops(d, &resolved_aliases, &aliases, &alias_keys);
 
     Some(Accounts { mailboxes, aliases: resolved_aliases, catch_all })
 }
@@ -181,9 +180,9 @@ fn parse_mailbox(
             );
             None
         }
-        Some((_, v)) => {
-            let text = tomlwalk::as_str(d, v, &format!("the password of `{name}`"))?;
-            match password::parse(text) {
+        Some((_, v)) => match tomlwalk::as_str(d, v, &format!("the password of `{name}`")) {
+            None => None,
+            Some(text) => match password::parse(text) {
                 Ok(p) if p.scheme == Scheme::Plain && !policy.allow_plain_passwords => {
                     d.error(
                         v.span(),
@@ -197,8 +196,8 @@ fn parse_mailbox(
                     d.error(v.span(), format!("mailbox `{name}`: {}", refused.message), refused.hint);
                     None
                 }
-            }
-        }
+            },
+        },
     };
     let disabled = match tomlwalk::get(table, "disabled") {
         Some((_, v)) => tomlwalk::as_bool(d, v, "`disabled`").unwrap_or(false),
@@ -320,13 +319,13 @@ fn alias_addresses(d: &mut Diagnostics<'_>, policy: &Policy, key: &str, span: Ra
     }
 }
 
-struct Resolver<'r, 'a> {
+struct Resolver<'r> {
     policy: &'r Policy,
     mailboxes: &'r BTreeMap<String, Mailbox>,
-    aliases: &'r BTreeMap<Address, RawTargets<'a>>,
+    aliases: &'r BTreeMap<Address, usize>,
 }
 
-impl Resolver<'_, '_> {
+impl Resolver<'_> {
     fn resolve(&self, d: &mut Diagnostics<'_>, raw: &RawTargets<'_>, what: &str) -> Option<Vec<Target>> {
         if raw.targets.is_empty() {
             d.error(raw.key_span.clone(), format!("{what} delivers to nothing"), "give it at least one mailbox or address");
@@ -381,7 +380,13 @@ impl Resolver<'_, '_> {
 
 /// Reports every alias that reaches itself, once per loop, at the key of the
 /// loop's first member in file order.
-fn report_loops(d: &mut Diagnostics<'_>, resolved: &BTreeMap<Address, Vec<Target>>, raw: &BTreeMap<Address, RawTargets<'_>>) {
+fn report_loops(
+    d: &mut Diagnostics<'_>,
+    resolved: &BTreeMap<Address, Vec<Target>>,
+    aliases: &BTreeMap<Address, usize>,
+    keys: &[(String, RawTargets<'_>)],
+) {
+    let key_span = |a: &Address| keys[aliases[a]].1.key_span.clone();
     let mut reported: BTreeSet<Address> = BTreeSet::new();
     for start in resolved.keys() {
         if reported.contains(start) {
@@ -391,10 +396,10 @@ fn report_loops(d: &mut Diagnostics<'_>, resolved: &BTreeMap<Address, Vec<Target
             let text: Vec<String> = cycle.iter().map(|a| a.to_string()).collect();
             let first = cycle
                 .iter()
-                .min_by_key(|a| raw.get(*a).map_or(usize::MAX, |r| r.key_span.start))
+                .min_by_key(|a| key_span(a).start)
                 .expect("a cycle has members");
             d.error(
-                raw[first].key_span.clone(),
+                key_span(first),
                 format!("alias loop: {} → {}", text.join(" → "), text[0]),
                 "make one of these aliases deliver to a mailbox",
             );
