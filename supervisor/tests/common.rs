@@ -1,0 +1,78 @@
+//! Shared by the integration tests: a scratch mail host setup on disk, and the
+//! real postfix/dovecot tools they check generated output with.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::io::Write;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_postmaster");
+
+/// Runs a system tool that the test command installs; a missing tool fails the
+/// test with a message saying how to get it, never skips it.
+pub fn tool(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}); install postfix, postfix-lmdb and dovecot-core (the README's test command does)"))
+}
+
+pub fn postmaster(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run postmaster");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A configuration and accounts file in a temporary directory, with the generated
+/// directory inside it.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub accounts: PathBuf,
+    pub generated: PathBuf,
+}
+
+impl Setup {
+    pub fn new(extra_config: &str, accounts: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let accounts_path = dir.path().join("accounts.toml");
+        let generated = dir.path().join("generated");
+        std::fs::write(
+            &config,
+            format!(
+                "host_name = \"mail.example.org\"\ndomains = [\"example.org\", \"example.net\"]\naccounts_file = \"accounts.toml\"\nstate_dir = \"{}\"\ngenerated_dir = \"generated\"\n{extra_config}",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(&accounts_path, accounts).unwrap();
+        Setup { dir, config, accounts: accounts_path, generated }
+    }
+
+    pub fn seed() -> Setup {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let accounts = std::fs::read_to_string(manifest.join("../examples/seed/accounts.toml")).unwrap();
+        Setup::new("", &accounts)
+    }
+}
