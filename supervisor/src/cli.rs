@@ -176,7 +176,7 @@ pub fn map_type(config: &Config) -> MapType {
 fn render_to(config_path: &Path, out: &Path) -> Result<(), Failure> {
     let (config, accounts) = load(config_path)?;
     let mut files = render::generated(&config, &accounts);
-    files.extend(render::host_config(&config, map_type(&config)));
+    files.extend(render::host_config(&config, map_type(&config), &config_path.display().to_string()));
     let options = apply::Options { compile_maps: None, passwd_group: None, postmap: "postmap".into() };
     let report = apply::apply(out, &files, &options)?;
     for f in &files {

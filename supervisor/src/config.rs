@@ -460,6 +460,15 @@ impl<'d, 's, 't> Fields<'d, 's, 't> {
             self.d.error(v.span(), format!("{} is empty", self.name(key)), "give a path");
             return None;
         }
+        if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '"' | '\'' | '<' | '$' | '{' | '}')) {
+            // postfix and dovecot configuration cannot quote these in a path.
+            self.d.error(
+                v.span(),
+                format!("{} contains `{}`, which postfix or dovecot configuration cannot hold in a path", self.name(key), c.escape_default()),
+                "choose a path without spaces, commas, quotes, `<`, `$` or braces",
+            );
+            return None;
+        }
         // Relative paths are relative to the configuration file, not to wherever
         // the daemon happens to run.
         let base = self.d.source().path.parent().unwrap_or(Path::new("/"));

@@ -12,6 +12,10 @@ mod dovecot_conf;
 mod maps;
 mod passwd;
 mod postfix_conf;
+mod template;
+
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 
@@ -83,10 +87,12 @@ pub fn generated(config: &Config, accounts: &Accounts) -> Vec<File> {
 }
 
 /// The whole mail host's postfix and dovecot configuration.
-pub fn host_config(config: &Config, map_type: MapType) -> Vec<File> {
+///
+/// `config_file` is named in the files' headers, so a reader knows where they came from.
+pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec<File> {
     vec![
-        File { path: paths::MAIN_CF.into(), content: postfix_conf::main_cf(config, map_type), kind: Kind::Config },
-        File { path: paths::MASTER_CF.into(), content: postfix_conf::master_cf(config), kind: Kind::Config },
-        File { path: paths::DOVECOT_CONF.into(), content: dovecot_conf::render(config), kind: Kind::Config },
+        File { path: paths::MAIN_CF.into(), content: postfix_conf::main_cf(config, map_type, config_file), kind: Kind::Config },
+        File { path: paths::MASTER_CF.into(), content: postfix_conf::master_cf(config_file), kind: Kind::Config },
+        File { path: paths::DOVECOT_CONF.into(), content: dovecot_conf::render(config, config_file), kind: Kind::Config },
     ]
 }

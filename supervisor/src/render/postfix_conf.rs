@@ -1,11 +1,34 @@
-//! postfix main.cf and master.cf for the whole mail host.
+//! postfix main.cf and master.cf for the whole mail host (from templates/).
 
+use super::template::fill;
 use crate::config::{Config, MapType};
 
-pub fn main_cf(_config: &Config, _map_type: MapType) -> String {
-    String::new()
+const MAIN_CF: &str = include_str!("templates/main.cf");
+const MASTER_CF: &str = include_str!("templates/master.cf");
+
+pub fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String {
+    let sender_restrictions = if config.postfix.reject_unknown_sender_domain {
+        "reject_non_fqdn_sender, reject_unknown_sender_domain"
+    } else {
+        "reject_non_fqdn_sender"
+    };
+    fill(
+        MAIN_CF,
+        &[
+            ("CONFIG_FILE", config_file.to_string()),
+            ("HOST_NAME", config.host_name.clone()),
+            ("PRIMARY_DOMAIN", config.domains[0].clone()),
+            ("DOMAINS", config.domains.join(", ")),
+            ("MAP_TYPE", map_type.name().to_string()),
+            ("GENERATED_DIR", config.generated_dir.display().to_string()),
+            ("MESSAGE_SIZE_LIMIT", config.postfix.message_size_limit.to_string()),
+            ("TLS_CERT", config.tls.cert.display().to_string()),
+            ("TLS_KEY", config.tls.key.display().to_string()),
+            ("SENDER_RESTRICTIONS", sender_restrictions.to_string()),
+        ],
+    )
 }
 
-pub fn master_cf(_config: &Config) -> String {
-    String::new()
+pub fn master_cf(config_file: &str) -> String {
+    fill(MASTER_CF, &[("CONFIG_FILE", config_file.to_string())])
 }

@@ -1,0 +1,147 @@
+//! Golden-file tests: the exact bytes postfix and dovecot read, for the seed's mail
+//! host plus the cases the seed lacks (a second mailbox, a quota, a disabled login,
+//! an outside forward). `UPDATE_GOLDEN=1 cargo test` rewrites the files; review
+//! the diff like any other change.
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::diag::Source;
+
+const CONFIG: &str = r#"
+host_name = "mail.example.org"
+domains = ["example.org", "example.net"]
+accounts_file = "/etc/postmaster/accounts.toml"
+state_dir = "/var/lib/postmaster"
+[tls]
+source = "files"
+cert = "/etc/postmaster/tls/fullchain.pem"
+key = "/etc/postmaster/tls/privkey.pem"
+"#;
+
+const ACCOUNTS: &str = r#"
+[mailboxes.thomas]
+password = "{SHA512-CRYPT}$6$rounds=5000$tdqH0s.oYduNxOGC$oqHD6xZZTs.LuOSMs.72k2qcgcjFaJ6JcKrH1fyqRSIRAhnoh6CSg/sw3gmR4v8O8x2nuUganwi2dxusIIbnl1"
+send_as = ["@example.net"]
+
+[mailboxes.anna]
+password = "{BLF-CRYPT}$2y$10$km37fzZkX5BT3mAq5G8k8O3k5GJN8vmytok3rplB1jZyiBHY8PVSe"
+quota = "2G"
+
+[mailboxes.old]
+password = "{SHA512-CRYPT}$6$rounds=5000$tdqH0s.oYduNxOGC$oqHD6xZZTs.LuOSMs.72k2qcgcjFaJ6JcKrH1fyqRSIRAhnoh6CSg/sw3gmR4v8O8x2nuUganwi2dxusIIbnl1"
+disabled = true
+
+[aliases]
+postmaster = "thomas"
+abuse = "thomas"
+"team@example.org" = ["thomas", "anna"]
+"family@example.org" = ["anna", "grandma@elsewhere.example"]
+
+[catch_all]
+"example.org" = "thomas"
+"#;
+
+fn config(extra: &str) -> Config {
+    Config::parse(&Source::new("/etc/postmaster/config.toml", format!("{CONFIG}{extra}"))).unwrap()
+}
+
+fn accounts(config: &Config) -> Accounts {
+    crate::accounts::parse(&Source::new("/etc/postmaster/accounts.toml", ACCOUNTS), &config.accounts_policy()).unwrap()
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
+    if expected != actual {
+        let first = expected.lines().zip(actual.lines()).position(|(a, b)| a != b).unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{name} differs from its golden file at line {}:\n  golden: {:?}\n  actual: {:?}\n(UPDATE_GOLDEN=1 rewrites it)",
+            first + 1,
+            expected.lines().nth(first),
+            actual.lines().nth(first)
+        );
+    }
+}
+
+#[test]
+fn generated_files_match_golden() {
+    let c = config("");
+    for f in generated(&c, &accounts(&c)) {
+        golden(&f.path.file_name().unwrap().to_string_lossy(), &f.content);
+    }
+}
+
+#[test]
+fn host_config_matches_golden_for_each_dovecot_version() {
+    for (version, suffix) in [("2.4", "2.4"), ("2.3", "2.3")] {
+        let c = config(&format!("[dovecot]\nversion = \"{version}\"\n"));
+        for f in host_config(&c, MapType::Lmdb, "/etc/postmaster/config.toml") {
+            let name = f.path.file_name().unwrap().to_string_lossy().into_owned();
+            if name == "dovecot.conf" {
+                golden(&format!("dovecot-{suffix}.conf"), &f.content);
+            } else if version == "2.4" {
+                golden(&name, &f.content);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_placeholder_is_filled() {
+    for version in ["2.4", "2.3"] {
+        let c = config(&format!("[dovecot]\nversion = \"{version}\"\n"));
+        for f in host_config(&c, MapType::Hash, "/x") {
+            assert_eq!(template::unfilled(&f.content), Vec::<String>::new(), "{}", f.path.display());
+        }
+    }
+}
+
+#[test]
+fn main_cf_points_at_the_generated_maps() {
+    let c = config("[postfix]\nmap_type = \"hash\"\n");
+    let main = &host_config(&c, MapType::Hash, "/x")[0].content;
+    for map in [paths::VIRTUAL_ALIAS, paths::VIRTUAL_MAILBOX, paths::SENDER_LOGIN] {
+        assert!(main.contains(&format!("hash:/var/lib/postmaster/generated/{map}")), "{map}");
+    }
+    let dovecot = &host_config(&c, MapType::Hash, "/x")[2].content;
+    assert!(dovecot.contains(&format!("/var/lib/postmaster/generated/{}", paths::PASSWD_FILE)));
+}
+
+#[test]
+fn unknown_sender_domain_check_follows_the_switch() {
+    let on = &host_config(&config(""), MapType::Lmdb, "/x")[0].content;
+    assert!(on.contains("\nsmtpd_sender_restrictions = reject_non_fqdn_sender, reject_unknown_sender_domain\n"));
+    let off = &host_config(&config("[postfix]\nreject_unknown_sender_domain = false\n"), MapType::Lmdb, "/x")[0].content;
+    assert!(off.contains("\nsmtpd_sender_restrictions = reject_non_fqdn_sender\n"));
+}
+
+#[test]
+fn catch_all_never_shadows_a_mailbox() {
+    let c = config("");
+    let entries = virtual_alias_entries(&c, &accounts(&c));
+    let catch_all = entries.iter().position(|(k, _)| k == "@example.org").unwrap();
+    for name in ["thomas", "anna", "old"] {
+        let a = format!("{name}@example.org");
+        let i = entries.iter().position(|(k, v)| *k == a && *v == a).unwrap_or_else(|| panic!("{a} has no identity entry"));
+        assert!(i < catch_all);
+    }
+}
+
+#[test]
+fn sender_rights() {
+    let c = config("");
+    let owners = sender_owners(&c, &accounts(&c));
+    let who = |a: &str| owners.get(a).map(|s| s.iter().cloned().collect::<Vec<_>>().join(","));
+    assert_eq!(who("thomas@example.net").as_deref(), Some("thomas"));
+    assert_eq!(who("postmaster@example.org").as_deref(), Some("thomas"));
+    assert_eq!(who("@example.net").as_deref(), Some("thomas"));
+    assert_eq!(who("team@example.org"), None, "shared alias: nobody's sender address");
+    assert_eq!(who("family@example.org"), None, "forwards outside: nobody's sender address");
+    assert_eq!(who("anna@example.org").as_deref(), Some("anna"));
+}
