@@ -523,3 +523,100 @@ impl<'d, 's, 't> Fields<'d, 's, 't> {
         ok.then_some(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        Config::parse(&Source::new("/etc/postmaster/config.toml", text)).map_err(|i| i.0.iter().map(|d| d.to_string()).collect())
+    }
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = parse("host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n").unwrap();
+        assert_eq!(c.tls.source, TlsSource::Acme);
+        assert_eq!(c.tls.cert, PathBuf::from("/var/lib/postmaster/tls/fullchain.pem"));
+        assert_eq!(c.acme.directory, LETS_ENCRYPT);
+        assert_eq!(c.generated_dir, PathBuf::from("/var/lib/postmaster/generated"));
+        assert!(!c.insecure_allow_plain_passwords);
+        assert!(c.postfix.reject_unknown_sender_domain);
+        assert_eq!(c.postfix.map_type, None);
+        assert_eq!(c.dovecot.version, DovecotVersion::V2_4);
+        assert_eq!(c.units.dovecot, "dovecot.service");
+        assert_eq!(c.certificate_names(), vec!["mail.example.org"]);
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let c = parse("host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\naccounts_file = \"accounts.toml\"\n").unwrap();
+        assert_eq!(c.accounts_file, PathBuf::from("/etc/postmaster/accounts.toml"));
+    }
+
+    #[test]
+    fn every_error_at_once_with_positions() {
+        let e = parse(
+            "host_name = \"localhost\"\ndomains = [\"example.org\", \"example.org\", \"Bad\"]\nstate_dir = \"/var/lib/post master\"\ncolour = 1\n[tls]\nsource = \"file\"\n[postfix]\nmap_type = \"btree\"\nmessage_size_limit = 1000\n[dovecot]\nvmail_uid = 0\n[systemd]\npostfix_unit = \"postfix\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:1:13: `host_name` `localhost` is not a valid host name: it needs at least two labels, like example.org; use the fully qualified name clients connect to, like mail.example.org",
+                "/etc/postmaster/config.toml:2:27: domain `example.org` is listed twice; remove one",
+                "/etc/postmaster/config.toml:2:42: domain `Bad` is not valid: it has uppercase letters; write it in lowercase",
+                "/etc/postmaster/config.toml:3:13: `state_dir` contains ` `, which postfix or dovecot configuration cannot hold in a path; choose a path without spaces, commas, quotes, `<`, `$` or braces",
+                "/etc/postmaster/config.toml:4:1: unknown key `colour` in the configuration; known keys here: host_name, domains, accounts_file, state_dir, generated_dir, insecure_allow_plain_passwords, tls, acme, systemd, postfix, dovecot",
+                "/etc/postmaster/config.toml:6:10: `source` in [tls] cannot be \"file\"; use \"acme\" or \"files\"",
+                "/etc/postmaster/config.toml:8:12: `map_type` in [postfix] cannot be \"btree\"; use \"lmdb\" or \"hash\"",
+                "/etc/postmaster/config.toml:9:22: `message_size_limit` is below 1 MiB: most mail with an attachment would bounce; it is in bytes; 67108864 is 64 MiB",
+                "/etc/postmaster/config.toml:11:13: `vmail_uid` must be a user or group id above 0 (mail is never stored as root)",
+                "/etc/postmaster/config.toml:13:16: `postfix_unit` in [systemd] `postfix` is not a service unit name; like postfix.service",
+            ]
+        );
+    }
+
+    #[test]
+    fn required_keys() {
+        assert_eq!(
+            parse("# nothing\n").unwrap_err(),
+            vec![
+                "/etc/postmaster/config.toml:1:1: `host_name` is missing; add host_name = \"…\"",
+                "/etc/postmaster/config.toml:1:1: `domains` is missing; add domains = [\"example.org\"]: the mail domains this host serves",
+            ]
+        );
+        let e = parse("host_name = \"mail.example.org\"\ndomains = []\n[tls]\nsource = \"files\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:2:11: `domains` is empty; list at least one mail domain",
+                "/etc/postmaster/config.toml:4:1: `cert` in [tls] is missing; with source = \"files\", say where the certificate chain is",
+                "/etc/postmaster/config.toml:4:1: `key` in [tls] is missing; with source = \"files\", say where the private key is",
+            ]
+        );
+    }
+
+    #[test]
+    fn acme_settings() {
+        let c = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[acme]\ndirectory = \"letsencrypt-staging\"\ncontact = [\"mailto:a@example.org\"]\nextra_names = [\"example.org\", \"mail.example.org\"]\nchallenge = \"webroot\"\nwebroot = \"/var/www/html\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.acme.directory, LETS_ENCRYPT_STAGING);
+        assert_eq!(c.acme.challenge, Challenge::Webroot);
+        assert_eq!(c.certificate_names(), vec!["mail.example.org", "example.org"]);
+        let e = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[acme]\ndirectory = \"http://ca.example\"\ncontact = [\"a@example.org\"]\nchallenge = \"webroot\"\neab_kid = \"k\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:4:1: challenge = \"webroot\" needs `webroot`; set webroot = the directory your web server serves for this host name",
+                "/etc/postmaster/config.toml:4:1: external account binding needs both `eab_kid` and `eab_hmac_key_file`; set both, or neither",
+                "/etc/postmaster/config.toml:4:13: `directory` must be an https:// URL; or \"letsencrypt\" / \"letsencrypt-staging\"",
+                "/etc/postmaster/config.toml:5:11: contact `a@example.org` must be a mailto: URL; write it as \"mailto:you@example.org\"",
+            ]
+        );
+    }
+}
