@@ -1,0 +1,121 @@
+"""The seed's mail host in a test bed: what goes into /bed, and booting it.
+
+Used by the scenario tests (tests/scenarios) and by the README's demo command, so
+both run the same mail host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / "tests" / "bed"))
+
+from bed import Bed  # noqa: E402
+from pki import TestCA  # noqa: E402
+
+HOST_NAME = "mail.example.org"
+DOMAINS = ["example.org", "example.net"]
+# example.org has a catch-all, example.net does not: the scenarios need both.
+CATCH_ALL_DOMAIN = "example.org"
+NO_CATCH_ALL_DOMAIN = "example.net"
+
+# Passwords of the test users (the accounts file holds only their hashes).
+PASSWORDS = {"thomas": "thomas-secret-1", "anna": "anna-secret-2"}
+# Every port a client reaches: SMTP, submission, submissions, IMAP(S), POP3(S).
+PORTS = (25, 587, 465, 143, 993, 110, 995)
+
+CONFIG = f"""\
+host_name = "{HOST_NAME}"
+domains = {DOMAINS!r}
+accounts_file = "/etc/postmaster/accounts.toml"
+[tls]
+source = "files"
+cert = "/etc/postmaster/tls/fullchain.pem"
+key = "/etc/postmaster/tls/privkey.pem"
+[postfix]
+# The bed has no DNS, so sender domains cannot be looked up.
+reject_unknown_sender_domain = false
+[dovecot]
+version = "2.4"
+"""
+
+
+def binary() -> Path:
+    """The release build of postmaster (the test command builds it first)."""
+    path = REPO / "target" / "release" / "postmaster"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `cargo build --release` first")
+    return path
+
+
+def hash_password(password: str, scheme: str = "SHA512-CRYPT") -> str:
+    out = subprocess.run([str(binary()), "hash-password", "--scheme", scheme],
+                         input=password + "\n", capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def seed_accounts() -> str:
+    """The seed's accounts plus a second mailbox: thomas has the catch-all of
+    example.org; anna is a real mailbox the catch-all must never swallow."""
+    return f"""\
+[mailboxes.thomas]
+password = "{hash_password(PASSWORDS['thomas'])}"
+
+[mailboxes.anna]
+password = "{hash_password(PASSWORDS['anna'], 'BLF-CRYPT')}"
+
+[aliases]
+postmaster = "thomas"
+abuse = "thomas"
+"sales@example.org" = ["thomas", "anna"]
+"info@example.net" = "anna"
+
+[catch_all]
+"{CATCH_ALL_DOMAIN}" = "thomas"
+"""
+
+
+@dataclass
+class MailHost:
+    """A prepared /bed input directory and, once booted, its bed."""
+    dir: Path
+    ca: TestCA
+    accounts: str
+    bed: Bed | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ip(self) -> str:
+        assert self.bed is not None
+        return self.bed.ip
+
+
+def prepare(dir: Path, accounts: str | None = None, config: str = CONFIG) -> MailHost:
+    """Fills `dir` for /bed: binary, config, accounts, certificate, setup.sh."""
+    if dir.exists():
+        shutil.rmtree(dir)
+    dir.mkdir(parents=True)
+    shutil.copy2(binary(), dir / "postmaster")
+    shutil.copy2(HERE / "bed-setup.sh", dir / "setup.sh")
+    (dir / "config.toml").write_text(config)
+    accounts = accounts if accounts is not None else seed_accounts()
+    (dir / "accounts.toml").write_text(accounts)
+    ca = TestCA.create(dir / "ca")
+    chain, key = ca.issue(dir / "tls", [HOST_NAME])
+    chain.rename(dir / "tls" / "fullchain.pem")
+    key.rename(dir / "tls" / "privkey.pem")
+    return MailHost(dir=dir, ca=ca, accounts=accounts)
+
+
+def boot(host: MailHost, name: str = "pmscen", net: str = "10.231.1") -> Bed:
+    """Boots the prepared host. Beds of other names and nets can run beside it."""
+    bed = Bed(bed_input_dir=host.dir, name=name, net=net, wait_ports=PORTS)
+    bed.start()
+    host.bed = bed
+    return bed
