@@ -188,7 +188,8 @@ fn render_to(config_path: &Path, out: &Path) -> Result<(), Failure> {
 
 fn apply_once(config_path: &Path) -> Result<(), Failure> {
     let (config, accounts) = load(config_path)?;
-    let files = render::generated(&config, &accounts);
+    let previous = std::fs::read_to_string(config.generated_dir.join(render::paths::PASSWD_FILE)).ok();
+    let files = render::in_safe_order(render::generated(&config, &accounts), previous.as_deref(), &accounts);
     let options = apply::Options {
         compile_maps: Some(map_type(&config)),
         passwd_group: Some("dovecot".into()),

@@ -446,7 +446,7 @@ class Bed:
         if self.pid1 is None:
             raise BedError("bed is not running")
         argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        full = ["nsenter", "-t", str(self.pid1), "-m", "-u", "-i", "-n", "-p", "--wd=/", "--"]
+        full = ["nsenter", "-t", str(self.pid1), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--"]
         res = subprocess.run(
             full + argv,
             input=input,

@@ -26,7 +26,7 @@ CATCH_ALL_DOMAIN = "example.org"
 NO_CATCH_ALL_DOMAIN = "example.net"
 
 # Passwords of the test users (the accounts file holds only their hashes).
-PASSWORDS = {"thomas": "thomas-secret-1", "anna": "anna-secret-2"}
+PASSWORDS = {"thomas": "thomas-secret-1", "anna": "anna-secret-2", "carl": "carl-secret-3"}
 # Every port a client reaches: SMTP, submission, submissions, IMAP(S), POP3(S).
 PORTS = (25, 587, 465, 143, 993, 110, 995)
 
@@ -61,14 +61,21 @@ def hash_password(password: str, scheme: str = "SHA512-CRYPT") -> str:
 
 
 def seed_accounts() -> str:
-    """The seed's accounts plus a second mailbox: thomas has the catch-all of
-    example.org; anna is a real mailbox the catch-all must never swallow."""
+    """The seed's accounts plus more mailboxes: thomas has the catch-all of
+    example.org; anna is a real mailbox the catch-all must never swallow, with a
+    quota; carl is disabled. One password scheme each."""
     return f"""\
 [mailboxes.thomas]
 password = "{hash_password(PASSWORDS['thomas'])}"
 
 [mailboxes.anna]
 password = "{hash_password(PASSWORDS['anna'], 'BLF-CRYPT')}"
+quota = "50M"
+
+# Disabled: no login anywhere, but mail to carl is still accepted and kept.
+[mailboxes.carl]
+password = "{hash_password(PASSWORDS['carl'], 'ARGON2ID')}"
+disabled = true
 
 [aliases]
 postmaster = "thomas"

@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -64,8 +65,11 @@ def tls_context(server: Server, version: str | None = None) -> ssl.SSLContext:
             # OpenSSL 3 refuses TLS < 1.2 at its default security level; the client
             # must be able to try, or a refusal would prove nothing.
             ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        ctx.minimum_version = v
-        ctx.maximum_version = v
+        with warnings.catch_warnings():
+            # Deprecated on purpose: the tests prove the server refuses them.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = v
+            ctx.maximum_version = v
     return ctx
 
 
@@ -240,7 +244,9 @@ def client_speaks(version: str, cert: str, key: str, ca_file: str) -> bool:
     handshake at all, against a local server that allows it?"""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    server_ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        server_ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     server_ctx.load_cert_chain(cert, key)
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]

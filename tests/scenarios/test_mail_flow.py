@@ -14,6 +14,7 @@ import ssl
 import pytest
 
 import mailclient as mc
+import mailhost
 
 OUTSIDE = "someone@elsewhere.example"
 
@@ -240,7 +241,31 @@ def test_special_use_mailboxes_exist(server, thomas):
         m.logout()
 
 
+def test_quota_from_the_accounts_file_applies(host):
+    out = host.bed.run(["doveadm", "quota", "get", "-u", "anna"], check=True).stdout
+    storage = [l for l in out.splitlines() if "STORAGE" in l]
+    assert storage and "51200" in storage[0], out  # 50M in KiB
+    out = host.bed.run(["doveadm", "quota", "get", "-u", "thomas"], check=True).stdout
+    assert "51200" not in out
+
+
 # Last: failed logins make dovecot slow down this client address for a while.
+def test_disabled_mailbox_cannot_log_in_but_keeps_its_mail(server, host):
+    password = mailhost.PASSWORDS["carl"]
+    with pytest.raises(imaplib.IMAP4.error):
+        mc.imap_login(server, "carl", password)
+    with mc.smtp(server, 465, "implicit") as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login("carl", password)
+    subject = mc.unique_subject("for disabled carl")
+    assert mc.send_inbound(server, OUTSIDE, ["carl@example.org"], subject) == {}
+    found = mc.wait_for(
+        "the mail in carl's mailbox",
+        lambda: host.bed.run(["doveadm", "search", "-u", "carl", "mailbox", "INBOX", "header", "Subject", subject]).stdout.strip(),
+    )
+    assert found
+
+
 def test_wrong_password_fails(server, thomas):
     with pytest.raises(imaplib.IMAP4.error):
         mc.imap_login(server, "thomas", thomas[1] + "x")

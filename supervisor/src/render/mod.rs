@@ -86,6 +86,27 @@ pub fn generated(config: &Config, accounts: &Accounts) -> Vec<File> {
     ]
 }
 
+/// Puts the generated files in the order that loses no mail while they change one
+/// by one. When a mailbox is added, dovecot must know it before postfix accepts mail
+/// for it: passwd-file first. When one is removed, postfix must stop accepting mail
+/// for it before LMTP would refuse that mail (a bounce to a possibly forged sender):
+/// maps first. `previous_passwd_file` is the passwd-file now in place, if any.
+pub fn in_safe_order(mut files: Vec<File>, previous_passwd_file: Option<&str>, accounts: &Accounts) -> Vec<File> {
+    let removes_a_login = previous_passwd_file.is_some_and(|text| {
+        passwd_file_logins(text).any(|login| !accounts.mailboxes.contains_key(login))
+    });
+    // Stable sort: the maps keep their order among themselves.
+    files.sort_by_key(|f| (f.kind == Kind::PasswdFile) == removes_a_login);
+    files
+}
+
+/// The logins of a passwd-file: the first field of each line that is not a comment.
+fn passwd_file_logins(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(':').next())
+}
+
 /// The whole mail host's postfix and dovecot configuration.
 ///
 /// `config_file` is named in the files' headers, so a reader knows where they came from.

@@ -16,10 +16,10 @@ pub fn render(config: &Config, accounts: &Accounts) -> String {
         let home = config.dovecot.mail_root.join(&m.name);
         let mut extra: Vec<String> = Vec::new();
         if m.disabled {
-            // A passdb `nologin` refuses the login even with the right password; the
-            // userdb entry stays, so LMTP keeps delivering: nothing is lost.
-            extra.push("nologin".into());
-            extra.push("reason=This\\ account\\ is\\ disabled.".into());
+            // `fail=y` makes every passdb lookup fail: IMAP, POP3 and SMTP AUTH alike.
+            // (`nologin` does not: postfix's SASL ignores it and lets the login in.)
+            // The userdb ignores it, so LMTP keeps delivering: nothing is lost.
+            extra.push("fail=y".into());
         }
         if let Some(bytes) = m.quota {
             let size = size_with_unit(bytes);

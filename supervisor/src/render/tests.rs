@@ -145,3 +145,17 @@ fn sender_rights() {
     assert_eq!(who("family@example.org"), None, "forwards outside: nobody's sender address");
     assert_eq!(who("anna@example.org").as_deref(), Some("anna"));
 }
+
+#[test]
+fn adding_writes_the_passwd_file_first_and_removing_writes_it_last() {
+    let c = config("");
+    let a = accounts(&c);
+    let kinds = |files: Vec<File>| files.into_iter().map(|f| f.kind).collect::<Vec<_>>();
+    let first = kinds(in_safe_order(generated(&c, &a), None, &a));
+    assert_eq!(first[0], Kind::PasswdFile, "first apply");
+    let adding = kinds(in_safe_order(generated(&c, &a), Some("# header\nthomas:{X}y:1:1::/h::\n"), &a));
+    assert_eq!(adding[0], Kind::PasswdFile, "adding anna and old");
+    let removing = kinds(in_safe_order(generated(&c, &a), Some("thomas:x\ngone:x\n"), &a));
+    assert_eq!(removing.last(), Some(&Kind::PasswdFile), "removing gone");
+    assert_eq!(removing.len(), 4);
+}
