@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::accounts::{self, Accounts};
 use crate::apply;
+use crate::bus;
+use crate::certificate;
+use crate::status::Status;
 use crate::config::{self, Config, MapType};
 use crate::diag::Invalid;
 use crate::password::{self, Scheme};
@@ -49,9 +52,31 @@ pub enum Commands {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Validate the accounts file and install the generated maps and passwd-file into
-    /// the generated directory once (what the daemon does on every change).
+    /// Validate and install, once: the generated maps and passwd-file, and the
+    /// certificate pair (a self-signed placeholder when none is valid yet). Reloads
+    /// nothing; the daemon does all this on every change and reloads as needed.
     Apply,
+    /// Run the daemon: keep the mail host in step with the accounts file and the
+    /// certificate (normally started by systemd as postmaster.service).
+    Run,
+    /// Show what the running daemon serves and whether anything is wrong.
+    /// Exit 0 when healthy, 1 when something needs attention, 3 when the daemon
+    /// cannot be reached.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running daemon to re-read its configuration, the accounts file and
+    /// the certificate now. Exit 0 when all of it is served, 1 when something was
+    /// refused (the errors are printed), 3 when the daemon cannot be reached.
+    Reload,
+    /// Ask the running daemon to renew the certificate (ACME).
+    Renew {
+        /// Renew even if the certificate is not due.
+        #[arg(long)]
+        force: bool,
+    },
     /// Hash a password for the accounts file. Reads it from the terminal without
     /// echo, or one line from standard input when that is not a terminal.
     HashPassword {
@@ -86,6 +111,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Check => check(&cli.config),
         Commands::Render { out } => render_to(&cli.config, &out),
         Commands::Apply => apply_once(&cli.config),
+        Commands::Run => run_daemon(&cli.config),
+        Commands::Status { json } => status(json),
+        Commands::Reload => ask(|c| Box::pin(async move { c.reload().await })),
+        Commands::Renew { force } => ask(move |c| Box::pin(async move { c.renew(force).await })),
         Commands::HashPassword { scheme } => hash_password(scheme.into()),
     };
     match result {
@@ -100,12 +129,15 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("postmaster: {message}");
             ExitCode::Failed
         }
+        Err(Failure::Reported) => ExitCode::Invalid,
     }
 }
 
 enum Failure {
     Invalid(Invalid),
     Failed(String),
+    /// The daemon answered and reported a problem; it was printed.
+    Reported,
 }
 
 impl From<Invalid> for Failure {
@@ -202,7 +234,70 @@ fn apply_once(config_path: &Path) -> Result<(), Failure> {
     for p in &report.unchanged {
         println!("unchanged: {}", p.display());
     }
+    let installed = certificate::installed(&config);
+    let (info, pair) = match certificate::read_source(&config).and_then(|(chain, key)| certificate::prepare(&config, &chain, &key)) {
+        Ok(ready) => ready,
+        Err(why) if installed.is_some() => {
+            eprintln!("certificate not installed, the current one stays: {why}");
+            return Ok(());
+        }
+        Err(why) => {
+            eprintln!("certificate not usable ({why}); installing a self-signed placeholder");
+            certificate::placeholder(&config).map_err(Failure::Failed)?
+        }
+    };
+    if installed.is_some_and(|i| i.sha256_fingerprint == info.sha256_fingerprint) {
+        println!("unchanged: {}", config.installed_pair().display());
+    } else {
+        certificate::install(&config, &pair).map_err(Failure::Failed)?;
+        println!("written: {} ({}, until {})", config.installed_pair().display(), info.subject, crate::tls::format_utc(info.not_after));
+    }
     Ok(())
+}
+
+fn run_daemon(config_path: &Path) -> Result<(), Failure> {
+    crate::logging::init();
+    crate::daemon::run(config_path).map_err(Failure::Failed)
+}
+
+/// Runs one call to the daemon over the system bus.
+fn call<T>(
+    f: impl for<'c> FnOnce(&'c bus::SupervisorClientProxy<'static>) -> std::pin::Pin<Box<dyn std::future::Future<Output = zbus::Result<T>> + 'c>>,
+) -> Result<T, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    runtime.block_on(async {
+        let unreachable = |e: zbus::Error| Failure::Failed(format!("cannot reach the postmaster daemon on the system bus ({}): {e}", bus::BUS_NAME));
+        let connection = zbus::Connection::system().await.map_err(unreachable)?;
+        let proxy = bus::SupervisorClientProxy::new(&connection).await.map_err(unreachable)?;
+        f(&proxy).await.map_err(unreachable)
+    })
+}
+
+fn status(json: bool) -> Result<(), Failure> {
+    let text = call(|c| Box::pin(async move { c.status().await }))?;
+    let status: Status = serde_json::from_str(&text).map_err(|e| Failure::Failed(format!("the daemon's status is not understood: {e}")))?;
+    if json {
+        println!("{text}");
+    } else {
+        print!("{}", status.human());
+    }
+    if status.healthy() { Ok(()) } else { Err(Failure::Reported) }
+}
+
+/// Reload or Renew: prints the daemon's outcome.
+fn ask(
+    f: impl for<'c> FnOnce(&'c bus::SupervisorClientProxy<'static>) -> std::pin::Pin<Box<dyn std::future::Future<Output = zbus::Result<String>> + 'c>>,
+) -> Result<(), Failure> {
+    let text = call(f)?;
+    let outcome: bus::Outcome = serde_json::from_str(&text).map_err(|e| Failure::Failed(format!("the daemon's answer is not understood: {e}")))?;
+    println!("{}", outcome.summary);
+    for e in &outcome.errors {
+        eprintln!("{e}");
+    }
+    if outcome.ok { Ok(()) } else { Err(Failure::Reported) }
 }
 
 fn hash_password(scheme: Scheme) -> Result<(), Failure> {

@@ -193,6 +193,13 @@ impl Config {
         }
     }
 
+    /// Where the validated pair is installed for postfix and dovecot: one file with
+    /// the key followed by the chain, so that one rename switches both at once, and
+    /// a broken pair in `tls.cert`/`tls.key` never reaches them.
+    pub fn installed_pair(&self) -> PathBuf {
+        self.state_dir.join("tls/pair.pem")
+    }
+
     /// Every name the certificate must cover.
     pub fn certificate_names(&self) -> Vec<String> {
         let mut names = vec![self.host_name.clone()];

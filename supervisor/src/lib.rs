@@ -9,6 +9,11 @@
 //! - [`render`]: pure functions from config + accounts to file contents (postfix
 //!   maps and configuration, dovecot passwd-file and configuration).
 //! - [`apply`]: the effects: atomic writes, `postmap`, ownership and modes.
+//! - [`daemon`]: `postmaster run`, the event loop that keeps the mail host in step;
+//!   [`watch`] notices file changes, [`systemd`] reloads units over D-Bus,
+//!   [`bus`] is postmaster's own D-Bus interface, [`status`] what it reports.
+//! - [`tls`]: certificate pair validation (pure); [`certificate`]: from source files
+//!   to the installed pair; [`probe`]: what a port serves.
 //! - [`cli`]: the `postmaster` command line.
 
 pub mod accounts;
@@ -17,6 +22,15 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod diag;
+pub mod logging;
 pub mod password;
 pub mod render;
 pub mod tomlwalk;
+pub mod bus;
+pub mod certificate;
+pub mod daemon;
+pub mod probe;
+pub mod status;
+pub mod systemd;
+pub mod tls;
+pub mod watch;

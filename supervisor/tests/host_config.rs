@@ -35,6 +35,11 @@ fn postconf_and_doveconf_accept_the_rendered_configuration() {
         ),
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/seed/accounts.toml")).unwrap(),
     );
+    // dovecot reads the installed pair while parsing its configuration.
+    let installed = setup.dir.path().join("tls/pair.pem");
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    let pair = std::fs::read_to_string(tls.path().join("privkey.pem")).unwrap() + &std::fs::read_to_string(tls.path().join("fullchain.pem")).unwrap();
+    std::fs::write(&installed, pair).unwrap();
     let out_dir = setup.dir.path().join("out");
     let out = postmaster(&setup.config, &["render", "--out", &out_dir.display().to_string()], None);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -239,6 +239,24 @@ def handshake(server: Server, port: int, version: str) -> str:
     raise ValueError(f"no TLS on port {port}")
 
 
+def served_fingerprint(server: Server, port: int) -> str:
+    """SHA-256 (hex) of the leaf certificate `port` serves now, verified as a
+    client would verify it."""
+    import hashlib
+    ctx = tls_context(server)
+    if port in (465, 993, 995):
+        with socket.create_connection((server.address, port), timeout=server.timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=server.name) as tls:
+                return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+    if port in (25, 587):
+        s = smtp(server, port, "starttls")
+        try:
+            return hashlib.sha256(s.sock.getpeercert(binary_form=True)).hexdigest()
+        finally:
+            s.close()
+    raise ValueError(f"no fingerprint check for port {port}")
+
+
 def client_speaks(version: str, cert: str, key: str, ca_file: str) -> bool:
     """Control for the negative TLS checks: can this client complete a `version`
     handshake at all, against a local server that allows it?"""

@@ -22,8 +22,7 @@ pub fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String 
             ("MAP_TYPE", map_type.name().to_string()),
             ("GENERATED_DIR", config.generated_dir.display().to_string()),
             ("MESSAGE_SIZE_LIMIT", config.postfix.message_size_limit.to_string()),
-            ("TLS_CERT", config.tls.cert.display().to_string()),
-            ("TLS_KEY", config.tls.key.display().to_string()),
+            ("TLS_PAIR", config.installed_pair().display().to_string()),
             ("SENDER_RESTRICTIONS", sender_restrictions.to_string()),
         ],
     )

@@ -1,0 +1,91 @@
+//! postmaster's own D-Bus interface on the system bus: the daemon serves it, the
+//! CLI calls it. Its names are defined here and nowhere else.
+//!
+//! Methods (all return JSON text, so the CLI and scripts read one format):
+//! - `Status() -> s`: a [`crate::status::Status`].
+//! - `Reload() -> s`: re-read and re-apply everything now; an [`Outcome`].
+//! - `Renew(force: b) -> s`: renew the certificate (ACME); an [`Outcome`].
+//!
+//! Who may call is the D-Bus policy's business (units/): root and the admin group.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::status::Status;
+
+pub const BUS_NAME: &str = "io.postmaster.Supervisor1";
+pub const OBJECT_PATH: &str = "/io/postmaster/Supervisor1";
+pub const INTERFACE: &str = "io.postmaster.Supervisor1";
+
+/// The result of a Reload or Renew request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub ok: bool,
+    /// One line: what happened.
+    pub summary: String,
+    /// Every problem, one per entry (`file:line:column: …` where it applies).
+    pub errors: Vec<String>,
+}
+
+/// What the interface asks the daemon's event loop to do. The loop does all work
+/// itself, one thing at a time, so a D-Bus call can never run beside an apply.
+#[derive(Debug)]
+pub enum Request {
+    Reload(oneshot::Sender<Outcome>),
+    Renew { force: bool, reply: oneshot::Sender<Outcome> },
+}
+
+/// The object served at [`OBJECT_PATH`].
+pub struct Supervisor {
+    pub requests: mpsc::Sender<Request>,
+    pub status: watch::Receiver<Status>,
+    /// To report the units' live state with each Status call.
+    pub systemd: Option<crate::systemd::Systemd>,
+    pub units: Vec<String>,
+}
+
+fn stopped() -> zbus::fdo::Error {
+    zbus::fdo::Error::Failed("postmaster is shutting down".into())
+}
+
+fn to_json<T: Serialize>(value: &T) -> zbus::fdo::Result<String> {
+    serde_json::to_string(value).map_err(|e| zbus::fdo::Error::Failed(e.to_string()))
+}
+
+#[zbus::interface(name = "io.postmaster.Supervisor1")]
+impl Supervisor {
+    async fn status(&self) -> zbus::fdo::Result<String> {
+        let mut status = self.status.borrow().clone();
+        if let Some(systemd) = &self.systemd {
+            status.units.clear();
+            for unit in &self.units {
+                status.units.push(systemd.unit_state(unit).await);
+            }
+        }
+        to_json(&status)
+    }
+
+    async fn reload(&self) -> zbus::fdo::Result<String> {
+        let (reply, outcome) = oneshot::channel();
+        self.requests.send(Request::Reload(reply)).await.map_err(|_| stopped())?;
+        to_json(&outcome.await.map_err(|_| stopped())?)
+    }
+
+    async fn renew(&self, force: bool) -> zbus::fdo::Result<String> {
+        let (reply, outcome) = oneshot::channel();
+        self.requests.send(Request::Renew { force, reply }).await.map_err(|_| stopped())?;
+        to_json(&outcome.await.map_err(|_| stopped())?)
+    }
+}
+
+/// The client side, for the CLI.
+#[zbus::proxy(
+    interface = "io.postmaster.Supervisor1",
+    default_service = "io.postmaster.Supervisor1",
+    default_path = "/io/postmaster/Supervisor1"
+)]
+pub trait SupervisorClient {
+    fn status(&self) -> zbus::Result<String>;
+    fn reload(&self) -> zbus::Result<String>;
+    fn renew(&self, force: bool) -> zbus::Result<String>;
+}

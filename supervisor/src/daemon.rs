@@ -1,0 +1,529 @@
+//! `postmaster run`: keeps the mail host in step with the accounts file and the
+//! certificate, unattended, and never applies anything broken.
+//!
+//! One event loop does all the work, one thing at a time: a file change, the
+//! backstop timer, a D-Bus request or a signal becomes a check; a check validates
+//! what is on disk now and, only if it is good and different, applies it (and
+//! reloads postfix and dovecot when they need it); the outcome goes to the journal,
+//! to systemd's STATUS line and to the D-Bus status. Doing everything in one loop
+//! is what makes "never two reloads at once" and "coalesce bursts" simple.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::apply;
+use crate::bus::{self, Outcome, Request};
+use crate::config::{Config, MapType, TlsSource};
+use crate::probe::{self, StartTls};
+use crate::render;
+use crate::status::{Event, Status};
+use crate::systemd::Systemd;
+use crate::certificate;
+use crate::tls::{self, CertInfo};
+use crate::tomlwalk;
+use crate::watch::{Input, Watcher};
+
+/// Quiet time after the last file event before looking: editors and certbot write
+/// in bursts, and a cp of a pair is two writes.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Re-check a pair that did not match this soon: the second half may be on its way.
+const SETTLE: Duration = Duration::from_secs(2);
+/// Look at everything this often even without events (lost events, expiry).
+const BACKSTOP: Duration = Duration::from_secs(30);
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+const RELOAD_ATTEMPTS: u32 = 3;
+/// How long the new certificate may take to be served on every port.
+const SERVED_DEADLINE: Duration = Duration::from_secs(15);
+/// The local ports whose served certificate is checked after an install.
+const TLS_PORTS: [(u16, StartTls); 7] = [
+    (25, StartTls::Smtp),
+    (465, StartTls::Implicit),
+    (587, StartTls::Smtp),
+    (993, StartTls::Implicit),
+    (995, StartTls::Implicit),
+    (143, StartTls::Imap),
+    (110, StartTls::Pop3),
+];
+
+pub fn run(config_path: &Path) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(main_loop(config_path))
+}
+
+struct Daemon {
+    config_path: PathBuf,
+    config: Config,
+    map_type: MapType,
+    systemd: Option<Systemd>,
+    status: watch::Sender<Status>,
+    watcher: Watcher,
+    /// Digest of the accounts file as last looked at, good or bad: unchanged bytes
+    /// need no second look.
+    accounts_seen: Option<[u8; 32]>,
+    pair_seen: Option<[u8; 32]>,
+    /// The certificate postfix and dovecot are configured to serve.
+    installed: Option<CertInfo>,
+    settle_at: Option<Instant>,
+}
+
+async fn main_loop(config_path: &Path) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    let map_type = crate::cli::map_type(&config);
+    let (watcher, mut changes) = Watcher::new().map_err(|e| format!("cannot watch files: {e}"))?;
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let (requests_tx, mut requests) = mpsc::channel::<Request>(8);
+
+    let connection = match zbus::Connection::system().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            error!(error = %e, "cannot connect to the system bus: no reloads, no D-Bus interface");
+            None
+        }
+    };
+    let systemd = match &connection {
+        Some(c) => match Systemd::new(c.clone()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!(error = %e, "cannot talk to systemd: postfix and dovecot cannot be reloaded");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let mut daemon = Daemon {
+        config_path: config_path.to_path_buf(),
+        installed: certificate::installed(&config),
+        config,
+        map_type,
+        systemd: systemd.clone(),
+        status: status_tx,
+        watcher,
+        accounts_seen: None,
+        pair_seen: None,
+        settle_at: None,
+    };
+    daemon.watch();
+    daemon.check(true).await;
+
+    if let Some(c) = &connection {
+        let supervisor = bus::Supervisor {
+            requests: requests_tx.clone(),
+            status: status_rx,
+            systemd,
+            units: vec![daemon.config.units.postfix.clone(), daemon.config.units.dovecot.clone()],
+        };
+        let served = async {
+            c.object_server().at(bus::OBJECT_PATH, supervisor).await?;
+            c.request_name(bus::BUS_NAME).await
+        };
+        if let Err(e) = served.await {
+            error!(error = %e, name = bus::BUS_NAME, "cannot offer the D-Bus interface (is the D-Bus policy installed?)");
+        }
+    }
+
+    notify(&[sd_notify::NotifyState::Ready]);
+    info!(summary = %daemon.status.borrow().summary(), "ready");
+
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut watchdog = watchdog_interval().map(tokio::time::interval);
+    let mut backstop = tokio::time::interval(BACKSTOP);
+    backstop.tick().await;
+
+    loop {
+        let settle = async {
+            match daemon.settle_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let dog = async {
+            match watchdog.as_mut() {
+                Some(i) => {
+                    i.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(first) = changes.recv() => {
+                // Coalesce a burst into one look at each input it touched.
+                let mut accounts = first == Input::Accounts;
+                let mut certificate = first == Input::Certificate;
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while let Ok(Some(more)) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {
+                    accounts |= more == Input::Accounts;
+                    certificate |= more == Input::Certificate;
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                }
+                if accounts {
+                    daemon.check_accounts(false).await;
+                }
+                if certificate {
+                    daemon.check_certificate(false).await;
+                }
+                daemon.publish();
+                daemon.watch();
+            }
+            _ = settle => {
+                daemon.settle_at = None;
+                daemon.check_certificate(false).await;
+                daemon.publish();
+            }
+            _ = backstop.tick() => {
+                daemon.check(false).await;
+            }
+            _ = dog => notify(&[sd_notify::NotifyState::Watchdog]),
+            Some(request) = requests.recv() => match request {
+                Request::Reload(reply) => {
+                    let _ = reply.send(daemon.reload().await);
+                }
+                Request::Renew { force, reply } => {
+                    let _ = reply.send(daemon.renew(force));
+                }
+            },
+            _ = hangup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading, monotonic_usec()]);
+                let outcome = daemon.reload().await;
+                info!(ok = outcome.ok, summary = %outcome.summary, "reloaded on SIGHUP");
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    info!("stopping");
+    Ok(())
+}
+
+impl Daemon {
+    fn watch(&mut self) {
+        let accounts = self.config.accounts_file.clone();
+        let cert = self.config.tls.cert.clone();
+        let key = self.config.tls.key.clone();
+        self.watcher.watch(&[(Input::Accounts, &accounts), (Input::Certificate, &cert), (Input::Certificate, &key)]);
+    }
+
+    /// Looks at everything; `force` looks even at unchanged bytes.
+    async fn check(&mut self, force: bool) {
+        self.check_accounts(force).await;
+        self.check_certificate(force).await;
+        self.publish();
+    }
+
+    /// Re-reads the configuration too, then looks at everything again.
+    async fn reload(&mut self) -> Outcome {
+        let mut errors = Vec::new();
+        match Config::load(&self.config_path) {
+            Ok(config) => {
+                if config != self.config {
+                    info!(file = %self.config_path.display(), "configuration changed");
+                    self.map_type = crate::cli::map_type(&config);
+                    self.config = config;
+                }
+            }
+            Err(invalid) => {
+                for d in &invalid.0 {
+                    error!(error = %d, "configuration refused; the running one is kept");
+                    errors.push(d.to_string());
+                }
+            }
+        }
+        self.watch();
+        self.check(true).await;
+        let status = self.status.borrow().clone();
+        errors.extend(status.accounts.errors.iter().cloned());
+        errors.extend(status.certificate.error.iter().cloned());
+        Outcome { ok: errors.is_empty() && status.healthy(), summary: status.summary(), errors }
+    }
+
+    fn renew(&mut self, _force: bool) -> Outcome {
+        let summary = match self.config.tls.source {
+            TlsSource::Files => "the certificate comes from files another tool writes: renew it with that tool".to_string(),
+            TlsSource::Acme => "ACME renewal is not in this version of postmaster yet".to_string(),
+        };
+        Outcome { ok: false, summary: summary.clone(), errors: vec![summary] }
+    }
+
+    async fn check_accounts(&mut self, force: bool) {
+        let path = self.config.accounts_file.clone();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                let message = format!("{}: cannot read the accounts file: {e}", path.display());
+                self.accounts_refused(vec![message]);
+                self.accounts_seen = None;
+                return;
+            }
+        };
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if !force && self.accounts_seen == Some(digest) {
+            return;
+        }
+        self.accounts_seen = Some(digest);
+        let parsed = tomlwalk::decode(&path, bytes)
+            .map_err(|d| crate::diag::Invalid(vec![d]))
+            .and_then(|source| crate::accounts::parse(&source, &self.config.accounts_policy()));
+        let accounts = match parsed {
+            Ok(a) => a,
+            Err(invalid) => {
+                self.accounts_refused(invalid.0.iter().map(|d| d.to_string()).collect());
+                return;
+            }
+        };
+        let config = self.config.clone();
+        let map_type = self.map_type;
+        let counts = (accounts.mailboxes.len(), accounts.aliases.len(), accounts.catch_all.len());
+        let applied = tokio::task::spawn_blocking(move || {
+            let previous = std::fs::read_to_string(config.generated_dir.join(render::paths::PASSWD_FILE)).ok();
+            let files = render::in_safe_order(render::generated(&config, &accounts), previous.as_deref(), &accounts);
+            let options = apply::Options { compile_maps: Some(map_type), passwd_group: Some("dovecot".into()), postmap: "postmap".into() };
+            apply::apply(&config.generated_dir, &files, &options)
+        })
+        .await
+        .map_err(|e| format!("the apply task failed: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        match applied {
+            Ok(report) => {
+                let written: Vec<String> = report.written.iter().map(|p| p.display().to_string()).collect();
+                if report.changed() {
+                    info!(file = %path.display(), mailboxes = counts.0, aliases = counts.1, written = ?written, "accounts applied");
+                }
+                self.status.send_modify(|s| {
+                    let a = &mut s.accounts;
+                    (a.mailboxes, a.alias_addresses, a.catch_alls) = counts;
+                    a.errors.clear();
+                    if report.changed() || a.applied.is_none() {
+                        a.applied = Some(event(true, format!("{} file(s) written", written.len())));
+                    }
+                });
+            }
+            Err(e) => {
+                error!(error = %e, "applying the accounts failed; will retry");
+                // Not marked as seen: the next look tries again.
+                self.accounts_seen = None;
+                self.accounts_refused(vec![e]);
+            }
+        }
+    }
+
+    fn accounts_refused(&mut self, errors: Vec<String>) {
+        for e in &errors {
+            error!(error = %e, "accounts file refused; the last good accounts keep being served");
+        }
+        self.status.send_modify(|s| s.accounts.errors = errors);
+    }
+
+    async fn check_certificate(&mut self, force: bool) {
+        let (chain, key) = match certificate::read_source(&self.config) {
+            Ok(pair) => pair,
+            Err(e) => {
+                let waiting_for_acme = self.config.tls.source == TlsSource::Acme && !self.config.tls.cert.exists();
+                self.pair_seen = None;
+                if waiting_for_acme && self.installed.is_some() {
+                    return; // the placeholder serves until the first ACME certificate
+                }
+                self.certificate_refused(if waiting_for_acme { "no certificate obtained yet".into() } else { e });
+                if self.installed.is_none() {
+                    self.install_placeholder().await;
+                }
+                return;
+            }
+        };
+        let digest: [u8; 32] = Sha256::new().chain_update(&chain).chain_update(&key).finalize().into();
+        if !force && self.pair_seen == Some(digest) {
+            self.refresh_days_left();
+            return;
+        }
+        match certificate::prepare(&self.config, &chain, &key) {
+            Err(problem) => {
+                // A writer may be halfway through the pair (cp writes two files):
+                // look again soon, and report what is wrong meanwhile.
+                self.pair_seen = None;
+                self.settle_at = Some(Instant::now() + SETTLE);
+                self.certificate_refused(problem);
+                if self.installed.is_none() {
+                    self.install_placeholder().await;
+                }
+            }
+            Ok((info, pair)) => {
+                self.pair_seen = Some(digest);
+                self.status.send_modify(|s| s.certificate.error = None);
+                if self.installed.as_ref().is_some_and(|i| i.sha256_fingerprint == info.sha256_fingerprint) {
+                    self.show_certificate(&info, None);
+                    return;
+                }
+                self.install(info, pair).await;
+            }
+        }
+    }
+
+    async fn install_placeholder(&mut self) {
+        match certificate::placeholder(&self.config) {
+            Ok((info, pair)) => {
+                warn!("installing a self-signed placeholder certificate until a valid one is available");
+                self.install(info, pair).await;
+            }
+            Err(e) => error!(error = %e, "the self-signed placeholder is invalid"),
+        }
+    }
+
+    /// Installs a validated pair for postfix and dovecot, reloads them, and checks
+    /// that the new certificate is what clients get.
+    async fn install(&mut self, info: CertInfo, pair: Vec<u8>) {
+        let config = self.config.clone();
+        let written = tokio::task::spawn_blocking(move || certificate::install(&config, &pair))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        if let Err(e) = written {
+            self.certificate_refused(format!("installing the certificate failed: {e}"));
+            return;
+        }
+        info!(subject = %info.subject, names = ?info.names, fingerprint = %info.sha256_fingerprint, "certificate installed");
+        self.show_certificate(&info, Some(event(true, "installed".into())));
+        self.installed = Some(info.clone());
+        self.publish();
+        let reloaded = self.reload_units().await;
+        if reloaded {
+            self.verify_served(&info).await;
+        }
+    }
+
+    /// Reloads postfix and dovecot where they run; returns whether both did.
+    async fn reload_units(&mut self) -> bool {
+        let Some(systemd) = self.systemd.clone() else {
+            self.status.send_modify(|s| s.last_reload = Some(event(false, "no connection to systemd".into())));
+            return false;
+        };
+        let mut done = Vec::new();
+        let mut failures = Vec::new();
+        for unit in [self.config.units.postfix.clone(), self.config.units.dovecot.clone()] {
+            let state = systemd.unit_state(&unit).await;
+            if state.active_state != "active" && state.active_state != "reloading" {
+                // It reads the new files when it starts; nothing to reload.
+                info!(unit = %unit, state = %state.active_state, "not running; not reloaded");
+                continue;
+            }
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match systemd.reload(&unit, RELOAD_TIMEOUT).await {
+                    Ok(()) => {
+                        info!(unit = %unit, main_pid = state.main_pid, "reloaded");
+                        done.push(unit.clone());
+                        break;
+                    }
+                    Err(e) if attempt < RELOAD_ATTEMPTS => {
+                        let pause = Duration::from_secs(1 << attempt);
+                        warn!(unit = %unit, error = %e, attempt, retry_in = ?pause, "reload failed; retrying");
+                        tokio::time::sleep(pause).await;
+                    }
+                    Err(e) => {
+                        error!(unit = %unit, error = %e, "reload failed");
+                        failures.push(format!("{unit}: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        let ok = failures.is_empty();
+        let detail = if ok { format!("reloaded {}", if done.is_empty() { "nothing (not running)".into() } else { done.join(", ") }) } else { failures.join("; ") };
+        self.status.send_modify(|s| s.last_reload = Some(event(ok, detail)));
+        ok && !done.is_empty()
+    }
+
+    async fn verify_served(&mut self, info: &CertInfo) {
+        let addrs: Vec<_> = TLS_PORTS.iter().map(|(port, mode)| (std::net::SocketAddr::from(([127, 0, 0, 1], *port)), *mode)).collect();
+        let result = probe::wait_until_served(&addrs, &self.config.host_name, &info.sha256_fingerprint, SERVED_DEADLINE).await;
+        let verified = match result {
+            Ok(took) => {
+                info!(took_ms = took.as_millis() as u64, "new certificate served on every port");
+                event(true, format!("served on every port after {} ms", took.as_millis()))
+            }
+            Err(failures) => {
+                let detail: Vec<String> = failures.iter().map(|(a, why)| format!("port {}: {why}", a.port())).collect();
+                error!(failures = ?detail, "the new certificate is not served everywhere");
+                event(false, detail.join("; "))
+            }
+        };
+        self.status.send_modify(|s| s.certificate.verified = Some(verified));
+    }
+
+    fn certificate_refused(&mut self, why: String) {
+        error!(error = %why, "certificate pair refused; the current certificate keeps being served");
+        self.status.send_modify(|s| s.certificate.error = Some(why));
+    }
+
+    fn show_certificate(&mut self, info: &CertInfo, installed: Option<Event>) {
+        let source = match self.config.tls.source {
+            TlsSource::Acme => "acme",
+            TlsSource::Files => "files",
+        };
+        self.status.send_modify(|s| {
+            let c = &mut s.certificate;
+            c.source = source.into();
+            c.subject = info.subject.clone();
+            c.names = info.names.clone();
+            c.not_after = tls::format_rfc3339(info.not_after);
+            c.days_left = info.days_left(SystemTime::now());
+            c.fingerprint = info.sha256_fingerprint.clone();
+            if installed.is_some() {
+                c.installed = installed;
+                c.verified = None;
+            }
+        });
+    }
+
+    fn refresh_days_left(&mut self) {
+        if let Some(info) = &self.installed {
+            let days = info.days_left(SystemTime::now());
+            self.status.send_if_modified(|s| std::mem::replace(&mut s.certificate.days_left, days) != days);
+        }
+    }
+
+    /// Sends the status to systemd when its line changed.
+    fn publish(&mut self) {
+        let config = &self.config;
+        self.status.send_if_modified(|s| {
+            let changed = s.host_name != config.host_name || s.domains != config.domains || s.accounts.file != config.accounts_file.display().to_string();
+            s.host_name = config.host_name.clone();
+            s.domains = config.domains.clone();
+            s.accounts.file = config.accounts_file.display().to_string();
+            changed
+        });
+        let line = self.status.borrow().summary();
+        notify(&[sd_notify::NotifyState::Status(&line)]);
+    }
+}
+
+fn event(ok: bool, detail: String) -> Event {
+    Event { at: tls::format_rfc3339(SystemTime::now()), ok, detail }
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    // Outside systemd there is no socket; that is fine.
+    let _ = sd_notify::notify(states);
+}
+
+fn monotonic_usec() -> sd_notify::NotifyState<'static> {
+    sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Custom("MONOTONIC_USEC=0"))
+}
+
+/// Half the watchdog timeout systemd set, if it set one.
+fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().filter(|d| !d.is_zero()).map(|d| d / 2)
+}

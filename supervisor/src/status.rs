@@ -1,0 +1,161 @@
+//! What the daemon reports: to systemd (one STATUS line), to the journal, and over
+//! D-Bus to `postmaster status` (this struct, as JSON).
+
+use serde::{Deserialize, Serialize};
+
+use crate::systemd::UnitState;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub host_name: String,
+    pub domains: Vec<String>,
+    pub accounts: AccountsStatus,
+    pub certificate: CertificateStatus,
+    /// The last time postfix and dovecot were reloaded, and how it went.
+    pub last_reload: Option<Event>,
+    pub units: Vec<UnitState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountsStatus {
+    pub file: String,
+    /// Counts of what is being served (the last good accounts file).
+    pub mailboxes: usize,
+    pub alias_addresses: usize,
+    pub catch_alls: usize,
+    /// When the served accounts were last applied.
+    pub applied: Option<Event>,
+    /// Why the file as it is now is not being served (every problem), if it is not.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// "acme" or "files".
+    pub source: String,
+    /// The certificate being served.
+    pub subject: String,
+    pub names: Vec<String>,
+    /// RFC 3339, UTC.
+    pub not_after: String,
+    pub days_left: i64,
+    pub fingerprint: String,
+    pub installed: Option<Event>,
+    /// What the served-certificate check after the last install found.
+    pub verified: Option<Event>,
+    /// Why the source pair as it is now is not being served, if it is not.
+    pub error: Option<String>,
+}
+
+/// Something that happened, when, and how it ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Status {
+    pub fn healthy(&self) -> bool {
+        self.accounts.errors.is_empty()
+            && self.certificate.error.is_none()
+            && self.last_reload.as_ref().is_none_or(|e| e.ok)
+            && self.certificate.verified.as_ref().is_none_or(|e| e.ok)
+    }
+
+    /// The one line systemd shows (`systemctl status postmaster`).
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "serving {} mailbox{} for {}",
+            self.accounts.mailboxes,
+            if self.accounts.mailboxes == 1 { "" } else { "es" },
+            self.domains.join(", ")
+        );
+        if !self.certificate.subject.is_empty() {
+            line.push_str(&format!("; certificate valid {} more days", self.certificate.days_left));
+        }
+        if let Some(first) = self.accounts.errors.first() {
+            let more = self.accounts.errors.len() - 1;
+            line.push_str(&format!("; ACCOUNTS FILE REFUSED (last good kept): {first}"));
+            if more > 0 {
+                line.push_str(&format!(" (+{more} more)"));
+            }
+        }
+        if let Some(e) = &self.certificate.error {
+            line.push_str(&format!("; NEW CERTIFICATE REFUSED (current kept): {e}"));
+        }
+        if let Some(e) = self.last_reload.as_ref().filter(|e| !e.ok) {
+            line.push_str(&format!("; RELOAD FAILED: {}", e.detail));
+        }
+        if let Some(e) = self.certificate.verified.as_ref().filter(|e| !e.ok) {
+            line.push_str(&format!("; SERVED CERTIFICATE CHECK FAILED: {}", e.detail));
+        }
+        line
+    }
+
+    /// What `postmaster status` prints.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line(format!("postmaster: {}", if self.healthy() { "healthy" } else { "DEGRADED" }));
+        line(format!("host:       {} ({})", self.host_name, self.domains.join(", ")));
+        let a = &self.accounts;
+        line(format!(
+            "accounts:   {} mailboxes, {} alias addresses, {} catch-alls from {}",
+            a.mailboxes, a.alias_addresses, a.catch_alls, a.file
+        ));
+        if let Some(e) = &a.applied {
+            line(format!("            applied {}", e.at));
+        }
+        for err in &a.errors {
+            line(format!("  error:    {err}"));
+        }
+        if !a.errors.is_empty() {
+            line("            (the last good accounts keep being served)".into());
+        }
+        let c = &self.certificate;
+        line(format!("tls:        {} ({}), valid until {} ({} days left)", c.subject, c.names.join(", "), c.not_after, c.days_left));
+        line(format!("            source: {}, sha256 {}", c.source, c.fingerprint));
+        if let Some(e) = &c.installed {
+            line(format!("            installed {}", e.at));
+        }
+        if let Some(e) = &c.verified {
+            line(format!("            served check {}: {}", if e.ok { "ok" } else { "FAILED" }, e.detail));
+        }
+        if let Some(e) = &c.error {
+            line(format!("  error:    {e}"));
+            line("            (the current certificate keeps being served)".into());
+        }
+        if let Some(e) = &self.last_reload {
+            line(format!("reload:     {} at {}: {}", if e.ok { "ok" } else { "FAILED" }, e.at, e.detail));
+        }
+        for u in &self.units {
+            line(format!("unit:       {} {} (main PID {})", u.name, u.active_state, u.main_pid));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_names_what_is_wrong() {
+        let mut s = Status { domains: vec!["example.org".into()], ..Default::default() };
+        s.accounts.mailboxes = 2;
+        assert_eq!(s.summary(), "serving 2 mailboxes for example.org");
+        assert!(s.healthy());
+        s.accounts.errors = vec!["a.toml:3:1: bad".into(), "a.toml:4:1: worse".into()];
+        assert_eq!(
+            s.summary(),
+            "serving 2 mailboxes for example.org; ACCOUNTS FILE REFUSED (last good kept): a.toml:3:1: bad (+1 more)"
+        );
+        assert!(!s.healthy());
+        assert!(s.human().contains("  error:    a.toml:4:1: worse\n"));
+    }
+}

@@ -1,0 +1,105 @@
+//! Talking to systemd over D-Bus: reload a unit and wait for the job's result, and
+//! read a unit's state and main PID. Effects only; no policy here.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use zbus::OwnedObjectPath;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn subscribe(&self) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
+trait Unit {
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(interface = "org.freedesktop.systemd1.Service", default_service = "org.freedesktop.systemd1")]
+trait Service {
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("D-Bus: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("reloading {unit} ended with result `{result}`")]
+    JobFailed { unit: String, result: String },
+    #[error("reloading {unit} did not finish within {0:?}", timeout)]
+    Timeout { unit: String, timeout: Duration },
+}
+
+/// A unit's state as systemd reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnitState {
+    pub name: String,
+    /// `active`, `inactive`, `failed`, `reloading`, … or `unknown` when not loaded.
+    pub active_state: String,
+    /// 0 when the unit has no main process.
+    pub main_pid: u32,
+}
+
+#[derive(Clone)]
+pub struct Systemd {
+    connection: zbus::Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl Systemd {
+    pub async fn new(connection: zbus::Connection) -> zbus::Result<Systemd> {
+        let manager = ManagerProxy::new(&connection).await?;
+        // Without Subscribe systemd does not send JobRemoved to us.
+        manager.subscribe().await?;
+        Ok(Systemd { connection, manager })
+    }
+
+    pub async fn unit_state(&self, name: &str) -> UnitState {
+        let unknown = || UnitState { name: name.to_string(), active_state: "unknown".into(), main_pid: 0 };
+        let Ok(path) = self.manager.get_unit(name).await else {
+            return unknown();
+        };
+        let active_state = match UnitProxy::builder(&self.connection).path(path.clone()).build().await {
+            Ok(unit) => unit.active_state().await.unwrap_or_else(|_| "unknown".into()),
+            Err(_) => "unknown".into(),
+        };
+        let main_pid = match ServiceProxy::builder(&self.connection).path(path).build().await {
+            Ok(service) => service.main_pid().await.unwrap_or(0),
+            Err(_) => 0,
+        };
+        UnitState { name: name.to_string(), active_state, main_pid }
+    }
+
+    /// Reloads `unit` and waits for the job to finish. The JobRemoved stream is
+    /// opened before the call, or a fast job could finish before we listen.
+    pub async fn reload(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
+        let mut removed = self.manager.receive_job_removed().await?;
+        let job = self.manager.reload_unit(unit, "replace").await?;
+        let wait = async {
+            while let Some(signal) = removed.next().await {
+                let args = signal.args()?;
+                if *args.job() == job {
+                    return Ok(args.result().to_string());
+                }
+            }
+            Err(zbus::Error::Failure("systemd's signal stream ended".into()))
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Err(_) => Err(SystemdError::Timeout { unit: unit.to_string(), timeout }),
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(result)) if result == "done" => Ok(()),
+            Ok(Ok(result)) => Err(SystemdError::JobFailed { unit: unit.to_string(), result }),
+        }
+    }
+}
