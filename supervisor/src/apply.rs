@@ -174,9 +174,11 @@ fn write_map(path: &Path, content: &str, map_type: MapType, postmap: &Path) -> R
                 detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        fs::File::open(&tmp_table)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("flushing", &tmp_table))?;
+        // postfix reads the maps as its own user; the daemon's umask must not
+        // decide that, so the table gets the source's mode explicitly.
+        let table_file = fs::File::open(&tmp_table).map_err(io_err("opening", &tmp_table))?;
+        table_file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_err("setting the mode of", &tmp_table))?;
+        table_file.sync_all().map_err(io_err("flushing", &tmp_table))?;
         // The table first: a crash between the renames leaves an old source next to
         // a new table, which differs from the next rendering and is rebuilt.
         fs::rename(&tmp_table, &table).map_err(io_err("renaming into place", &table))?;
@@ -197,6 +199,8 @@ fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), ApplyError> {
         .mode(mode)
         .open(path)
         .map_err(io_err("creating", path))?;
+    // open() applied the umask to `mode`.
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("setting the mode of", path))?;
     f.write_all(content).map_err(io_err("writing", path))?;
     f.sync_all().map_err(io_err("flushing", path))
 }

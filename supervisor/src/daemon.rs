@@ -35,7 +35,7 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 const SETTLE: Duration = Duration::from_secs(2);
 /// Look at everything this often even without events (lost events, expiry).
 const BACKSTOP: Duration = Duration::from_secs(30);
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
 const RELOAD_ATTEMPTS: u32 = 3;
 /// How long the new certificate may take to be served on every port.
 const SERVED_DEADLINE: Duration = Duration::from_secs(15);
@@ -136,7 +136,13 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut watchdog = watchdog_interval().map(tokio::time::interval);
+    // The watchdog is fed from its own task, so that a legitimately long step (a
+    // reload that is retried) does not get us killed; but only while no step has
+    // been running for longer than any step may take, so a hung loop still does.
+    let busy_since = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(every) = watchdog_interval() {
+        tokio::spawn(feed_watchdog(every, busy_since.clone()));
+    }
     let mut backstop = tokio::time::interval(BACKSTOP);
     backstop.tick().await;
 
@@ -147,16 +153,10 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
                 None => std::future::pending().await,
             }
         };
-        let dog = async {
-            match watchdog.as_mut() {
-                Some(i) => {
-                    i.tick().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
+        busy_since.store(0, std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             Some(first) = changes.recv() => {
+                busy(&busy_since);
                 // Coalesce a burst into one look at each input it touched.
                 let mut accounts = first == Input::Accounts;
                 let mut certificate = first == Input::Certificate;
@@ -178,23 +178,28 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
                 daemon.watch();
             }
             _ = settle => {
+                busy(&busy_since);
                 daemon.settle_at = None;
                 daemon.check_certificate(false).await;
                 daemon.publish();
             }
             _ = backstop.tick() => {
+                busy(&busy_since);
                 daemon.check(false).await;
             }
-            _ = dog => notify(&[sd_notify::NotifyState::Watchdog]),
-            Some(request) = requests.recv() => match request {
-                Request::Reload(reply) => {
-                    let _ = reply.send(daemon.reload().await);
+            Some(request) = requests.recv() => {
+                busy(&busy_since);
+                match request {
+                    Request::Reload(reply) => {
+                        let _ = reply.send(daemon.reload().await);
+                    }
+                    Request::Renew { force, reply } => {
+                        let _ = reply.send(daemon.renew(force));
+                    }
                 }
-                Request::Renew { force, reply } => {
-                    let _ = reply.send(daemon.renew(force));
-                }
-            },
+            }
             _ = hangup.recv() => {
+                busy(&busy_since);
                 notify(&[sd_notify::NotifyState::Reloading, monotonic_usec()]);
                 let outcome = daemon.reload().await;
                 info!(ok = outcome.ok, summary = %outcome.summary, "reloaded on SIGHUP");
@@ -328,6 +333,10 @@ impl Daemon {
     }
 
     async fn check_certificate(&mut self, force: bool) {
+        if force {
+            // Someone may have removed or replaced the installed pair behind our back.
+            self.installed = certificate::installed(&self.config);
+        }
         let (chain, key) = match certificate::read_source(&self.config) {
             Ok(pair) => pair,
             Err(e) => {
@@ -521,6 +530,38 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 
 fn monotonic_usec() -> sd_notify::NotifyState<'static> {
     sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Custom("MONOTONIC_USEC=0"))
+}
+
+/// The longest a single step of the loop may take before the watchdog stops being
+/// fed: two units, each reloaded up to three times with back-off, plus the check of
+/// what is served.
+const STEP_LIMIT: Duration = Duration::from_secs(180);
+
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // +1: 0 means idle.
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Marks the loop as working on a step from now.
+fn busy(busy_since: &std::sync::atomic::AtomicU64) {
+    busy_since.store(monotonic_ms(), std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn feed_watchdog(every: Duration, busy_since: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let mut tick = tokio::time::interval(every);
+    let mut complained = false;
+    loop {
+        tick.tick().await;
+        let since = busy_since.load(std::sync::atomic::Ordering::Relaxed);
+        if since == 0 || monotonic_ms().saturating_sub(since) < STEP_LIMIT.as_millis() as u64 {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+            complained = false;
+        } else if !complained {
+            error!(limit = ?STEP_LIMIT, "a step has been running too long; no longer feeding the watchdog");
+            complained = true;
+        }
+    }
 }
 
 /// Half the watchdog timeout systemd set, if it set one.

@@ -15,8 +15,12 @@ trait Manager {
     fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn subscribe(&self) -> zbus::Result<()>;
-    #[zbus(signal)]
-    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(interface = "org.freedesktop.systemd1.Job", default_service = "org.freedesktop.systemd1")]
+trait Job {
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
 }
 
 #[zbus::proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
@@ -84,16 +88,45 @@ impl Systemd {
     /// Reloads `unit` and waits for the job to finish. The JobRemoved stream is
     /// opened before the call, or a fast job could finish before we listen.
     pub async fn reload(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
-        let mut removed = self.manager.receive_job_removed().await?;
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.systemd1")
+            .path("/org/freedesktop/systemd1")
+            .interface("org.freedesktop.systemd1.Manager")
+            .member("JobRemoved")
+            .build()?;
+        let mut removed = zbus::MessageStream::for_match_rule(rule, &self.connection, None).await?;
         let job = self.manager.reload_unit(unit, "replace").await?;
+        tracing::debug!(unit, job = %job.as_str(), "reload job queued");
+        // JobRemoved carries the job's result. Measured in the test bed: when the
+        // caller is not root (the reload went through polkit), the signal is
+        // emitted but does not reach us; so the job object is also polled, and its
+        // disappearance means the job has finished.
+        let job_proxy = JobProxy::builder(&self.connection)
+            .path(job.clone())
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
         let wait = async {
-            while let Some(signal) = removed.next().await {
-                let args = signal.args()?;
-                if *args.job() == job {
-                    return Ok(args.result().to_string());
+            let mut poll = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    message = removed.next() => {
+                        let Some(message) = message else {
+                            return Err(zbus::Error::Failure("systemd's signal stream ended".into()));
+                        };
+                        let (_id, removed_job, _unit, result): (u32, OwnedObjectPath, String, String) = message?.body().deserialize()?;
+                        if removed_job == job {
+                            return Ok(result);
+                        }
+                    }
+                    _ = poll.tick() => {
+                        if job_proxy.state().await.is_err() {
+                            return Ok("done".to_string());
+                        }
+                    }
                 }
             }
-            Err(zbus::Error::Failure("systemd's signal stream ended".into()))
         };
         match tokio::time::timeout(timeout, wait).await {
             Err(_) => Err(SystemdError::Timeout { unit: unit.to_string(), timeout }),

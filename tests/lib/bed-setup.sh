@@ -4,13 +4,25 @@
 # configures the mail host the way the README tells a Debian admin to.
 set -eu
 
-install -m 0755 /bed/postmaster /usr/local/bin/postmaster
+# postmaster and its units, users, directories, D-Bus policy and polkit rule, the
+# way units/install-debian.sh installs them on any Debian 13 host; the daemon is
+# enabled and starts once postfix and dovecot run.
+/bed/units/install-debian.sh --enable /bed/postmaster
 
+# The accounts file (password hashes) and the key: for root and the daemon's group.
 install -d -m 0755 /etc/postmaster /etc/postmaster/tls
 install -m 0644 /bed/config.toml /etc/postmaster/config.toml
-install -m 0644 /bed/accounts.toml /etc/postmaster/accounts.toml
-install -m 0644 /bed/tls/fullchain.pem /etc/postmaster/tls/fullchain.pem
-install -m 0600 /bed/tls/privkey.pem /etc/postmaster/tls/privkey.pem
+install -m 0640 -g postmaster /bed/accounts.toml /etc/postmaster/accounts.toml
+
+# The certificate the way certbot lays it out: live/ symlinks into archive/, where
+# each renewal adds numbered files. The daemon reads them through its group.
+live=/etc/letsencrypt/live/mail.example.org
+archive=/etc/letsencrypt/archive/mail.example.org
+install -d -m 0750 -g postmaster /etc/letsencrypt/live /etc/letsencrypt/archive "$live" "$archive"
+install -m 0644 /bed/tls/fullchain.pem "$archive/fullchain1.pem"
+install -m 0640 -g postmaster /bed/tls/privkey.pem "$archive/privkey1.pem"
+ln -sfn ../../archive/mail.example.org/fullchain1.pem "$live/fullchain.pem"
+ln -sfn ../../archive/mail.example.org/privkey1.pem "$live/privkey.pem"
 
 # The whole mail host's configuration, rendered from postmaster's.
 postmaster check
@@ -25,5 +37,7 @@ rm -rf "$out"
 # which postfix creates at its first start; this rootfs never started it yet.
 postfix check
 
-# The generated maps and passwd-file.
-postmaster apply
+# The generated maps, the passwd-file and the installed certificate, so postfix
+# and dovecot find them when they start; made by the daemon's user, which keeps
+# them up to date from then on.
+setpriv --reuid=postmaster --regid=postmaster --init-groups postmaster apply

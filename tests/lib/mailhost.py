@@ -36,8 +36,8 @@ domains = {DOMAINS!r}
 accounts_file = "/etc/postmaster/accounts.toml"
 [tls]
 source = "files"
-cert = "/etc/postmaster/tls/fullchain.pem"
-key = "/etc/postmaster/tls/privkey.pem"
+cert = "/etc/letsencrypt/live/mail.example.org/fullchain.pem"
+key = "/etc/letsencrypt/live/mail.example.org/privkey.pem"
 [postfix]
 # The bed has no DNS, so sender domains cannot be looked up.
 reject_unknown_sender_domain = false
@@ -110,6 +110,7 @@ def prepare(dir: Path, accounts: str | None = None, config: str = CONFIG) -> Mai
     dir.mkdir(parents=True)
     shutil.copy2(binary(), dir / "postmaster")
     shutil.copy2(HERE / "bed-setup.sh", dir / "setup.sh")
+    shutil.copytree(REPO / "units", dir / "units")
     (dir / "config.toml").write_text(config)
     accounts = accounts if accounts is not None else seed_accounts()
     (dir / "accounts.toml").write_text(accounts)

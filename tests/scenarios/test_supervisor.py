@@ -1,0 +1,174 @@
+"""The supervisor daemon (postmaster.service) keeping the mail host in step, seen
+from outside: accounts edits and certificate replacements take effect with postfix
+and dovecot never restarted, and bad input never reaches them.
+
+Runs after test_mail_flow.py on the same host; every test leaves the accounts file
+and the certificate as valid as it found them.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import time
+
+import pytest
+
+import mailclient as mc
+import mailhost
+
+LIVE = "/etc/letsencrypt/live/mail.example.org"
+ARCHIVE = "/etc/letsencrypt/archive/mail.example.org"
+ACCOUNTS = "/etc/postmaster/accounts.toml"
+CERT_PORTS = [25, 465, 587, 993, 995]
+
+
+def status(host) -> dict:
+    out = host.bed.run(["postmaster", "status", "--json"])
+    assert out.stdout.strip(), f"no status: {out.stderr}"
+    return json.loads(out.stdout)
+
+
+def main_pids(host) -> dict:
+    return {u: host.bed.main_pid(u) for u in ("postfix.service", "dovecot.service")}
+
+
+def write_in_bed(host, path: str, text: str) -> None:
+    host.bed.run(["sh", "-c", f"cat > {path}.edit && mv {path}.edit {path}"], input=text, check=True)
+
+
+def wait_status(host, what, predicate, timeout=20.0) -> dict:
+    return mc.wait_for(what, lambda: (lambda s: s if predicate(s) else None)(status(host)), timeout)
+
+
+def test_daemon_is_ready_and_healthy(host):
+    assert host.bed.is_active("postmaster.service"), host.bed.journal("postmaster.service", lines=40)
+    s = wait_status(host, "a healthy status", lambda s: s["accounts"]["applied"] is not None)
+    assert s["accounts"]["errors"] == [] and s["certificate"]["error"] is None, s
+    assert s["accounts"]["mailboxes"] == 3
+    show = host.bed.systemctl("show", "-p", "StatusText", "-p", "User", "postmaster.service")
+    assert "StatusText=serving 3 mailboxes for example.org, example.net" in show, show
+    assert "User=postmaster" in show, show
+
+
+def test_adding_a_mailbox_by_editing_the_file(host, server):
+    before = main_pids(host)
+    accounts = host.accounts + '\n[mailboxes.dora]\npassword = "' + mailhost.hash_password("dora-secret-4") + '"\n'
+    write_in_bed(host, ACCOUNTS, accounts)
+    # The new login works over IMAPS: polled without failed logins, which dovecot
+    # would penalise; the status says when it was applied.
+    wait_status(host, "4 mailboxes applied", lambda s: s["accounts"]["mailboxes"] == 4)
+    m = mc.wait_for("dora's first login", lambda: _try_login(server, "dora", "dora-secret-4"), timeout=10)
+    m.logout()
+    subject = mc.unique_subject("welcome dora")
+    assert mc.send_inbound(server, "someone@elsewhere.example", ["dora@example.net"], subject) == {}
+    mc.imap_find(server, "dora", "dora-secret-4", subject)
+    assert main_pids(host) == before, "postfix or dovecot was restarted"
+    host.accounts = accounts
+
+
+def _try_login(server, user, password):
+    try:
+        return mc.imap_login(server, user, password)
+    except imaplib.IMAP4.error:
+        time.sleep(1.1)  # dovecot looks at the passwd-file at most once a second
+        return None
+
+
+def test_a_broken_file_keeps_the_last_good_state(host, server, thomas):
+    good = host.accounts
+    broken = good + '\n[mailboxes.eve]\npasword = "oops"\n'
+    write_in_bed(host, ACCOUNTS, broken)
+    s = wait_status(host, "the error in status", lambda s: s["accounts"]["errors"])
+    line = broken.count("\n", 0, broken.index("pasword")) + 1
+    assert any(e.startswith(f"{ACCOUNTS}:{line}:1: unknown key `pasword`") for e in s["accounts"]["errors"]), s
+    out = host.bed.run(["postmaster", "status"])
+    assert out.returncode == 1 and f"{ACCOUNTS}:{line}:1:" in out.stdout, out
+    # Everything served before still works.
+    mc.imap_login(server, *thomas).logout()
+    subject = mc.unique_subject("while broken")
+    assert mc.send_inbound(server, "someone@elsewhere.example", ["dora@example.org"], subject) == {}
+    mc.imap_find(server, "dora", "dora-secret-4", subject)
+    # Fixed: applied, status clean.
+    write_in_bed(host, ACCOUNTS, good)
+    wait_status(host, "errors cleared", lambda s: not s["accounts"]["errors"])
+    assert host.bed.run(["postmaster", "status"]).returncode == 0
+
+
+def _served(host, server) -> dict:
+    return {p: mc.served_fingerprint(server, p) for p in CERT_PORTS}
+
+
+def _new_pair(host, stem):
+    chain, key = host.ca.issue(host.dir / "renewals", [mailhost.HOST_NAME], stem=stem)
+    import hashlib, ssl
+    der = ssl.PEM_cert_to_DER_cert(chain.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
+    return chain.read_text(), key.read_text(), hashlib.sha256(der).hexdigest()
+
+
+def test_certbot_style_symlink_swap_is_served_everywhere(host, server):
+    before = main_pids(host)
+    chain, key, fingerprint = _new_pair(host, "renewal2")
+    b = host.bed
+    b.run(["sh", "-c", f"cat > {ARCHIVE}/fullchain2.pem"], input=chain, check=True)
+    b.run(["sh", "-c", f"umask 027; cat > {ARCHIVE}/privkey2.pem && chgrp postmaster {ARCHIVE}/privkey2.pem"], input=key, check=True)
+    # certbot replaces each live/ symlink with a rename of a new one.
+    for name in ("privkey", "fullchain"):
+        b.run(["sh", "-c", f"ln -s ../../archive/mail.example.org/{name}2.pem {LIVE}/.{name}.new && mv -T {LIVE}/.{name}.new {LIVE}/{name}.pem"], check=True)
+    mc.wait_for("the new certificate on every port", lambda: set(_served(host, server).values()) == {fingerprint}, timeout=20)
+    s = wait_status(host, "the install verified", lambda s: s["certificate"]["fingerprint"] == fingerprint and s["certificate"]["verified"])
+    assert s["certificate"]["verified"]["ok"], s
+    assert main_pids(host) == before, "postfix or dovecot was restarted"
+
+
+def test_cp_style_two_writes_are_served_everywhere(host, server):
+    before = main_pids(host)
+    chain, key, fingerprint = _new_pair(host, "renewal3")
+    # cp writes through the symlinks into the archive files, one file after the other.
+    host.bed.run(["sh", "-c", f"cat > {LIVE}/fullchain.pem"], input=chain, check=True)
+    time.sleep(0.5)
+    host.bed.run(["sh", "-c", f"cat > {LIVE}/privkey.pem"], input=key, check=True)
+    mc.wait_for("the new certificate on every port", lambda: set(_served(host, server).values()) == {fingerprint}, timeout=20)
+    assert main_pids(host) == before, "postfix or dovecot was restarted"
+
+
+def test_a_key_that_does_not_match_changes_nothing(host, server):
+    served = _served(host, server)
+    chain, _, fingerprint = _new_pair(host, "mismatch-a")
+    _, other_key, _ = _new_pair(host, "mismatch-b")
+    host.bed.run(["sh", "-c", f"cat > {LIVE}/fullchain.pem"], input=chain, check=True)
+    host.bed.run(["sh", "-c", f"cat > {LIVE}/privkey.pem"], input=other_key, check=True)
+    s = wait_status(host, "the refusal in status", lambda s: s["certificate"]["error"])
+    assert "does not match" in s["certificate"]["error"], s
+    time.sleep(3)  # past the settle re-check: still refused, still the old certificate
+    assert _served(host, server) == served
+    assert status(host)["certificate"]["fingerprint"] != fingerprint
+    # Put a good pair back for the tests after this one.
+    good_chain, good_key, good_fp = _new_pair(host, "restore")
+    host.bed.run(["sh", "-c", f"cat > {LIVE}/privkey.pem"], input=good_key, check=True)
+    host.bed.run(["sh", "-c", f"cat > {LIVE}/fullchain.pem"], input=good_chain, check=True)
+    mc.wait_for("the good pair served", lambda: set(_served(host, server).values()) == {good_fp}, timeout=20)
+    assert status(host)["certificate"]["error"] is None
+
+
+def test_killing_the_daemon_mid_apply_leaves_no_torn_file(host, server):
+    b = host.bed
+    # A large accounts file makes each apply take long enough to be interrupted.
+    aliases = "".join(f'"list{i}@example.org" = "thomas"\n' for i in range(20000))
+    base = host.accounts
+    big = base.replace("[aliases]\n", "[aliases]\n" + aliases, 1)
+    for attempt in range(3):
+        write_in_bed(host, ACCOUNTS, big if attempt % 2 == 0 else base)
+        time.sleep(0.05 + 0.1 * attempt)
+        b.run(["systemctl", "kill", "-s", "KILL", "postmaster.service"])
+        # Every generated file is whole at every moment.
+        check = b.run(["sh", "-c", "cd /var/lib/postmaster/generated && tail -c1 dovecot/users | od -c | head -1 && postmap -q thomas@example.org lmdb:postfix/virtual_alias"])
+        assert check.returncode == 0 and "thomas@example.org" in check.stdout, check
+        mc.wait_for("postmaster restarted", lambda: b.is_active("postmaster.service"), timeout=30)
+    write_in_bed(host, ACCOUNTS, big)
+    wait_status(host, "the big file applied", lambda s: s["accounts"]["alias_addresses"] >= 20000, timeout=60)
+    assert b.run(["postmap", "-q", "list19999@example.org", "lmdb:/var/lib/postmaster/generated/postfix/virtual_alias"]).stdout.strip() == "thomas@example.org"
+    leftovers = b.run(["sh", "-c", "find /var/lib/postmaster -name '*.postmaster-tmp*'"]).stdout.strip()
+    assert leftovers == "", leftovers
+    write_in_bed(host, ACCOUNTS, base)
+    wait_status(host, "back to the base file", lambda s: s["accounts"]["alias_addresses"] < 20000, timeout=60)

@@ -1,0 +1,103 @@
+#!/bin/sh
+# Installs postmaster on a Debian 13 host: the binary, its unit files, its users,
+# directories, D-Bus policy and polkit rule. Run as root, again after every build:
+# it only replaces what changed and repeats nothing that is done.
+#
+#     units/install-debian.sh [--enable] [BINARY]
+#
+# BINARY defaults to target/release/postmaster next to this directory. The daemon is
+# not enabled or started unless --enable is given; if it is already running it is
+# restarted, to run what was installed. postfix and dovecot must be installed first
+# (their users and groups are used here).
+#
+# Where things go (the binary is built from source, so /usr/local where systemd
+# looks there; D-Bus and polkit have no /usr/local directory):
+#   /usr/local/bin/postmaster
+#   /usr/local/lib/systemd/system/postmaster.service, postmaster-acme.socket
+#   /usr/local/lib/sysusers.d/postmaster.conf, /usr/local/lib/tmpfiles.d/postmaster.conf
+#   /usr/share/dbus-1/system.d/io.postmaster.Supervisor1.conf
+#   /usr/share/polkit-1/rules.d/50-postmaster.rules
+set -eu
+
+usage() {
+	echo "usage: $0 [--enable] [BINARY]" >&2
+	exit 2
+}
+
+here=$(cd "$(dirname "$0")" && pwd)
+enable=no
+binary=
+for arg in "$@"; do
+	case "$arg" in
+	--enable) enable=yes ;;
+	-h | --help) usage ;;
+	-*) echo "$0: unknown option $arg" >&2; usage ;;
+	*) [ -z "$binary" ] || usage; binary=$arg ;;
+	esac
+done
+binary=${binary:-$here/../target/release/postmaster}
+
+fail() {
+	echo "$0: $*" >&2
+	exit 1
+}
+
+[ "$(id -u)" = 0 ] || fail "run me as root"
+[ -x "$binary" ] || fail "$binary is not an executable file; build it (cargo build --release) or name it"
+# Type=notify-reload is systemd 253's; Debian 13 has 257.
+systemd_version=$(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p')
+[ "${systemd_version:-0}" -ge 253 ] ||
+	fail "postmaster.service needs systemd 253 or newer (this is ${systemd_version:-unknown}); Debian 13 has 257"
+getent group dovecot >/dev/null || fail "group dovecot is missing: install dovecot-core first"
+getent passwd postfix >/dev/null || fail "user postfix is missing: install postfix first"
+command -v postmap >/dev/null || fail "postmap is missing: install postfix first"
+
+changed=no
+# put MODE SOURCE TARGET: installs SOURCE as TARGET, root's, unless it is there
+# already. Renamed into place: dbus-daemon, polkitd and a running postmaster never
+# see half a file (and the temporary name ends in none of the suffixes they read).
+put() {
+	if [ -f "$3" ] && cmp -s "$2" "$3" && [ "$(stat -c %a:%u:%g "$3")" = "$(printf %o "$1"):0:0" ]; then
+		return 0
+	fi
+	install -d -m 0755 "$(dirname "$3")"
+	install -m "$1" -o root -g root "$2" "$3.postmaster-new"
+	mv -f "$3.postmaster-new" "$3"
+	echo "installed $3"
+	changed=yes
+}
+
+put 0755 "$binary" /usr/local/bin/postmaster
+put 0644 "$here/postmaster.service" /usr/local/lib/systemd/system/postmaster.service
+put 0644 "$here/postmaster-acme.socket" /usr/local/lib/systemd/system/postmaster-acme.socket
+put 0644 "$here/sysusers-postmaster.conf" /usr/local/lib/sysusers.d/postmaster.conf
+put 0644 "$here/tmpfiles-postmaster.conf" /usr/local/lib/tmpfiles.d/postmaster.conf
+
+# Users first (the directories belong to them), then the directories. Both are
+# idempotent; at every boot systemd runs them again from the same files.
+systemd-sysusers /usr/local/lib/sysusers.d/postmaster.conf
+systemd-tmpfiles --create /usr/local/lib/tmpfiles.d/postmaster.conf
+
+# Only now the bus policy and the polkit rule: dbus-daemon and polkitd load new
+# files as soon as they appear, and the policy names group postmaster-admin, which
+# dbus-daemon drops (until its next reload) if it does not exist yet.
+put 0644 "$here/dbus-io.postmaster.Supervisor1.conf" /usr/share/dbus-1/system.d/io.postmaster.Supervisor1.conf
+put 0644 "$here/polkit-postmaster.rules" /usr/share/polkit-1/rules.d/50-postmaster.rules
+if systemctl --quiet is-active dbus.service; then
+	systemctl reload dbus.service
+fi
+systemctl daemon-reload
+
+if [ "$enable" = yes ]; then
+	systemctl enable postmaster.service
+fi
+if systemctl --quiet is-active postmaster.service; then
+	[ "$changed" = no ] || systemctl restart postmaster.service
+elif [ "$enable" = yes ]; then
+	# --no-block: at boot (or from a unit ordered before postfix) waiting would deadlock.
+	systemctl start --no-block postmaster.service
+fi
+
+if [ "$enable" = no ] && ! systemctl --quiet is-enabled postmaster.service; then
+	echo "postmaster is installed, not enabled; start it with: systemctl enable --now postmaster.service"
+fi
