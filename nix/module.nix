@@ -1,0 +1,1294 @@
+# services.postmaster: the seed's mail host on NixOS.
+#
+# postfix and dovecot are configured through nixpkgs' own modules
+# (services.postfix, services.dovecot2) with the settings postmaster renders for
+# Debian (supervisor/src/render/templates); this module never writes their
+# configuration files itself. What postmaster owns at run time (the postfix maps,
+# the dovecot passwd-file, the installed certificate pair) lives in
+# /var/lib/postmaster and is kept up to date by the postmaster daemon, which
+# reloads postfix and dovecot through systemd when they need it.
+#
+# nixpkgs options this module relies on (NixOS 26.05):
+#   services.postfix: enable, package, user, group, enableSubmission(s),
+#     submission(s)Options, settings.main (freeform), settings.main.queue_directory
+#   services.dovecot2: enable, package, group, enablePAM, settings (freeform,
+#     "type name" section keys); its unit is dovecot.service
+#   security.acme.certs.<name>: directory, group
+#   security.polkit.extraConfig, services.dbus.packages, systemd.{services,sockets}
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib)
+    concatStringsSep
+    literalExpression
+    mkDefault
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    optional
+    optionalAttrs
+    optionals
+    types
+    ;
+
+  cfg = config.services.postmaster;
+  accountsLib = import ./lib/accounts.nix;
+  settingsFormat = pkgs.formats.toml { };
+
+  stateDir = "/var/lib/postmaster";
+  generatedDir = "${stateDir}/generated";
+  # The validated pair (key, then chain) the daemon installs for postfix and dovecot.
+  tlsPair = "${stateDir}/tls/pair.pem";
+  passwdFile = "${generatedDir}/dovecot/users";
+  configPath = "/etc/postmaster/config.toml";
+  defaultAccountsFile = "/etc/postmaster/accounts.toml";
+  # postfix in nixpkgs is built without lmdb; hash maps are indexed too, so postfix
+  # notices a rebuilt map without a reload.
+  mapType = "hash";
+  mapRef = name: "${mapType}:${generatedDir}/postfix/${name}";
+
+  # The group the daemon gives the passwd-file to (postmaster writes it for a group
+  # named `dovecot`, as on Debian).
+  dovecotGroup = "dovecot";
+  postfixUnit = "postfix.service";
+  dovecotUnit = "dovecot.service";
+
+  postfixCfg = config.services.postfix;
+  dovecotCfg = config.services.dovecot2;
+  queueDir = postfixCfg.settings.main.queue_directory;
+  dovecot24 = lib.versionAtLeast dovecotCfg.package.version "2.4";
+  primaryDomain = if cfg.domains == [ ] then "localhost" else builtins.head cfg.domains;
+
+  declared =
+    cfg.accounts.mailboxes != { } || cfg.accounts.aliases != { } || cfg.accounts.catchAll != { };
+  accountsPath = if declared then "${stateDir}/accounts.toml" else cfg.accountsFile;
+
+  # The security.acme certificate tls.useACMEHost names, if it exists (a missing
+  # one is an assertion with a message, not an evaluation error).
+  acmeCert =
+    if cfg.tls.useACMEHost == null then
+      null
+    else
+      lib.attrByPath [ "security" "acme" "certs" cfg.tls.useACMEHost ] null config;
+  http01 = cfg.tls.source == "acme" && cfg.acme.challenge == "http-01";
+
+  inStore = p: p != null && lib.hasPrefix builtins.storeDir (toString p);
+
+  # ---- postmaster's own configuration file ---------------------------------------
+
+  generatedConfig = {
+    host_name = cfg.hostName;
+    inherit (cfg) domains;
+    accounts_file = accountsPath;
+    state_dir = stateDir;
+    generated_dir = generatedDir;
+    tls = {
+      inherit (cfg.tls) source;
+    }
+    // optionalAttrs (cfg.tls.source == "files") {
+      inherit (cfg.tls) cert key;
+    };
+    systemd = {
+      postfix_unit = postfixUnit;
+      dovecot_unit = dovecotUnit;
+    };
+    postfix = {
+      map_type = mapType;
+      message_size_limit = cfg.messageSizeLimit;
+      reject_unknown_sender_domain = cfg.rejectUnknownSenderDomain;
+    };
+    dovecot = {
+      version = if dovecot24 then "2.4" else "2.3";
+      mail_root = cfg.mailRoot;
+      vmail_user = cfg.vmail.user;
+      vmail_uid = cfg.vmail.uid;
+      vmail_gid = cfg.vmail.gid;
+    };
+  }
+  // optionalAttrs (cfg.tls.source == "acme") {
+    acme = lib.filterAttrs (_: v: v != null) {
+      inherit (cfg.acme)
+        directory
+        contact
+        challenge
+        webroot
+        ;
+      extra_names = cfg.acme.extraNames;
+      trust_root = if cfg.acme.trustRoot == null then null else toString cfg.acme.trustRoot;
+      eab_kid = cfg.acme.eab.kid;
+      # Read from the credential systemd copies in for the daemon (LoadCredential),
+      # so the key file itself can stay readable by root only.
+      eab_hmac_key_file =
+        if cfg.acme.eab.hmacKeyFile == null then
+          null
+        else
+          "/run/credentials/postmaster.service/eab-hmac-key";
+    };
+  };
+
+  finalConfig = lib.recursiveUpdate generatedConfig cfg.extraConfig;
+  configFile = settingsFormat.generate "postmaster-config.toml" finalConfig;
+
+  # Keys the module derives from its options, because postfix and dovecot are
+  # configured from the same options: setting them in extraConfig would make
+  # postmaster and the mail host disagree.
+  derivedKeys = {
+    host_name = "set services.postmaster.hostName instead";
+    domains = "set services.postmaster.domains instead";
+    accounts_file = "set services.postmaster.accountsFile (or accounts) instead";
+    state_dir = "fixed at ${stateDir}";
+    generated_dir = "fixed at ${generatedDir}";
+    tls = "set services.postmaster.tls instead";
+    acme = "set services.postmaster.acme instead";
+    systemd = "fixed: the units of services.postfix and services.dovecot2";
+    dovecot = "set services.postmaster.mailRoot, .vmail or services.dovecot2.package instead";
+    "postfix.map_type" = "fixed at hash (nixpkgs' postfix has no lmdb)";
+    "postfix.message_size_limit" = "set services.postmaster.messageSizeLimit instead";
+    "postfix.reject_unknown_sender_domain" =
+      "set services.postmaster.rejectUnknownSenderDomain instead";
+  };
+  clashes = lib.filterAttrs (
+    key: _: lib.hasAttrByPath (lib.splitString "." key) cfg.extraConfig
+  ) derivedKeys;
+
+  # ---- accounts declared in Nix ---------------------------------------------------
+
+  accountsTemplate = pkgs.writeText "postmaster-accounts.toml" (
+    accountsLib.render {
+      mailboxes = lib.mapAttrs (_: m: {
+        inherit (m) quota sendAs disabled;
+      }) cfg.accounts.mailboxes;
+      inherit (cfg.accounts) aliases;
+      catchAll = cfg.accounts.catchAll;
+    }
+  );
+
+  fillAccounts = pkgs.writeShellScript "postmaster-accounts" (
+    accountsLib.fillScript {
+      template = "${accountsTemplate}";
+      output = accountsPath;
+      names = builtins.attrNames cfg.accounts.mailboxes;
+    }
+  );
+
+  # ---- D-Bus and polkit: the Debian files in units/, reused ---------------------------
+
+  busName = "io.postmaster.Supervisor1";
+  unitsDir = ../units;
+
+  # Only user postmaster may own the name; root and the admin group may call it.
+  dbusPolicy = pkgs.writeTextDir "share/dbus-1/system.d/${busName}.conf" (
+    builtins.replaceStrings [ ''group="postmaster-admin"'' ] [ ''group="${cfg.adminGroup}"'' ] (
+      builtins.readFile (unitsDir + "/dbus-io.postmaster.Supervisor1.conf")
+    )
+  );
+
+  # User postmaster may reload (and restart) postfix.service and dovecot.service,
+  # nothing else. The unit names are the same on NixOS as on Debian.
+  polkitRule = builtins.readFile (unitsDir + "/polkit-postmaster.rules");
+
+  # ---- postfix and dovecot --------------------------------------------------------
+
+  # The submission services' options (master.cf -o), as in the Debian master.cf.
+  submissionCommon = {
+    smtpd_forbid_unauth_pipelining = "no";
+    smtpd_sasl_auth_enable = "yes";
+    smtpd_tls_auth_only = "yes";
+    local_header_rewrite_clients = "static:all";
+    smtpd_client_restrictions = "$mua_client_restrictions";
+    smtpd_helo_restrictions = "$mua_helo_restrictions";
+    smtpd_sender_restrictions = "$mua_sender_restrictions";
+    smtpd_relay_restrictions = "$mua_relay_restrictions";
+    smtpd_recipient_restrictions = "$mua_recipient_restrictions";
+    milter_macro_daemon_name = "ORIGINATING";
+  };
+
+  specialUse = lib.genAttrs [ "Drafts" "Junk" "Sent" "Trash" ] (name: {
+    special_use = "\\${name}";
+    auto = "subscribe";
+  });
+
+  inboxNamespace = {
+    inbox = true;
+  }
+  // lib.mapAttrs' (name: value: lib.nameValuePair "mailbox ${name}" value) specialUse;
+
+  dovecotListeners = {
+    "service imap-login" = {
+      "inet_listener imap".port = 143;
+      "inet_listener imaps" = {
+        port = 993;
+        ssl = true;
+      };
+    };
+    "service pop3-login" = {
+      "inet_listener pop3".port = 110;
+      "inet_listener pop3s" = {
+        port = 995;
+        ssl = true;
+      };
+    };
+    # postfix: virtual_transport = lmtp:unix:private/dovecot-lmtp
+    "service lmtp"."unix_listener ${queueDir}/private/dovecot-lmtp" = {
+      mode = "0600";
+      inherit (postfixCfg) user group;
+    };
+    # postfix: smtpd_sasl_path = private/auth
+    "service auth"."unix_listener ${queueDir}/private/auth" = {
+      mode = "0660";
+      inherit (postfixCfg) user group;
+    };
+  };
+
+  dovecotCommon = {
+    hostname = cfg.hostName;
+    postmaster_address = "postmaster@${primaryDomain}";
+    auth_verbose = true;
+    ssl = "required";
+    ssl_min_protocol = "TLSv1.2";
+    first_valid_uid = cfg.vmail.uid;
+    last_valid_uid = cfg.vmail.uid;
+    first_valid_gid = cfg.vmail.gid;
+    last_valid_gid = cfg.vmail.gid;
+    recipient_delimiter = "+";
+    "namespace inbox" = inboxNamespace;
+  }
+  // dovecotListeners;
+
+  dovecot24Settings = {
+    # Pins the meaning of defaults to 2.4.0; valid for every 2.4.x.
+    dovecot_config_version = mkDefault "2.4.0";
+    dovecot_storage_version = mkDefault "2.4.0";
+    protocols = {
+      imap = true;
+      pop3 = true;
+      lmtp = true;
+    };
+    ssl_server_cert_file = tlsPair;
+    ssl_server_key_file = tlsPair;
+    auth_allow_cleartext = false;
+    # "thomas", "thomas@example.org", "Thomas@Example.NET" -> "thomas"
+    auth_username_format = "%{user | username | lower}";
+    "passdb passwd-file" = {
+      driver = "passwd-file";
+      passwd_file_path = passwdFile;
+    };
+    "userdb passwd-file" = {
+      driver = "passwd-file";
+      passwd_file_path = passwdFile;
+    };
+    mail_driver = "maildir";
+    mail_path = "~/Maildir";
+    mail_plugins.quota = true;
+    "protocol imap".mail_plugins.imap_quota = true;
+    "quota \"User quota\"".driver = "count";
+    quota_storage_size = "unlimited";
+  };
+
+  dovecot23Settings = {
+    protocols = "imap pop3 lmtp";
+    ssl_cert = "<${tlsPair}";
+    ssl_key = "<${tlsPair}";
+    disable_plaintext_auth = true;
+    auth_username_format = "%Ln";
+    passdb = {
+      driver = "passwd-file";
+      args = passwdFile;
+    };
+    userdb = {
+      driver = "passwd-file";
+      args = passwdFile;
+    };
+    mail_location = "maildir:~/Maildir";
+    mail_plugins = "$mail_plugins quota";
+    "protocol imap".mail_plugins = "$mail_plugins imap_quota";
+    plugin = {
+      quota = "count:User quota";
+      quota_vsizes = true;
+    };
+  };
+
+  # ---- hardening, as units/postmaster.service has it --------------------------------
+
+  # What the daemon needs, and so all it gets: read its configuration and the
+  # accounts file; write /var/lib/postmaster; run postmap; talk to the system bus;
+  # connect to the mail ports on 127.0.0.1 and, for ACME, to the CA. Never root, no
+  # capabilities. (The accounts writer and the setup unit run the same way.)
+  hardening = {
+    User = "postmaster";
+    Group = "postmaster";
+    StateDirectory = "postmaster";
+    # o+x only: postfix and dovecot's auth pass through to the maps and the
+    # passwd-file; nobody but postmaster lists them.
+    StateDirectoryMode = "0751";
+    # Everything postfix or dovecot read gets an explicit mode from postmaster.
+    UMask = "0027";
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    # Mail is none of its business, nor are postfix's queue and private sockets.
+    InaccessiblePaths = [
+      "-${cfg.mailRoot}"
+      "-/var/spool/mail"
+      "-${queueDir}"
+    ];
+    NoNewPrivileges = true;
+    CapabilityBoundingSet = [ "" ];
+    AmbientCapabilities = [ "" ];
+    RestrictSUIDSGID = true;
+    RemoveIPC = true;
+    PrivateDevices = true;
+    PrivateIPC = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    RestrictRealtime = true;
+    RestrictNamespaces = true;
+    # AF_NETLINK: postmap asks getifaddrs() for the host's addresses.
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_NETLINK"
+      "AF_INET"
+      "AF_INET6"
+    ];
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged @resources"
+      # Back from @privileged: fchown() of the passwd-file to dovecot's group.
+      "@chown"
+    ];
+    SystemCallErrorNumber = "EPERM";
+  };
+
+  # Before postfix and dovecot start: the maps, the passwd-file and a certificate
+  # pair in place (dovecot does not start without a certificate). `postmaster apply`
+  # reloads nothing. When the accounts are not valid yet (a new host), the pair is a
+  # self-signed placeholder until the daemon installs the real one.
+  setupScript = pkgs.writeShellScript "postmaster-setup" ''
+    set -u
+    if ! ${lib.getExe' cfg.package "postmaster"} --config ${configPath} apply; then
+      echo "postmaster apply failed (above); postfix and dovecot start with what is there," \
+        "and the daemon applies the accounts once they are valid (postmaster status)." >&2
+    fi
+    if [ ! -s ${tlsPair} ]; then
+      echo "no certificate pair yet: a self-signed placeholder for ${toString cfg.hostName}" >&2
+      dir=$(mktemp -d)
+      ${lib.getExe pkgs.openssl} req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -days 30 -subj "/CN=${toString cfg.hostName}" -addext "subjectAltName=DNS:${toString cfg.hostName}" \
+        -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+      (umask 0077 && cat "$dir/key.pem" "$dir/cert.pem" > ${tlsPair}.new) && mv ${tlsPair}.new ${tlsPair}
+      rm -rf "$dir"
+    fi
+  '';
+
+  mailboxOptions = {
+    options = {
+      passwordHashFile = mkOption {
+        type = types.str;
+        example = "/run/secrets/postmaster/thomas.hash";
+        description = ''
+          A file holding this mailbox's password hash: the one line
+          `postmaster hash-password` prints, such as `{SHA512-CRYPT}$6$…`.
+
+          Give a path outside the Nix store (from sops-nix, agenix, or a file you
+          put there), never a Nix path literal: everything in the store is
+          world-readable. The file may be readable by root only; systemd hands it
+          to the unit that writes the accounts file as a credential.
+        '';
+      };
+      quota = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "2G";
+        description = ''
+          The mailbox's storage quota: a size like `"500M"`, `"2G"` or `"1T"`
+          (binary units, as dovecot reads them), or a number of bytes. `null`:
+          no limit.
+        '';
+      };
+      sendAs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "@example.net"
+          "info@example.org"
+        ];
+        description = ''
+          More sender addresses this login may use: full addresses, or
+          `"@domain"` for every address of that domain that no other login owns.
+          A login may always send as its own addresses and as every alias that
+          delivers to it alone.
+        '';
+      };
+      disabled = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Refuse every login of this mailbox (IMAP, POP3, SMTP AUTH); mail to it
+          is still accepted and kept.
+        '';
+      };
+    };
+  };
+in
+{
+  options.services.postmaster = {
+    enable = mkEnableOption ''
+      postmaster, a postfix + dovecot mail host for your own domains whose
+      accounts live in one file, kept in step with postfix and dovecot by the
+      postmaster daemon (this enables and configures services.postfix and
+      services.dovecot2)
+    '';
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = literalExpression "pkgs.callPackage ./nix/package.nix { } # postmaster from this flake";
+      description = "The postmaster package (the `postmaster` command and daemon).";
+    };
+
+    hostName = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "mail.example.org";
+      description = ''
+        The mail host's own name: what mail clients set as their server, what
+        the TLS certificate covers, what postfix says in HELO. It needs an A/AAAA
+        record, and the MX records of your domains point at it.
+      '';
+    };
+
+    domains = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "example.org"
+        "example.net"
+      ];
+      description = ''
+        The mail domains served here; the first is the primary one (bounces and
+        the postmaster address use it). Every mailbox has an address in each of
+        them: thomas@example.org and thomas@example.net reach one mailbox.
+      '';
+    };
+
+    accountsFile = mkOption {
+      type = types.nullOr types.str;
+      default = if declared then null else defaultAccountsFile;
+      defaultText = lib.literalMD ''
+        `null` when accounts are declared in {option}`services.postmaster.accounts`,
+        else `"${defaultAccountsFile}"`
+      '';
+      example = "/srv/mail/accounts.toml";
+      description = ''
+        The accounts file you edit at run time: mailboxes (with password hashes
+        from `postmaster hash-password`), aliases and catch-alls, in the TOML
+        format of postmaster's README. postmaster applies every saved change at
+        once, without restarting postfix or dovecot, and keeps serving the last
+        good accounts when a change is invalid (`postmaster status` says where:
+        `file:line:column`).
+
+        The file is created (with a comment that explains how to add the first
+        mailbox) when missing, and made readable by the postmaster daemon
+        (root-owned, group `postmaster`, mode 0640). Edit it as root.
+
+        Set it to `null` when you declare the accounts in
+        {option}`services.postmaster.accounts` instead; exactly one of the two
+        holds the accounts.
+      '';
+    };
+
+    accounts = {
+      mailboxes = mkOption {
+        type = types.attrsOf (types.submodule mailboxOptions);
+        default = { };
+        example = literalExpression ''
+          {
+            thomas.passwordHashFile = "/run/secrets/postmaster/thomas.hash";
+            anna = {
+              passwordHashFile = "/run/secrets/postmaster/anna.hash";
+              quota = "2G";
+              sendAs = [ "@example.net" ];
+            };
+          }
+        '';
+        description = ''
+          Mailboxes declared in Nix, instead of an {option}`services.postmaster.accountsFile`
+          you edit. A mailbox's name is its login and its local part in every
+          hosted domain (a-z, 0-9, `.`, `-`, `_`).
+
+          The accounts file is written when `postmaster-accounts.service` starts,
+          with every hash read from its {option}`passwordHashFile`; no hash ever
+          enters the Nix store. After a `nixos-rebuild switch` that changes the
+          accounts, that unit runs again and postmaster applies the change without
+          restarting postfix or dovecot. After you change only the content of a
+          hash file, run `systemctl restart postmaster-accounts`.
+        '';
+      };
+
+      aliases = mkOption {
+        type = types.attrsOf (types.either types.str (types.listOf types.str));
+        default = { };
+        example = {
+          postmaster = "thomas";
+          "sales@example.org" = [
+            "thomas"
+            "anna"
+          ];
+          "family@example.org" = [
+            "anna"
+            "grandma@elsewhere.example"
+          ];
+        };
+        description = ''
+          Aliases: an address (or a bare local part, meaning that name in every
+          hosted domain) and the mailbox names or outside addresses that receive
+          its mail.
+        '';
+      };
+
+      catchAll = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        example = {
+          "example.org" = "thomas";
+        };
+        description = ''
+          Per domain, who receives mail for the addresses nothing else matches. A
+          catch-all never captures mail for a real mailbox or an alias. Domains
+          without one reject unknown recipients at RCPT time.
+        '';
+      };
+    };
+
+    tls = {
+      source = mkOption {
+        type = types.enum [
+          "acme"
+          "files"
+        ];
+        default = if cfg.tls.useACMEHost != null then "files" else "acme";
+        defaultText = literalExpression ''if tls.useACMEHost != null then "files" else "acme"'';
+        description = ''
+          Where the certificate comes from.
+
+          - `"acme"`: postmaster obtains and renews it itself (see
+            {option}`services.postmaster.acme`).
+          - `"files"`: another tool writes {option}`tls.cert` and {option}`tls.key`
+            (NixOS's security.acme, certbot, you). postmaster watches them,
+            validates the pair, installs it and reloads postfix and dovecot; a
+            renewal is served on every port without restarting either.
+        '';
+      };
+
+      useACMEHost = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "mail.example.org";
+        description = ''
+          Use the certificate of `security.acme.certs.<name>` (obtained by NixOS's
+          own ACME client). Sets {option}`tls.source` to `"files"`, points
+          {option}`tls.cert` and {option}`tls.key` at that certificate's
+          `fullchain.pem` and `key.pem`, and lets the postmaster daemon read them
+          (it joins the certificate's group). No `reloadServices` are needed:
+          postmaster notices the renewal and reloads postfix and dovecot itself.
+        '';
+      };
+
+      cert = mkOption {
+        type = types.nullOr types.str;
+        default = if acmeCert == null then null else "${acmeCert.directory}/fullchain.pem";
+        defaultText = literalExpression ''if tls.useACMEHost != null then "''${security.acme.certs.''${useACMEHost}.directory}/fullchain.pem" else null'';
+        example = "/etc/letsencrypt/live/mail.example.org/fullchain.pem";
+        description = ''
+          With {option}`tls.source` = `"files"`: the certificate chain (leaf
+          first) in PEM. The postmaster daemon (user `postmaster`) must be able
+          to read it.
+        '';
+      };
+
+      key = mkOption {
+        type = types.nullOr types.str;
+        default = if acmeCert == null then null else "${acmeCert.directory}/key.pem";
+        defaultText = literalExpression ''if tls.useACMEHost != null then "''${security.acme.certs.''${useACMEHost}.directory}/key.pem" else null'';
+        example = "/etc/letsencrypt/live/mail.example.org/privkey.pem";
+        description = ''
+          With {option}`tls.source` = `"files"`: the private key in PEM. The
+          postmaster daemon must be able to read it; it never reaches postfix and
+          dovecot unless it matches the certificate.
+        '';
+      };
+    };
+
+    acme = {
+      directory = mkOption {
+        type = types.str;
+        default = "letsencrypt";
+        example = "https://acme.test/dir";
+        description = ''
+          The ACME CA: `"letsencrypt"`, `"letsencrypt-staging"`, or a directory
+          URL (https://).
+        '';
+      };
+
+      contact = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "mailto:postmaster@example.org" ];
+        description = "Contact URLs for the ACME account (`mailto:` only).";
+      };
+
+      extraNames = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "imap.example.org" ];
+        description = ''
+          More names on the certificate besides {option}`hostName`. Each must
+          resolve to this host (http-01) and pass the challenge.
+        '';
+      };
+
+      challenge = mkOption {
+        type = types.enum [
+          "http-01"
+          "webroot"
+        ];
+        default = "http-01";
+        description = ''
+          How postmaster proves control of the names.
+
+          - `"http-01"`: postmaster answers on port 80 itself, through a socket
+            systemd opens for it (`postmaster-acme.socket`); nothing else may
+            listen on port 80.
+          - `"webroot"`: postmaster writes the challenge files into
+            {option}`acme.webroot`, which your web server serves at
+            `http://<name>/.well-known/acme-challenge/`.
+        '';
+      };
+
+      webroot = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/acme/acme-challenge";
+        description = ''
+          With {option}`acme.challenge` = `"webroot"`: the directory your web
+          server serves for every certificate name. The postmaster daemon must be
+          able to write to it.
+        '';
+      };
+
+      trustRoot = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = literalExpression "./pebble-ca.pem";
+        description = ''
+          An extra root certificate to trust for the CA's API (test CAs such as
+          pebble). Public data: a Nix path is fine.
+        '';
+      };
+
+      eab = {
+        kid = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "External account binding: the key id, for CAs that want one.";
+        };
+        hmacKeyFile = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "/run/secrets/postmaster/eab-hmac-key";
+          description = ''
+            External account binding: a file with the HMAC key. A path outside the
+            Nix store; it may be readable by root only (systemd hands it to the
+            daemon as a credential).
+          '';
+        };
+      };
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Open the mail ports in the firewall: 25 (SMTP), 465 and 587 (submission),
+        993 and 143 (IMAP), 995 and 110 (POP3), and 80 when postmaster answers
+        ACME http-01 challenges itself.
+      '';
+    };
+
+    adminGroup = mkOption {
+      type = types.str;
+      default = "postmaster-admin";
+      description = ''
+        Members of this group may use postmaster's D-Bus interface like root:
+        `postmaster status`, `postmaster reload`, `postmaster renew`.
+      '';
+    };
+
+    mailRoot = mkOption {
+      type = types.str;
+      default = "/var/vmail";
+      description = "Where mail is stored: `<mailRoot>/<mailbox>/Maildir`, owned by the vmail user.";
+    };
+
+    vmail = {
+      user = mkOption {
+        type = types.str;
+        default = "vmail";
+        description = "The user (and group) that owns all mail; created by this module.";
+      };
+      uid = mkOption {
+        type = types.ints.positive;
+        default = 5000;
+        description = "The vmail user's uid.";
+      };
+      gid = mkOption {
+        type = types.ints.positive;
+        default = 5000;
+        description = "The vmail group's gid.";
+      };
+    };
+
+    messageSizeLimit = mkOption {
+      type = types.ints.positive;
+      default = 67108864;
+      description = "The largest message postfix accepts, in bytes (default 64 MiB).";
+    };
+
+    rejectUnknownSenderDomain = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Refuse mail on port 25 whose sender domain does not exist in DNS. Needs
+        working DNS; turn it off only on hosts without it (test networks).
+      '';
+    };
+
+    extraConfig = mkOption {
+      type = settingsFormat.type;
+      default = { };
+      example = {
+        insecure_allow_plain_passwords = false;
+      };
+      description = ''
+        More settings for postmaster's configuration file
+        (`/etc/postmaster/config.toml`; every key is documented in
+        `postmaster.example.toml`), merged over what the module generates. Keys
+        the module derives from its own options (because postfix and dovecot are
+        configured from them too) are refused: set the option instead.
+      '';
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion =
+            cfg.hostName != null && builtins.match "[a-z0-9-]+([.][a-z0-9-]+)+" cfg.hostName != null;
+          message = ''
+            services.postmaster.hostName must be set to the mail host's fully qualified name in lowercase,
+            like services.postmaster.hostName = "mail.example.org"; (it has ${
+              if cfg.hostName == null then "no value" else "the value `${cfg.hostName}`"
+            }).
+          '';
+        }
+        {
+          assertion = cfg.domains != [ ];
+          message = ''services.postmaster.domains is empty: list the mail domains served here, like services.postmaster.domains = [ "example.org" ];'';
+        }
+        {
+          assertion = builtins.all (d: builtins.match "[a-z0-9-]+([.][a-z0-9-]+)+" d != null) cfg.domains;
+          message = "services.postmaster.domains: every domain must be a lowercase name with at least two labels, like example.org (got ${builtins.toJSON cfg.domains}).";
+        }
+        {
+          assertion = !(declared && cfg.accountsFile != null);
+          message = ''
+            services.postmaster: the accounts are declared in services.postmaster.accounts and
+            services.postmaster.accountsFile is set too (to ${toString cfg.accountsFile}). Exactly one of them
+            holds the accounts: set services.postmaster.accountsFile = null; to use the declared ones, or remove
+            the declared accounts to edit the file.
+          '';
+        }
+        {
+          assertion = declared || cfg.accountsFile != null;
+          message = ''
+            services.postmaster has no accounts: services.postmaster.accountsFile is null and nothing is declared
+            in services.postmaster.accounts. Declare mailboxes there, or leave accountsFile at its default
+            (${defaultAccountsFile}) and edit that file.
+          '';
+        }
+        {
+          assertion = !inStore cfg.accountsFile;
+          message = ''
+            services.postmaster.accountsFile is in the Nix store (${toString cfg.accountsFile}), where password
+            hashes are world-readable and the file cannot be edited. Give a path like ${defaultAccountsFile}, or
+            declare the mailboxes in services.postmaster.accounts.mailboxes with a passwordHashFile each.
+          '';
+        }
+        {
+          assertion = !declared || cfg.accounts.mailboxes != { };
+          message = "services.postmaster.accounts declares aliases or catch-alls but no mailbox: add at least one in services.postmaster.accounts.mailboxes.";
+        }
+        {
+          assertion = builtins.all accountsLib.isMailboxName (builtins.attrNames cfg.accounts.mailboxes);
+          message = ''
+            services.postmaster.accounts.mailboxes: these names are not valid mailbox names (a-z, 0-9, ".", "-", "_";
+            no leading, trailing or double dot; at most 64 characters):
+            ${concatStringsSep ", " (
+              builtins.filter (n: !accountsLib.isMailboxName n) (builtins.attrNames cfg.accounts.mailboxes)
+            )}
+          '';
+        }
+        {
+          assertion = builtins.all (m: !inStore m.passwordHashFile && lib.hasPrefix "/" m.passwordHashFile) (
+            builtins.attrValues cfg.accounts.mailboxes
+          );
+          message = ''
+            services.postmaster.accounts.mailboxes.<name>.passwordHashFile must be an absolute path outside the Nix
+            store (for example /run/secrets/postmaster/thomas.hash from sops-nix or agenix): a hash in the store is
+            world-readable. Offending mailboxes: ${
+              concatStringsSep ", " (
+                builtins.attrNames (
+                  lib.filterAttrs (
+                    _: m: inStore m.passwordHashFile || !lib.hasPrefix "/" m.passwordHashFile
+                  ) cfg.accounts.mailboxes
+                )
+              )
+            }
+          '';
+        }
+        {
+          assertion = cfg.tls.source != "files" || (cfg.tls.cert != null && cfg.tls.key != null);
+          message = ''
+            services.postmaster.tls.source = "files" needs both services.postmaster.tls.cert and
+            services.postmaster.tls.key (the chain and the private key another tool writes), or
+            services.postmaster.tls.useACMEHost = "<a name in security.acme.certs>"; to use NixOS's ACME client.
+          '';
+        }
+        {
+          assertion = cfg.tls.useACMEHost == null || cfg.tls.source == "files";
+          message = ''services.postmaster.tls.useACMEHost is set, so the certificate comes from security.acme: leave services.postmaster.tls.source at "files" (its default then), or unset useACMEHost to let postmaster run ACME itself.'';
+        }
+        {
+          assertion = cfg.tls.useACMEHost == null || acmeCert != null;
+          message = ''services.postmaster.tls.useACMEHost = "${toString cfg.tls.useACMEHost}", but there is no security.acme.certs."${toString cfg.tls.useACMEHost}": declare that certificate (with its domain and challenge).'';
+        }
+        {
+          assertion =
+            !(cfg.tls.source == "acme" && cfg.acme.challenge == "webroot" && cfg.acme.webroot == null);
+          message = ''services.postmaster.acme.challenge = "webroot" needs services.postmaster.acme.webroot: the directory your web server serves at http://${toString cfg.hostName}/.well-known/acme-challenge/ (minus that suffix).'';
+        }
+        {
+          assertion = !(http01 && (lib.attrByPath [ "services" "nginx" "enable" ] false config));
+          message = ''
+            services.postmaster answers ACME http-01 challenges on port 80 itself, but services.nginx is enabled
+            and listens there. Either let nginx serve the challenges: set
+              services.postmaster.acme.challenge = "webroot";
+              services.postmaster.acme.webroot = "/var/lib/acme/acme-challenge";
+            and serve that directory in nginx
+              (services.nginx.virtualHosts."${toString cfg.hostName}".locations."/.well-known/acme-challenge/".root),
+            or let NixOS's ACME client get the certificate for nginx and postmaster alike:
+              services.postmaster.tls.useACMEHost = "${toString cfg.hostName}";
+          '';
+        }
+        {
+          assertion =
+            !(
+              http01
+              && (
+                (lib.attrByPath [ "services" "caddy" "enable" ] false config)
+                || (lib.attrByPath [ "services" "httpd" "enable" ] false config)
+              )
+            );
+          message = ''
+            services.postmaster answers ACME http-01 challenges on port 80 itself, but another web server
+            (services.caddy or services.httpd) is enabled and listens there. Use
+            services.postmaster.acme.challenge = "webroot"; with a webroot that server serves, or
+            services.postmaster.tls.useACMEHost.
+          '';
+        }
+        {
+          assertion =
+            !(
+              http01
+              && builtins.any (c: (c.listenHTTP or null) != null && lib.hasSuffix ":80" c.listenHTTP) (
+                builtins.attrValues (lib.attrByPath [ "security" "acme" "certs" ] { } config)
+              )
+            );
+          message = ''
+            services.postmaster answers ACME http-01 challenges on port 80 itself, but a certificate in
+            security.acme.certs also listens on :80 (listenHTTP). Use services.postmaster.tls.useACMEHost for
+            that certificate instead, or move one of them to a webroot.
+          '';
+        }
+        {
+          assertion = (cfg.acme.eab.kid == null) == (cfg.acme.eab.hmacKeyFile == null);
+          message = "services.postmaster.acme.eab: external account binding needs both eab.kid and eab.hmacKeyFile, or neither.";
+        }
+        {
+          assertion = !inStore cfg.acme.eab.hmacKeyFile;
+          message = "services.postmaster.acme.eab.hmacKeyFile is in the Nix store, where it is world-readable: give a path outside it (for example from sops-nix or agenix).";
+        }
+        {
+          assertion = clashes == { };
+          message = ''
+            services.postmaster.extraConfig sets keys the module derives from its own options (postfix and dovecot
+            are configured from the same options, so they would disagree with postmaster):
+            ${concatStringsSep "\n" (lib.mapAttrsToList (key: hint: "  ${key}: ${hint}") clashes)}
+          '';
+        }
+        {
+          # units/polkit-postmaster.rules is shared with Debian; its unit names must
+          # stay those of nixpkgs' postfix and dovecot modules.
+          assertion = lib.hasInfix ''["${postfixUnit}", "${dovecotUnit}"]'' polkitRule;
+          message = "units/polkit-postmaster.rules no longer allows reloading exactly [\"${postfixUnit}\", \"${dovecotUnit}\"], the units of services.postfix and services.dovecot2: give the NixOS module a rule of its own.";
+        }
+        {
+          assertion = dovecotCfg.group == dovecotGroup;
+          message = ''
+            services.dovecot2.group is "${dovecotCfg.group}", but postmaster gives the dovecot passwd-file to the
+            group "${dovecotGroup}"; leave services.dovecot2.group at the value services.postmaster sets.
+          '';
+        }
+      ];
+
+      warnings =
+        optional
+          (
+            cfg.tls.source == "acme"
+            && cfg.acme.contact == [ ]
+            && lib.hasPrefix "letsencrypt" cfg.acme.directory
+          )
+          "services.postmaster.acme.contact is empty: Let's Encrypt can then not warn you about problems with your certificate. Set it to [ \"mailto:you@${primaryDomain}\" ].";
+
+      environment.etc."postmaster/config.toml".source = configFile;
+      environment.systemPackages = [ cfg.package ];
+
+      users.users.postmaster = {
+        isSystemUser = true;
+        group = "postmaster";
+        description = "postmaster mail host supervisor";
+      };
+      users.groups.postmaster = { };
+      users.groups.${cfg.adminGroup} = { };
+      users.users.${cfg.vmail.user} = {
+        isSystemUser = true;
+        uid = cfg.vmail.uid;
+        group = cfg.vmail.user;
+        home = cfg.mailRoot;
+        description = "Virtual mail (postmaster)";
+      };
+      users.groups.${cfg.vmail.user}.gid = cfg.vmail.gid;
+      # nixpkgs' dovecot module creates its group only under its default name
+      # (dovecot2); its user gets this one as its primary group instead.
+      users.groups.${dovecotGroup} = { };
+
+      # As units/tmpfiles-postmaster.conf: there before postfix and dovecot start.
+      systemd.tmpfiles.rules = [
+        "d /etc/postmaster 0755 root root - -"
+        "d ${stateDir} 0751 postmaster postmaster - -"
+        "d ${generatedDir} 0751 postmaster postmaster - -"
+        # postfix's maps: read by postfix's daemons and by `postmap -q` as any user.
+        "d ${generatedDir}/postfix 0755 postmaster postmaster - -"
+        # dovecot's passwd-file, 0640 group dovecot. setgid: what postmaster creates
+        # here is dovecot's group from the start, so the daemon needs no membership.
+        "d ${generatedDir}/dovecot 2750 postmaster ${dovecotGroup} - -"
+        # The installed pair: postfix and dovecot read it as root.
+        "d ${stateDir}/tls 0750 postmaster postmaster - -"
+        "d ${cfg.mailRoot} 0750 ${cfg.vmail.user} ${cfg.vmail.user} - -"
+      ]
+      ++ optionals (!declared && cfg.accountsFile != null) [
+        # Created once, with a first step for the admin (an empty file is refused:
+        # `postmaster status` then says what to add). Its hashes are for root and
+        # the daemon only: owner, group and mode are put right on every boot.
+        (
+          "f ${cfg.accountsFile} 0640 root postmaster - "
+          + "# postmaster accounts: one [mailboxes.NAME] table per mailbox, then [aliases] and [catch_all].\\n"
+          + "# Make a hash with `postmaster hash-password`, then add:\\n"
+          + "#\\n# [mailboxes.thomas]\\n# password = \"{SHA512-CRYPT}$6$...\"\\n"
+          + "#\\n# Check with `postmaster status`: every mistake is shown as file:line:column.\\n"
+        )
+        "z ${cfg.accountsFile} 0640 root postmaster - -"
+      ];
+
+      services.dbus.packages = [ dbusPolicy ];
+      security.polkit.enable = true;
+      security.polkit.extraConfig = polkitRule;
+
+      networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall (
+        [
+          25
+          465
+          587
+          993
+          995
+          143
+          110
+        ]
+        ++ optional http01 80
+      );
+
+      # ---- postfix ------------------------------------------------------------------
+      services.postfix = {
+        enable = true;
+        enableSmtp = true;
+        enableSubmission = true;
+        enableSubmissions = true;
+        # 587: STARTTLS required, AUTH only after it.
+        submissionOptions = submissionCommon // {
+          syslog_name = "postfix/submission";
+          smtpd_tls_security_level = "encrypt";
+        };
+        # 465: implicit TLS (the module adds smtpd_tls_wrappermode=yes).
+        submissionsOptions = submissionCommon // {
+          syslog_name = "postfix/submissions";
+          smtpd_tls_security_level = "encrypt";
+        };
+        settings.main = {
+          myhostname = cfg.hostName;
+          # Locally generated mail (bounces, cron, "postmaster") is addressed to the
+          # primary domain, so it reaches a mailbox or an alias.
+          mydomain = primaryDomain;
+          myorigin = "$mydomain";
+          smtpd_banner = "$myhostname ESMTP $mail_name";
+          biff = false;
+          append_dot_mydomain = false;
+
+          inet_interfaces = "all";
+          inet_protocols = "all";
+          mynetworks = [
+            "127.0.0.0/8"
+            "[::ffff:127.0.0.0]/104"
+            "[::1]/128"
+          ];
+          # Local delivery only for localhost: the hosted domains are virtual.
+          mydestination = [ "localhost" ];
+
+          virtual_mailbox_domains = cfg.domains;
+          virtual_mailbox_maps = [ (mapRef "virtual_mailbox") ];
+          virtual_alias_maps = [ (mapRef "virtual_alias") ];
+          virtual_transport = "lmtp:unix:private/dovecot-lmtp";
+
+          recipient_delimiter = "+";
+          message_size_limit = cfg.messageSizeLimit;
+          mailbox_size_limit = 0;
+
+          # SASL through dovecot's auth socket; AUTH is enabled only on 587/465.
+          smtpd_sasl_type = "dovecot";
+          smtpd_sasl_path = "private/auth";
+          smtpd_sasl_auth_enable = false;
+          smtpd_sasl_security_options = "noanonymous";
+          smtpd_sender_login_maps = [ (mapRef "sender_login") ];
+
+          # The pair postmaster installs: key, then chain, in one file.
+          smtpd_tls_chain_files = [ tlsPair ];
+          smtpd_tls_security_level = "may";
+          smtpd_tls_auth_only = true;
+          smtpd_tls_protocols = ">=TLSv1.2";
+          smtpd_tls_mandatory_protocols = ">=TLSv1.2";
+          smtpd_tls_loglevel = 1;
+
+          smtp_tls_protocols = ">=TLSv1.2";
+          smtp_tls_mandatory_protocols = ">=TLSv1.2";
+          smtp_tls_session_cache_database = "btree:\${data_directory}/smtp_scache";
+          smtp_tls_loglevel = 1;
+
+          smtpd_forbid_unauth_pipelining = true;
+          smtpd_forbid_bare_newline = "normalize";
+          disable_vrfy_command = true;
+          smtpd_helo_required = true;
+
+          # Port 25 (MX): no relay, no AUTH, unknown recipients rejected at RCPT.
+          smtpd_helo_restrictions = [ "reject_invalid_helo_hostname" ];
+          smtpd_sender_restrictions = [
+            "reject_non_fqdn_sender"
+          ]
+          ++ optional cfg.rejectUnknownSenderDomain "reject_unknown_sender_domain";
+          smtpd_relay_restrictions = [
+            "permit_mynetworks"
+            "reject_unauth_destination"
+          ];
+          smtpd_recipient_restrictions = [
+            "reject_non_fqdn_recipient"
+            "reject_unlisted_recipient"
+          ];
+          smtpd_reject_unlisted_recipient = true;
+
+          # Submission (587, 465): master.cf points at these.
+          mua_client_restrictions = [
+            "permit_sasl_authenticated"
+            "reject"
+          ];
+          mua_helo_restrictions = "";
+          mua_sender_restrictions = [
+            "reject_non_fqdn_sender"
+            "reject_sender_login_mismatch"
+          ];
+          mua_relay_restrictions = [
+            "permit_sasl_authenticated"
+            "reject"
+          ];
+          mua_recipient_restrictions = [
+            "reject_non_fqdn_recipient"
+            "reject_unlisted_recipient"
+          ];
+        };
+      };
+
+      # ---- dovecot ------------------------------------------------------------------
+      services.dovecot2 = {
+        enable = true;
+        enablePAM = false;
+        group = mkDefault dovecotGroup;
+        settings = mkMerge [
+          dovecotCommon
+          (if dovecot24 then dovecot24Settings else dovecot23Settings)
+        ];
+      };
+
+      # Not ordered after the daemon (see units/postmaster.service): systemd orders
+      # every job of two ordered units, reloads included, so a reload of postfix the
+      # daemon waits for before its READY=1 would wait for the daemon's own start
+      # job. What they need at their start, postmaster-setup puts there.
+      systemd.services.postfix = {
+        wants = [ "postmaster-setup.service" ];
+        after = [ "postmaster-setup.service" ];
+      };
+      # dovecot puts its sockets into postfix's queue directory, which postfix
+      # creates when it starts.
+      systemd.services.dovecot = {
+        wants = [ "postmaster-setup.service" ];
+        after = [
+          "postmaster-setup.service"
+          "postfix.service"
+        ];
+      };
+
+      systemd.services.postmaster-setup = {
+        description = "postmaster: the maps, the passwd-file and a certificate before postfix and dovecot start";
+        after = [ "systemd-tmpfiles-setup.service" ];
+        path = [ postfixCfg.package ];
+        # Applied again by the running daemon; a new configuration is its business.
+        restartIfChanged = false;
+        serviceConfig = hardening // {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart = setupScript;
+        };
+      };
+
+      # ---- the daemon ---------------------------------------------------------------
+      systemd.services.postmaster = {
+        description = "postmaster mail host supervisor (postfix and dovecot configuration)";
+        wantedBy = [ "multi-user.target" ];
+        # After postfix and dovecot, not before them: see above.
+        after = [
+          "network.target"
+          "nss-lookup.target"
+          "postfix.service"
+          "dovecot.service"
+          "postmaster-setup.service"
+        ];
+        # postmap (the maps) and postconf (its map types) come from postfix.
+        path = [ postfixCfg.package ];
+        # A changed configuration is read again on SIGHUP: no restart.
+        reloadTriggers = [ configFile ];
+        # The http-01 socket's fd is handed over when the daemon starts.
+        restartTriggers = optional http01 "postmaster-acme.socket";
+        serviceConfig =
+          hardening
+          // {
+            # Answers SIGHUP with RELOADING=1 … READY=1; pings the watchdog.
+            Type = "notify-reload";
+            NotifyAccess = "main";
+            WatchdogSec = "30s";
+            ExecStart = "${lib.getExe' cfg.package "postmaster"} --config ${configPath} run";
+            # A broken configuration does not make it exit (it keeps the last good
+            # state and reports); crashes and watchdog timeouts restart it.
+            Restart = "on-failure";
+            RestartSec = "2s";
+            RestartSteps = 6;
+            RestartMaxDelaySec = "2min";
+          }
+          // optionalAttrs (acmeCert != null) {
+            # security.acme's certificate is readable by its group.
+            SupplementaryGroups = [ acmeCert.group ];
+          }
+          // optionalAttrs (cfg.tls.source == "acme" && cfg.acme.webroot != null) {
+            # The challenge files go there.
+            ReadWritePaths = [ cfg.acme.webroot ];
+          }
+          // optionalAttrs (cfg.acme.eab.hmacKeyFile != null) {
+            LoadCredential = [ "eab-hmac-key:${cfg.acme.eab.hmacKeyFile}" ];
+          };
+      };
+    }
+
+    (mkIf declared {
+      systemd.services.postmaster-accounts = {
+        description = "postmaster: write the accounts declared in services.postmaster.accounts";
+        wantedBy = [ "multi-user.target" ];
+        before = [
+          "postmaster-setup.service"
+          "postmaster.service"
+        ];
+        serviceConfig = hardening // {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          ExecStart = fillAccounts;
+          LoadCredential = lib.mapAttrsToList (
+            name: m: "${accountsLib.credentialName name}:${m.passwordHashFile}"
+          ) cfg.accounts.mailboxes;
+        };
+      };
+      # Wants, not Requires: when a rebuild runs the writer again, the daemon is not
+      # restarted; it notices the new file itself and applies it.
+      systemd.services.postmaster-setup = {
+        wants = [ "postmaster-accounts.service" ];
+        after = [ "postmaster-accounts.service" ];
+      };
+      systemd.services.postmaster = {
+        wants = [ "postmaster-accounts.service" ];
+        after = [ "postmaster-accounts.service" ];
+      };
+    })
+
+    (mkIf http01 {
+      # Port 80, bound by systemd and handed to the daemon (Service=: systemd passes
+      # the fd of every socket that triggers the service), which holds no
+      # capability to bind it itself. As units/postmaster-acme.socket.
+      systemd.sockets.postmaster-acme = {
+        description = "postmaster ACME http-01 listener (port 80)";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = [ "80" ];
+        socketConfig = {
+          FileDescriptorName = "acme-http";
+          Service = "postmaster.service";
+          Backlog = 64;
+        };
+      };
+    })
+
+    (mkIf (acmeCert != null) {
+      systemd.services.postmaster = {
+        wants = [ "acme-${cfg.tls.useACMEHost}.service" ];
+        after = [ "acme-${cfg.tls.useACMEHost}.service" ];
+      };
+    })
+  ]);
+}

@@ -1,0 +1,155 @@
+"""One check of the mail host at a time, for the NixOS VM test scripts.
+
+    postmaster-probe login USER PASSWORD
+    postmaster-probe submit USER PASSWORD --from ADDR --to ADDR [--read USER:PASSWORD ...]
+    postmaster-probe inbound --to ADDR [--read USER:PASSWORD ...]
+    postmaster-probe rcpt ADDR --expect CODE
+    postmaster-probe served [--not FINGERPRINT]
+
+Everything goes through tests/scenarios/mailclient.py, like the bed's scenarios.
+The server and the CA to trust come from POSTMASTER_TEST_SERVER and
+POSTMASTER_TEST_CA (--server, --ca override them). Exit 0 when the check holds;
+otherwise a message on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import imaplib
+import os
+import poplib
+import socket
+import sys
+
+import mailclient as mc
+
+OUTSIDE = "someone@elsewhere.example"
+
+
+def credentials(text: str) -> tuple[str, str]:
+    user, _, password = text.partition(":")
+    if not password:
+        raise argparse.ArgumentTypeError(f"{text!r} is not USER:PASSWORD")
+    return user, password
+
+
+def peer_fingerprint(server: mc.Server, port: int) -> str:
+    """SHA-256 (lowercase hex, as `postmaster status` shows it) of the leaf
+    certificate served on `port`, verified against the CA, the way that port's
+    protocol starts TLS."""
+    ctx = mc.tls_context(server)
+    if port in (465, 993, 995):
+        with socket.create_connection((server.address, port), timeout=server.timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=server.name) as tls:
+                der = tls.getpeercert(binary_form=True)
+    elif port in (25, 587):
+        with mc.smtp(server, port, "starttls") as s:
+            der = s.sock.getpeercert(binary_form=True)
+    elif port == 143:
+        m = imaplib.IMAP4(server.address, 143, timeout=server.timeout)
+        try:
+            m.starttls(ssl_context=ctx)
+            der = m.sock.getpeercert(binary_form=True)
+        finally:
+            m.logout()
+    elif port == 110:
+        p = poplib.POP3(server.address, 110, timeout=server.timeout)
+        try:
+            p.stls(context=ctx)
+            der = p.sock.getpeercert(binary_form=True)
+        finally:
+            p.quit()
+    else:
+        raise ValueError(f"no TLS on port {port}")
+    return hashlib.sha256(der).hexdigest()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="postmaster-probe")
+    parser.add_argument("--server", default=os.environ.get("POSTMASTER_TEST_SERVER", "mail"))
+    parser.add_argument("--ca", default=os.environ.get("POSTMASTER_TEST_CA"))
+    sub = parser.add_subparsers(dest="check", required=True)
+
+    p = sub.add_parser("login", help="IMAPS login (993)")
+    p.add_argument("user")
+    p.add_argument("password")
+
+    p = sub.add_parser("submit", help="submit on 587 and read it back over IMAPS")
+    p.add_argument("user")
+    p.add_argument("password")
+    p.add_argument("--from", dest="sender", required=True)
+    p.add_argument("--to", action="append", required=True)
+    p.add_argument("--read", action="append", type=credentials, default=[])
+
+    p = sub.add_parser("inbound", help="deliver on 25 as another server would, and read it back")
+    p.add_argument("--to", action="append", required=True)
+    p.add_argument("--read", action="append", type=credentials, default=[])
+
+    p = sub.add_parser("rcpt", help="the reply to RCPT TO on port 25")
+    p.add_argument("address")
+    p.add_argument("--expect", type=int, required=True)
+
+    p = sub.add_parser("served", help="the same certificate on every port; prints its fingerprint")
+    p.add_argument("--not", dest="old", help="fail while this fingerprint is still served anywhere")
+
+    args = parser.parse_args(argv)
+    if not args.ca:
+        parser.error("no CA: set POSTMASTER_TEST_CA or pass --ca")
+    server = mc.Server(address=args.server, ca_file=args.ca)
+
+    if args.check == "login":
+        mc.imap_login(server, args.user, args.password).logout()
+        return 0
+
+    if args.check == "submit":
+        subject = mc.unique_subject(f"from {args.sender}")
+        sent = mc.submit(server, 587, args.user, args.password, args.sender, args.to, subject)
+        for user, password in args.read:
+            got = mc.imap_find(server, user, password, subject)
+            assert got["Message-ID"] == sent["Message-ID"], (user, got["Message-ID"])
+        print(subject)
+        return 0
+
+    if args.check == "inbound":
+        subject = mc.unique_subject("inbound")
+        refused = mc.send_inbound(server, OUTSIDE, args.to, subject)
+        if refused:
+            print(f"refused: {refused}", file=sys.stderr)
+            return 1
+        for user, password in args.read:
+            mc.imap_find(server, user, password, subject)
+        print(subject)
+        return 0
+
+    if args.check == "rcpt":
+        code, text = mc.rcpt_reply(server, 25, "starttls", OUTSIDE, args.address)
+        print(code, text)
+        if code != args.expect:
+            print(f"RCPT TO:<{args.address}> got {code}, expected {args.expect}: {text}", file=sys.stderr)
+            return 1
+        return 0
+
+    if args.check == "served":
+        seen = {port: peer_fingerprint(server, port) for port in (25, 465, 587, 143, 993, 110, 995)}
+        for port, fingerprint in seen.items():
+            print(f"port {port}: {fingerprint}", file=sys.stderr)
+        if len(set(seen.values())) != 1:
+            print("not the same certificate on every port", file=sys.stderr)
+            return 1
+        fingerprint = seen[25]
+        if args.old is not None and fingerprint == args.old:
+            print("still the old certificate", file=sys.stderr)
+            return 1
+        print(fingerprint)
+        return 0
+
+    raise AssertionError(args.check)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (AssertionError, OSError, imaplib.IMAP4.error, poplib.error_proto) as e:
+        print(f"postmaster-probe: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)

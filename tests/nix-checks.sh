@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# The Nix side of postmaster, checked where no nixpkgs and no binary cache can be
+# had (Debian 12 or 13, root): every .nix file parses, is formatted (nixfmt) and has
+# no dead code (deadnix); the files they name exist; the builtins-only helpers in
+# nix/lib pass their tests and the accounts file they render is filled, parsed and
+# (with a build of postmaster at hand) accepted by `postmaster check`; the flake has
+# its outputs; the VM tests' Python scripts pass pyflakes.
+#
+# NixOS VM tests need nixpkgs and KVM: they run with `nix flake check` elsewhere.
+#
+# Installs what it needs itself, and only once: nix-bin (nix-instantiate) and
+# python3-pyflakes from Debian; nixfmt (crates.io: nixfmt_rs) and deadnix
+# (crates.io) into /var/cache/postmaster-tools (POSTMASTER_TOOLS_CACHE). Never uses
+# a Nix binary cache or the network for Nix.
+#
+# Optional: POSTMASTER_NIXPKGS_LIB=/path/to/nixpkgs.lib (a checkout of
+# nix-community/nixpkgs.lib or nixpkgs) also evaluates nix/module.nix with
+# lib.evalModules against stubbed NixOS options (nix/tests/module-eval.nix).
+#
+# Ends with the line `nix checks: N passed, M failed`; exits 1 when M > 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NIXFMT_VERSION=0.5.3   # crates.io nixfmt_rs; installs the binary `nixfmt`
+DEADNIX_VERSION=1.3.1  # crates.io deadnix
+cache=${POSTMASTER_TOOLS_CACHE:-/var/cache/postmaster-tools}
+
+# Nix without a daemon, a binary cache or a store: parsing and evaluating only.
+export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command flakes\nstore = dummy://'
+export NIX_REMOTE=
+export NO_COLOR=1  # deadnix's report, readable in CI logs
+export PYTHONDONTWRITEBYTECODE=1  # no __pycache__ in tests/scenarios
+# Debian's python3 (3.11+: tomllib), as ./test-all uses it; not a pyenv shim.
+python=/usr/bin/python3
+[ -x "$python" ] || python=python3
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# ---- tools ---------------------------------------------------------------------------
+
+step "tools"
+if ! command -v nix-instantiate >/dev/null; then
+  echo "installing nix-bin from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  # Without recommends: no nix-daemon units (nix-setup-systemd).
+  apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nix-bin \
+    || { apt-get -o DPkg::Lock::Timeout=300 update -q \
+         && apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nix-bin; }
+fi
+nix-instantiate --version
+# pyflakes, for the VM tests' Python scripts (the NixOS test driver lints them).
+if ! "$python" -c 'import pyflakes' 2>/dev/null; then
+  echo "installing python3-pyflakes from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends python3-pyflakes \
+    || { apt-get -o DPkg::Lock::Timeout=300 update -q \
+         && apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends python3-pyflakes; }
+fi
+
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9   # two runs at once install once
+install_crate() {  # crate version binary
+  local crate=$1 version=$2 bin=$3
+  if [ -x "$cache/bin/$bin" ] && grep -q "^\"$crate $version " "$cache/.crates.toml" 2>/dev/null; then
+    return
+  fi
+  command -v cargo >/dev/null || { echo "cargo is needed to install $crate (rustup.rs)" >&2; exit 1; }
+  echo "installing $crate $version from crates.io into $cache (once)"
+  cargo install --quiet --locked --root "$cache" --version "$version" "$crate"
+}
+install_crate nixfmt_rs "$NIXFMT_VERSION" nixfmt
+install_crate deadnix "$DEADNIX_VERSION" deadnix
+flock -u 9
+nixfmt=$cache/bin/nixfmt
+deadnix=$cache/bin/deadnix
+echo "nixfmt (nixfmt_rs $NIXFMT_VERSION), deadnix $("$deadnix" --version | awk '{print $NF}')"
+
+# ---- checks --------------------------------------------------------------------------
+
+passed=0
+failed=0
+failures=()
+work=$(mktemp -d /tmp/postmaster-nix-checks.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+# check NAME COMMAND...: runs COMMAND; its output is shown only when it fails.
+check() {
+  local name=$1
+  shift
+  if "$@" >"$work/out" 2>&1; then
+    passed=$((passed + 1))
+    printf 'ok    %s\n' "$name"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    printf 'FAIL  %s\n' "$name"
+    sed 's/^/      /' "$work/out"
+  fi
+}
+
+mapfile -t nix_files < <(
+  find . \( -path ./.git -o -path ./target -o -path ./tests/bed/.cache -o -name 'result*' \) -prune \
+    -o -type f -name '*.nix' -print | sed 's|^\./||' | sort
+)
+echo "${#nix_files[@]} .nix files: ${nix_files[*]}"
+
+step "parse (nix-instantiate --parse)"
+for f in "${nix_files[@]}"; do
+  check "parse $f" nix-instantiate --parse "$f"
+done
+
+step "format (nixfmt --check)"
+for f in "${nix_files[@]}"; do
+  check "nixfmt $f" "$nixfmt" --check "$f"
+done
+
+step "dead code (deadnix --fail)"
+for f in "${nix_files[@]}"; do
+  check "deadnix $f" "$deadnix" --fail "$f"
+done
+
+step "files the Nix code reads exist"
+# Path literals (nix-instantiate --parse makes them absolute), and the files of
+# units/ that nix/module.nix reads by name.
+paths_exist() {
+  local f p missing=0
+  for f in "${nix_files[@]}"; do
+    while read -r p; do
+      [ -e "$p" ] || { echo "$f names $p, which does not exist"; missing=1; }
+    done < <(nix-instantiate --parse "$f" | grep -o "$PWD/[A-Za-z0-9._/+-]*" | sort -u)
+  done
+  while read -r p; do
+    [ -e "units/$p" ] || { echo "nix/module.nix reads units/$p, which does not exist"; missing=1; }
+  done < <(grep -o 'unitsDir + "/[^"]*"' nix/module.nix | sed 's|.*"/\(.*\)"|\1|')
+  return "$missing"
+}
+check "path literals and units/ files" paths_exist
+
+step "evaluate the builtins-only helpers"
+check "nix/tests/lib-eval.nix" nix-instantiate --eval --strict nix/tests/lib-eval.nix -A summary
+
+# The accounts file for declared accounts: rendered by Nix, filled by the unit's
+# script from hash files (here: the seed's public example hash), parsed as TOML.
+# (`check` runs it inside an `if`, where `set -e` does not apply: hence `|| return 1`.)
+fill_accounts() {
+  local dir=$work/fill hash pm=""
+  mkdir -p "$dir/credentials" || return 1
+  nix-instantiate --eval --strict --json nix/tests/lib-eval.nix --argstr workDir "$dir" >"$dir/eval.json" || return 1
+  hash=$(sed -n 's/^password = "\(.*\)"$/\1/p' examples/seed/accounts.toml | head -n1)
+  [ -n "$hash" ] || { echo "no hash in examples/seed/accounts.toml"; return 1; }
+  "$python" - "$dir" "$hash" <<'EOF' || return 1
+import json, sys, pathlib
+d, h = pathlib.Path(sys.argv[1]), sys.argv[2]
+e = json.loads((d / "eval.json").read_text())
+(d / "accounts.template.toml").write_text(e["template"])
+(d / "fill.sh").write_text(e["script"])
+for name in e["mailboxes"]:
+    (d / "credentials" / f"hash-{name}").write_text(h + "\n")
+EOF
+  CREDENTIALS_DIRECTORY=$dir/credentials bash "$dir/fill.sh" || return 1
+  "$python" - "$dir/accounts.toml" "$hash" <<'EOF' || return 1
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    a = tomllib.load(f)
+h = sys.argv[2]
+assert sorted(a["mailboxes"]) == ["anna", "carl", "first.last", "thomas"], a["mailboxes"].keys()
+assert all(m["password"] == h for m in a["mailboxes"].values()), "a hash was not filled in"
+assert a["mailboxes"]["anna"] == {"password": h, "quota": "50M", "send_as": ["@example.net"]}, a["mailboxes"]["anna"]
+assert a["mailboxes"]["carl"]["disabled"] is True
+assert a["aliases"] == {"info@example.net": "anna", "postmaster": "thomas", "sales@example.org": ["thomas", "anna"]}
+assert a["catch_all"] == {"example.org": "thomas"}
+print("accounts.toml parses and holds what was declared")
+EOF
+  # A hash file with a second line is refused, and nothing is written.
+  printf 'x\ny\n' >"$dir/credentials/hash-anna"
+  rm -f "$dir/accounts.toml"
+  if CREDENTIALS_DIRECTORY=$dir/credentials bash "$dir/fill.sh"; then
+    echo "a two-line hash file was accepted"
+    return 1
+  fi
+  [ ! -e "$dir/accounts.toml" ] || { echo "a refused fill still wrote the file"; return 1; }
+  printf '%s\n' "$hash" >"$dir/credentials/hash-anna"
+  CREDENTIALS_DIRECTORY=$dir/credentials bash "$dir/fill.sh" || return 1
+  # With a build of postmaster at hand, it must accept the result as well.
+  for candidate in target/release/postmaster target/debug/postmaster; do
+    if [ -x "$candidate" ]; then
+      pm=$candidate
+      break
+    fi
+  done
+  if [ -z "$pm" ]; then
+    echo "(no build of postmaster in target/: postmaster check not run)"
+    return 0
+  fi
+  printf 'host_name = "mail.example.org"\ndomains = ["example.org", "example.net"]\naccounts_file = "accounts.toml"\nstate_dir = "%s/state"\n' \
+    "$dir" >"$dir/config.toml"
+  "$pm" --config "$dir/config.toml" check || return 1
+}
+check "declared accounts: rendered, filled from hash files, parsed" fill_accounts
+
+# The flake's outputs, without nixpkgs: a stub with just what the outputs
+# function touches before any value is asked for.
+check "flake.nix: outputs for both systems, nixosModules.default exists" \
+  nix-instantiate --eval --strict --expr '
+    let
+      flake = import ./flake.nix;
+      nixpkgs.lib.genAttrs = names: f: builtins.listToAttrs (map (n: { name = n; value = f n; }) names);
+      outputs = flake.outputs { self = outputs; inherit nixpkgs; };
+      want = [ "checks" "devShells" "formatter" "nixosModules" "overlays" "packages" ];
+      systems = [ "aarch64-linux" "x86_64-linux" ];
+    in
+    assert builtins.attrNames outputs == want;
+    assert builtins.all (o: builtins.attrNames outputs.${o} == systems) [ "checks" "devShells" "formatter" "packages" ];
+    assert builtins.pathExists outputs.nixosModules.default;
+    assert builtins.isString flake.inputs.nixpkgs.url;
+    "ok"'
+
+step "the VM tests' Python: test scripts pass pyflakes (as the NixOS test driver checks them)"
+# The driver declares the machines and its functions before the script; so do we.
+pyflakes_scripts() {
+  local dir=$work/scripts
+  mkdir -p "$dir" || return 1
+  nix-instantiate --eval --strict --json nix/tests/test-scripts.nix >"$dir/scripts.json" || return 1
+  "$python" - "$dir" <<'EOF' || return 1
+import json, pathlib, subprocess, sys
+d = pathlib.Path(sys.argv[1])
+prelude = "start_all = subtest = None\nmail = client = acme = None\n"
+bad = 0
+for name, text in sorted(json.loads((d / "scripts.json").read_text()).items()):
+    script = d / f"{name}.py"
+    script.write_text(prelude + text)
+    r = subprocess.run([sys.executable, "-m", "pyflakes", str(script)], capture_output=True, text=True)
+    print(f"{name}: {'ok' if r.returncode == 0 else 'FAILED'}")
+    if r.returncode != 0:
+        bad = 1
+        print(r.stdout + r.stderr)
+sys.exit(bad)
+EOF
+}
+check "nix/tests/*.nix test scripts (pyflakes)" pyflakes_scripts
+
+step "the VM tests' Python (compiles; probe.py runs against the bed's mailclient.py)"
+for f in nix/tests/scenarios/*.py; do
+  check "python3 compiles $f" "$python" -c 'import sys; compile(open(sys.argv[1]).read(), sys.argv[1], "exec")' "$f"
+done
+check "nix/tests/scenarios/probe.py --help" env PYTHONPATH=tests/scenarios "$python" nix/tests/scenarios/probe.py --help
+
+if [ -n "${POSTMASTER_NIXPKGS_LIB:-}" ]; then
+  step "nix/module.nix with lib.evalModules ($POSTMASTER_NIXPKGS_LIB)"
+  lib=$POSTMASTER_NIXPKGS_LIB
+  [ -e "$lib/lib/default.nix" ] && lib=$lib/lib
+  check "nix/tests/module-eval.nix" nix-instantiate --eval --strict nix/tests/module-eval.nix \
+    --arg lib "import $(realpath "$lib")" -A summary
+else
+  step "nix/module.nix with lib.evalModules: skipped (set POSTMASTER_NIXPKGS_LIB to a nixpkgs.lib checkout)"
+fi
+
+printf '\n'
+if [ "$failed" -gt 0 ]; then
+  printf 'failed: %s\n' "${failures[@]}"
+fi
+echo "nix checks: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
