@@ -53,6 +53,7 @@ def test_daemon_is_ready_and_healthy(host):
 
 def test_adding_a_mailbox_by_editing_the_file(host, server):
     before = main_pids(host)
+    reloads_before = status(host)["last_reload"]
     accounts = host.accounts + '\n[mailboxes.dora]\npassword = "' + mailhost.hash_password("dora-secret-4") + '"\n'
     write_in_bed(host, ACCOUNTS, accounts)
     # The new login works over IMAPS: polled without failed logins, which dovecot
@@ -64,7 +65,28 @@ def test_adding_a_mailbox_by_editing_the_file(host, server):
     assert mc.send_inbound(server, "someone@elsewhere.example", ["dora@example.net"], subject) == {}
     mc.imap_find(server, "dora", "dora-secret-4", subject)
     assert main_pids(host) == before, "postfix or dovecot was restarted"
+    # lmdb maps and the passwd-file are re-read by postfix and dovecot on their
+    # own: an accounts change reloads nothing.
+    assert status(host)["last_reload"] == reloads_before
     host.accounts = accounts
+
+
+def test_a_same_second_same_size_rewrite_is_not_missed(host, server):
+    # Two passwords whose hashes have the same length: the second rewrite keeps the
+    # file's size and lands in the same second as the first. dovecot notices a
+    # passwd-file change by mtime and size, so the daemon must make it visible.
+    first, second = mailhost.hash_password("dora-first-5"), mailhost.hash_password("dora-second-6")
+    assert len(first) == len(second)
+    old = host.accounts.split("[mailboxes.dora]")[1].split('"')[1]
+    write_in_bed(host, ACCOUNTS, host.accounts.replace(old, first))
+    m = mc.wait_for("the first password to work", lambda: _try_login(server, "dora", "dora-first-5"), timeout=10)
+    m.logout()
+    # dovecot has just read the file with the first hash; rewrite it at once, within
+    # (most likely) the same second, with the same size.
+    write_in_bed(host, ACCOUNTS, host.accounts.replace(old, second))
+    m = mc.wait_for("the second password to work", lambda: _try_login(server, "dora", "dora-second-6"), timeout=10)
+    m.logout()
+    host.accounts = host.accounts.replace(old, second)
 
 
 def _try_login(server, user, password):
@@ -88,7 +110,7 @@ def test_a_broken_file_keeps_the_last_good_state(host, server, thomas):
     mc.imap_login(server, *thomas).logout()
     subject = mc.unique_subject("while broken")
     assert mc.send_inbound(server, "someone@elsewhere.example", ["dora@example.org"], subject) == {}
-    mc.imap_find(server, "dora", "dora-secret-4", subject)
+    mc.imap_find(server, "dora", "dora-second-6", subject)
     # Fixed: applied, status clean.
     write_in_bed(host, ACCOUNTS, good)
     wait_status(host, "errors cleared", lambda s: not s["accounts"]["errors"])
