@@ -7,10 +7,12 @@ drift. Standard library only. Nothing here knows how the host was started.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.message
 import email.utils
 import email.policy
+import hashlib
 import imaplib
 import poplib
 import smtplib
@@ -206,55 +208,52 @@ def pop3_find(server: Server, user: str, password: str, subject: str,
 
 # ---- TLS ------------------------------------------------------------------------------
 
-def handshake(server: Server, port: int, version: str) -> str:
-    """Completes a TLS handshake on `port` with exactly TLS `version`, the way that
-    port's protocol starts TLS; returns the negotiated version. Raises on refusal."""
-    ctx = tls_context(server, version)
+@contextlib.contextmanager
+def tls_connection(server: Server, port: int, ctx: ssl.SSLContext):
+    """A TLS socket on `port`, started the way that port's protocol starts TLS
+    (implicitly, or after SMTP STARTTLS, IMAP STARTTLS or POP3 STLS). Closed without
+    QUIT or LOGOUT: after a refused handshake there is no session to end."""
     if port in (465, 993, 995):
         with socket.create_connection((server.address, port), timeout=server.timeout) as raw:
             with ctx.wrap_socket(raw, server_hostname=server.name) as tls:
-                return tls.version()
-    # No QUIT/LOGOUT on the way out: after a refused handshake there is no session.
-    if port in (25, 587):
+                yield tls
+    elif port in (25, 587):
         s = smtp(server, port, "none")
         try:
             s.starttls(context=ctx)
-            return s.sock.version()
+            yield s.sock
         finally:
             s.close()
-    if port == 143:
+    elif port == 143:
         m = imaplib.IMAP4(server.address, 143, timeout=server.timeout)
         try:
             m.starttls(ssl_context=ctx)
-            return m.sock.version()
+            yield m.sock
         finally:
             m.sock.close()
-    if port == 110:
+    elif port == 110:
         p = poplib.POP3(server.address, 110, timeout=server.timeout)
         try:
             p.stls(context=ctx)
-            return p.sock.version()
+            yield p.sock
         finally:
             p.sock.close()
-    raise ValueError(f"no TLS on port {port}")
+    else:
+        raise ValueError(f"no TLS on port {port}")
+
+
+def handshake(server: Server, port: int, version: str) -> str:
+    """Completes a TLS handshake on `port` with exactly TLS `version`; returns the
+    negotiated version. Raises on refusal."""
+    with tls_connection(server, port, tls_context(server, version)) as tls:
+        return tls.version()
 
 
 def served_fingerprint(server: Server, port: int) -> str:
     """SHA-256 (hex) of the leaf certificate `port` serves now, verified as a
     client would verify it."""
-    import hashlib
-    ctx = tls_context(server)
-    if port in (465, 993, 995):
-        with socket.create_connection((server.address, port), timeout=server.timeout) as raw:
-            with ctx.wrap_socket(raw, server_hostname=server.name) as tls:
-                return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
-    if port in (25, 587):
-        s = smtp(server, port, "starttls")
-        try:
-            return hashlib.sha256(s.sock.getpeercert(binary_form=True)).hexdigest()
-        finally:
-            s.close()
-    raise ValueError(f"no fingerprint check for port {port}")
+    with tls_connection(server, port, tls_context(server)) as tls:
+        return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
 
 
 def client_speaks(version: str, cert: str, key: str, ca_file: str) -> bool:

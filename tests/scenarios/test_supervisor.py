@@ -106,6 +106,8 @@ def test_a_broken_file_keeps_the_last_good_state(host, server, thomas):
     assert any(e.startswith(f"{ACCOUNTS}:{line}:1: unknown key `pasword`") for e in s["accounts"]["errors"]), s
     out = host.bed.run(["postmaster", "status"])
     assert out.returncode == 1 and f"{ACCOUNTS}:{line}:1:" in out.stdout, out
+    out = host.bed.run(["postmaster", "reload"])
+    assert out.returncode == 1 and f"{ACCOUNTS}:{line}:1: unknown key `pasword`" in out.stderr, out
     # Everything served before still works.
     mc.imap_login(server, *thomas).logout()
     subject = mc.unique_subject("while broken")
@@ -115,6 +117,16 @@ def test_a_broken_file_keeps_the_last_good_state(host, server, thomas):
     write_in_bed(host, ACCOUNTS, good)
     wait_status(host, "errors cleared", lambda s: not s["accounts"]["errors"])
     assert host.bed.run(["postmaster", "status"]).returncode == 0
+    out = host.bed.run(["postmaster", "reload"])
+    assert out.returncode == 0 and out.stdout.startswith("serving 4 mailboxes"), out
+
+
+def test_systemctl_reload_rereads_everything_in_place(host):
+    pid = host.bed.main_pid("postmaster.service")
+    host.bed.systemctl("reload", "postmaster.service")  # notify-reload: SIGHUP, RELOADING=1 … READY=1
+    assert host.bed.main_pid("postmaster.service") == pid
+    assert host.bed.is_active("postmaster.service")
+    assert "reloaded on SIGHUP" in host.bed.journal("postmaster.service", lines=20)
 
 
 def _served(host, server) -> dict:
