@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # the real tools the integration tests check generated output with
   postfix postfix-lmdb dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd openssl
+  # the ACME client's tests run against a real pebble on loopback
+  pebble
   # the test bed: a rootfs, booted with systemd-nspawn
   debootstrap systemd-container zstd iproute2 util-linux
   # the scenario tests: real mail clients
