@@ -16,8 +16,8 @@ pub fn read_source(config: &Config) -> Result<(Vec<u8>, Vec<u8>), String> {
 }
 
 /// Validates a source pair and makes the file to install: key, then chain.
-pub fn prepare(config: &Config, chain: &[u8], key: &[u8]) -> Result<(CertInfo, Vec<u8>), String> {
-    let info = tls::validate_pair(chain, key, &config.certificate_names(), SystemTime::now()).map_err(|p| p.to_string())?;
+pub fn prepare(config: &Config, chain: &[u8], key: &[u8]) -> Result<(CertInfo, Vec<u8>), tls::PairProblem> {
+    let info = tls::validate_pair(chain, key, &config.certificate_names(), SystemTime::now())?;
     let mut pair = key.to_vec();
     if !pair.ends_with(b"\n") {
         pair.push(b'\n');
@@ -30,7 +30,7 @@ pub fn prepare(config: &Config, chain: &[u8], key: &[u8]) -> Result<(CertInfo, V
 /// a real certificate exists.
 pub fn placeholder(config: &Config) -> Result<(CertInfo, Vec<u8>), String> {
     let (chain, key) = tls::self_signed_placeholder(&config.certificate_names(), SystemTime::now());
-    prepare(config, chain.as_bytes(), key.as_bytes())
+    prepare(config, chain.as_bytes(), key.as_bytes()).map_err(|p| p.to_string())
 }
 
 /// Writes the pair atomically where postfix and dovecot read it.

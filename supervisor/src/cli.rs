@@ -235,7 +235,9 @@ fn apply_once(config_path: &Path) -> Result<(), Failure> {
         println!("unchanged: {}", p.display());
     }
     let installed = certificate::installed(&config);
-    let (info, pair) = match certificate::read_source(&config).and_then(|(chain, key)| certificate::prepare(&config, &chain, &key)) {
+    let (info, pair) = match certificate::read_source(&config)
+        .and_then(|(chain, key)| certificate::prepare(&config, &chain, &key).map_err(|p| p.to_string()))
+    {
         Ok(ready) => ready,
         Err(why) if installed.is_some() => {
             eprintln!("certificate not installed, the current one stays: {why}");

@@ -72,6 +72,8 @@ struct Daemon {
     /// The certificate postfix and dovecot are configured to serve.
     installed: Option<CertInfo>,
     settle_at: Option<Instant>,
+    /// The pair bytes a settle re-check was already scheduled for (once per pair).
+    settled: Option<[u8; 32]>,
 }
 
 async fn main_loop(config_path: &Path) -> Result<(), String> {
@@ -110,10 +112,12 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
         accounts_seen: None,
         pair_seen: None,
         settle_at: None,
+        settled: None,
     };
     daemon.watch();
     daemon.check(true).await;
 
+    let mut bus_name_owned = false;
     if let Some(c) = &connection {
         let supervisor = bus::Supervisor {
             requests: requests_tx.clone(),
@@ -121,12 +125,9 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
             systemd,
             units: vec![daemon.config.units.postfix.clone(), daemon.config.units.dovecot.clone()],
         };
-        let served = async {
-            c.object_server().at(bus::OBJECT_PATH, supervisor).await?;
-            c.request_name(bus::BUS_NAME).await
-        };
-        if let Err(e) = served.await {
-            error!(error = %e, name = bus::BUS_NAME, "cannot offer the D-Bus interface (is the D-Bus policy installed?)");
+        match c.object_server().at(bus::OBJECT_PATH, supervisor).await {
+            Ok(_) => bus_name_owned = own_bus_name(c).await,
+            Err(e) => error!(error = %e, "cannot serve the D-Bus interface"),
         }
     }
 
@@ -144,6 +145,7 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
         tokio::spawn(feed_watchdog(every, busy_since.clone()));
     }
     let mut backstop = tokio::time::interval(BACKSTOP);
+    let mut name_retry = tokio::time::interval(Duration::from_secs(2));
     backstop.tick().await;
 
     loop {
@@ -180,12 +182,20 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
             _ = settle => {
                 busy(&busy_since);
                 daemon.settle_at = None;
+                daemon.pair_seen = None; // look at the same bytes once more
                 daemon.check_certificate(false).await;
                 daemon.publish();
             }
             _ = backstop.tick() => {
                 busy(&busy_since);
                 daemon.check(false).await;
+            }
+            // The bus may refuse the name at boot, before it has re-read its
+            // policy: keep asking.
+            _ = name_retry.tick(), if !bus_name_owned && connection.is_some() => {
+                if let Some(c) = &connection {
+                    bus_name_owned = own_bus_name(c).await;
+                }
             }
             Some(request) = requests.recv() => {
                 busy(&busy_since);
@@ -360,10 +370,15 @@ impl Daemon {
         match certificate::prepare(&self.config, &chain, &key) {
             Err(problem) => {
                 // A writer may be halfway through the pair (cp writes two files):
-                // look again soon, and report what is wrong meanwhile.
-                self.pair_seen = None;
-                self.settle_at = Some(Instant::now() + SETTLE);
-                self.certificate_refused(problem);
+                // look once more soon, and report what is wrong meanwhile. The same
+                // bytes are not looked at again after that, so a pair that stays
+                // broken is reported once, not every few seconds.
+                if problem.may_be_in_progress() && self.settled != Some(digest) {
+                    self.settle_at = Some(Instant::now() + SETTLE);
+                    self.settled = Some(digest);
+                }
+                self.pair_seen = Some(digest);
+                self.certificate_refused(problem.to_string());
                 if self.installed.is_none() {
                     self.install_placeholder().await;
                 }
@@ -530,6 +545,19 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 
 fn monotonic_usec() -> sd_notify::NotifyState<'static> {
     sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Custom("MONOTONIC_USEC=0"))
+}
+
+async fn own_bus_name(connection: &zbus::Connection) -> bool {
+    match connection.request_name(bus::BUS_NAME).await {
+        Ok(()) => {
+            info!(name = bus::BUS_NAME, "D-Bus interface offered");
+            true
+        }
+        Err(e) => {
+            error!(error = %e, name = bus::BUS_NAME, "cannot own the D-Bus name (is the D-Bus policy installed?); retrying");
+            false
+        }
+    }
 }
 
 /// The longest a single step of the loop may take before the watchdog stops being

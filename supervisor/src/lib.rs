@@ -14,9 +14,11 @@
 //!   [`bus`] is postmaster's own D-Bus interface, [`status`] what it reports.
 //! - [`tls`]: certificate pair validation (pure); [`certificate`]: from source files
 //!   to the installed pair; [`probe`]: what a port serves.
+//! - [`acme`]: the ACME client: account, http-01 issuance, renewal planning.
 //! - [`cli`]: the `postmaster` command line.
 
 pub mod accounts;
+pub mod acme;
 pub mod address;
 pub mod apply;
 pub mod cli;
