@@ -16,6 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use crate::acme;
 use crate::apply;
 use crate::bus::{self, Outcome, Request};
 use crate::config::{Config, MapType, TlsSource};
@@ -74,6 +75,16 @@ struct Daemon {
     settle_at: Option<Instant>,
     /// The pair bytes a settle re-check was already scheduled for (once per pair).
     settled: Option<[u8; 32]>,
+    /// Set when the certificate comes from ACME.
+    acme: Option<Acme>,
+}
+
+/// What the daemon keeps for ACME between attempts.
+struct Acme {
+    /// How http-01 challenges are answered; `Err` says why they cannot be.
+    responder: Result<acme::Responder, String>,
+    /// When to try next, and how the last attempts went; survives restarts.
+    schedule: acme::Schedule,
 }
 
 async fn main_loop(config_path: &Path) -> Result<(), String> {
@@ -113,7 +124,13 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
         pair_seen: None,
         settle_at: None,
         settled: None,
+        acme: None,
     };
+    daemon.acme = acme_setup(&daemon.config);
+    daemon.show_acme();
+    if let Some(info) = daemon.installed.clone() {
+        daemon.show_certificate(&info, None);
+    }
     daemon.watch();
     daemon.check(true).await;
 
@@ -155,6 +172,15 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
                 None => std::future::pending().await,
             }
         };
+        let acme_due = async {
+            match daemon.acme.as_ref() {
+                Some(a) => {
+                    let wait = a.schedule.next_attempt_time().duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(wait.min(BACKSTOP)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         busy_since.store(0, std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             Some(first) = changes.recv() => {
@@ -190,6 +216,10 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
                 busy(&busy_since);
                 daemon.check(false).await;
             }
+            _ = acme_due => {
+                busy(&busy_since);
+                daemon.renew_if_due().await;
+            }
             // The bus may refuse the name at boot, before it has re-read its
             // policy: keep asking.
             _ = name_retry.tick(), if !bus_name_owned && connection.is_some() => {
@@ -204,7 +234,7 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
                         let _ = reply.send(daemon.reload().await);
                     }
                     Request::Renew { force, reply } => {
-                        let _ = reply.send(daemon.renew(force));
+                        let _ = reply.send(daemon.renew(force).await);
                     }
                 }
             }
@@ -265,12 +295,127 @@ impl Daemon {
         Outcome { ok: errors.is_empty() && status.healthy(), summary: status.summary(), errors }
     }
 
-    fn renew(&mut self, _force: bool) -> Outcome {
-        let summary = match self.config.tls.source {
-            TlsSource::Files => "the certificate comes from files another tool writes: renew it with that tool".to_string(),
-            TlsSource::Acme => "ACME renewal is not in this version of postmaster yet".to_string(),
+    /// `postmaster renew`: renews when due, or at once with `force`.
+    async fn renew(&mut self, force: bool) -> Outcome {
+        let Some(acme) = &self.acme else {
+            let summary = "the certificate comes from files another tool writes: renew it with that tool".to_string();
+            return Outcome { ok: false, summary: summary.clone(), errors: vec![summary] };
         };
-        Outcome { ok: false, summary: summary.clone(), errors: vec![summary] }
+        if !force && !self.renewal_needed() && !acme.schedule.due(SystemTime::now()) {
+            let summary = format!("not due: next renewal at {}; --force renews now", tls::format_rfc3339(acme.schedule.next_attempt_time()));
+            return Outcome { ok: true, summary, errors: Vec::new() };
+        }
+        match self.obtain_certificate().await {
+            Ok(summary) => Outcome { ok: true, summary, errors: Vec::new() },
+            Err(e) => Outcome { ok: false, summary: format!("renewal failed: {e}"), errors: vec![e] },
+        }
+    }
+
+    /// Whether a certificate is needed now, whatever the schedule says: none was
+    /// obtained yet (a placeholder serves), or the names changed.
+    fn renewal_needed(&self) -> bool {
+        match certificate::read_source(&self.config) {
+            Err(_) => true,
+            Ok((chain, key)) => certificate::prepare(&self.config, &chain, &key).is_err(),
+        }
+    }
+
+    async fn renew_if_due(&mut self) {
+        let due = match &self.acme {
+            Some(a) => a.schedule.due(SystemTime::now()) || (self.renewal_needed() && a.schedule.failures == 0),
+            None => false,
+        };
+        if due {
+            let _ = self.obtain_certificate().await;
+        }
+        self.publish();
+    }
+
+    /// One ACME attempt. The new pair is written where `tls.cert`/`tls.key` point and
+    /// goes through the same validate, install, reload and verify path as a pair
+    /// another tool writes.
+    async fn obtain_certificate(&mut self) -> Result<String, String> {
+        let Some(acme_state) = self.acme.as_mut() else {
+            return Err("ACME is not this host's certificate source".into());
+        };
+        let now = SystemTime::now();
+        let names = self.config.certificate_names();
+        let attempt = async {
+            let responder = acme_state.responder.as_ref().map_err(|e| e.clone())?;
+            let account = acme::account(&self.config.acme, &self.config.state_dir).await.map_err(|e| e.to_string())?;
+            let (chain, key) = acme::obtain(&account, &names, responder).await.map_err(|e| e.to_string())?;
+            let ari = acme::ari_window(&account, &chain).await;
+            Ok::<_, String>((chain, key, ari))
+        };
+        let result = attempt.await;
+        let outcome = match result {
+            Ok((chain, key, ari)) => {
+                let (cert_path, key_path) = (self.config.tls.cert.clone(), self.config.tls.key.clone());
+                let written = tokio::task::spawn_blocking(move || {
+                    for path in [&cert_path, &key_path] {
+                        if let Some(dir) = path.parent() {
+                            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                        }
+                    }
+                    // Key first: until the chain follows, the pair does not match and
+                    // is refused, never half-installed.
+                    apply::write_atomic(&key_path, key.as_bytes(), 0o600, None).map_err(|e| e.to_string())?;
+                    apply::write_atomic(&cert_path, chain.as_bytes(), 0o644, None).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+                match written {
+                    Err(e) => Err(format!("storing the new certificate failed: {e}")),
+                    Ok(_) => {
+                        self.check_certificate(true).await;
+                        match &self.installed {
+                            Some(info) => {
+                                let next = acme::renewal_time(info.not_before, info.not_after, ari, rand::random::<f64>());
+                                Ok((format!("obtained a certificate for {} valid until {}", names.join(", "), tls::format_rfc3339(info.not_after)), next))
+                            }
+                            None => Err("the new certificate was not installed".into()),
+                        }
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let Some(acme_state) = self.acme.as_mut() else {
+            return Err("ACME is not this host's certificate source".into());
+        };
+        let result = match outcome {
+            Ok((summary, next)) => {
+                info!(next_renewal = %tls::format_rfc3339(next), "{summary}");
+                acme_state.schedule.record_success(now, next);
+                Ok(summary)
+            }
+            Err(e) => {
+                acme_state.schedule.record_failure(now, &e);
+                let days = self.installed.as_ref().map(|i| i.days_left(SystemTime::now()));
+                error!(error = %e, days_left = ?days, retry_at = %tls::format_rfc3339(acme_state.schedule.next_attempt_time()), "obtaining a certificate failed; the current one keeps being served");
+                Err(e)
+            }
+        };
+        if let Err(e) = acme_state.schedule.store(&self.config.state_dir) {
+            error!(error = %e, "cannot store the renewal schedule");
+        }
+        self.show_acme();
+        result
+    }
+
+    fn show_acme(&mut self) {
+        let status = self.acme.as_ref().map(|a| crate::status::AcmeStatus {
+            directory: self.config.acme.directory.clone(),
+            last_attempt: a.schedule.last_attempt.map(|at| Event {
+                at: tls::format_rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(at)),
+                ok: a.schedule.failures == 0,
+                detail: a.schedule.last_result.clone().unwrap_or_default(),
+            }),
+            next_attempt: tls::format_rfc3339(a.schedule.next_attempt_time()),
+            failures: a.schedule.failures,
+        });
+        self.status.send_modify(|s| s.acme = status);
     }
 
     async fn check_accounts(&mut self, force: bool) {
@@ -545,6 +690,44 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 
 fn monotonic_usec() -> sd_notify::NotifyState<'static> {
     sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Custom("MONOTONIC_USEC=0"))
+}
+
+/// ACME's parts that live as long as the daemon: the http-01 responder (the
+/// listening socket systemd hands over as `acme-http`, or the webroot) and the
+/// schedule from an earlier run.
+fn acme_setup(config: &Config) -> Option<Acme> {
+    if config.tls.source != TlsSource::Acme {
+        return None;
+    }
+    let responder = match config.acme.challenge {
+        crate::config::Challenge::Webroot => match &config.acme.webroot {
+            Some(dir) => Ok(acme::Responder::Webroot(dir.clone())),
+            None => Err("challenge = \"webroot\" needs `webroot`".to_string()),
+        },
+        crate::config::Challenge::Http01 => {
+            let fds = sd_notify::listen_fds_with_names().map(|fds| fds.collect::<Vec<_>>()).unwrap_or_default();
+            match fds.into_iter().find(|(_, name)| name == "acme-http") {
+                // SAFETY: systemd passed this descriptor to us alone, as a listening
+                // socket (postmaster-acme.socket); nothing else owns it.
+                Some((fd, _)) => {
+                    let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                    acme::Http01Server::start(listener).map(acme::Responder::Listener).map_err(|e| e.to_string())
+                }
+                None => Err("no `acme-http` socket from systemd: enable postmaster-acme.socket (port 80), or use challenge = \"webroot\"".to_string()),
+            }
+        }
+    };
+    if let Err(e) = &responder {
+        error!(error = %e, "http-01 challenges cannot be answered");
+    }
+    let schedule = match acme::Schedule::load(&config.state_dir) {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => {
+            error!(error = %e, "the renewal schedule is unreadable; starting a new one");
+            acme::Schedule::default()
+        }
+    };
+    Some(Acme { responder, schedule })
 }
 
 async fn own_bus_name(connection: &zbus::Connection) -> bool {

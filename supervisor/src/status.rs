@@ -13,6 +13,8 @@ pub struct Status {
     pub certificate: CertificateStatus,
     /// The last time postfix and dovecot were reloaded, and how it went.
     pub last_reload: Option<Event>,
+    /// Certificate renewal over ACME, when that is the certificate's source.
+    pub acme: Option<AcmeStatus>,
     pub units: Vec<UnitState>,
 }
 
@@ -47,6 +49,17 @@ pub struct CertificateStatus {
     pub error: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeStatus {
+    pub directory: String,
+    /// The last attempt to obtain a certificate, and how it ended.
+    pub last_attempt: Option<Event>,
+    /// RFC 3339, UTC.
+    pub next_attempt: String,
+    /// Failed attempts in a row (the back-off grows with them).
+    pub failures: u32,
+}
+
 /// Something that happened, when, and how it ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -62,6 +75,7 @@ impl Status {
             && self.certificate.error.is_none()
             && self.last_reload.as_ref().is_none_or(|e| e.ok)
             && self.certificate.verified.as_ref().is_none_or(|e| e.ok)
+            && self.acme.as_ref().and_then(|a| a.last_attempt.as_ref()).is_none_or(|e| e.ok)
     }
 
     /// The one line systemd shows (`systemctl status postmaster`).
@@ -90,6 +104,9 @@ impl Status {
         }
         if let Some(e) = self.certificate.verified.as_ref().filter(|e| !e.ok) {
             line.push_str(&format!("; SERVED CERTIFICATE CHECK FAILED: {}", e.detail));
+        }
+        if let Some(e) = self.acme.as_ref().and_then(|a| a.last_attempt.as_ref()).filter(|e| !e.ok) {
+            line.push_str(&format!("; RENEWAL FAILING: {}", e.detail));
         }
         line
     }
@@ -129,6 +146,13 @@ impl Status {
         if let Some(e) = &c.error {
             line(format!("  error:    {e}"));
             line("            (the current certificate keeps being served)".into());
+        }
+        if let Some(a) = &self.acme {
+            line(format!("acme:       {}", a.directory));
+            if let Some(e) = &a.last_attempt {
+                line(format!("            last attempt {} at {}: {}", if e.ok { "ok" } else { "FAILED" }, e.at, e.detail));
+            }
+            line(format!("            next attempt {} ({} failures in a row)", a.next_attempt, a.failures));
         }
         if let Some(e) = &self.last_reload {
             line(format!("reload:     {} at {}: {}", if e.ok { "ok" } else { "FAILED" }, e.at, e.detail));

@@ -24,6 +24,28 @@ install -m 0640 -g postmaster /bed/tls/privkey.pem "$archive/privkey1.pem"
 ln -sfn ../../archive/mail.example.org/fullchain1.pem "$live/fullchain.pem"
 ln -sfn ../../archive/mail.example.org/privkey1.pem "$live/privkey.pem"
 
+# A local ACME CA, when this bed's host gets its certificate over ACME: pebble with
+# pebble-challtestsrv as its DNS (every name is 127.0.0.1), so pebble validates
+# http-01 against port 80 here, which postmaster-acme.socket hands to the daemon.
+if [ -d /bed/pebble ]; then
+	install -d /etc/pebble
+	install -m 0644 /bed/pebble/config.json /bed/pebble/api.pem /etc/pebble/
+	install -m 0600 /bed/pebble/api.key /etc/pebble/
+	install -m 0644 /bed/pebble/api-ca.pem /etc/postmaster/pebble-api.pem
+	# As transient units, from a script the tests can run again after stopping them.
+	cat > /usr/local/sbin/bed-pebble <<'PEBBLE'
+#!/bin/sh
+systemd-run --unit=pebble-dns --no-block /usr/bin/pebble-challtestsrv -management 127.0.0.1:8055 \
+	-dns01 127.0.0.1:8053 -http01 "" -https01 "" -tlsalpn01 "" -defaultIPv4 127.0.0.1 -defaultIPv6 ""
+systemd-run --unit=pebble --no-block -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0 \
+	/usr/bin/pebble -config /etc/pebble/config.json -dnsserver 127.0.0.1:8053
+PEBBLE
+	chmod 0755 /usr/local/sbin/bed-pebble
+	/usr/local/sbin/bed-pebble
+	systemctl enable postmaster-acme.socket
+	systemctl start --no-block postmaster-acme.socket
+fi
+
 # The whole mail host's configuration, rendered from postmaster's.
 postmaster check
 out=$(mktemp -d)

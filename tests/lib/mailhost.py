@@ -121,6 +121,44 @@ def prepare(dir: Path, accounts: str | None = None, config: str = CONFIG) -> Mai
     return MailHost(dir=dir, ca=ca, accounts=accounts)
 
 
+ACME_CONFIG = f"""\
+host_name = "{HOST_NAME}"
+domains = {DOMAINS!r}
+accounts_file = "/etc/postmaster/accounts.toml"
+[tls]
+source = "acme"
+[acme]
+# pebble in the bed (tests/lib/bed-setup.sh): its API on 14000, every name resolved
+# to 127.0.0.1 by pebble-challtestsrv, http-01 answered on port 80 by the daemon.
+directory = "https://127.0.0.1:14000/dir"
+trust_root = "/etc/postmaster/pebble-api.pem"
+contact = ["mailto:postmaster@example.org"]
+[postfix]
+reject_unknown_sender_domain = false
+[dovecot]
+version = "2.4"
+"""
+
+
+def prepare_acme(dir: Path, bed_ip: str) -> MailHost:
+    """The seed's mail host with its certificate from a pebble ACME CA in the bed.
+    `bed_ip` goes into pebble's API certificate so the host can fetch its roots."""
+    host = prepare(dir, config=ACME_CONFIG)
+    pebble = dir / "pebble"
+    pebble.mkdir()
+    # pebble's API certificate, from a CA of its own that postmaster trusts.
+    api_ca = TestCA.create(pebble / "api-ca", name="pebble API test CA")
+    chain, key = api_ca.issue(pebble / "leaf", ["localhost", "IP:127.0.0.1", f"IP:{bed_ip}"])
+    shutil.copy2(chain, pebble / "api.pem")
+    shutil.copy2(key, pebble / "api.key")
+    shutil.copy2(api_ca.cert, pebble / "api-ca.pem")
+    (pebble / "config.json").write_text(
+        '{"pebble": {"listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",'
+        ' "certificate": "/etc/pebble/api.pem", "privateKey": "/etc/pebble/api.key",'
+        ' "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "", "externalAccountBindingRequired": false}}\n')
+    return host
+
+
 def boot(host: MailHost, name: str = "pmscen", net: str = "10.231.1") -> Bed:
     """Boots the prepared host. Beds of other names and nets can run beside it."""
     bed = Bed(bed_input_dir=host.dir, name=name, net=net, wait_ports=PORTS)

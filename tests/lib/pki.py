@@ -40,18 +40,19 @@ class TestCA:
 
     def issue(self, out_dir: Path, names: list[str], days: int = 10, stem: str = "leaf",
               not_before_days_ago: int = 0) -> tuple[Path, Path]:
-        """A leaf for `names`: returns (fullchain.pem, privkey.pem) in out_dir."""
+        """A leaf for `names` ("IP:…" for an address): returns (fullchain.pem,
+        privkey.pem) in out_dir."""
         out_dir.mkdir(parents=True, exist_ok=True)
         key = out_dir / f"{stem}.key"
         csr = out_dir / f"{stem}.csr"
         crt = out_dir / f"{stem}.crt"
         ext = out_dir / f"{stem}.ext"
         ext.write_text(
-            "subjectAltName=" + ",".join(f"DNS:{n}" for n in names) + "\n"
+            "subjectAltName=" + ",".join(n if n.startswith("IP:") else f"DNS:{n}" for n in names) + "\n"
             "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"
         )
         _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-subj", f"/CN={names[0]}", "-keyout", str(key), "-out", str(csr), cwd=out_dir)
+                 "-subj", f"/CN={names[0].removeprefix('IP:')}", "-keyout", str(key), "-out", str(csr), cwd=out_dir)
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.key),
                  "-CAcreateserial", "-days", str(days), "-extfile", str(ext), "-out", str(crt), cwd=out_dir)
         chain = out_dir / f"{stem}.fullchain.pem"
