@@ -29,11 +29,20 @@ def main() -> int:
     args = ap.parse_args()
 
     keep = Path("/run/postmaster-demo")
+    keep.mkdir(exist_ok=True)
+    ca = keep / "ca.pem"
+    net = "10.231.2"
     with tempfile.TemporaryDirectory(prefix="postmaster-demo-") as tmp:
-        host = mailhost.prepare(Path(tmp) / "bed")
-        bed = mailhost.boot(host, name="pmdemo", net="10.231.2")
+        # The certificate comes from a local ACME CA (pebble) in the container,
+        # obtained by postmaster over http-01, as it would from Let's Encrypt.
+        host = mailhost.prepare_acme(Path(tmp) / "bed", f"{net}.2")
+        bed = mailhost.boot(host, name="pmdemo", net=net)
         try:
-            server = mc.Server(address=bed.ip, ca_file=str(host.ca.cert))
+            t0 = time.monotonic()
+            mailhost.wait_for_acme_certificate(host)
+            print(f"\npostmaster obtained its certificate from the local ACME CA in {time.monotonic() - t0:.2f} s.")
+            ca.write_text(mailhost.pebble_root(host))
+            server = mc.Server(address=bed.ip, ca_file=str(ca))
             subject = mc.unique_subject("Hello from postmaster's demo")
             user, password = "thomas", mailhost.PASSWORDS["thomas"]
             t0 = time.monotonic()
@@ -46,15 +55,12 @@ def main() -> int:
             if args.once:
                 return 0
 
-            keep.mkdir(exist_ok=True)
-            ca = keep / "ca.pem"
-            ca.write_text(host.ca.cert.read_text())
             bed.forward(FORWARDS)
             print(f"""
 It runs in a container at {bed.ip}, forwarded to this machine:
   SMTP 127.0.0.1:2525   submission (STARTTLS) 127.0.0.1:2587   submissions (TLS) 127.0.0.1:2465
   IMAP 127.0.0.1:2143 (STARTTLS)   IMAPS 127.0.0.1:2993   POP3 127.0.0.1:2110 (STARTTLS)   POP3S 127.0.0.1:2995
-The certificate is for mail.example.org, signed by a throwaway CA: {ca}
+The certificate is for mail.example.org, from the container's ACME CA (pebble); its root: {ca}
 Logins: thomas / {mailhost.PASSWORDS['thomas']}   anna / {mailhost.PASSWORDS['anna']}
 Try:
   swaks --server 127.0.0.1:2587 --tls --auth-user thomas --auth-password {mailhost.PASSWORDS['thomas']} \\

@@ -159,6 +159,34 @@ def prepare_acme(dir: Path, bed_ip: str) -> MailHost:
     return host
 
 
+def pebble_root(host: MailHost) -> str:
+    """pebble's issuing root (new at every pebble start), from its management API."""
+    import ssl
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=str(host.dir / "pebble" / "api-ca.pem"))
+    with urllib.request.urlopen(f"https://{host.bed.ip}:15000/roots/0", context=ctx, timeout=10) as r:
+        return r.read().decode()
+
+
+def wait_for_acme_certificate(host: MailHost, timeout: float = 60.0) -> dict:
+    """Waits until the daemon serves a certificate it obtained over ACME; returns
+    its status."""
+    import json
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        out = host.bed.run(["postmaster", "status", "--json"])
+        if out.stdout.strip():
+            status = json.loads(out.stdout)
+            acme = status.get("acme") or {}
+            verified = status["certificate"].get("verified") or {}
+            if (acme.get("last_attempt") or {}).get("ok") and verified.get("ok"):
+                return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no ACME certificate after {timeout:.0f} s:\n{host.bed.journal('postmaster.service', lines=30)}")
+        time.sleep(0.2)
+
+
 def boot(host: MailHost, name: str = "pmscen", net: str = "10.231.1") -> Bed:
     """Boots the prepared host. Beds of other names and nets can run beside it."""
     bed = Bed(bed_input_dir=host.dir, name=name, net=net, wait_ports=PORTS)

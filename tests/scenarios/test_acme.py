@@ -8,11 +8,8 @@ A bed of its own (the other scenarios use a certificate from files).
 from __future__ import annotations
 
 import json
-import ssl
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,10 +39,7 @@ def status(host) -> dict:
 
 
 def pebble_root(host) -> str:
-    """pebble's issuing root: new at every pebble start."""
-    ctx = ssl.create_default_context(cafile=str(host.dir / "pebble" / "api-ca.pem"))
-    with urllib.request.urlopen(f"https://{host.bed.ip}:15000/roots/0", context=ctx, timeout=10) as r:
-        return r.read().decode()
+    return mailhost.pebble_root(host)
 
 
 def served(host, root_file: Path) -> dict:
