@@ -37,7 +37,7 @@ def test_submission_delivers_to_imap_and_pop3(server, thomas, anna, port):
     assert got["To"] == "anna@example.org"
     assert got["Message-ID"] == sent["Message-ID"]
     assert normalized(got.get_content()) == normalized(body)
-    assert f"ESMTPSA id" in " ".join(got.get_all("Received")), "submitted mail is marked authenticated"
+    assert "ESMTPSA id" in " ".join(got.get_all("Received")), "submitted mail is marked authenticated"
 
     popped = mc.pop3_find(server, *anna, subject)
     assert popped["Message-ID"] == sent["Message-ID"]

@@ -12,7 +12,6 @@ import imaplib
 import json
 import time
 
-import pytest
 
 import mailclient as mc
 import mailhost
