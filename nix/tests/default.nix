@@ -8,7 +8,7 @@
 #   accounts-live     the admin edits the accounts file (in place, and by rename as
 #                     editors do): new mailbox, new alias, removal, all live; postfix
 #                     and dovecot keep their main PIDs
-#   acme (not yet)    postmaster gets its certificate from pebble (http-01 on port 80
+#   acme              postmaster gets its certificate from pebble (http-01 on port 80
 #                     through systemd's socket) and a renewal is served on every port
 #                     without restarting postfix or dovecot
 #   broken-accounts   a broken accounts file is refused, the last good accounts keep
@@ -23,8 +23,7 @@ in
 {
   mail-flow = test ./mail-flow.nix;
   accounts-live = test ./accounts-live.nix;
-  # acme.nix waits for postmaster's own ACME client (the next issue): until the
-  # daemon obtains certificates it would only fail, so it is not a check yet.
+  acme = test ./acme.nix;
   broken-accounts = test ./broken-accounts.nix;
 
   # Evaluation only, no VM: the builtins-only helpers (nix/tests/lib-eval.nix) and
