@@ -1,0 +1,1051 @@
+"""postmaster's benchmark: how fast the daemon brings an edit to clients, and what it
+costs when nothing happens. It prints figures and is not a test: it exits 0 whatever
+the figures are, and non-zero only when the benchmark itself could not run.
+
+It boots the seed's mail host in the test bed (tests/lib/mailhost.py, machine
+"pmbench" on 10.231.6.0/24; the daemon runs as postmaster.service under its real
+unit), makes everything the trials need beforehand (password hashes, certificates:
+not measured), and measures from the host, as a client would see it:
+
+1. accounts edit -> new login succeeds ("accounts", then "busy"). Each trial adds a
+   new mailbox by rewriting /etc/postmaster/accounts.toml atomically (the new text
+   staged inside the bed under another name, then renamed over the file) and takes
+   the time from just before the rename until an IMAPS LOGIN as the new user is
+   answered OK on a connection opened from outside (connect + TLS + LOGIN included).
+
+   dovecot answers every failed login only after 2 s (auth_failure_delay) and
+   penalises the client address on top (its next logins wait 2 s, 4 s, ...), so
+   retrying logins until one works would measure dovecot's penalty, not the apply.
+   So: the host reads the passwd-file dovecot reads (through the bed's root: a
+   plain file read, nothing runs in the bed) every 5 ms until the new user is in it
+   (no login can work before), then logs in. Every login comes from a source
+   address of its own (NET.10-NET.250, added to the host side of the bed's veth for
+   the run): an address whose login failed is not used again (or, in the busy
+   series, only after a successful login, which clears its penalty); one whose login
+   worked goes back to the pool. If a login fails after all, another starts from a
+   fresh address every 50 ms until one works; failures are counted and shown.
+
+   dovecot looks at the passwd-file at most once per wall-clock second, and only
+   when a login asks. "accounts" (idle server): each rename comes 0.8 s or more
+   after the previous trial's last login, and the first login 0.3 s after the
+   rename at the earliest, so it always makes dovecot look at the file again.
+   "busy" (busy server): thomas logs in every 100 ms meanwhile, as users would, so
+   a new user can log in only once the next second has begun: up to 1 s more,
+   which is dovecot's, not the daemon's. The renames of this series are spread
+   evenly over the wall-clock second, so that this wait is sampled fairly.
+
+2. certificate replaced -> new certificate served on 993 and 587. Each trial
+   writes a new pair into archive/ and replaces the live/ symlinks the way certbot
+   does (a symlink under a temporary name renamed over privkey.pem, then over
+   fullchain.pem). From just before the first rename, a TLS handshake starts on each
+   port every 20 ms (IMAPS on 993, SMTP STARTTLS on 587), each in a thread of its
+   own, so that one slow handshake does not hide the others. A port serves the new
+   certificate when the first handshake showing it ends; the trial's figure is when
+   both do. "stable": from when every handshake started later showed it too. Then
+   polling goes on for --confirm-ms and the next trial waits for the daemon's own
+   check, whose figure ("served on every port after N ms", counted from the end of
+   its reloads) comes from `postmaster status --json`. The daemon's journal gives
+   its side: when it installed the pair and when each reload was done.
+
+   Seen here: when `postfix reload` comes while connections keep arriving on 587,
+   the smtpd processes from before the reload take a few more, those stall about
+   2 s in STARTTLS and then show the old certificate, and the master starts no new
+   smtpd for the service until they are done: every client connecting meanwhile
+   waits too. The trials where this happened are counted ("took 1 s or more").
+
+   postfix's, dovecot's and postmaster's main PIDs are compared before and after.
+
+3. the daemon at rest ("idle"): after a 5 s pause, --idle-seconds (60) with
+   nothing going on; VmRSS/VmHWM and utime+stime of postmaster.service's main
+   process, read inside the bed (/proc/PID/status, /proc/PID/stat) at the start and
+   end of the window. utime+stime come in 10 ms ticks; the sum of the threads'
+   schedstat run times (exact, but missing threads that ended) is shown beside it.
+
+The header shows the host's load, other beds running and how busy the host's CPUs
+were in each part: other engineers' builds and beds share this machine's two cores.
+
+Python 3.11 standard library only (Debian's /usr/bin/python3); root (nspawn, veth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import imaplib
+import json
+import math
+import os
+import queue
+import re
+import secrets
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+sys.path.insert(0, str(REPO / "tests" / "scenarios"))
+
+import mailclient as mc  # noqa: E402
+import mailhost  # noqa: E402
+from bed import Bed, BedError, _processes  # noqa: E402
+
+ACCOUNTS = "/etc/postmaster/accounts.toml"
+PASSWD_FILE = "/var/lib/postmaster/generated/dovecot/users"
+LIVE = "/etc/letsencrypt/live/mail.example.org"
+ARCHIVE = "/etc/letsencrypt/archive/mail.example.org"
+CERT_PORTS = (993, 587)
+
+TARGETS = {
+    "accounts_p99_ms": 1000.0,
+    "certificate_p99_ms": 2000.0,
+    "rss_mib": 16.0,
+    "idle_cpu_ms_per_min": 10.0,
+}
+
+GATE_POLL_S = 0.005
+RETRY_EVERY_S = 0.05
+CERT_POLL_S = 0.020
+MAX_IN_FLIGHT = 16  # handshakes under way per port; more are not started
+STALL_MS = 1000.0
+TRIAL_GAP_S = 0.8
+PARTS = ("accounts", "busy", "certificate", "idle")
+SOURCE_HOSTS = range(10, 251)  # NET.10 - NET.250 as login source addresses
+BUSY_SOURCE_HOST = 9
+
+
+def say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# ---- small helpers -------------------------------------------------------------------
+
+def percentile(values: list[float], p: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    s = sorted(values)
+    k = (len(s) - 1) * p / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summary(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {
+        "n": len(values),
+        "min": min(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": max(values),
+    }
+
+
+def leaf_fingerprint(chain_pem: str) -> str:
+    first = chain_pem.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()
+
+
+def host_cpu_sample() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole host, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user
+    return total - idle, total
+
+
+def host_busy_pct(a: tuple[int, int], b: tuple[int, int]) -> float:
+    busy, total = b[0] - a[0], b[1] - a[1]
+    return 100.0 * busy / total if total else 0.0
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def other_beds(own: str) -> list[str]:
+    names = []
+    for _pid, argv in _processes():
+        if argv and argv[0].endswith("systemd-nspawn"):
+            for a in argv:
+                if a.startswith("--machine=") and a[len("--machine="):] != own:
+                    names.append(a[len("--machine="):])
+    return sorted(set(names))
+
+
+# ---- the bed ---------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, host: mailhost.MailHost, bed: Bed, args):
+        self.host = host
+        self.bed = bed
+        self.args = args
+        self.server = mc.Server(address=bed.ip, ca_file=str(host.ca.cert), timeout=5.0)
+        self.net = bed.ip.rsplit(".", 1)[0]
+        self.sources: list[str] = []
+        self._pool: list[str] = []
+        self._pool_lock = threading.Lock()
+        self.retired = 0
+        self.healing = False
+        self._heals: list[threading.Thread] = []
+
+    # -- in the bed --
+
+    def status(self) -> dict:
+        out = self.bed.run(["postmaster", "status", "--json"])
+        if not out.stdout.strip():
+            raise BedError(f"postmaster status gave nothing: {out.stderr}")
+        return json.loads(out.stdout)
+
+    def wait_status(self, what: str, pred, timeout: float = 30.0, every: float = 0.1) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.status()
+            if pred(s):
+                return s
+            if time.monotonic() > deadline:
+                raise BedError(f"timed out waiting for {what}; status: {json.dumps(s)}")
+            time.sleep(every)
+
+    def main_pids(self) -> dict[str, int]:
+        return {u: self.bed.main_pid(u) for u in ("postfix.service", "dovecot.service", "postmaster.service")}
+
+    def journal_entries(self, message: str) -> list[dict]:
+        out = self.bed.run(["journalctl", "--no-pager", "--boot", "-u", "postmaster.service", "-o", "json",
+                            f"MESSAGE={message}"], timeout=60)
+        entries = []
+        for line in out.stdout.splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if e.get("MESSAGE") == message:
+                ts = e.get("_SOURCE_REALTIME_TIMESTAMP") or e.get("__REALTIME_TIMESTAMP")
+                e["_t"] = int(ts) / 1e6
+                entries.append(e)
+        return sorted(entries, key=lambda e: e["_t"])
+
+    def write(self, inside: str, text: str, mode: int, group: str | None = None) -> None:
+        """Writes a file in the bed from the host (no process in the bed): owner
+        root, `group` by its name in the bed's /etc/group."""
+        gid = 0
+        if group is not None:
+            for line in self.bed.path("/etc/group").read_text().splitlines():
+                parts = line.split(":")
+                if parts[0] == group:
+                    gid = int(parts[2])
+                    break
+            else:
+                raise BedError(f"no group {group!r} in the bed")
+        path = self.bed.path(inside)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            os.fchown(fd, 0, gid)
+            os.fchmod(fd, mode)
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+
+    # -- login source addresses --
+
+    def add_sources(self) -> None:
+        self.sources = [f"{self.net}.{i}" for i in SOURCE_HOSTS] + [f"{self.net}.{BUSY_SOURCE_HOST}"]
+        batch = "".join(f"address add {ip}/24 dev {self.bed.veth}\n" for ip in self.sources)
+        _ip_batch(batch)
+        self._pool = [f"{self.net}.{i}" for i in SOURCE_HOSTS]
+
+    def remove_sources(self) -> None:
+        if not self.sources or not Path("/sys/class/net", self.bed.veth).exists():
+            return
+        batch = "".join(f"address del {ip}/24 dev {self.bed.veth}\n" for ip in self.sources)
+        _ip_batch(batch, check=False)
+        self.sources = []
+
+    def take_source(self) -> str | None:
+        with self._pool_lock:
+            return self._pool.pop(0) if self._pool else None
+
+    def give_back(self, ip: str) -> None:
+        with self._pool_lock:
+            self._pool.append(ip)
+
+    def retire(self, ip: str) -> None:
+        """A login from `ip` failed: dovecot delays its next ones. While healing
+        (the busy series, where logins go on anyway), one successful login as
+        thomas clears the penalty and the address goes back to the pool; otherwise
+        it is not used again."""
+        with self._pool_lock:
+            self.retired += 1
+            if not self.healing:
+                return
+            th = threading.Thread(target=self._heal, args=(ip,), daemon=True)
+            self._heals.append(th)
+        th.start()
+
+    def _heal(self, ip: str) -> None:
+        for _ in range(5):
+            try:
+                self.login(ip, "thomas", mailhost.PASSWORDS["thomas"]).logout()
+                self.give_back(ip)
+                return
+            except Exception:  # noqa: BLE001 - tried again; lost after five
+                time.sleep(0.5)
+
+    def join_heals(self) -> None:
+        with self._pool_lock:
+            heals, self._heals = self._heals, []
+        for th in heals:
+            th.join(30)
+
+    # -- IMAPS login from a given source address --
+
+    def login(self, source: str, user: str, password: str) -> imaplib.IMAP4_SSL:
+        """An IMAPS session logged in as `user`, connected from `source`."""
+        m = _BoundIMAP4_SSL(source, self.server.address, 993, ssl_context=mc.tls_context(self.server),
+                            timeout=self.server.timeout)
+        try:
+            m.login(user, password)
+        except BaseException:
+            m.shutdown()
+            raise
+        return m
+
+
+class _BoundIMAP4_SSL(imaplib.IMAP4_SSL):
+    """IMAPS from a chosen source address (imaplib has no parameter for it)."""
+
+    def __init__(self, source: str, *args, **kwargs):
+        self._source = source
+        super().__init__(*args, **kwargs)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def _ip_batch(batch: str, check: bool = True) -> None:
+    res = subprocess.run(["ip", "-batch", "-"], input=batch, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise BedError(f"ip -batch failed: {res.stderr.strip()}")
+
+
+# ---- 1. accounts edit -> new login ------------------------------------------------------
+
+@dataclass
+class AccountsTrial:
+    user: str
+    login_ms: float | None = None      # rename -> IMAPS LOGIN answered OK
+    visible_ms: float | None = None    # rename -> the user is in dovecot's passwd-file
+    daemon_ms: float | None = None     # rename -> the daemon logged "accounts applied"
+    attempts: int = 0
+    failed_logins: int = 0
+    error: str | None = None
+    t_wall: float = 0.0
+
+
+def make_users(prefix: str, n: int) -> list[tuple[str, str, str]]:
+    """(name, password, hash) of n new mailboxes; hashing is not what is measured."""
+    users = []
+    for i in range(1, n + 1):
+        password = secrets.token_hex(10)
+        users.append((f"{prefix}{i:03d}", password, mailhost.hash_password(password)))
+    return users
+
+
+def run_accounts(b: Bench, users: list[tuple[str, str, str]], busy: bool) -> dict:
+    """One series of accounts trials; `busy`: with a login as thomas every 100 ms."""
+    bed = b.bed
+    series = "busy" if busy else "idle"
+    passwd_path = bed.path(PASSWD_FILE)
+    accounts_path = bed.path(ACCOUNTS)
+    staged = ACCOUNTS + ".bench-new"
+    staged_path = bed.path(staged)
+    text = b.host.accounts
+    trials: list[AccountsTrial] = []
+    last_login = 0.0
+    retired_before = b.retired
+    unsettled: list = []
+
+    stop_busy = threading.Event()
+    busy_thread = None
+    busy_count = [0, 0]
+    if busy:
+        def busy_loop():
+            src = f"{b.net}.{BUSY_SOURCE_HOST}"
+            while not stop_busy.is_set():
+                try:
+                    b.login(src, "thomas", mailhost.PASSWORDS["thomas"]).logout()
+                    busy_count[0] += 1
+                except Exception:  # noqa: BLE001 - a background load, counted only
+                    busy_count[1] += 1
+                stop_busy.wait(0.1)
+        busy_thread = threading.Thread(target=busy_loop, daemon=True, name="busy-logins")
+        busy_thread.start()
+        b.healing = True  # logins go on anyway: penalised addresses are cleared by one
+        time.sleep(1.0)
+
+    try:
+        for i, (user, password, hashed) in enumerate(users, 1):
+            text += f'\n[mailboxes.{user}]\npassword = "{hashed}"\n'
+            # Staged inside the bed with the real file's group and mode; its name is
+            # not one the daemon looks at, so staging is not an event.
+            b.write(staged, text, 0o640, group="postmaster")
+            trial = AccountsTrial(user=user)
+            needle = f"\n{user}:".encode()
+            if not busy:
+                # dovecot re-reads its passwd-file at most once a second, at a login:
+                # keep this trial's first login out of the previous login's second.
+                pause = last_login + TRIAL_GAP_S - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+            else:
+                # Here the wait for the next second is part of the figure: spread the
+                # renames evenly over the wall-clock second (trial i at (i + 0.5)/n of
+                # it), or back-to-back trials would all fall at about the same point.
+                phase = (i - 0.5) / len(users)
+                earliest = time.time() + 0.2
+                time.sleep(0.2 + (phase - earliest % 1.0) % 1.0)
+
+            trial.t_wall = time.time()
+            t0 = time.perf_counter()
+            os.rename(staged_path, accounts_path)
+            deadline = t0 + b.args.trial_timeout
+            # No login can work before the user is in the file dovecot reads.
+            while True:
+                try:
+                    if needle in b"\n" + passwd_path.read_bytes():
+                        break
+                except FileNotFoundError:
+                    pass
+                if time.perf_counter() > deadline:
+                    break
+                time.sleep(GATE_POLL_S)
+            t_visible = time.perf_counter()
+            if t_visible > deadline:
+                trial.error = "the user never appeared in the passwd-file"
+            else:
+                trial.visible_ms = (t_visible - t0) * 1000
+                t_ok, attempts, err, pending = _login_until_ok(b, user, password, deadline)
+                trial.attempts = attempts
+                if busy:
+                    # Failed logins are answered after 2 s; logins go on anyway here.
+                    unsettled.append((trial, pending))
+                else:
+                    # Nothing of this trial may still be under way when the next starts.
+                    trial.failed_logins = _settle(pending)
+                if t_ok is None:
+                    trial.error = err or "no login succeeded"
+                else:
+                    trial.login_ms = (t_ok - t0) * 1000
+            last_login = time.monotonic()
+            trials.append(trial)
+            if trial.error:
+                say(f"accounts ({series}) trial {i}: {trial.error}")
+            elif i % 10 == 0 or i == len(users):
+                say(f"accounts ({series}): {i}/{len(users)} trials, last {trial.login_ms:.0f} ms")
+        b.host.accounts = text
+    finally:
+        stop_busy.set()
+        if busy_thread:
+            busy_thread.join(5)
+        for trial, pending in unsettled:
+            trial.failed_logins = _settle(pending)
+        b.healing = False
+        b.join_heals()
+
+    # The daemon's side of each trial, from its journal (microsecond timestamps).
+    applied = b.journal_entries("accounts applied")
+    for t in trials:
+        later = [e["_t"] for e in applied if e["_t"] >= t.t_wall]
+        if later:
+            t.daemon_ms = (later[0] - t.t_wall) * 1000
+    s = b.status()
+    ok = [t for t in trials if t.login_ms is not None]
+    return {
+        "series": series,
+        "trials": [t.__dict__ for t in trials],
+        "login_ms": summary([t.login_ms for t in ok]),
+        "visible_ms": summary([t.visible_ms for t in ok]),
+        "daemon_ms": summary([t.daemon_ms for t in ok if t.daemon_ms is not None]),
+        "failed_trials": len(trials) - len(ok),
+        "failed_logins": sum(t.failed_logins for t in trials),
+        "trials_with_failed_logins": sum(1 for t in trials if t.failed_logins),
+        "extra_attempts": sum(max(0, t.attempts - 1) for t in trials),
+        "mailboxes_after": s["accounts"]["mailboxes"],
+        "busy_logins": {"ok": busy_count[0], "failed": busy_count[1]} if busy else None,
+        "addresses_penalised": b.retired - retired_before,
+    }
+
+
+def _login_until_ok(b: Bench, user: str, password: str, deadline: float, every: float = RETRY_EVERY_S):
+    """IMAPS logins from fresh source addresses until one is answered OK: one now,
+    and one more every `every` s while none has been answered OK (a failed login
+    is answered only after dovecot's 2 s delay). Returns (perf_counter of the OK,
+    attempts, error, pending): `_settle(pending)` waits for the logins still under
+    way and returns how many of this trial's logins failed."""
+    results: queue.Queue = queue.Queue()
+    threads: list[threading.Thread] = []
+
+    def attempt(src: str):
+        try:
+            m = b.login(src, user, password)
+        except imaplib.IMAP4.error as e:
+            b.retire(src)  # dovecot penalises this address now
+            results.put(("fail", None, str(e)))
+            return
+        except (OSError, ssl.SSLError) as e:
+            b.give_back(src)  # no authentication happened
+            results.put(("error", None, f"{type(e).__name__}: {e}"))
+            return
+        t = time.perf_counter()
+        results.put(("ok", t, None))
+        try:
+            m.logout()
+        except Exception:  # noqa: BLE001
+            pass
+        b.give_back(src)
+
+    def start() -> bool:
+        src = b.take_source()
+        if src is None:
+            return False
+        th = threading.Thread(target=attempt, args=(src,), daemon=True)
+        th.start()
+        threads.append(th)
+        return True
+
+    attempts, failures, in_flight, t_ok, err = 0, 0, 0, None, None
+    if start():
+        attempts, in_flight = 1, 1
+    else:
+        return None, 0, "no source address left", (threads, results, 0)
+    while t_ok is None and time.perf_counter() < deadline:
+        try:
+            kind, t, why = results.get(timeout=every)
+        except queue.Empty:
+            if start():  # slow or failing: one more, from another address
+                attempts, in_flight = attempts + 1, in_flight + 1
+            continue
+        in_flight -= 1
+        if kind == "ok":
+            t_ok = t
+            break
+        failures += kind == "fail"
+        err = why
+        if in_flight == 0 and start():
+            attempts, in_flight = attempts + 1, in_flight + 1
+    return t_ok, attempts, err, (threads, results, failures)
+
+
+def _settle(pending) -> int:
+    threads, results, failures = pending
+    for th in threads:
+        th.join(10)
+    while not results.empty():
+        kind, _t, _why = results.get_nowait()
+        failures += kind == "fail"
+    return failures
+
+
+# ---- 2. certificate replaced -> served on 993 and 587 ----------------------------------
+
+@dataclass
+class CertTrial:
+    fingerprint: str
+    both_ms: float | None = None          # swap -> both ports have shown the new leaf
+    stable_ms: float | None = None        # swap -> every later handshake showed it
+    port_ms: dict = field(default_factory=dict)
+    old_after_new: dict = field(default_factory=dict)  # old-leaf handshakes that ended after the first new one
+    late_old_longest_ms: float = 0.0  # how long the longest of those took
+    errors: dict = field(default_factory=dict)
+    handshakes: int = 0
+    slowest_handshake_ms: float = 0.0
+    stalled: dict = field(default_factory=dict)  # port -> handshakes that took a second or more
+    skipped: int = 0  # polls not started because MAX_IN_FLIGHT handshakes were under way
+    handshake_log: dict = field(default_factory=dict)  # port -> [started ms, ended ms, leaf]
+    daemon_served_ms: float | None = None  # the daemon's "served on every port after N ms"
+    daemon_installed_ms: float | None = None  # swap -> the daemon logged "certificate installed"
+    daemon_reloaded_ms: dict = field(default_factory=dict)  # swap -> the daemon logged "reloaded" (by unit)
+    daemon_verified_ok: bool | None = None
+    error: str | None = None
+    t_wall: float = 0.0
+
+
+class PortPoller(threading.Thread):
+    """Starts a TLS handshake on one port every 20 ms, each in a thread of its own,
+    whether or not the ones before it have finished (a connection that an old smtpd
+    accepts at the moment of `postfix reload` can take 1-2 s; one poller that waits
+    for it would see nothing else meanwhile), and records which leaf each showed."""
+
+    def __init__(self, b: Bench, port: int, t0: float, new: str, old: str):
+        super().__init__(daemon=True, name=f"poll-{port}")
+        self.b, self.port, self.t0, self.new, self.old = b, port, t0, new, old
+        self.stop_event = threading.Event()
+        self.first_new = threading.Event()
+        self._lock = threading.Lock()
+        # (started, finished) in ms since the swap, and new|old|other|error
+        self.obs: list[tuple[float, float, str]] = []
+        self._threads: list[threading.Thread] = []
+        self.skipped = 0
+
+    def _handshake(self, started: float) -> None:
+        try:
+            fp = mc.served_fingerprint(self.b.server, self.port)
+            kind = "new" if fp == self.new else "old" if fp == self.old else "other"
+        except Exception:  # noqa: BLE001 - a handshake that failed is an observation too
+            kind = "error"
+        with self._lock:
+            self.obs.append((started, (time.perf_counter() - self.t0) * 1000, kind))
+        if kind == "new":
+            self.first_new.set()
+
+    def run(self) -> None:
+        next_at = time.perf_counter()
+        while not self.stop_event.is_set():
+            started = (time.perf_counter() - self.t0) * 1000
+            if sum(th.is_alive() for th in self._threads[-MAX_IN_FLIGHT:]) < MAX_IN_FLIGHT:
+                th = threading.Thread(target=self._handshake, args=(started,), daemon=True)
+                th.start()
+                self._threads.append(th)
+            else:
+                self.skipped += 1  # enough handshakes are hanging already: no pile-up
+            next_at += CERT_POLL_S
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                self.stop_event.wait(delay)
+            else:
+                next_at = time.perf_counter()
+        for th in self._threads:  # the slow ones are what this is about
+            th.join(self.b.server.timeout + 1)
+
+    def figures(self) -> dict:
+        """first: the first handshake to show the new leaf, when it ended;
+        stable: of the handshakes in the order they started, the first of the
+        unbroken run of new leaves at the end, when it ended (every handshake
+        started after it showed the new leaf); late_old: handshakes that showed the
+        old leaf but ended after `first`, and the longest of them."""
+        with self._lock:
+            obs = sorted(self.obs)
+        news = [end for _s, end, kind in obs if kind == "new"]
+        if not news:
+            return {"first": None}
+        first = min(news)
+        stable = None
+        for _s, end, kind in reversed(obs):
+            if kind != "new":
+                break
+            stable = end
+        late = [(end - start) for start, end, kind in obs if kind == "old" and end > first]
+        return {
+            "first": first,
+            "stable": stable,
+            "late_old": len(late),
+            "late_old_longest_ms": max(late, default=0.0),
+            "errors": sum(1 for *_x, kind in obs if kind == "error"),
+            "handshakes": len(obs),
+            "slowest_ms": max(end - start for start, end, _k in obs),
+            "stalled": sum(1 for start, end, _k in obs if end - start >= STALL_MS),
+            "skipped": self.skipped,
+        }
+
+
+def make_pairs(host: mailhost.MailHost, n: int) -> list[tuple[str, str, str]]:
+    """(chain, key, leaf fingerprint) of n new certificates for the host name."""
+    pairs = []
+    for i in range(n):
+        chain, key = host.ca.issue(host.dir / "bench-certs", [mailhost.HOST_NAME], stem=f"bench{i:03d}")
+        text = chain.read_text()
+        pairs.append((text, key.read_text(), leaf_fingerprint(text)))
+    return pairs
+
+
+def run_certificates(b: Bench, pairs: list[tuple[str, str, str]]) -> dict:
+    bed = b.bed
+    n = len(pairs)
+    s = b.wait_status("a verified certificate", lambda s: s["certificate"]["fingerprint"] and not s["certificate"]["error"])
+    old = s["certificate"]["fingerprint"]
+    trials: list[CertTrial] = []
+    for i, (chain, key, fp) in enumerate(pairs):
+        k = i + 2  # the bed's setup wrote fullchain1.pem / privkey1.pem
+        b.write(f"{ARCHIVE}/fullchain{k}.pem", chain, 0o644)
+        b.write(f"{ARCHIVE}/privkey{k}.pem", key, 0o640, group="postmaster")
+        # certbot makes each new symlink under a temporary name, then renames it over
+        # the live one: key first, then chain. Dot names are not watched.
+        for name in ("privkey", "fullchain"):
+            tmp_link = bed.path(f"{LIVE}/.{name}.bench-new")
+            if tmp_link.is_symlink():
+                tmp_link.unlink()
+            os.symlink(f"../../archive/mail.example.org/{name}{k}.pem", tmp_link)
+        trial = CertTrial(fingerprint=fp)
+        time.sleep(0.05)
+
+        trial.t_wall = time.time()
+        t0 = time.perf_counter()
+        for name in ("privkey", "fullchain"):
+            os.rename(bed.path(f"{LIVE}/.{name}.bench-new"), bed.path(f"{LIVE}/{name}.pem"))
+        pollers = [PortPoller(b, p, t0, fp, old) for p in CERT_PORTS]
+        for p in pollers:
+            p.start()
+        deadline = t0 + b.args.trial_timeout
+        for p in pollers:
+            p.first_new.wait(max(0.0, deadline - time.perf_counter()))
+        if all(p.first_new.is_set() for p in pollers):
+            time.sleep(b.args.confirm_ms / 1000)
+        for p in pollers:
+            p.stop_event.set()
+        for p in pollers:
+            p.join(10)
+
+        for p in pollers:
+            f = p.figures()
+            with p._lock:
+                trial.handshake_log[str(p.port)] = [[round(a), round(z), k] for a, z, k in sorted(p.obs)]
+            if f["first"] is None:
+                trial.error = f"port {p.port} never served the new leaf in {b.args.trial_timeout:.0f} s"
+                continue
+            trial.port_ms[p.port] = f["first"]
+            trial.port_ms[f"{p.port}_stable"] = f["stable"]
+            trial.old_after_new[p.port] = f["late_old"]
+            trial.late_old_longest_ms = max(trial.late_old_longest_ms, f["late_old_longest_ms"])
+            trial.errors[p.port] = f["errors"]
+            trial.handshakes += f["handshakes"]
+            trial.slowest_handshake_ms = max(trial.slowest_handshake_ms, f["slowest_ms"])
+            trial.stalled[p.port] = f["stalled"]
+            trial.skipped += f["skipped"]
+        if not trial.error:
+            trial.both_ms = max(trial.port_ms[p] for p in CERT_PORTS)
+            stables = [trial.port_ms[f"{p}_stable"] for p in CERT_PORTS]
+            trial.stable_ms = max(stables) if all(x is not None for x in stables) else None
+
+        # The daemon finishes its own check before the next trial starts.
+        try:
+            s = b.wait_status("the daemon's check of the new certificate",
+                              lambda s: s["certificate"]["fingerprint"] == fp and s["certificate"]["verified"],
+                              timeout=30)
+            v = s["certificate"]["verified"]
+            trial.daemon_verified_ok = v["ok"]
+            m = re.search(r"served on every port after (\d+) ms", v["detail"])
+            if m:
+                trial.daemon_served_ms = float(m.group(1))
+            old = fp
+        except BedError as e:
+            trial.error = (trial.error + "; " if trial.error else "") + str(e).splitlines()[0]
+            old = b.status()["certificate"]["fingerprint"]
+        trials.append(trial)
+        if trial.error:
+            say(f"certificate trial {i + 1}: {trial.error}")
+        elif (i + 1) % 10 == 0 or i + 1 == n:
+            say(f"certificate: {i + 1}/{n} trials, last {trial.both_ms:.0f} ms")
+
+    installed = b.journal_entries("certificate installed")
+    reloaded = b.journal_entries("reloaded")
+    for t in trials:
+        later = [e["_t"] for e in installed if e["_t"] >= t.t_wall]
+        if later:
+            t.daemon_installed_ms = (later[0] - t.t_wall) * 1000
+        for unit in ("postfix.service", "dovecot.service"):
+            later = [e["_t"] for e in reloaded if e["_t"] >= t.t_wall and e.get("F_UNIT") == unit]
+            if later:
+                t.daemon_reloaded_ms[unit] = (later[0] - t.t_wall) * 1000
+    ok = [t for t in trials if t.both_ms is not None]
+    return {
+        "journal_warnings": journal_warnings(b, trials[0].t_wall if trials else 0.0),
+        "trials": [{**t.__dict__, "port_ms": {str(k): v for k, v in t.port_ms.items()},
+                    "old_after_new": {str(k): v for k, v in t.old_after_new.items()},
+                    "errors": {str(k): v for k, v in t.errors.items()},
+                    "stalled": {str(k): v for k, v in t.stalled.items()}} for t in trials],
+        "both_ms": summary([t.both_ms for t in ok]),
+        "stable_ms": summary([t.stable_ms for t in ok if t.stable_ms is not None]),
+        "port_ms": {str(p): summary([t.port_ms[p] for t in ok]) for p in CERT_PORTS},
+        "daemon_served_ms": summary([t.daemon_served_ms for t in trials if t.daemon_served_ms is not None]),
+        "daemon_installed_ms": summary([t.daemon_installed_ms for t in trials if t.daemon_installed_ms is not None]),
+        "daemon_reloaded_ms": {u: summary([t.daemon_reloaded_ms[u] for t in trials if u in t.daemon_reloaded_ms])
+                               for u in ("postfix.service", "dovecot.service")},
+        "daemon_verify_failed": sum(1 for t in trials if t.daemon_verified_ok is False),
+        "failed_trials": len(trials) - len(ok),
+        "trials_with_old_after_new": sum(1 for t in ok if any(t.old_after_new.values())),
+        "old_after_new_by_port": {str(p): sum(1 for t in ok if t.old_after_new.get(p)) for p in CERT_PORTS},
+        "late_old_longest_ms": max((t.late_old_longest_ms for t in ok), default=0.0),
+        "slowest_handshake_ms": max((t.slowest_handshake_ms for t in trials), default=0.0),
+        "trials_with_stalls_by_port": {str(p): sum(1 for t in trials if t.stalled.get(p)) for p in CERT_PORTS},
+        "handshake_errors": sum(sum(t.errors.values()) for t in trials),
+        "handshakes": sum(t.handshakes for t in trials),
+        "polls_skipped": sum(t.skipped for t in trials),
+    }
+
+
+def journal_warnings(b: Bench, since: float) -> list[list]:
+    """postfix's, dovecot's and postmaster's warnings and errors since `since`
+    (epoch s), as [count, message with numbers and ids blanked], most frequent first."""
+    out = b.bed.run(["journalctl", "--no-pager", "--boot", "-o", "cat", "--priority", "warning",
+                     "--since", f"@{since:.3f}", "-u", "postfix.service", "-u", "dovecot.service",
+                     "-u", "postmaster.service"], timeout=60).stdout
+    counts: dict[str, int] = {}
+    for line in out.splitlines():
+        key = re.sub(r"\d+", "N", line)[:200]
+        counts[key] = counts.get(key, 0) + 1
+    return sorted(([n, k] for k, n in counts.items()), reverse=True)
+
+
+# ---- 3. the daemon at rest ---------------------------------------------------------------
+
+def proc_sample(b: Bench, pid: int) -> dict:
+    out = b.bed.run(["sh", "-c", f"cat /proc/{pid}/stat; cat /proc/{pid}/status; "
+                                 f"for t in /proc/{pid}/task/*; do echo task ${{t##*/}} $(cat $t/schedstat); done"],
+                    check=True).stdout
+    lines = out.splitlines()
+    stat = lines[0]
+    rest = stat[stat.rindex(")") + 2:].split()
+    utime, stime = int(rest[11]), int(rest[12])  # fields 14 and 15 of stat(5)
+    status = {}
+    tasks = {}
+    for line in lines[1:]:
+        if line.startswith("task "):
+            parts = line.split()
+            if len(parts) >= 3:
+                tasks[parts[1]] = int(parts[2])  # ns on a CPU
+        elif ":" in line:
+            k, v = line.split(":", 1)
+            status[k] = v.strip()
+    kib = lambda key: int(status[key].split()[0]) if key in status else None  # noqa: E731
+    return {"t": time.monotonic(), "ticks": utime + stime, "rss_kib": kib("VmRSS"), "hwm_kib": kib("VmHWM"),
+            "threads": int(status.get("Threads", "0")), "tasks_ns": tasks}
+
+
+def run_idle(b: Bench, seconds: float) -> dict:
+    time.sleep(5)
+    pid = b.bed.main_pid("postmaster.service")
+    if not pid:
+        raise BedError("postmaster.service has no main PID")
+    say(f"idle: watching postmaster (pid {pid} in the bed) for {seconds:.0f} s")
+    cpu0 = host_cpu_sample()
+    a = proc_sample(b, pid)
+    time.sleep(seconds)
+    z = proc_sample(b, pid)
+    cpu1 = host_cpu_sample()
+    window = z["t"] - a["t"]
+    hz = os.sysconf("SC_CLK_TCK")
+    ticks_ms = (z["ticks"] - a["ticks"]) * 1000 / hz
+    common = set(a["tasks_ns"]) & set(z["tasks_ns"])
+    sched_ms = sum(z["tasks_ns"][t] - a["tasks_ns"][t] for t in common) / 1e6
+    sched_ms += sum(z["tasks_ns"][t] for t in set(z["tasks_ns"]) - common) / 1e6
+    per_min = 60.0 / window
+    return {
+        "pid": pid,
+        "pid_after": b.bed.main_pid("postmaster.service"),
+        "window_s": window,
+        "rss_mib": max(a["rss_kib"], z["rss_kib"]) / 1024,
+        "rss_mib_start": a["rss_kib"] / 1024,
+        "rss_mib_end": z["rss_kib"] / 1024,
+        "hwm_mib": z["hwm_kib"] / 1024,
+        "cpu_ms_per_min": ticks_ms * per_min,
+        "cpu_ticks": z["ticks"] - a["ticks"],
+        "clk_tck": hz,
+        "cpu_ms_per_min_schedstat": sched_ms * per_min,
+        "threads": [a["threads"], z["threads"]],
+        "threads_gone": len(set(a["tasks_ns"]) - set(z["tasks_ns"])),
+        "host_busy_pct": host_busy_pct(cpu0, cpu1),
+    }
+
+
+# ---- report -------------------------------------------------------------------------------
+
+def verdict(value: float | None, target: float) -> str:
+    if value is None:
+        return "n/a"
+    return "ok" if value < target else "over"
+
+
+def print_report(r: dict) -> None:
+    env = r["env"]
+    print()
+    print(f"postmaster bench  {env['started']}  {env['cpus']} CPUs  load {env['load_start']} -> {env['load_end']}")
+    print(f"  other beds running: {', '.join(env['other_beds_start']) or 'none'} (start), "
+          f"{', '.join(env['other_beds_end']) or 'none'} (end); host CPU busy: "
+          + ", ".join(f"{k} {v:.0f}%" for k, v in env["host_busy_pct"].items()))
+    print()
+    hdr = f"{'':52} {'n':>3} {'min':>7} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}  target"
+    print(hdr)
+
+    def row(label: str, s: dict | None, target: str = "") -> None:
+        if s is None:
+            print(f"{label:52} {'-':>3}")
+            return
+        print(f"{label:52} {s['n']:>3} {s['min']:>7.0f} {s['p50']:>7.0f} {s['p90']:>7.0f} {s['p99']:>7.0f} "
+              f"{s['max']:>7.0f}  {target}")
+
+    for key, label in (("accounts", "idle server"), ("accounts_busy", "busy server")):
+        a = r.get(key)
+        if not a:
+            continue
+        s = a["login_ms"]
+        t = TARGETS["accounts_p99_ms"]
+        row(f"accounts edit -> new login succeeds, {label} (ms)", s, f"p99 < {t:.0f} ms: {verdict(s and s['p99'], t)}")
+        row("  rename -> daemon logged \"accounts applied\"", a["daemon_ms"])
+        row("  rename -> user in dovecot's passwd-file", a["visible_ms"])
+        notes = [f"{a['failed_logins']} failed logins in {a['trials_with_failed_logins']} trials",
+                 f"{a['extra_attempts']} extra attempts", f"{a['failed_trials']} failed trials",
+                 f"{a['mailboxes_after']} mailboxes after"]
+        if a.get("busy_logins"):
+            notes.insert(0, f"{a['busy_logins']['ok']} background logins as thomas")
+        print(f"  ({'; '.join(notes)})")
+    c = r.get("certificate")
+    if c:
+        s = c["both_ms"]
+        t = TARGETS["certificate_p99_ms"]
+        row("certificate swap -> new leaf on 993 and 587 (ms)", s,
+            f"p99 < {t:.0f} ms: {verdict(s and s['p99'], t)}")
+        row("  ... and every later-started handshake too (stable)", c["stable_ms"])
+        for p in CERT_PORTS:
+            row(f"  on {p}", c["port_ms"][str(p)])
+        row("  rename -> daemon logged \"certificate installed\"", c["daemon_installed_ms"])
+        for unit, st in c["daemon_reloaded_ms"].items():
+            row(f"  rename -> daemon logged \"reloaded\" {unit}", st)
+        row("  daemon: \"served on every port after N ms\"", c["daemon_served_ms"])
+        print(f"  ({c['trials_with_old_after_new']} trials had an old-leaf handshake end after the first new one "
+              f"(by port: {', '.join(f'{p}: {n}' for p, n in c['old_after_new_by_port'].items())}; the longest "
+              f"took {c['late_old_longest_ms']:.0f} ms); slowest handshake {c['slowest_handshake_ms']:.0f} ms; "
+              f"{c['handshake_errors']} of {c['handshakes']} handshakes failed, {c['polls_skipped']} polls skipped "
+              f"while {MAX_IN_FLIGHT} were under way; "
+              f"{c['daemon_verify_failed']} daemon checks failed; {c['failed_trials']} failed trials)")
+        print(f"  (trials with a handshake that took 1 s or more, by port: "
+              f"{', '.join(f'{p}: {n}' for p, n in c['trials_with_stalls_by_port'].items())})")
+        warnings = c.get("journal_warnings") or []
+        if warnings:
+            print(f"  warnings in the bed's journal meanwhile ({sum(n for n, _ in warnings)}; most frequent first):")
+            for n, text in warnings[:5]:
+                print(f"    {n:>4} x {text[:150]}")
+    pids = r.get("pids")
+    if pids:
+        before, after = pids["before"], pids["after"]
+        for unit in ("postfix.service", "dovecot.service", "postmaster.service"):
+            same = before[unit] == after[unit]
+            print(f"{unit + ' MainPID':52} {before[unit]} -> {after[unit]}: {'unchanged' if same else 'CHANGED'}")
+    i = r.get("idle")
+    if i:
+        print()
+        print(f"daemon at rest over {i['window_s']:.0f} s (pid {i['pid']}, {i['threads'][0]}->{i['threads'][1]} threads, "
+              f"host CPU busy {i['host_busy_pct']:.0f}%):")
+        print(f"  {'RSS (VmRSS, MiB)':50} {i['rss_mib']:>7.1f}  < {TARGETS['rss_mib']:.0f} MiB: "
+              f"{verdict(i['rss_mib'], TARGETS['rss_mib'])}   (peak VmHWM {i['hwm_mib']:.1f} MiB)")
+        print(f"  {'CPU (utime+stime, ms per minute)':50} {i['cpu_ms_per_min']:>7.2f}  < "
+              f"{TARGETS['idle_cpu_ms_per_min']:.0f} ms/min: {verdict(i['cpu_ms_per_min'], TARGETS['idle_cpu_ms_per_min'])}"
+              f"   ({i['cpu_ticks']} ticks of {1000 / i['clk_tck']:.0f} ms; by schedstat "
+              f"{i['cpu_ms_per_min_schedstat']:.2f} ms/min)")
+        if i["pid_after"] != i["pid"]:
+            print(f"  the daemon's PID changed during the window: {i['pid']} -> {i['pid_after']}")
+    print()
+    print("ms of wall time from the rename (accounts) or the first symlink swap (certificate); "
+          "p99 of 30 samples is in effect the worst one.")
+
+
+# ---- main -------------------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="postmaster's latencies, memory and idle CPU, measured in the test bed")
+    ap.add_argument("--trials", type=int, default=30, help="trials of each kind (default 30)")
+    ap.add_argument("--cert-trials", type=int, default=None, help="certificate trials (default: --trials)")
+    ap.add_argument("--idle-seconds", type=float, default=60.0, help="idle window (default 60)")
+    ap.add_argument("--confirm-ms", type=float, default=300.0,
+                    help="keep polling this long after both ports show the new leaf (default 300)")
+    ap.add_argument("--trial-timeout", type=float, default=20.0, help="give a trial up after this many s (default 20)")
+    ap.add_argument("--only", default=",".join(PARTS),
+                    help=f"comma-separated parts to run (default: all of {', '.join(PARTS)}); busy: the accounts "
+                         "trials again with a login as thomas every 100 ms")
+    ap.add_argument("--json", metavar="FILE", help="also write every figure and sample as JSON")
+    ap.add_argument("--name", default="pmbench", help="bed machine name (default pmbench)")
+    ap.add_argument("--net", default="10.231.6", help="bed network, first three octets (default 10.231.6)")
+    args = ap.parse_args()
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    unknown = parts - set(PARTS)
+    if unknown:
+        ap.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if args.trials < 1 or (args.cert_trials is not None and args.cert_trials < 1):
+        ap.error("--trials must be at least 1")
+    if os.geteuid() != 0:
+        print("bench: needs root (the test bed uses systemd-nspawn)", file=sys.stderr)
+        return 2
+
+    report: dict = {"env": {
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpus": os.cpu_count(),
+        "load_start": loadavg(),
+        "other_beds_start": other_beds(args.name),
+        "host_busy_pct": {},
+        "phase_s": {},
+        "args": vars(args),
+    }, "targets": TARGETS}
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="postmaster-bench-") as tmp:
+        host = mailhost.prepare(Path(tmp) / "bed")
+        # Everything a trial needs is made first: hashing and issuing are not measured.
+        n_cert = args.cert_trials or args.trials
+        say(f"making {args.trials} password hashes per accounts series and {n_cert} certificates (not timed)")
+        users = make_users("bench", args.trials) if "accounts" in parts else []
+        busy_users = make_users("busy", args.trials) if "busy" in parts else []
+        pairs = make_pairs(host, n_cert) if "certificate" in parts else []
+        bed = None
+        bench = None
+        try:
+            bed = mailhost.boot(host, name=args.name, net=args.net)
+            failed = bed.failed_units()
+            if failed:
+                raise BedError(f"units failed in the bed: {failed}")
+            bench = Bench(host, bed, args)
+            bench.add_sources()
+            bench.wait_status("the daemon's first apply", lambda s: s["accounts"]["applied"] is not None)
+            report["pids"] = {"before": bench.main_pids()}
+            phases = [
+                ("accounts", "accounts", lambda: run_accounts(bench, users, busy=False)),
+                ("busy", "accounts_busy", lambda: run_accounts(bench, busy_users, busy=True)),
+                ("certificate", "certificate", lambda: run_certificates(bench, pairs)),
+            ]
+            for part, key, run in phases:
+                if part not in parts:
+                    continue
+                cpu, t = host_cpu_sample(), time.monotonic()
+                report[key] = run()
+                report["env"]["host_busy_pct"][part] = host_busy_pct(cpu, host_cpu_sample())
+                report["env"]["phase_s"][part] = time.monotonic() - t
+            report["pids"]["after"] = bench.main_pids()
+            if "idle" in parts:
+                t = time.monotonic()
+                report["idle"] = run_idle(bench, args.idle_seconds)
+                report["env"]["host_busy_pct"]["idle"] = report["idle"]["host_busy_pct"]
+                report["env"]["phase_s"]["idle"] = time.monotonic() - t
+            report["status_after"] = bench.status()
+        finally:
+            if bench is not None:
+                bench.remove_sources()
+            if bed is not None:
+                bed.stop()
+    report["env"]["load_end"] = loadavg()
+    report["env"]["other_beds_end"] = other_beds(args.name)
+    report["env"]["duration_s"] = time.monotonic() - t_start
+    print_report(report)
+    print(f"(bench took {report['env']['duration_s']:.0f} s: "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in report["env"]["phase_s"].items()) + ")")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (BedError, OSError, ValueError, KeyError, json.JSONDecodeError, subprocess.SubprocessError) as e:
+        print(f"bench: could not run: {e}", file=sys.stderr)
+        sys.exit(1)
