@@ -196,13 +196,24 @@ def test_killing_the_daemon_mid_apply_leaves_no_torn_file(host, server):
     base = host.accounts
     big = base.replace("[aliases]\n", "[aliases]\n" + aliases, 1)
     for attempt in range(3):
+        victim = b.main_pid("postmaster.service")
+        assert victim, b.journal("postmaster.service", lines=20)
         write_in_bed(host, ACCOUNTS, big if attempt % 2 == 0 else base)
         time.sleep(0.05 + 0.1 * attempt)
-        b.run(["systemctl", "kill", "-s", "KILL", "postmaster.service"])
+        b.run(["systemctl", "kill", "-s", "KILL", "postmaster.service"], check=True)
+        # `systemctl kill` returns before systemd has reaped the process: until it
+        # has, the unit still looks active with the old MainPID.
+        mc.wait_for(f"postmaster (pid {victim}) gone",
+                    lambda: b.main_pid("postmaster.service") != victim, timeout=30)
         # Every generated file is whole at every moment.
-        check = b.run(["sh", "-c", "cd /var/lib/postmaster/generated && tail -c1 dovecot/users | od -c | head -1 && postmap -q thomas@example.org lmdb:postfix/virtual_alias"])
-        assert check.returncode == 0 and "thomas@example.org" in check.stdout, check
-        mc.wait_for("postmaster restarted", lambda: b.is_active("postmaster.service"), timeout=30)
+        check = b.run(["sh", "-c", "cd /var/lib/postmaster/generated && ls -la . postfix dovecot"
+                       " && tail -c1 dovecot/users | od -c | head -1"
+                       " && postmap -q thomas@example.org lmdb:postfix/virtual_alias"])
+        assert check.returncode == 0 and "thomas@example.org" in check.stdout, \
+            f"attempt {attempt}: exit {check.returncode}\n{check.stdout}\n{check.stderr}"
+        mc.wait_for("postmaster restarted with a new pid",
+                    lambda: b.is_active("postmaster.service")
+                    and b.main_pid("postmaster.service") not in (0, victim), timeout=60)
     write_in_bed(host, ACCOUNTS, big)
     wait_status(host, "the big file applied", lambda s: s["accounts"]["alias_addresses"] >= 20000, timeout=60)
     assert b.run(["postmap", "-q", "list19999@example.org", "lmdb:/var/lib/postmaster/generated/postfix/virtual_alias"]).stdout.strip() == "thomas@example.org"
