@@ -47,16 +47,16 @@ not measured), and measures from the host, as a client would see it:
    its reloads) comes from `postmaster status --json`. The daemon's journal gives
    its side: when it installed the pair and when each reload was done.
 
-   Seen here (and counted under the figures, with the warnings of the bed's
-   journal): when `postfix reload` comes while connections keep arriving on 587,
-   the smtpd processes from before the reload still take a few, those stall 1-2 s
-   between EHLO and the TLS handshake and then show the old certificate, and the
-   master starts no new smtpd for the service until they are done, so every client
-   connecting meanwhile waits too ("took 1 s or more"). And dovecot's reload, right
-   after postfix's, replaces its auth socket: an smtpd starting at that moment
-   exits ("no SASL authentication mechanisms"), and postfix's master then
-   throttles the service ("bad command startup -- throttling"): nothing answers on
-   587 for 60 s, and trials fail.
+   The daemon reloads dovecot and makes postfix's smtpd processes start over by
+   replacing a table they have open; it reloads postfix only as a fallback, and the
+   "reloaded postfix.service" row stays empty while that is not needed. Counted
+   under the figures, with the warnings of the bed's journal: old-leaf handshakes
+   after the first new one and handshakes that took 1 s or more. Both were common
+   while the daemon reloaded postfix: an smtpd from before `postfix reload` that
+   takes one more client waits 1 s for each of its broken connections to tlsmgr and
+   anvil (both restarted by the reload; strace shows the sleep(1) before the
+   reconnect), serves the old certificate, and the master starts no new smtpd for
+   the service until it is done, so every client connecting meanwhile waits too.
 
    postfix's, dovecot's and postmaster's main PIDs are compared before and after.
 

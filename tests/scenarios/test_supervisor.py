@@ -20,6 +20,9 @@ LIVE = "/etc/letsencrypt/live/mail.example.org"
 ARCHIVE = "/etc/letsencrypt/archive/mail.example.org"
 ACCOUNTS = "/etc/postmaster/accounts.toml"
 CERT_PORTS = [25, 465, 587, 993, 995]
+# What postfix logs when reloaded, and when an smtpd sees a table replaced.
+POSTFIX_RELOADED = "]: reload -- version"
+SMTPD_STARTS_OVER = "sender_login(0,lock|fold_fix|utf8_request) has changed -- restarting"
 
 
 def status(host) -> dict:
@@ -143,6 +146,8 @@ def test_certbot_style_symlink_swap_is_served_everywhere(host, server):
     before = main_pids(host)
     chain, key, fingerprint = _new_pair(host, "renewal2")
     b = host.bed
+    journal = b.journal()
+    postfix_reloads, smtpd_restarts = journal.count(POSTFIX_RELOADED), journal.count(SMTPD_STARTS_OVER)
     b.run(["sh", "-c", f"cat > {ARCHIVE}/fullchain2.pem"], input=chain, check=True)
     b.run(["sh", "-c", f"umask 027; cat > {ARCHIVE}/privkey2.pem && chgrp postmaster {ARCHIVE}/privkey2.pem"], input=key, check=True)
     # certbot replaces each live/ symlink with a rename of a new one.
@@ -152,6 +157,12 @@ def test_certbot_style_symlink_swap_is_served_everywhere(host, server):
     s = wait_status(host, "the install verified", lambda s: s["certificate"]["fingerprint"] == fingerprint and s["certificate"]["verified"])
     assert s["certificate"]["verified"]["ok"], s
     assert main_pids(host) == before, "postfix or dovecot was restarted"
+    # postfix took the new certificate without a reload: its smtpd processes
+    # started over because the table they had open was replaced.
+    journal = b.journal()
+    assert journal.count(POSTFIX_RELOADED) == postfix_reloads, "postfix was reloaded"
+    assert journal.count(SMTPD_STARTS_OVER) > smtpd_restarts, "no smtpd started over"
+    assert s["last_reload"]["detail"] == "reloaded dovecot.service", s["last_reload"]
 
 
 def test_cp_style_two_writes_are_served_everywhere(host, server):
