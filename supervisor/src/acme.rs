@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
-    NewOrder, Order, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,6 +78,14 @@ pub enum AcmeError {
     Unreachable { directory: String, detail: String },
     #[error("the ACME CA refused the order for {names}: {detail}")]
     Order { names: String, detail: String },
+    /// The CA has no account for the stored key (a test CA restarted, or the account
+    /// was deactivated): registering a new one is the way out.
+    #[error("the ACME CA does not know the stored account: {detail}")]
+    AccountUnknown { detail: String },
+    #[error(
+        "the ACME CA refuses to issue for {names} now because of its rate limits: {detail} (postmaster waits at least an hour before trying again)"
+    )]
+    RateLimited { names: String, detail: String },
     #[error(
         "the ACME CA offers no http-01 challenge for {name} (it offers: {offered}): postmaster can only answer http-01"
     )]
@@ -97,6 +105,9 @@ pub enum AcmeError {
     Issued(PairProblem),
     #[error("cannot serve http-01 on the given socket: {0}")]
     Listener(io::Error),
+    /// Why http-01 cannot be answered at all (the configuration says how to fix it).
+    #[error("{0}")]
+    NoResponder(String),
 }
 
 fn protocol(step: &'static str) -> impl FnOnce(instant_acme::Error) -> AcmeError {
@@ -112,34 +123,51 @@ fn protocol(step: &'static str) -> impl FnOnce(instant_acme::Error) -> AcmeError
 /// otherwise (a switch from a staging to a production CA, say) a new account is
 /// registered and replaces them.
 pub async fn account(settings: &config::Acme, state_dir: &Path) -> Result<Account, AcmeError> {
+    match stored_account(settings, state_dir).await? {
+        Some(account) => Ok(account),
+        None => register(settings, state_dir).await,
+    }
+}
+
+/// The account stored under `state_dir` for the CA in `settings`; `None` when there
+/// is none (or it is for another CA). Registers nothing.
+pub async fn stored_account(settings: &config::Acme, state_dir: &Path) -> Result<Option<Account>, AcmeError> {
     let path = state_dir.join(ACCOUNT_FILE);
-    let builder = || match &settings.trust_root {
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AcmeError::AccountFile { path, detail: e.to_string() }),
+    };
+    let bad = |detail: String| AcmeError::AccountFile { path: path.clone(), detail };
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if value.get("directory").and_then(|d| d.as_str()) != Some(settings.directory.as_str()) {
+        tracing::info!(
+            path = %path.display(),
+            directory = settings.directory,
+            "the stored ACME account is for another CA: registering a new one"
+        );
+        return Ok(None);
+    }
+    let credentials: AccountCredentials = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let account = account_builder(settings)?
+        .from_credentials(credentials)
+        .await
+        .map_err(|e| AcmeError::Unreachable { directory: settings.directory.clone(), detail: e.to_string() })?;
+    Ok(Some(account))
+}
+
+fn account_builder(settings: &config::Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    match &settings.trust_root {
         Some(root) => Account::builder_with_root(root)
             .map_err(|e| AcmeError::TrustRoot { path: root.clone(), detail: e.to_string() }),
         None => Account::builder().map_err(protocol("setting up the HTTPS client")),
-    };
-
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let bad = |detail: String| AcmeError::AccountFile { path: path.clone(), detail };
-            let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-            if value.get("directory").and_then(|d| d.as_str()) == Some(settings.directory.as_str()) {
-                let credentials: AccountCredentials = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
-                return builder()?.from_credentials(credentials).await.map_err(|e| AcmeError::Unreachable {
-                    directory: settings.directory.clone(),
-                    detail: e.to_string(),
-                });
-            }
-            tracing::info!(
-                path = %path.display(),
-                directory = settings.directory,
-                "the stored ACME account is for another CA: registering a new one"
-            );
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(AcmeError::AccountFile { path, detail: e.to_string() }),
     }
+}
 
+/// Registers a new account with the CA in `settings` and stores its credentials
+/// under `state_dir` (mode 0600), replacing any stored before.
+pub async fn register(settings: &config::Acme, state_dir: &Path) -> Result<Account, AcmeError> {
+    let path = state_dir.join(ACCOUNT_FILE);
     let eab = match &settings.eab {
         Some(eab) => {
             let bad = |detail: String| AcmeError::EabKey { path: eab.hmac_key_file.clone(), detail };
@@ -154,7 +182,7 @@ pub async fn account(settings: &config::Acme, state_dir: &Path) -> Result<Accoun
     };
     let contact: Vec<&str> = settings.contact.iter().map(String::as_str).collect();
     let new_account = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
-    let (account, credentials) = builder()?
+    let (account, credentials) = account_builder(settings)?
         .create(&new_account, settings.directory.clone(), eab.as_ref())
         .await
         .map_err(|e| AcmeError::Register { directory: settings.directory.clone(), detail: e.to_string() })?;
@@ -211,13 +239,31 @@ fn base64url_decode(text: &str) -> Result<Vec<u8>, String> {
 /// Waits at most [`VALIDATION_TIMEOUT`] for validation and [`ISSUANCE_TIMEOUT`] for the
 /// certificate. Published answers are withdrawn whatever happens, even when the
 /// future is dropped halfway.
-pub async fn obtain(account: &Account, names: &[String], responder: &Responder) -> Result<(String, String), AcmeError> {
+///
+/// `replaces` names the certificate this one renews (RFC 9773 §5): CAs may exempt
+/// such orders from rate limits. A CA that refuses it (no ARI, a certificate it did
+/// not issue, an earlier replacement order still pending) gets the plain order.
+pub async fn obtain(
+    account: &Account,
+    names: &[String],
+    responder: &Responder,
+    replaces: Option<&CertificateIdentifier<'_>>,
+) -> Result<(String, String), AcmeError> {
     let joined = names.join(", ");
     let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .map_err(|e| AcmeError::Order { names: joined.clone(), detail: e.to_string() })?;
+    let plain = NewOrder::new(&identifiers);
+    let first = match replaces {
+        Some(id) => account.new_order(&NewOrder::new(&identifiers).replaces(id.clone())).await,
+        None => account.new_order(&plain).await,
+    };
+    let first = match first {
+        Err(e) if replaces.is_some() && replacement_refused(&e) => {
+            tracing::info!(error = %e, "the ACME CA refused the order as a replacement: ordering without `replaces`");
+            account.new_order(&plain).await
+        }
+        other => other,
+    };
+    let mut order = first.map_err(|e| order_error(e, &joined))?;
 
     let mut published = Published { responder, tokens: Vec::new() };
     let mut pending = 0usize;
@@ -266,6 +312,38 @@ pub async fn obtain(account: &Account, names: &[String], responder: &Responder) 
     let chain = order.poll_certificate(&policy).await.map_err(protocol("downloading the certificate"))?;
     tls::validate_pair(chain.as_bytes(), key.as_bytes(), names, SystemTime::now()).map_err(AcmeError::Issued)?;
     Ok((chain, key))
+}
+
+const ACCOUNT_DOES_NOT_EXIST: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
+const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+
+fn problem_type(e: &instant_acme::Error) -> Option<&str> {
+    match e {
+        instant_acme::Error::Api(problem) => problem.r#type.as_deref(),
+        _ => None,
+    }
+}
+
+/// Whether a refused order may go through without `replaces`: the CA answered, and
+/// not about the account or its rate limits.
+fn replacement_refused(e: &instant_acme::Error) -> bool {
+    match e {
+        instant_acme::Error::Unsupported(_) => true,
+        instant_acme::Error::Api(_) => !matches!(problem_type(e), Some(ACCOUNT_DOES_NOT_EXIST | RATE_LIMITED)),
+        _ => false,
+    }
+}
+
+fn order_error(e: instant_acme::Error, names: &str) -> AcmeError {
+    let detail = match &e {
+        instant_acme::Error::Api(problem) => problem_text(problem),
+        other => other.to_string(),
+    };
+    match problem_type(&e) {
+        Some(ACCOUNT_DOES_NOT_EXIST) => AcmeError::AccountUnknown { detail },
+        Some(RATE_LIMITED) => AcmeError::RateLimited { names: names.to_string(), detail },
+        _ => AcmeError::Order { names: names.to_string(), detail: e.to_string() },
+    }
 }
 
 /// The order did not become ready: find the authorization that failed and say why.
@@ -653,7 +731,21 @@ pub struct Schedule {
     pub last_attempt: Option<u64>,
     /// `"ok"` or the last error's text.
     pub last_result: Option<String>,
+    /// Unix seconds: the renewal window the CA last suggested (ARI), start and end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_window: Option<(u64, u64)>,
+    /// Unix seconds: when to ask the CA for renewal information again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_next_check: Option<u64>,
 }
+
+/// How soon the CA's renewal information is asked again at the earliest, whatever
+/// its Retry-After says: a CA's mistake must not make every host hammer it.
+pub const ARI_ASK_AGAIN_MIN: Duration = Duration::from_secs(3600);
+/// How long at most until it is asked again: RFC 9773 wants clients to keep asking,
+/// so that a CA can call renewals early (after a mass revocation, say); and a CA
+/// that starts offering ARI is noticed within a day.
+pub const ARI_ASK_AGAIN_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Unix seconds of `t` (0 before 1970).
 pub fn unix_secs(t: SystemTime) -> u64 {
@@ -696,27 +788,63 @@ impl Schedule {
         unix_secs(now) >= self.next_attempt
     }
 
-    /// An attempt at `now` succeeded; the next one is at `next` (see [`renewal_time`]).
-    pub fn record_success(&mut self, now: SystemTime, next: SystemTime) {
+    /// An attempt at `now` succeeded; the next one is at `next` (see [`renewal_time`]),
+    /// planned with `ari`, the CA's window for the new certificate if it gave one.
+    pub fn record_success(&mut self, now: SystemTime, next: SystemTime, ari: Option<RenewalWindow>) {
         self.failures = 0;
         self.last_attempt = Some(unix_secs(now));
         self.last_result = Some("ok".into());
         self.next_attempt = unix_secs(next);
+        self.ari_window = ari.map(|w| (unix_secs(w.start), unix_secs(w.end)));
+        let ask_again = ari.map_or(ARI_ASK_AGAIN_MAX, |w| w.ask_again);
+        self.ari_next_check = Some(unix_secs(now + ask_again.clamp(ARI_ASK_AGAIN_MIN, ARI_ASK_AGAIN_MAX)));
     }
 
-    /// An attempt at `now` failed with `error`; the next one follows [`retry_after`].
-    pub fn record_failure(&mut self, now: SystemTime, error: &str) {
+    /// An attempt at `now` failed with `error`; the next one follows [`retry_after`],
+    /// but not before `at_least` (a CA's rate limit).
+    pub fn record_failure(&mut self, now: SystemTime, error: &str, at_least: Duration) {
         self.failures = self.failures.saturating_add(1);
         self.last_attempt = Some(unix_secs(now));
         self.last_result = Some(error.to_string());
-        self.next_attempt = unix_secs(now + retry_after(self.failures));
+        self.next_attempt = unix_secs(now + retry_after(self.failures).max(at_least));
+    }
+
+    /// True when the CA's renewal information is to be asked again at `now`: only
+    /// while renewals succeed, since after a failure the retries come anyway.
+    pub fn ari_due(&self, now: SystemTime) -> bool {
+        self.failures == 0 && self.ari_next_check.is_some_and(|at| unix_secs(now) >= at)
+    }
+
+    /// The CA's renewal information, asked at `now`: `Ok(Some)` a window, `Ok(None)`
+    /// none offered, `Err` asking failed. A window other than the one the plan came
+    /// from moves the next attempt to the point `jitter` inside it (see
+    /// [`renewal_time`]; a window in the past means at once); the same window again
+    /// keeps the plan, so that asking often does not re-draw it. Returns whether
+    /// the plan moved.
+    pub fn record_renewal_info(&mut self, now: SystemTime, answer: Result<Option<RenewalWindow>, ()>, jitter: f64) -> bool {
+        let ask_again = match answer {
+            Ok(Some(w)) => w.ask_again,
+            Ok(None) => ARI_ASK_AGAIN_MAX,
+            Err(()) => ARI_ASK_AGAIN_MIN,
+        };
+        self.ari_next_check = Some(unix_secs(now + ask_again.clamp(ARI_ASK_AGAIN_MIN, ARI_ASK_AGAIN_MAX)));
+        let Ok(Some(w)) = answer else { return false };
+        let window = (unix_secs(w.start), unix_secs(w.end));
+        if self.ari_window == Some(window) {
+            return false;
+        }
+        self.ari_window = Some(window);
+        let next = unix_secs(renewal_time(w.start, w.end, Some((w.start, w.end)), jitter));
+        let moved = next != self.next_attempt;
+        self.next_attempt = next;
+        moved
     }
 }
 
-/// The CA's suggested renewal window for the leaf of `cert_chain_pem` (ARI, RFC 9773),
-/// or `None` when the CA does not offer ARI, the request fails, or the certificate
-/// has no authority key identifier. Failures are logged: ARI is an optimisation.
-pub async fn ari_window(account: &Account, cert_chain_pem: &str) -> Option<(SystemTime, SystemTime)> {
+/// The leaf of `cert_chain_pem` as ACME renewal information names it (RFC 9773
+/// §4.1: authority key identifier and serial); `None` when it cannot be parsed or
+/// has no authority key identifier.
+pub fn certificate_id(cert_chain_pem: &str) -> Option<CertificateIdentifier<'static>> {
     use rustls_pki_types::pem::PemObject;
     let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes()).next()?.ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
@@ -726,23 +854,35 @@ pub async fn ari_window(account: &Account, cert_chain_pem: &str) -> Option<(Syst
         }
         _ => None,
     })?;
-    let id = instant_acme::CertificateIdentifier::new(
+    let id = CertificateIdentifier::new(
         rustls_pki_types::Der::from_slice(aki),
         rustls_pki_types::Der::from_slice(cert.tbs_certificate.raw_serial()),
     );
-    match account.renewal_info(&id).await {
-        Ok((info, _)) => {
+    Some(id.into_owned())
+}
+
+/// What the CA says about renewing one certificate (ARI, RFC 9773).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalWindow {
+    pub start: SystemTime,
+    pub end: SystemTime,
+    /// The CA's Retry-After: when to ask again.
+    pub ask_again: Duration,
+}
+
+/// The CA's suggested renewal window for certificate `id`: `Ok(None)` when the CA
+/// does not offer ARI; `Err` says why asking failed.
+pub async fn renewal_window(account: &Account, id: &CertificateIdentifier<'_>) -> Result<Option<RenewalWindow>, String> {
+    match account.renewal_info(id).await {
+        Ok((info, ask_again)) => {
             let window = info.suggested_window;
             let start = window.start.unix_timestamp();
             let end = window.end.unix_timestamp();
             let at = |secs: i64| from_unix_secs(u64::try_from(secs).unwrap_or(0));
-            Some((at(start), at(end.max(start))))
+            Ok(Some(RenewalWindow { start: at(start), end: at(end.max(start)), ask_again }))
         }
-        Err(instant_acme::Error::Unsupported(_)) => None,
-        Err(e) => {
-            tracing::info!(error = %e, "ACME renewal information unavailable: renewing at two thirds of the lifetime");
-            None
-        }
+        Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -814,30 +954,93 @@ mod tests {
     fn schedule_records_failures_and_success() {
         let mut s = Schedule::default();
         assert!(s.due(t(0)));
-        s.record_failure(t(1000), "the CA could not validate x with http-01: refused");
+        s.record_failure(t(1000), "the CA could not validate x with http-01: refused", Duration::ZERO);
         assert_eq!(s.failures, 1);
         assert_eq!(s.next_attempt, 1060);
         assert!(!s.due(t(1059)) && s.due(t(1060)));
-        s.record_failure(t(1060), "again");
+        s.record_failure(t(1060), "again", Duration::ZERO);
         assert_eq!((s.failures, s.next_attempt, s.last_attempt), (2, 1180, Some(1060)));
         assert_eq!(s.last_result.as_deref(), Some("again"));
-        s.record_success(t(1200), t(60 * DAY));
+        s.record_success(t(1200), t(60 * DAY), None);
         assert_eq!(
             s,
-            Schedule { next_attempt: 60 * DAY, failures: 0, last_attempt: Some(1200), last_result: Some("ok".into()) }
+            Schedule {
+                next_attempt: 60 * DAY,
+                failures: 0,
+                last_attempt: Some(1200),
+                last_result: Some("ok".into()),
+                ari_window: None,
+                // No window from the CA: asked again in a day, in case it starts offering one.
+                ari_next_check: Some(1200 + DAY),
+            }
         );
         assert_eq!(s.next_attempt_time(), t(60 * DAY));
+        // A rate limit holds the next attempt back at least as long as it says.
+        s.record_failure(t(2000), "rate limited", Duration::from_secs(3600));
+        assert_eq!((s.failures, s.next_attempt), (1, 2000 + 3600));
+    }
+
+    fn window(start: u64, end: u64, ask_again: u64) -> RenewalWindow {
+        RenewalWindow { start: t(start), end: t(end), ask_again: Duration::from_secs(ask_again) }
+    }
+
+    #[test]
+    fn renewal_information_is_asked_again_as_the_ca_says_within_bounds() {
+        let mut s = Schedule::default();
+        s.record_success(t(0), t(60 * DAY), Some(window(59 * DAY, 61 * DAY, 6 * 3600)));
+        assert_eq!((s.ari_window, s.ari_next_check), (Some((59 * DAY, 61 * DAY)), Some(6 * 3600)));
+        assert!(!s.ari_due(t(6 * 3600 - 1)) && s.ari_due(t(6 * 3600)));
+        // Retry-After outside the bounds is clamped: not hourly more often, not rarer than daily.
+        s.record_renewal_info(t(100), Ok(Some(window(59 * DAY, 61 * DAY, 5))), 0.5);
+        assert_eq!(s.ari_next_check, Some(100 + 3600));
+        s.record_renewal_info(t(100), Ok(Some(window(59 * DAY, 61 * DAY, 90 * DAY))), 0.5);
+        assert_eq!(s.ari_next_check, Some(100 + DAY));
+        // Asking failed: again in an hour; the plan stays.
+        assert!(!s.record_renewal_info(t(200), Err(()), 0.5));
+        assert_eq!((s.next_attempt, s.ari_next_check), (60 * DAY, Some(200 + 3600)));
+        // After a failed renewal the retries come anyway: no asking meanwhile.
+        s.record_failure(t(300), "x", Duration::ZERO);
+        assert!(!s.ari_due(t(100 * DAY)));
+    }
+
+    #[test]
+    fn the_same_window_keeps_the_plan_and_a_new_one_moves_it() {
+        let mut s = Schedule::default();
+        s.record_success(t(0), t(60 * DAY), Some(window(59 * DAY, 61 * DAY, 3600)));
+        assert!(!s.record_renewal_info(t(10), Ok(Some(window(59 * DAY, 61 * DAY, 3600))), 0.9));
+        assert_eq!(s.next_attempt, 60 * DAY, "the same window must not re-draw the plan");
+        // The CA moves the window (a mass revocation): the plan follows, into the past = now.
+        assert!(s.record_renewal_info(t(20), Ok(Some(window(10, 11, 3600))), 0.0));
+        assert_eq!(s.next_attempt, 10);
+        assert!(s.due(t(20)));
+        // A later window moves it later too: the CA knows best.
+        assert!(s.record_renewal_info(t(30), Ok(Some(window(70 * DAY, 72 * DAY, 3600))), 0.5));
+        assert_eq!(s.next_attempt, 71 * DAY);
+        // No ARI (any more): the plan stays.
+        assert!(!s.record_renewal_info(t(40), Ok(None), 0.5));
+        assert_eq!((s.next_attempt, s.ari_next_check), (71 * DAY, Some(40 + DAY)));
     }
 
     #[test]
     fn schedule_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Schedule::load(dir.path()).unwrap(), None);
-        let s = Schedule { next_attempt: 42, failures: 3, last_attempt: Some(7), last_result: Some("boom".into()) };
+        let s = Schedule {
+            next_attempt: 42,
+            failures: 3,
+            last_attempt: Some(7),
+            last_result: Some("boom".into()),
+            ari_window: Some((40, 50)),
+            ari_next_check: Some(45),
+        };
         s.store(dir.path()).unwrap();
         assert_eq!(Schedule::load(dir.path()).unwrap(), Some(s));
         let text = std::fs::read_to_string(dir.path().join(SCHEDULE_FILE)).unwrap();
         assert!(text.contains("\"next_attempt\": 42"), "{text}");
+        // A schedule written before ARI was remembered still loads.
+        std::fs::write(dir.path().join(SCHEDULE_FILE), r#"{"next_attempt": 9, "failures": 0, "last_attempt": null, "last_result": null}"#).unwrap();
+        let old = Schedule::load(dir.path()).unwrap().unwrap();
+        assert_eq!((old.next_attempt, old.ari_window, old.ari_next_check), (9, None, None));
         std::fs::write(dir.path().join(SCHEDULE_FILE), "{").unwrap();
         let e = Schedule::load(dir.path()).unwrap_err().to_string();
         assert_eq!(

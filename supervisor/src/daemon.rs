@@ -46,6 +46,9 @@ const SERVED_DEADLINE: Duration = Duration::from_secs(15);
 const POSTFIX_GRACE: Duration = Duration::from_secs(5);
 /// postfix's TLS ports among TLS_PORTS; the others are dovecot's.
 const POSTFIX_PORTS: [u16; 3] = [25, 465, 587];
+/// The least wait after the CA refused an order for its rate limits: they count
+/// over hours, and asking sooner only fails again.
+const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(3600);
 /// The local ports whose served certificate is checked after an install.
 const TLS_PORTS: [(u16, StartTls); 7] = [
     (25, StartTls::Smtp),
@@ -301,12 +304,17 @@ impl Daemon {
         Outcome { ok: errors.is_empty() && status.healthy(), summary: status.summary(), errors }
     }
 
-    /// `postmaster renew`: renews when due, or at once with `force`.
+    /// `postmaster renew`: renews when due, or at once with `force`. Without `force`
+    /// it asks the CA for renewal information first: the CA may want it renewed now.
     async fn renew(&mut self, force: bool) -> Outcome {
-        let Some(acme) = &self.acme else {
+        if self.acme.is_none() {
             let summary = "the certificate comes from files another tool writes: renew it with that tool".to_string();
             return Outcome { ok: false, summary: summary.clone(), errors: vec![summary] };
-        };
+        }
+        if !force {
+            self.ask_renewal_info().await;
+        }
+        let Some(acme) = &self.acme else { unreachable!("checked above") };
         if !force && !self.renewal_needed() && !acme.schedule.due(SystemTime::now()) {
             let summary = format!("not due: next renewal at {}; --force renews now", tls::format_rfc3339(acme.schedule.next_attempt_time()));
             return Outcome { ok: true, summary, errors: Vec::new() };
@@ -327,6 +335,9 @@ impl Daemon {
     }
 
     async fn renew_if_due(&mut self) {
+        if self.acme.as_ref().is_some_and(|a| a.schedule.ari_due(SystemTime::now())) {
+            self.ask_renewal_info().await;
+        }
         let due = match &self.acme {
             Some(a) => a.schedule.due(SystemTime::now()) || (self.renewal_needed() && a.schedule.failures == 0),
             None => false,
@@ -337,24 +348,85 @@ impl Daemon {
         self.publish();
     }
 
+    /// Asks the CA when to renew the current certificate (ARI, RFC 9773) and moves
+    /// the plan if its window changed. Needs the stored account (for the CA's
+    /// directory); registers none. A failure here is logged and asked again later:
+    /// the plan already made stands.
+    async fn ask_renewal_info(&mut self) {
+        let Some(id) = certificate::read_source(&self.config)
+            .ok()
+            .and_then(|(chain, _)| acme::certificate_id(&String::from_utf8_lossy(&chain)))
+        else {
+            return;
+        };
+        let answer = match acme::stored_account(&self.config.acme, &self.config.state_dir).await {
+            Ok(Some(account)) => acme::renewal_window(&account, &id).await,
+            Ok(None) => return,
+            Err(e) => Err(e.to_string()),
+        };
+        let Some(acme_state) = self.acme.as_mut() else { return };
+        let now = SystemTime::now();
+        if let Err(e) = &answer {
+            warn!(error = %e, "cannot ask the ACME CA when to renew; keeping the current plan");
+        }
+        let window = answer.as_ref().ok().copied().flatten();
+        if acme_state.schedule.record_renewal_info(now, answer.map_err(|_| ()), rand::random::<f64>()) {
+            let w = window.expect("a plan moves only for a window");
+            info!(
+                window_start = %tls::format_rfc3339(w.start),
+                window_end = %tls::format_rfc3339(w.end),
+                next_renewal = %tls::format_rfc3339(acme_state.schedule.next_attempt_time()),
+                "the ACME CA suggests another renewal window; renewal moved"
+            );
+        }
+        if let Err(e) = acme_state.schedule.store(&self.config.state_dir) {
+            error!(error = %e, "cannot store the renewal schedule");
+        }
+        self.show_acme();
+    }
+
     /// One ACME attempt. The new pair is written where `tls.cert`/`tls.key` point and
-    /// goes through the same validate, install, reload and verify path as a pair
-    /// another tool writes.
+    /// goes through the same validate, install and verify path as a pair another
+    /// tool writes.
     async fn obtain_certificate(&mut self) -> Result<String, String> {
         let Some(acme_state) = self.acme.as_mut() else {
             return Err("ACME is not this host's certificate source".into());
         };
         let now = SystemTime::now();
         let names = self.config.certificate_names();
+        // The certificate this one replaces, named in the order (RFC 9773 §5).
+        let replaces = certificate::read_source(&self.config)
+            .ok()
+            .and_then(|(chain, _)| acme::certificate_id(&String::from_utf8_lossy(&chain)));
         let attempt = async {
-            let responder = acme_state.responder.as_ref().map_err(|e| e.clone())?;
-            let account = acme::account(&self.config.acme, &self.config.state_dir).await.map_err(|e| e.to_string())?;
-            let (chain, key) = acme::obtain(&account, &names, responder).await.map_err(|e| e.to_string())?;
-            let ari = acme::ari_window(&account, &chain).await;
-            Ok::<_, String>((chain, key, ari))
+            let responder = acme_state.responder.as_ref().map_err(|e| acme::AcmeError::NoResponder(e.clone()))?;
+            let settings = &self.config.acme;
+            let state_dir = &self.config.state_dir;
+            let mut account = acme::account(settings, state_dir).await?;
+            let (chain, key) = match acme::obtain(&account, &names, responder, replaces.as_ref()).await {
+                Err(acme::AcmeError::AccountUnknown { detail }) => {
+                    warn!(detail = %detail, "the ACME CA no longer knows the stored account; registering a new one");
+                    account = acme::register(settings, state_dir).await?;
+                    acme::obtain(&account, &names, responder, None).await?
+                }
+                other => other?,
+            };
+            let ari = match acme::certificate_id(&chain) {
+                Some(id) => acme::renewal_window(&account, &id).await.unwrap_or_else(|e| {
+                    info!(error = %e, "ACME renewal information unavailable: renewing at two thirds of the lifetime");
+                    None
+                }),
+                None => None,
+            };
+            Ok::<_, acme::AcmeError>((chain, key, ari))
         };
         let result = attempt.await;
-        let outcome = match result {
+        // The CA's rate limit holds the next attempt back at least an hour.
+        let at_least = match &result {
+            Err(acme::AcmeError::RateLimited { .. }) => RATE_LIMIT_PAUSE,
+            _ => Duration::ZERO,
+        };
+        let outcome = match result.map_err(|e| e.to_string()) {
             Ok((chain, key, ari)) => {
                 let (cert_path, key_path) = (self.config.tls.cert.clone(), self.config.tls.key.clone());
                 let written = tokio::task::spawn_blocking(move || {
@@ -377,8 +449,9 @@ impl Daemon {
                         self.check_certificate(true).await;
                         match &self.installed {
                             Some(info) => {
-                                let next = acme::renewal_time(info.not_before, info.not_after, ari, rand::random::<f64>());
-                                Ok((format!("obtained a certificate for {} valid until {}", names.join(", "), tls::format_rfc3339(info.not_after)), next))
+                                let window = ari.map(|w| (w.start, w.end));
+                                let next = acme::renewal_time(info.not_before, info.not_after, window, rand::random::<f64>());
+                                Ok((format!("obtained a certificate for {} valid until {}", names.join(", "), tls::format_rfc3339(info.not_after)), next, ari))
                             }
                             None => Err("the new certificate was not installed".into()),
                         }
@@ -391,13 +464,13 @@ impl Daemon {
             return Err("ACME is not this host's certificate source".into());
         };
         let result = match outcome {
-            Ok((summary, next)) => {
-                info!(next_renewal = %tls::format_rfc3339(next), "{summary}");
-                acme_state.schedule.record_success(now, next);
+            Ok((summary, next, ari)) => {
+                info!(next_renewal = %tls::format_rfc3339(next), renewal_window_from_ca = ari.is_some(), "{summary}");
+                acme_state.schedule.record_success(now, next, ari);
                 Ok(summary)
             }
             Err(e) => {
-                acme_state.schedule.record_failure(now, &e);
+                acme_state.schedule.record_failure(now, &e, at_least);
                 let days = self.installed.as_ref().map(|i| i.days_left(SystemTime::now()));
                 error!(error = %e, days_left = ?days, retry_at = %tls::format_rfc3339(acme_state.schedule.next_attempt_time()), "obtaining a certificate failed; the current one keeps being served");
                 Err(e)
@@ -420,6 +493,10 @@ impl Daemon {
             }),
             next_attempt: tls::format_rfc3339(a.schedule.next_attempt_time()),
             failures: a.schedule.failures,
+            renewal_window: a.schedule.ari_window.map(|(start, end)| {
+                let at = |secs: u64| tls::format_rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+                [at(start), at(end)]
+            }),
         });
         self.status.send_modify(|s| s.acme = status);
     }

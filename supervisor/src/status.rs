@@ -58,6 +58,10 @@ pub struct AcmeStatus {
     pub next_attempt: String,
     /// Failed attempts in a row (the back-off grows with them).
     pub failures: u32,
+    /// The renewal window the CA suggests (ARI, RFC 9773), start and end in RFC
+    /// 3339; `None` when it suggests none (renewal at two thirds of the lifetime).
+    #[serde(default)]
+    pub renewal_window: Option<[String; 2]>,
 }
 
 /// Something that happened, when, and how it ended.
@@ -153,6 +157,9 @@ impl Status {
                 line(format!("            last attempt {} at {}: {}", if e.ok { "ok" } else { "FAILED" }, e.at, e.detail));
             }
             line(format!("            next attempt {} ({} failures in a row)", a.next_attempt, a.failures));
+            if let Some([start, end]) = &a.renewal_window {
+                line(format!("            renewal window from the CA: {start} to {end}"));
+            }
         }
         if let Some(e) = &self.last_reload {
             line(format!("reload:     {} at {}: {}", if e.ok { "ok" } else { "FAILED" }, e.at, e.detail));

@@ -252,7 +252,7 @@ async fn issues_through_the_builtin_http01_server() {
 
     let names = names(&["mail.example.org", "example.org"]);
     let started = Instant::now();
-    let (chain, key) = acme::obtain(&account, &names, &Responder::Listener(server.clone()))
+    let (chain, key) = acme::obtain(&account, &names, &Responder::Listener(server.clone()), None)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
     eprintln!("issuance for {names:?} through Http01Server took {:?}", started.elapsed());
@@ -267,13 +267,21 @@ async fn issues_through_the_builtin_http01_server() {
     assert!(server.answered() >= 2, "the server answered {} challenge requests", server.answered());
 
     // ARI: used when pebble offers it, None otherwise; either way a window must be sane.
-    match acme::ari_window(&account, &chain).await {
-        Some((start, end)) => {
-            eprintln!("ARI window: {} .. {}", tls::format_utc(start), tls::format_utc(end));
-            assert!(start <= end && start > info.not_before && end <= info.not_after);
+    let id = acme::certificate_id(&chain).expect("pebble's leaf has an authority key identifier");
+    match acme::renewal_window(&account, &id).await.unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs())) {
+        Some(w) => {
+            eprintln!("ARI window: {} .. {}, ask again in {:?}", tls::format_utc(w.start), tls::format_utc(w.end), w.ask_again);
+            assert!(w.start <= w.end && w.start > info.not_before && w.end <= info.not_after);
         }
         None => eprintln!("this pebble offers no ARI"),
     }
+
+    // The renewal names the certificate it replaces; a CA without ARI refuses
+    // `replaces`, and the order goes through without it.
+    let (renewed, _) = acme::obtain(&account, &names, &Responder::Listener(server.clone()), Some(&id))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
+    assert_ne!(acme::certificate_id(&renewed), Some(id), "a new certificate, with a new serial");
 }
 
 /// A static file server for a webroot, as nginx would be: records what it served.
@@ -327,7 +335,7 @@ async fn issues_through_a_webroot() {
 
     let names = names(&["webroot.example.org"]);
     let started = Instant::now();
-    let (chain, key) = acme::obtain(&account, &names, &Responder::Webroot(webroot.path().to_path_buf()))
+    let (chain, key) = acme::obtain(&account, &names, &Responder::Webroot(webroot.path().to_path_buf()), None)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", pebble.logs()));
     eprintln!("issuance for {names:?} through a webroot took {:?}", started.elapsed());
@@ -386,7 +394,7 @@ async fn a_responder_nobody_reaches_gives_a_clear_error() {
     let webroot = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let err =
-        acme::obtain(&account, &names(&["refused.example.org"]), &Responder::Webroot(webroot.path().to_path_buf()))
+        acme::obtain(&account, &names(&["refused.example.org"]), &Responder::Webroot(webroot.path().to_path_buf()), None)
             .await
             .expect_err("issuance succeeded though nothing answered http-01");
     eprintln!("rejection took {:?}: {err}", started.elapsed());
@@ -407,7 +415,7 @@ async fn a_wrong_answer_gives_a_clear_error() {
     let elsewhere = Http01Server::start(TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
     let state = tempfile::tempdir().unwrap();
     let account = acme::account(&pebble.settings(), state.path()).await.unwrap();
-    let err = acme::obtain(&account, &names(&["wrong.example.org"]), &Responder::Listener(elsewhere))
+    let err = acme::obtain(&account, &names(&["wrong.example.org"]), &Responder::Listener(elsewhere), None)
         .await
         .expect_err("issuance succeeded though the answer was never served");
     let text = err.to_string();

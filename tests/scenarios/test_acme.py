@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,10 @@ def wait_obtained(host, previous: str | None = None, timeout=60.0) -> dict:
         timeout)
 
 
+def at(rfc3339: str) -> datetime:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00"))
+
+
 def main_pids(host) -> dict:
     return {u: host.bed.main_pid(u) for u in ("postfix.service", "dovecot.service")}
 
@@ -83,6 +88,44 @@ def test_renewal_is_served_everywhere_without_restarts(acme_host, tmp_path):
     root.write_text(pebble_root(acme_host))
     assert set(served(acme_host, root).values()) == {s["certificate"]["fingerprint"]}
     assert main_pids(acme_host) == pids, "postfix or dovecot was restarted"
+    # The order named the certificate it replaces (RFC 9773 section 5).
+    assert "is a replacement of" in acme_host.bed.journal("pebble.service"), acme_host.bed.journal("pebble.service", lines=30)
+
+
+def test_the_renewal_is_planned_inside_the_cas_renewal_window(acme_host):
+    # pebble offers ACME Renewal Information (RFC 9773): a window around two thirds
+    # of the lifetime, +-1 day. The plan is a point inside it.
+    a = status(acme_host)["acme"]
+    assert a["renewal_window"], a
+    start, end = (at(t) for t in a["renewal_window"])
+    assert start < end and start <= at(a["next_attempt"]) <= end, a
+
+
+def test_a_revoked_certificate_is_renewed_when_the_ca_says_so(acme_host, tmp_path):
+    s = status(acme_host)
+    before, planned = s["certificate"]["fingerprint"], s["acme"]["next_attempt"]
+    out = acme_host.bed.run(["postmaster", "renew"], timeout=120)
+    assert out.returncode == 0 and "not due" in out.stdout, out
+    # Revoked (with the certificate's own key, as after a key compromise), the CA's
+    # renewal window moves into the past: renew now.
+    revoke = acme_host.bed.run(
+        ["certbot", "revoke", "--non-interactive", "--no-delete-after-revoke",
+         "--server", "https://127.0.0.1:14000/dir",
+         "--cert-path", "/var/lib/postmaster/tls/fullchain.pem", "--key-path", "/var/lib/postmaster/tls/privkey.pem",
+         "--config-dir", "/tmp/certbot", "--work-dir", "/tmp/certbot/work", "--logs-dir", "/tmp/certbot/logs"],
+        env={"REQUESTS_CA_BUNDLE": "/etc/postmaster/pebble-api.pem"}, timeout=120)
+    assert revoke.returncode == 0, revoke
+    # `postmaster renew` without --force asks the CA first, and the CA says: now.
+    out = acme_host.bed.run(["postmaster", "renew"], timeout=120)
+    assert out.returncode == 0 and "obtained a certificate" in out.stdout, (out, planned)
+    s = wait_obtained(acme_host, previous=before)
+    assert "suggests another renewal window" in acme_host.bed.journal("postmaster.service")
+    root = tmp_path / "root.pem"
+    root.write_text(pebble_root(acme_host))
+    assert set(served(acme_host, root).values()) == {s["certificate"]["fingerprint"]}
+    # The new certificate has a window of its own, in the future again.
+    start, end = (at(t) for t in s["acme"]["renewal_window"])
+    assert start <= at(s["acme"]["next_attempt"]) <= end and start > datetime.now(start.tzinfo), s["acme"]
 
 
 def test_the_account_is_reused_after_a_restart(acme_host):
@@ -113,3 +156,16 @@ def test_an_unreachable_ca_keeps_the_certificate_and_says_why(acme_host, tmp_pat
         # Started again, pebble has a new root and has forgotten every account.
         acme_host.bed.run(["systemctl", "stop", "pebble-dns.service"])
         acme_host.bed.run(["/usr/local/sbin/bed-pebble"], check=True)
+
+
+def test_once_the_ca_is_back_the_next_retry_renews(acme_host, tmp_path):
+    # Nobody asks: the back-off's next attempt (a minute after the failure above)
+    # finds the CA back. It has forgotten the account, so postmaster registers anew.
+    s = status(acme_host)
+    assert s["acme"]["failures"] >= 1, s["acme"]
+    s = wait_obtained(acme_host, previous=s["certificate"]["fingerprint"], timeout=150)
+    assert s["acme"]["failures"] == 0 and s["acme"]["last_attempt"]["ok"], s["acme"]
+    assert "no longer knows the stored account" in acme_host.bed.journal("postmaster.service")
+    root = tmp_path / "root.pem"
+    root.write_text(pebble_root(acme_host))
+    assert set(served(acme_host, root).values()) == {s["certificate"]["fingerprint"]}
