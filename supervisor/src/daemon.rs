@@ -86,6 +86,10 @@ struct Daemon {
     settled: Option<[u8; 32]>,
     /// Set when the certificate comes from ACME.
     acme: Option<Acme>,
+    /// The http-01 server on the port 80 socket systemd handed over, if it did. It
+    /// is taken once per start (the descriptor cannot be taken twice), and kept
+    /// across reloads whatever the configuration says.
+    http01: Option<Result<acme::Http01Server, String>>,
 }
 
 /// What the daemon keeps for ACME between attempts.
@@ -134,8 +138,9 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
         settle_at: None,
         settled: None,
         acme: None,
+        http01: take_http01_socket(),
     };
-    daemon.acme = acme_setup(&daemon.config);
+    daemon.acme = acme_setup(&daemon.config, daemon.http01.as_ref());
     daemon.show_acme();
     if let Some(info) = daemon.installed.clone() {
         daemon.show_certificate(&info, None);
@@ -285,8 +290,14 @@ impl Daemon {
             Ok(config) => {
                 if config != self.config {
                     info!(file = %self.config_path.display(), "configuration changed");
+                    let acme_changed = config.tls != self.config.tls || config.acme != self.config.acme;
                     self.map_type = crate::cli::map_type(&config);
                     self.config = config;
+                    if acme_changed {
+                        // The schedule is on disk after every change: nothing is lost.
+                        self.acme = acme_setup(&self.config, self.http01.as_ref());
+                        self.show_acme();
+                    }
                 }
             }
             Err(invalid) => {
@@ -817,7 +828,17 @@ fn monotonic_usec() -> sd_notify::NotifyState<'static> {
 /// ACME's parts that live as long as the daemon: the http-01 responder (the
 /// listening socket systemd hands over as `acme-http`, or the webroot) and the
 /// schedule from an earlier run.
-fn acme_setup(config: &Config) -> Option<Acme> {
+/// Starts the http-01 server on the `acme-http` socket systemd passed, if any.
+fn take_http01_socket() -> Option<Result<acme::Http01Server, String>> {
+    let fds = sd_notify::listen_fds_with_names().map(|fds| fds.collect::<Vec<_>>()).unwrap_or_default();
+    let (fd, _) = fds.into_iter().find(|(_, name)| name == "acme-http")?;
+    // SAFETY: systemd passed this descriptor to us alone, as a listening socket
+    // (postmaster-acme.socket); nothing else owns it, and it is taken only here, once.
+    let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Some(acme::Http01Server::start(listener).map_err(|e| e.to_string()))
+}
+
+fn acme_setup(config: &Config, http01: Option<&Result<acme::Http01Server, String>>) -> Option<Acme> {
     if config.tls.source != TlsSource::Acme {
         return None;
     }
@@ -826,18 +847,11 @@ fn acme_setup(config: &Config) -> Option<Acme> {
             Some(dir) => Ok(acme::Responder::Webroot(dir.clone())),
             None => Err("challenge = \"webroot\" needs `webroot`".to_string()),
         },
-        crate::config::Challenge::Http01 => {
-            let fds = sd_notify::listen_fds_with_names().map(|fds| fds.collect::<Vec<_>>()).unwrap_or_default();
-            match fds.into_iter().find(|(_, name)| name == "acme-http") {
-                // SAFETY: systemd passed this descriptor to us alone, as a listening
-                // socket (postmaster-acme.socket); nothing else owns it.
-                Some((fd, _)) => {
-                    let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                    acme::Http01Server::start(listener).map(acme::Responder::Listener).map_err(|e| e.to_string())
-                }
-                None => Err("no `acme-http` socket from systemd: enable postmaster-acme.socket (port 80), or use challenge = \"webroot\"".to_string()),
-            }
-        }
+        crate::config::Challenge::Http01 => match http01 {
+            Some(Ok(server)) => Ok(acme::Responder::Listener(server.clone())),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("no `acme-http` socket from systemd: enable postmaster-acme.socket (port 80) and restart postmaster, or use challenge = \"webroot\"".to_string()),
+        },
     };
     if let Err(e) = &responder {
         error!(error = %e, "http-01 challenges cannot be answered");

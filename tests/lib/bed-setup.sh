@@ -37,7 +37,9 @@ if [ -d /bed/pebble ]; then
 #!/bin/sh
 systemd-run --unit=pebble-dns --no-block /usr/bin/pebble-challtestsrv -management 127.0.0.1:8055 \
 	-dns01 127.0.0.1:8053 -http01 "" -https01 "" -tlsalpn01 "" -defaultIPv4 127.0.0.1 -defaultIPv6 ""
-systemd-run --unit=pebble --no-block -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0 \
+# PEBBLE_AUTHZREUSE=0: pebble reuses a valid authorization for half of all orders
+# by default; every order must prove its challenge here.
+systemd-run --unit=pebble --no-block -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0 -E PEBBLE_AUTHZREUSE=0 \
 	/usr/bin/pebble -config /etc/pebble/config.json -dnsserver 127.0.0.1:8053
 PEBBLE
 	chmod 0755 /usr/local/sbin/bed-pebble

@@ -169,3 +169,50 @@ def test_once_the_ca_is_back_the_next_retry_renews(acme_host, tmp_path):
     root = tmp_path / "root.pem"
     root.write_text(pebble_root(acme_host))
     assert set(served(acme_host, root).values()) == {s["certificate"]["fingerprint"]}
+
+
+def test_issuance_through_a_webroot_another_web_server_serves(acme_host, tmp_path):
+    # The seed's host also runs a personal web server: it owns port 80 and serves a
+    # directory; postmaster writes the http-01 answers into it.
+    b = acme_host.bed
+    before = status(acme_host)["certificate"]["fingerprint"]
+    config = b.run(["cat", "/etc/postmaster/config.toml"], check=True).stdout
+    setup = """
+        set -e
+        install -d -o postmaster -g postmaster -m 0755 /var/www/mail
+        # ProtectSystem=strict: the unit may write there only with a drop-in (README).
+        install -d /etc/systemd/system/postmaster.service.d
+        printf '[Service]\\nReadWritePaths=/var/www/mail\\n' > /etc/systemd/system/postmaster.service.d/webroot.conf
+        systemctl daemon-reload
+        # The web server takes port 80: postmaster must give it up.
+        systemctl stop postmaster.service postmaster-acme.socket
+        systemctl start postmaster.service
+        systemd-run --unit=webserver python3 -m http.server 80 --bind 0.0.0.0 --directory /var/www/mail
+        # The switch to the webroot takes effect on a reload, without a restart.
+        sed -i 's|^\\[acme\\]$|[acme]\\nchallenge = "webroot"\\nwebroot = "/var/www/mail"|' /etc/postmaster/config.toml
+    """
+    try:
+        b.run(["sh", "-c", setup], check=True)
+        pid = b.main_pid("postmaster.service")
+        reload = b.run(["systemctl", "reload", "postmaster.service"])
+        assert reload.returncode == 0 and b.main_pid("postmaster.service") == pid, reload
+        mc.wait_for("the web server on port 80", lambda: ":80 " in b.run(["ss", "-Hltn", "sport = :80"]).stdout)
+        out = b.run(["postmaster", "renew", "--force"], timeout=120)
+        assert out.returncode == 0, (out, b.journal("postmaster.service", lines=20))
+        s = wait_obtained(acme_host, previous=before)
+        # pebble fetched the answer from the web server, not from postmaster.
+        served_by_web = b.journal("webserver.service")
+        assert "GET /.well-known/acme-challenge/" in served_by_web and '" 200 ' in served_by_web, served_by_web
+        assert b.run(["sh", "-c", "ls -A /var/www/mail/.well-known/acme-challenge"]).stdout.strip() == "", \
+            "the answers were not withdrawn"
+        root = tmp_path / "root.pem"
+        root.write_text(pebble_root(acme_host))
+        assert set(served(acme_host, root).values()) == {s["certificate"]["fingerprint"]}
+    finally:
+        b.run(["systemctl", "stop", "webserver.service"])
+        b.run(["sh", "-c", "cat > /etc/postmaster/config.toml"], input=config, check=True)
+        # systemd refuses to start a socket whose service runs: stop it first.
+        back = b.run(["sh", "-c", "rm -r /etc/systemd/system/postmaster.service.d && systemctl daemon-reload"
+                      " && systemctl stop postmaster.service && systemctl start postmaster-acme.socket"
+                      " && systemctl start postmaster.service"])
+        assert back.returncode == 0, (back, b.journal(lines=40))
