@@ -1,11 +1,14 @@
-"""postmaster's benchmark: how fast the daemon brings an edit to clients, and what it
-costs when nothing happens. It prints figures and is not a test: it exits 0 whatever
+"""postmaster's benchmark: how fast the daemon brings an edit to clients, what it costs
+when nothing happens, and how long it takes to obtain a certificate over ACME beside
+certbot and lego. It prints figures and is not a test: it exits 0 whatever
 the figures are, and non-zero only when the benchmark itself could not run.
 
-It boots the seed's mail host in the test bed (tests/lib/mailhost.py, machine
-"pmbench" on 10.231.6.0/24; the daemon runs as postmaster.service under its real
-unit), makes everything the trials need beforehand (password hashes, certificates:
-not measured), and measures from the host, as a client would see it:
+For the parts 1-3 it boots the seed's mail host in the test bed (tests/lib/mailhost.py,
+machine "pmbench" on 10.231.6.0/24; the daemon runs as postmaster.service under its
+real unit), makes everything the trials need beforehand (password hashes,
+certificates: not measured), and measures from the host, as a client would see it.
+Part 4 ("issuance") boots a bed of its own with an ACME CA in it, and only when it
+is selected (the other bed is not booted when it is the only part):
 
 1. accounts edit -> new login succeeds ("accounts", then "busy"). Each trial adds a
    new mailbox by rewriting /etc/postmaster/accounts.toml atomically (the new text
@@ -66,6 +69,54 @@ not measured), and measures from the host, as a client would see it:
    end of the window. utime+stime come in 10 ms ticks; the sum of the threads'
    schedstat run times (exact, but missing threads that ended) is shown beside it.
 
+4. certificate issuance against pebble ("issuance"): postmaster beside certbot and
+   lego (the bed's Debian packages), as ratios. The bed is the one of
+   tests/scenarios/test_acme.py (machine "pmbiss" on 10.231.8.0/24): the daemon gets
+   its certificates from pebble in the bed (https://127.0.0.1:14000/dir, every name
+   resolved to 127.0.0.1 by pebble-challtestsrv), with real http-01 validation on
+   port 80 of the bed. The bed's first certificate comes at boot and is waited for.
+   The bed's pebble runs with PEBBLE_AUTHZREUSE=0 (tests/lib/bed-setup.sh; by
+   default it reuses a valid authorization for half of the new orders, and a trial
+   without a validation would not be an issuance); the bench checks that it does.
+
+   Every client orders the names the daemon orders (host_name and [acme]
+   extra_names of the bed's configuration: mail.example.org), with a P-256 key (all
+   three's default), registers its account once and makes one untimed issuance
+   first; then each trial is one new order, an http-01 validation, finalize and
+   download. The clients take turns in blocks, in this order:
+   - postmaster: `postmaster renew --force` in the bed; the CLI asks the daemon over
+     D-Bus, the daemon answers http-01 through postmaster-acme.socket (port 80),
+     writes, installs and reloads, and answers once it has seen the new certificate
+     served on all 7 TLS ports. Its journal splits the figure: start -> "certificate
+     installed" (CLI start, D-Bus call, the ACME exchange, the renewal-information
+     request, writing and installing the pair), -> "new certificate served on every
+     port" (reloads and checks), -> the command's exit (the D-Bus answer).
+   - certbot: `certbot certonly --standalone --http-01-port 80 --force-renewal`,
+     config/work/logs directories of its own, REQUESTS_CA_BUNDLE=pebble's API CA.
+   - lego: `lego --http --http.port :80 ... run` (`run` issues anew with the stored
+     account; `renew` would add lego's random sleep), LEGO_CA_CERTIFICATES=pebble's
+     API CA.
+   certbot and lego need port 80, which the daemon holds through the socket unit: for
+   their blocks postmaster.service is stopped, then postmaster-acme.socket, and the
+   daemon is started again without it (port 80 is checked to be free); afterwards,
+   whatever happened, the daemon is stopped, the socket started and the daemon
+   started again (systemd refuses to start the socket while its service runs), port
+   80 is checked to be the socket's again, and one more untimed `postmaster renew
+   --force` shows that the daemon answers http-01 on it.
+
+   Figures: wall time of the command, from the host: from just before the fork of a
+   shell that starts nsenter (which enters the bed as Bed.run does) until nsenter is
+   reaped, so process start is included for all three. postmaster's includes
+   installing, reloading and verifying on 7 ports and the D-Bus round trip;
+   certbot's and lego's only obtaining the certificate and writing their files.
+   pebble's journal (receive times) gives each trial's span from the new order to
+   the certificate download, measured the same way for every client, and shows
+   that each trial made exactly one order and one http-01 validation. Peak RSS: for
+   certbot and lego the ru_maxrss of the command (wait4: its largest process; the
+   shell in between keeps this process's own RSS out of it); for postmaster the
+   daemon's VmHWM (reset through /proc/PID/clear_refs before each trial), and the
+   CLI's ru_maxrss beside it.
+
 The header shows the host's load, other beds running and how busy the host's CPUs
 were in each part: other engineers' builds and beds share this machine's two cores.
 
@@ -75,6 +126,7 @@ Python 3.11 standard library only (Debian's /usr/bin/python3); root (nspawn, vet
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import imaplib
 import json
@@ -83,6 +135,7 @@ import os
 import queue
 import re
 import secrets
+import signal
 import socket
 import ssl
 import subprocess
@@ -90,6 +143,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,7 +155,7 @@ sys.path.insert(0, str(REPO / "tests" / "scenarios"))
 
 import mailclient as mc  # noqa: E402
 import mailhost  # noqa: E402
-from bed import Bed, BedError, _processes  # noqa: E402
+from bed import CONTAINER_ENV, Bed, BedError, _processes  # noqa: E402
 
 ACCOUNTS = "/etc/postmaster/accounts.toml"
 PASSWD_FILE = "/var/lib/postmaster/generated/dovecot/users"
@@ -122,7 +176,7 @@ CERT_POLL_S = 0.020
 MAX_IN_FLIGHT = 16  # handshakes under way per port; more are not started
 STALL_MS = 1000.0
 TRIAL_GAP_S = 0.8
-PARTS = ("accounts", "busy", "certificate", "idle")
+PARTS = ("accounts", "busy", "certificate", "idle", "issuance")
 SOURCE_HOSTS = range(10, 251)  # NET.10 - NET.250 as login source addresses
 BUSY_SOURCE_HOST = 9
 
@@ -867,6 +921,378 @@ def run_idle(b: Bench, seconds: float) -> dict:
     }
 
 
+# ---- 4. issuance against pebble: postmaster, certbot, lego ---------------------------------
+
+PEBBLE_DIRECTORY = "https://127.0.0.1:14000/dir"
+PEBBLE_API_CA = "/etc/postmaster/pebble-api.pem"  # pebble's API certificate's CA, in the bed
+ACME_SOCKET = "postmaster-acme.socket"
+CLIENTS = ("postmaster", "certbot", "lego")
+ISSUANCE_TIMEOUT_S = 120.0
+ISSUANCE_GAP_S = 0.5
+
+
+def acme_names() -> list[str]:
+    """The names the daemon orders (config.rs certificate_names): host_name, then
+    [acme] extra_names, from the ACME bed's configuration."""
+    config = tomllib.loads(mailhost.ACME_CONFIG)
+    names = [config["host_name"]]
+    for name in config.get("acme", {}).get("extra_names", []):
+        if name not in names:
+            names.append(name)
+    return names
+
+
+@dataclass
+class Measured:
+    rc: int
+    out: str
+    err: str
+    wall_ms: float
+    maxrss_kib: int
+    t_start: float  # epoch s
+    t_end: float
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def run_measured(bed: Bed, argv: list[str], env: dict | None = None,
+                 timeout: float = ISSUANCE_TIMEOUT_S) -> Measured:
+    """`argv` in the bed, entered as Bed.run does it (nsenter from the host): wall
+    time from just before the fork until nsenter is reaped, and the peak RSS of its
+    largest process (wait4's ru_maxrss: nsenter and the command it waited for).
+
+    A process forked from this one counts this one's RSS at its exec (the kernel
+    takes the old mm's high-water mark), ~28 MiB: so a shell (small) starts nsenter
+    in the background and exits, and nsenter, orphaned, is reaped here because this
+    process is the child subreaper meanwhile."""
+    full = ["nsenter", "-t", str(bed.pid1), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--", *argv]
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    r, w = os.pipe()
+    try:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            t_start = time.time()
+            t0 = time.perf_counter()
+            shell = subprocess.Popen(["/bin/sh", "-c", f'"$@" {w}>&- & echo $! >&{w}', "sh", *full],
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, pass_fds=(w,),
+                                     env={**CONTAINER_ENV, **(env or {})}, start_new_session=True)
+            os.close(w)
+            w = -1
+            pid = int(os.read(r, 64).decode().strip() or 0)
+            shell.wait()
+            if not pid:
+                raise BedError(f"could not start {argv}")
+
+            def kill():
+                try:
+                    os.killpg(shell.pid, signal.SIGKILL)  # its session and process group
+                except ProcessLookupError:
+                    pass
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+            try:
+                _pid, status, usage = os.wait4(pid, 0)
+            finally:
+                timer.cancel()
+            t1 = time.perf_counter()
+            out.seek(0)
+            err.seek(0)
+            return Measured(rc=os.waitstatus_to_exitcode(status), out=out.read().decode(errors="replace"),
+                            err=err.read().decode(errors="replace"), wall_ms=(t1 - t0) * 1000,
+                            maxrss_kib=usage.ru_maxrss, t_start=t_start, t_end=time.time())
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+@dataclass
+class IssuanceTrial:
+    client: str
+    wall_ms: float | None = None       # command start -> exit, from the host
+    rss_kib: int | None = None         # ru_maxrss of the command
+    daemon_hwm_kib: int | None = None  # postmaster: the daemon's VmHWM, reset before the trial
+    pebble_ms: float | None = None     # pebble logged the new order -> the certificate download
+    orders: int = 0                    # new orders pebble logged meanwhile
+    validations: int = 0               # authorizations pebble made valid by a completed challenge
+    installed_ms: float | None = None  # postmaster: start -> daemon logged "certificate installed"
+    served_ms: float | None = None     # postmaster: "certificate installed" -> "served on every port"
+    reply_ms: float | None = None      # postmaster: daemon logged "obtained ..." -> command exit
+    fingerprint: str | None = None
+    error: str | None = None
+    t_start: float = 0.0
+    t_end: float = 0.0
+
+
+def journal_events(bed: Bed, unit: str, since: float) -> list[tuple[float, str]]:
+    """(receive time in epoch s, MESSAGE) of `unit`'s journal since `since`."""
+    out = bed.run(["journalctl", "--no-pager", "-u", unit, "-o", "json", "--since", f"@{since:.3f}"],
+                  timeout=60).stdout
+    events = []
+    for line in out.splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        msg = e.get("MESSAGE")
+        if isinstance(msg, str):
+            ts = e.get("_SOURCE_REALTIME_TIMESTAMP") or e["__REALTIME_TIMESTAMP"]
+            events.append((int(ts) / 1e6, msg))
+    return sorted(events)
+
+
+class Issuance:
+    """The ACME bed: the three clients' setup and trials."""
+
+    def __init__(self, host: mailhost.MailHost, bed: Bed, trials: int):
+        self.host = host
+        self.bed = bed
+        self.trials = trials
+        self.names = acme_names()
+        self.work = ""  # a directory in the bed for certbot's and lego's files
+
+    # -- the bed --
+
+    def status(self) -> dict:
+        out = self.bed.run(["postmaster", "status", "--json"])
+        if not out.stdout.strip():
+            raise BedError(f"postmaster status gave nothing: {out.stderr}")
+        return json.loads(out.stdout)
+
+    def port80(self) -> str:
+        return self.bed.run(["ss", "-Hltnp", "sport = :80"], check=True).stdout.strip()
+
+    def check_no_authz_reuse(self) -> None:
+        """Every order must be validated: pebble must not reuse authorizations."""
+        env = self.bed.run(["systemctl", "show", "--property=Environment", "--value", "pebble.service"]).stdout
+        if "PEBBLE_AUTHZREUSE=0" not in env:
+            raise BedError(f"pebble runs without PEBBLE_AUTHZREUSE=0 (see tests/lib/bed-setup.sh): {env}")
+
+    def without_socket(self) -> None:
+        """The daemon runs without port 80, which certbot and lego need then."""
+        self.bed.run(["systemctl", "stop", "postmaster.service", ACME_SOCKET], check=True)
+        self.bed.run(["systemctl", "start", "postmaster.service"], check=True)
+        held = self.port80()
+        if held:
+            raise BedError(f"port 80 is still held with {ACME_SOCKET} stopped: {held}")
+
+    def with_socket(self) -> None:
+        """The daemon with port 80 from the socket unit again (systemd refuses to start
+        the socket while its service runs)."""
+        self.bed.run(["systemctl", "stop", "postmaster.service"], check=True)
+        self.bed.run(["systemctl", "start", ACME_SOCKET], check=True)
+        self.bed.run(["systemctl", "start", "postmaster.service"], check=True)
+        held = self.port80()
+        if "postmaster" not in held or "systemd" not in held:
+            raise BedError(f"port 80 is not the socket's and the daemon's again: {held!r}")
+
+    # -- the clients --
+
+    def certbot(self, *args: str) -> list[str]:
+        d = f"{self.work}/certbot"
+        return ["certbot", *args, "--non-interactive", "--server", PEBBLE_DIRECTORY, "--config-dir", f"{d}/config",
+                "--work-dir", f"{d}/work", "--logs-dir", f"{d}/logs"]
+
+    def certbot_order(self) -> list[str]:
+        return self.certbot("certonly", "--standalone", "--http-01-port", "80", "--agree-tos", "--force-renewal",
+                            *[a for n in self.names for a in ("-d", n)])
+
+    def lego_run(self) -> list[str]:
+        return ["lego", "--server", PEBBLE_DIRECTORY, "--accept-tos", "--email", "bench@example.org",
+                *[a for n in self.names for a in ("--domains", n)], "--http", "--http.port", ":80",
+                "--path", f"{self.work}/lego", "run"]
+
+    def command(self, client: str) -> tuple[list[str], dict, str]:
+        """(argv, environment, where the new chain lands) of one trial of `client`."""
+        if client == "postmaster":
+            return ["postmaster", "renew", "--force"], {}, "/var/lib/postmaster/tls/fullchain.pem"
+        if client == "certbot":
+            return (self.certbot_order(), {"REQUESTS_CA_BUNDLE": PEBBLE_API_CA},
+                    f"{self.work}/certbot/config/live/{self.names[0]}/fullchain.pem")
+        return (self.lego_run(), {"LEGO_CA_CERTIFICATES": PEBBLE_API_CA},
+                f"{self.work}/lego/certificates/{self.names[0].replace('*', '_')}.crt")
+
+    def chain_fingerprint(self, path: str) -> str | None:
+        try:
+            return leaf_fingerprint(self.bed.path(path).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def warm_up(self, client: str) -> None:
+        """Registers the account and makes the first (untimed) issuance."""
+        if client == "certbot":
+            r = run_measured(self.bed, self.certbot("register", "--agree-tos", "--register-unsafely-without-email"),
+                             {"REQUESTS_CA_BUNDLE": PEBBLE_API_CA})
+            if r.rc != 0:
+                raise BedError(f"certbot register failed ({r.rc}): {r.err.strip()[-1500:]}")
+        argv, env, _chain = self.command(client)
+        r = run_measured(self.bed, argv, env)
+        if r.rc != 0:
+            raise BedError(f"{client}'s first issuance failed ({r.rc}): {(r.out + r.err).strip()[-1500:]}")
+        say(f"issuance: {client}: account registered, first issuance (untimed) took {r.wall_ms:.0f} ms")
+
+    def trial(self, client: str) -> IssuanceTrial:
+        argv, env, chain = self.command(client)
+        before = self.chain_fingerprint(chain)
+        t = IssuanceTrial(client=client)
+        pid = 0
+        if client == "postmaster":
+            pid = self.bed.main_pid("postmaster.service")
+            try:
+                self.bed.path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+            except OSError:
+                pid = 0
+        r = run_measured(self.bed, argv, env)
+        t.t_start, t.t_end, t.rss_kib = r.t_start, r.t_end, r.maxrss_kib
+        if pid:
+            try:
+                for line in self.bed.path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        t.daemon_hwm_kib = int(line.split()[1])
+            except OSError:
+                pass
+        t.fingerprint = self.chain_fingerprint(chain)
+        if r.rc != 0:
+            t.error = f"exit {r.rc}: {(r.out + r.err).strip()[-300:]}"
+        elif t.fingerprint is None or t.fingerprint == before:
+            t.error = f"no new certificate in {chain}"
+        elif client == "postmaster":
+            v = self.status()["certificate"]
+            if v["fingerprint"] != t.fingerprint or not (v.get("verified") or {}).get("ok"):
+                t.error = f"the daemon does not serve the new certificate: {json.dumps(v)[:300]}"
+        if not t.error:
+            t.wall_ms = r.wall_ms
+        return t
+
+    def block(self, client: str) -> dict:
+        self.warm_up(client)
+        time.sleep(ISSUANCE_GAP_S)
+        cpu = host_cpu_sample()
+        t_block = time.time()
+        trials = []
+        for i in range(1, self.trials + 1):
+            t = self.trial(client)
+            trials.append(t)
+            if t.error:
+                say(f"issuance: {client} trial {i}: {t.error}")
+            elif i % 5 == 0 or i == self.trials:
+                say(f"issuance: {client}: {i}/{self.trials} trials, last {t.wall_ms:.0f} ms")
+            time.sleep(ISSUANCE_GAP_S)
+        busy = host_busy_pct(cpu, host_cpu_sample())
+
+        # pebble's side of each trial; every message of the trial's window is its own.
+        pebble = journal_events(self.bed, "pebble.service", t_block - 1)
+        for t in trials:
+            mine = [(ts, m) for ts, m in pebble if t.t_start <= ts <= t.t_end]
+            orders = [ts for ts, m in mine if "POST /order-plz" in m]
+            downloads = [ts for ts, m in mine if "POST /certZ/" in m]
+            t.orders = len(orders)
+            t.validations = sum(1 for _ts, m in mine if "set VALID by completed challenge" in m)
+            if orders and downloads and t.wall_ms is not None:
+                t.pebble_ms = (downloads[-1] - orders[0]) * 1000
+        if client == "postmaster":
+            daemon = journal_events(self.bed, "postmaster.service", t_block - 1)
+            for t in trials:
+                if t.wall_ms is None:
+                    continue
+                mine = [(ts, m) for ts, m in daemon if t.t_start <= ts <= t.t_end]
+                installed = [ts for ts, m in mine if m == "certificate installed"]
+                served = [ts for ts, m in mine if m == "new certificate served on every port"]
+                obtained = [ts for ts, m in mine if m.startswith("obtained a certificate")]
+                if installed:
+                    t.installed_ms = (installed[0] - t.t_start) * 1000
+                    if served:
+                        t.served_ms = (served[-1] - installed[0]) * 1000
+                if obtained:
+                    t.reply_ms = (t.t_end - obtained[-1]) * 1000
+        ok = [t for t in trials if t.wall_ms is not None]
+        rss = [t.rss_kib for t in ok if t.rss_kib]
+        hwm = [t.daemon_hwm_kib for t in ok if t.daemon_hwm_kib]
+        return {
+            "trials": [t.__dict__ for t in trials],
+            "wall_ms": summary([t.wall_ms for t in trials]),
+            "pebble_ms": summary([t.pebble_ms for t in ok if t.pebble_ms is not None]),
+            "installed_ms": summary([t.installed_ms for t in ok if t.installed_ms is not None]),
+            "served_ms": summary([t.served_ms for t in ok if t.served_ms is not None]),
+            "reply_ms": summary([t.reply_ms for t in ok if t.reply_ms is not None]),
+            "rss_mib_max": max(rss) / 1024 if rss else None,
+            "rss_mib_p50": percentile(rss, 50) / 1024 if rss else None,
+            "daemon_hwm_mib_max": max(hwm) / 1024 if hwm else None,
+            "daemon_hwm_mib_p50": percentile(hwm, 50) / 1024 if hwm else None,
+            "failed_trials": len(trials) - len(ok),
+            "trials_not_one_order_one_validation": sum(1 for t in ok if t.orders != 1
+                                                       or t.validations != len(self.names)),
+            "host_busy_pct": busy,
+        }
+
+    def run(self) -> dict:
+        self.check_no_authz_reuse()
+        self.work = self.bed.run(["mktemp", "-d", "/root/postmaster-bench-XXXXXX"], check=True).stdout.strip()
+        versions = {
+            "certbot": self.bed.run(["certbot", "--version"]).stdout.strip(),
+            "lego": self.bed.run(["dpkg-query", "-W", "-f", "${Version}", "lego"]).stdout.strip(),
+            "pebble": self.bed.run(["dpkg-query", "-W", "-f", "${Version}", "pebble"]).stdout.strip(),
+        }
+        result: dict = {"names": self.names, "versions": versions, "clients": {}}
+        t = time.monotonic()
+        result["clients"]["postmaster"] = self.block("postmaster")
+        result["clients"]["postmaster"]["phase_s"] = time.monotonic() - t
+        try:
+            self.without_socket()
+            for client in ("certbot", "lego"):
+                t = time.monotonic()
+                result["clients"][client] = self.block(client)
+                result["clients"][client]["phase_s"] = time.monotonic() - t
+        finally:
+            self.with_socket()
+        # The daemon answers http-01 on port 80 again (untimed).
+        r = run_measured(self.bed, ["postmaster", "renew", "--force"])
+        result["renew_after_restore"] = {"rc": r.rc, "out": (r.out + r.err).strip()[-300:]}
+        if r.rc != 0:
+            say(f"issuance: postmaster renew failed after port 80 was given back: {(r.out + r.err).strip()[-300:]}")
+        s = self.status()
+        result["daemon_after"] = {"acme": s.get("acme"), "certificate_verified": s["certificate"].get("verified")}
+        p50 = {c: (result["clients"][c]["wall_ms"] or {}).get("p50") for c in CLIENTS}
+        pebble_p50 = {c: (result["clients"][c]["pebble_ms"] or {}).get("p50") for c in CLIENTS}
+        result["ratios_p50"] = {
+            f"{c}/postmaster": (p50[c] / p50["postmaster"]) if p50[c] and p50["postmaster"] else None
+            for c in ("certbot", "lego")}
+        result["ratios_pebble_p50"] = {
+            f"{c}/postmaster": (pebble_p50[c] / pebble_p50["postmaster"])
+            if pebble_p50[c] and pebble_p50["postmaster"] else None for c in ("certbot", "lego")}
+        return result
+
+
+def boot_bed(host: mailhost.MailHost, name: str, net: str) -> Bed:
+    """Boots `host` as machine `name`; a unit that failed to start is an error."""
+    bed = mailhost.boot(host, name=name, net=net)
+    failed = bed.failed_units()
+    if failed:
+        bed.stop()
+        raise BedError(f"units failed in the bed {name}: {failed}")
+    return bed
+
+
+def run_issuance(dir: Path, args) -> dict:
+    """Boots the ACME bed, waits for its first certificate, runs the three blocks and
+    tears the bed down."""
+    host = mailhost.prepare_acme(dir, f"{args.issuance_net}.2")
+    bed = None
+    try:
+        bed = boot_bed(host, args.issuance_name, args.issuance_net)
+        say("issuance: waiting for the bed's first certificate from pebble")
+        mailhost.wait_for_acme_certificate(host, timeout=120)
+        return Issuance(host, bed, args.issuance_trials).run()
+    except TimeoutError as e:
+        raise BedError(str(e)) from None
+    finally:
+        if bed is not None:
+            bed.stop()
+
+
 # ---- report -------------------------------------------------------------------------------
 
 def verdict(value: float | None, target: float) -> str:
@@ -964,15 +1390,61 @@ def print_report(r: dict) -> None:
               f"{verdict(sched, target)}   (exact, threads alive at the end; {i['threads_gone']} ended meanwhile)")
         if i["pid_after"] != i["pid"]:
             print(f"  the daemon's PID changed during the window: {i['pid']} -> {i['pid_after']}")
+    iss = r.get("issuance")
+    if iss:
+        cl = iss["clients"]
+        print()
+        print(f"issuance against pebble {iss['versions']['pebble']} in the bed (ms, wall time of the command run in "
+              f"the bed; account registered beforehand; each trial one new order for {', '.join(iss['names'])}, "
+              "http-01 on port 80, finalize, download):")
+        labels = {
+            "postmaster": "postmaster renew --force: obtain+install+verify",
+            "certbot": f"certbot {iss['versions']['certbot'].split()[-1]} certonly --standalone: obtain+write",
+            "lego": f"lego {iss['versions']['lego'].split('-')[0]} run --http: obtain+write",
+        }
+        for client in CLIENTS:
+            c = cl.get(client)
+            if not c:
+                continue
+            row(labels[client], c["wall_ms"])
+            if client == "postmaster":
+                row("  start -> daemon logged \"certificate installed\"", c["installed_ms"])
+                row("  \"installed\" -> \"served on every port\"", c["served_ms"])
+                row("  \"served on every port\" -> command exited", c["reply_ms"])
+            row("  pebble logged: new order -> certificate download", c["pebble_ms"])
+        ratio = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
+        rp, rpp = iss["ratios_p50"], iss["ratios_pebble_p50"]
+        print(f"  ratio of p50s: certbot/postmaster {ratio(rp['certbot/postmaster'])}, lego/postmaster "
+              f"{ratio(rp['lego/postmaster'])} (pebble's order -> download span: "
+              f"{ratio(rpp['certbot/postmaster'])}, {ratio(rpp['lego/postmaster'])})")
+        mib = lambda x: "n/a" if x is None else f"{x:.1f}"  # noqa: E731
+        pm = cl.get("postmaster", {})
+        print(f"  peak RSS, MiB, p50/max of the trials: postmaster daemon "
+              f"{mib(pm.get('daemon_hwm_mib_p50'))}/{mib(pm.get('daemon_hwm_mib_max'))} (VmHWM, reset before each "
+              f"trial; the `postmaster renew` CLI {mib(pm.get('rss_mib_p50'))}/{mib(pm.get('rss_mib_max'))}), "
+              + ", ".join(f"{c} {mib(cl[c]['rss_mib_p50'])}/{mib(cl[c]['rss_mib_max'])}"
+                          for c in ("certbot", "lego") if c in cl)
+              + " (ru_maxrss of the command's largest process)")
+        print("  (" + "; ".join(
+            f"{c}: {cl[c]['failed_trials']} failed trials, {cl[c]['trials_not_one_order_one_validation']} without "
+            f"exactly one order and one http-01 validation by pebble, host CPU busy {cl[c]['host_busy_pct']:.0f}%"
+            for c in CLIENTS if c in cl) + ")")
+        after = iss.get("renew_after_restore") or {}
+        if after.get("rc"):
+            print(f"  postmaster renew --force FAILED after port 80 was given back to the socket: {after.get('out')}")
+        print("  postmaster's figure includes installing the pair, reloading, verifying it on 7 ports and the "
+              "D-Bus round trip; certbot's and lego's only obtaining it and writing their files. All include "
+              "starting the process (and nsenter).")
     print()
-    print("ms of wall time from the rename (accounts) or the first symlink swap (certificate); "
-          "p99 of 30 samples is in effect the worst one.")
+    print("ms of wall time from the rename (accounts), the first symlink swap (certificate) or the command's start "
+          "(issuance); p99 of 30 samples or fewer is in effect the worst one.")
 
 
 # ---- main -------------------------------------------------------------------------------
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="postmaster's latencies, memory and idle CPU, measured in the test bed")
+    ap = argparse.ArgumentParser(description="postmaster's latencies, memory and idle CPU, and its ACME "
+                                             "issuance beside certbot and lego, measured in the test bed")
     ap.add_argument("--trials", type=int, default=30, help="trials of each kind (default 30)")
     ap.add_argument("--cert-trials", type=int, default=None, help="certificate trials (default: --trials)")
     ap.add_argument("--idle-seconds", type=float, default=60.0, help="idle window (default 60)")
@@ -980,12 +1452,19 @@ def main() -> int:
                     help="keep polling this long after both ports show the new leaf (default 300)")
     ap.add_argument("--trial-timeout", type=float, default=15.0,
                     help="give a trial up after this many s (default 15, the daemon's own deadline)")
+    ap.add_argument("--issuance-trials", type=int, default=10,
+                    help="issuance trials per client (default 10)")
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated parts to run (default: all of {', '.join(PARTS)}); busy: the accounts "
-                         "trials again with a login as thomas every 100 ms")
+                         "trials again with a login as thomas every 100 ms; issuance: `postmaster renew --force` "
+                         "beside certbot and lego against pebble, in a bed of its own (--issuance-name/-net), "
+                         "booted only for it")
     ap.add_argument("--json", metavar="FILE", help="also write every figure and sample as JSON")
     ap.add_argument("--name", default="pmbench", help="bed machine name (default pmbench)")
     ap.add_argument("--net", default="10.231.6", help="bed network, first three octets (default 10.231.6)")
+    ap.add_argument("--issuance-name", default="pmbiss", help="machine name of the ACME bed (default pmbiss)")
+    ap.add_argument("--issuance-net", default="10.231.8",
+                    help="network of the ACME bed, first three octets (default 10.231.8)")
     args = ap.parse_args()
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     unknown = parts - set(PARTS)
@@ -993,6 +1472,8 @@ def main() -> int:
         ap.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if args.trials < 1 or (args.cert_trials is not None and args.cert_trials < 1):
         ap.error("--trials must be at least 1")
+    if args.issuance_trials < 1:
+        ap.error("--issuance-trials must be at least 1")
     if os.geteuid() != 0:
         print("bench: needs root (the test bed uses systemd-nspawn)", file=sys.stderr)
         return 2
@@ -1007,49 +1488,53 @@ def main() -> int:
         "args": vars(args),
     }, "targets": TARGETS}
     t_start = time.monotonic()
+    main_parts = parts - {"issuance"}
     with tempfile.TemporaryDirectory(prefix="postmaster-bench-") as tmp:
-        host = mailhost.prepare(Path(tmp) / "bed")
-        # Everything a trial needs is made first: hashing and issuing are not measured.
-        n_cert = args.cert_trials or args.trials
-        say(f"making {args.trials} password hashes per accounts series and {n_cert} certificates (not timed)")
-        users = make_users("bench", args.trials) if "accounts" in parts else []
-        busy_users = make_users("busy", args.trials) if "busy" in parts else []
-        pairs = make_pairs(host, n_cert) if "certificate" in parts else []
-        bed = None
-        bench = None
-        try:
-            bed = mailhost.boot(host, name=args.name, net=args.net)
-            failed = bed.failed_units()
-            if failed:
-                raise BedError(f"units failed in the bed: {failed}")
-            bench = Bench(host, bed, args)
-            bench.add_sources()
-            bench.wait_status("the daemon's first apply", lambda s: s["accounts"]["applied"] is not None)
-            report["pids"] = {"before": bench.main_pids()}
-            phases = [
-                ("accounts", "accounts", lambda: run_accounts(bench, users, busy=False)),
-                ("busy", "accounts_busy", lambda: run_accounts(bench, busy_users, busy=True)),
-                ("certificate", "certificate", lambda: run_certificates(bench, pairs)),
-            ]
-            for part, key, run in phases:
-                if part not in parts:
-                    continue
-                cpu, t = host_cpu_sample(), time.monotonic()
-                report[key] = run()
-                report["env"]["host_busy_pct"][part] = host_busy_pct(cpu, host_cpu_sample())
-                report["env"]["phase_s"][part] = time.monotonic() - t
-            report["pids"]["after"] = bench.main_pids()
-            if "idle" in parts:
-                t = time.monotonic()
-                report["idle"] = run_idle(bench, args.idle_seconds)
-                report["env"]["host_busy_pct"]["idle"] = report["idle"]["host_busy_pct"]
-                report["env"]["phase_s"]["idle"] = time.monotonic() - t
-            report["status_after"] = bench.status()
-        finally:
-            if bench is not None:
-                bench.remove_sources()
-            if bed is not None:
-                bed.stop()
+        if main_parts:
+            host = mailhost.prepare(Path(tmp) / "bed")
+            # Everything a trial needs is made first: hashing and issuing are not measured.
+            n_cert = args.cert_trials or args.trials
+            say(f"making {args.trials} password hashes per accounts series and {n_cert} certificates (not timed)")
+            users = make_users("bench", args.trials) if "accounts" in parts else []
+            busy_users = make_users("busy", args.trials) if "busy" in parts else []
+            pairs = make_pairs(host, n_cert) if "certificate" in parts else []
+            bed = None
+            bench = None
+            try:
+                bed = boot_bed(host, args.name, args.net)
+                bench = Bench(host, bed, args)
+                bench.add_sources()
+                bench.wait_status("the daemon's first apply", lambda s: s["accounts"]["applied"] is not None)
+                report["pids"] = {"before": bench.main_pids()}
+                phases = [
+                    ("accounts", "accounts", lambda: run_accounts(bench, users, busy=False)),
+                    ("busy", "accounts_busy", lambda: run_accounts(bench, busy_users, busy=True)),
+                    ("certificate", "certificate", lambda: run_certificates(bench, pairs)),
+                ]
+                for part, key, run in phases:
+                    if part not in parts:
+                        continue
+                    cpu, t = host_cpu_sample(), time.monotonic()
+                    report[key] = run()
+                    report["env"]["host_busy_pct"][part] = host_busy_pct(cpu, host_cpu_sample())
+                    report["env"]["phase_s"][part] = time.monotonic() - t
+                report["pids"]["after"] = bench.main_pids()
+                if "idle" in parts:
+                    t = time.monotonic()
+                    report["idle"] = run_idle(bench, args.idle_seconds)
+                    report["env"]["host_busy_pct"]["idle"] = report["idle"]["host_busy_pct"]
+                    report["env"]["phase_s"]["idle"] = time.monotonic() - t
+                report["status_after"] = bench.status()
+            finally:
+                if bench is not None:
+                    bench.remove_sources()
+                if bed is not None:
+                    bed.stop()
+        if "issuance" in parts:
+            cpu, t = host_cpu_sample(), time.monotonic()
+            report["issuance"] = run_issuance(Path(tmp) / "issuance", args)
+            report["env"]["host_busy_pct"]["issuance"] = host_busy_pct(cpu, host_cpu_sample())
+            report["env"]["phase_s"]["issuance"] = time.monotonic() - t
     report["env"]["load_end"] = loadavg()
     report["env"]["other_beds_end"] = other_beds(args.name)
     report["env"]["duration_s"] = time.monotonic() - t_start
