@@ -200,6 +200,34 @@ def test_a_key_that_does_not_match_changes_nothing(host, server):
     assert status(host)["certificate"]["error"] is None
 
 
+def test_postfix_is_reloaded_when_its_smtpd_does_not_start_over_by_itself(host, server):
+    # An admin's main.cf where smtpd has no table postmaster republishes open: its
+    # processes keep the old certificate, and after POSTFIX_GRACE (5 s) the daemon
+    # falls back to reloading postfix over D-Bus.
+    b = host.bed
+    before = main_pids(host)
+    original = b.run(["postconf", "-h", "smtpd_sender_login_maps"], check=True).stdout.strip()
+    b.run(["sh", "-c", "postconf -e smtpd_sender_login_maps= && postfix reload"], check=True)
+    try:
+        time.sleep(1)
+        _served(host, server)  # idle smtpd processes from after that reload, on every port
+        reloads = b.journal().count(POSTFIX_RELOADED)
+        chain, key, fingerprint = _new_pair(host, "fallback")
+        b.run(["sh", "-c", f"cat > {LIVE}/fullchain.pem"], input=chain, check=True)
+        b.run(["sh", "-c", f"cat > {LIVE}/privkey.pem"], input=key, check=True)
+        s = wait_status(host, "the install verified", lambda s: s["certificate"]["fingerprint"] == fingerprint
+                        and s["certificate"]["verified"], timeout=40)
+        assert s["certificate"]["verified"]["ok"], s
+        assert set(_served(host, server).values()) == {fingerprint}
+        journal = b.journal()
+        assert "postfix does not serve the new certificate yet; reloading it" in journal
+        assert journal.count(POSTFIX_RELOADED) == reloads + 1, "postfix was not reloaded exactly once"
+        assert s["last_reload"]["detail"] == "reloaded postfix.service", s["last_reload"]
+        assert main_pids(host) == before, "postfix or dovecot was restarted"
+    finally:
+        b.run(["sh", "-c", f"postconf -e smtpd_sender_login_maps={original} && postfix reload"], check=True)
+
+
 def test_killing_the_daemon_mid_apply_leaves_no_torn_file(host, server):
     b = host.bed
     # A large accounts file makes each apply take long enough to be interrupted.
