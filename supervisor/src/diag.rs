@@ -117,7 +117,7 @@ impl<'s> Diagnostics<'s> {
     /// The diagnostics in file order, so that a person can fix them top to bottom.
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
         self.list
-            .sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+            .sort_by_key(|a| (a.line, a.column));
         self.list
     }
 }

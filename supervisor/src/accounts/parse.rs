@@ -93,14 +93,14 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
                         format!("`{address}` is the address of mailbox `{}` already", address.local),
                         "remove this alias: mail to it reaches the mailbox without one",
                     );
-                } else if aliases.contains_key(&address) {
+                } else if let std::collections::btree_map::Entry::Vacant(slot) = aliases.entry(address.clone()) {
+                    slot.insert(index);
+                } else {
                     d.error(
                         key.span(),
                         format!("`{address}` is defined twice in [aliases]"),
                         "keep one of the two (a bare name like `postmaster` stands for it in every hosted domain)",
                     );
-                } else {
-                    aliases.insert(address, index);
                 }
             }
         }

@@ -46,7 +46,7 @@ pub fn render(config: &Config, accounts: &Accounts) -> String {
 /// A byte count in the largest unit that states it exactly, as dovecot reads sizes.
 fn size_with_unit(bytes: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "k")] {
-        if bytes % (1 << shift) == 0 {
+        if bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
