@@ -647,12 +647,13 @@ impl Daemon {
     /// Installs a validated pair for postfix and dovecot, makes both serve it, and
     /// checks that the new certificate is what clients get.
     ///
-    /// dovecot reads its certificate again only when reloaded. postfix's smtpd reads
-    /// it when a process starts, and republishing the table every smtpd has open
-    /// makes each one start over before its next client (apply::republish_table):
-    /// the new certificate without the 1-2 s stalls a `postfix reload` causes. postfix
-    /// is reloaded only when that did not work: the table could not be republished,
-    /// or a postfix port still shows the old certificate after POSTFIX_GRACE.
+    /// dovecot reads its certificate again only when reloaded; that comes first. Then
+    /// postfix: its smtpd reads the certificate when a process starts, and
+    /// republishing the table every smtpd has open makes each one start over before
+    /// its next client (apply::republish_table): the new certificate without the
+    /// 1-2 s stalls a `postfix reload` causes. postfix is reloaded only when that did
+    /// not work: the table could not be republished, or a postfix port still shows
+    /// the old certificate after POSTFIX_GRACE.
     async fn install(&mut self, info: CertInfo, pair: Vec<u8>) {
         let config = self.config.clone();
         let written = tokio::task::spawn_blocking(move || certificate::install(&config, &pair))
@@ -670,47 +671,50 @@ impl Daemon {
 
         let postfix = self.config.units.postfix.clone();
         let dovecot = self.config.units.dovecot.clone();
+        let started = Instant::now();
+        let mut failures = Vec::new();
+        // dovecot first, and seen serving the new certificate: while it reloads, its
+        // auth socket is briefly gone, and an smtpd of 465/587 starting then exits
+        // ("no SASL authentication mechanisms") and postfix throttles that service
+        // for 60 s (seen in ./bench). Its new certificate served means its master
+        // has set up its listeners again, the auth socket included.
+        if self.reload_units(std::slice::from_ref(&dovecot)).await {
+            failures.extend(self.wait_served(&info, |port| !POSTFIX_PORTS.contains(&port), SERVED_DEADLINE).await.err().unwrap_or_default());
+        }
         let table = self.config.generated_dir.join(render::paths::SENDER_LOGIN);
         let map_type = self.map_type;
         let republished = tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
-        let units = match republished {
+        let postfix_result = match republished {
             Ok(()) => {
                 info!("postfix's smtpd processes start over for the new certificate (sender_login table republished)");
-                vec![dovecot]
+                match self.wait_served(&info, |port| POSTFIX_PORTS.contains(&port), POSTFIX_GRACE).await {
+                    Ok(_) => Ok(()),
+                    Err(late) => {
+                        let detail: Vec<String> = late.iter().map(|(a, why)| format!("port {}: {why}", a.port())).collect();
+                        warn!(failures = ?detail, grace = ?POSTFIX_GRACE, "postfix does not serve the new certificate yet; reloading it");
+                        Err(())
+                    }
+                }
             }
             Err(e) => {
                 warn!(error = %e, "could not make postfix's smtpd start over by itself; reloading postfix");
-                vec![dovecot, postfix.clone()]
+                Err(())
             }
         };
-        let postfix_reloaded = units.contains(&postfix);
-        if !self.reload_units(&units).await {
-            return;
+        if postfix_result.is_err() && self.reload_units(std::slice::from_ref(&postfix)).await {
+            failures.extend(self.wait_served(&info, |port| POSTFIX_PORTS.contains(&port), SERVED_DEADLINE).await.err().unwrap_or_default());
         }
-        let mut result = self.wait_served(&info, if postfix_reloaded { SERVED_DEADLINE } else { POSTFIX_GRACE }).await;
-        if !postfix_reloaded && let Err(failures) = &result {
-            if failures.iter().any(|(addr, _)| POSTFIX_PORTS.contains(&addr.port())) {
-                let detail: Vec<String> = failures.iter().map(|(a, why)| format!("port {}: {why}", a.port())).collect();
-                warn!(failures = ?detail, grace = ?POSTFIX_GRACE, "postfix does not serve the new certificate yet; reloading it");
-                if !self.reload_units(&[postfix]).await {
-                    return;
-                }
-            }
-            result = self.wait_served(&info, SERVED_DEADLINE).await;
-        }
-        let verified = match result {
-            Ok(took) => {
-                info!(took_ms = took.as_millis() as u64, "new certificate served on every port");
-                event(true, format!("served on every port after {} ms", took.as_millis()))
-            }
-            Err(failures) => {
-                let detail: Vec<String> = failures.iter().map(|(a, why)| format!("port {}: {why}", a.port())).collect();
-                error!(failures = ?detail, "the new certificate is not served everywhere");
-                event(false, detail.join("; "))
-            }
+        let verified = if failures.is_empty() {
+            let took = started.elapsed();
+            info!(took_ms = took.as_millis() as u64, "new certificate served on every port");
+            event(true, format!("served on every port after {} ms", took.as_millis()))
+        } else {
+            let detail: Vec<String> = failures.iter().map(|(a, why)| format!("port {}: {why}", a.port())).collect();
+            error!(failures = ?detail, "the new certificate is not served everywhere");
+            event(false, detail.join("; "))
         };
         self.status.send_modify(|s| s.certificate.verified = Some(verified));
     }
@@ -760,8 +764,13 @@ impl Daemon {
         ok && !done.is_empty()
     }
 
-    async fn wait_served(&self, info: &CertInfo, deadline: Duration) -> Result<Duration, Vec<(std::net::SocketAddr, String)>> {
-        let addrs: Vec<_> = TLS_PORTS.iter().map(|(port, mode)| (std::net::SocketAddr::from(([127, 0, 0, 1], *port)), *mode)).collect();
+    /// Waits until the TLS ports `which` accepts serve `info`'s certificate.
+    async fn wait_served(&self, info: &CertInfo, which: impl Fn(u16) -> bool, deadline: Duration) -> Result<Duration, Vec<(std::net::SocketAddr, String)>> {
+        let addrs: Vec<_> = TLS_PORTS
+            .iter()
+            .filter(|(port, _)| which(*port))
+            .map(|(port, mode)| (std::net::SocketAddr::from(([127, 0, 0, 1], *port)), *mode))
+            .collect();
         probe::wait_until_served(&addrs, &self.config.host_name, &info.sha256_fingerprint, deadline).await
     }
 
