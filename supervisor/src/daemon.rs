@@ -27,11 +27,14 @@ use crate::systemd::Systemd;
 use crate::certificate;
 use crate::tls::{self, CertInfo};
 use crate::tomlwalk;
-use crate::watch::{Input, Watcher};
+use crate::watch::{Change, Input, Watcher};
 
 /// Quiet time after the last file event before looking: editors and certbot write
 /// in bursts, and a cp of a pair is two writes.
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Quiet time after an event that left the accounts file complete: only what
+/// arrives at the same moment is coalesced.
+const QUICK: Duration = Duration::from_millis(20);
 /// Re-check a pair that did not match this soon: the second half may be on its way.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Look at everything this often even without events (lost events, expiry).
@@ -199,13 +202,18 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
         tokio::select! {
             Some(first) = changes.recv() => {
                 busy(&busy_since);
-                // Coalesce a burst into one look at each input it touched.
-                let mut accounts = first == Input::Accounts;
-                let mut certificate = first == Input::Certificate;
+                // Coalesce a burst into one look at each input it touched. A burst
+                // that so far only completed an accounts file (renamed into place,
+                // or closed by its writer) needs no long wait; a certificate pair
+                // is two files, and its second half may be 100 ms behind.
+                let mut accounts = first.input == Input::Accounts;
+                let mut certificate = first.input == Input::Certificate;
+                let mut quiet = quiet_after(first, certificate);
                 let deadline = Instant::now() + Duration::from_secs(2);
-                while let Ok(Some(more)) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {
-                    accounts |= more == Input::Accounts;
-                    certificate |= more == Input::Certificate;
+                while let Ok(Some(more)) = tokio::time::timeout(quiet, changes.recv()).await {
+                    accounts |= more.input == Input::Accounts;
+                    certificate |= more.input == Input::Certificate;
+                    quiet = quiet_after(more, certificate);
                     if Instant::now() > deadline {
                         break;
                     }
@@ -819,6 +827,12 @@ impl Daemon {
         let line = self.status.borrow().summary();
         notify(&[sd_notify::NotifyState::Status(&line)]);
     }
+}
+
+/// How long to wait for more events after `change`, in a burst that touched the
+/// certificate pair or not.
+fn quiet_after(change: Change, certificate_touched: bool) -> Duration {
+    if change.complete && change.input == Input::Accounts && !certificate_touched { QUICK } else { DEBOUNCE }
 }
 
 fn event(ok: bool, detail: String) -> Event {

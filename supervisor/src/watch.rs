@@ -19,6 +19,29 @@ pub enum Input {
     Certificate,
 }
 
+/// An event about one input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub input: Input,
+    /// The writer is done with the file: it was renamed into place, or a writer
+    /// closed it. Other events (data written, the file renamed away or removed)
+    /// say more is probably coming.
+    pub complete: bool,
+}
+
+/// Whether `event` leaves `target` complete (see [`Change::complete`]).
+fn completes(event: &notify::Event, target: &Path) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+    let is_target = |p: Option<&PathBuf>| p.is_some_and(|p| p.file_name() == target.file_name() && p.parent() == target.parent());
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => is_target(event.paths.first()),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => is_target(event.paths.first()),
+        // (from, to): complete only when the target is where it went.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => is_target(event.paths.get(1)),
+        _ => false,
+    }
+}
+
 pub struct Watcher {
     inner: notify::RecommendedWatcher,
     watched_dirs: BTreeSet<PathBuf>,
@@ -27,31 +50,38 @@ pub struct Watcher {
 
 impl Watcher {
     /// Starts watching; events arrive on the returned channel.
-    pub fn new() -> notify::Result<(Watcher, mpsc::UnboundedReceiver<Input>)> {
+    pub fn new() -> notify::Result<(Watcher, mpsc::UnboundedReceiver<Change>)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let targets: std::sync::Arc<std::sync::Mutex<Vec<(Input, PathBuf)>>> = Default::default();
         let seen = targets.clone();
         let inner = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else {
                 // An overflowed queue loses events: look at everything again.
-                let _ = tx.send(Input::Accounts);
-                let _ = tx.send(Input::Certificate);
+                let _ = tx.send(Change { input: Input::Accounts, complete: false });
+                let _ = tx.send(Change { input: Input::Certificate, complete: false });
                 return;
             };
-            if event.kind.is_access() {
+            // Reads are no change; a writer closing the file is (it is done).
+            let close_write = matches!(
+                event.kind,
+                notify::EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+            );
+            if event.kind.is_access() && !close_write {
                 return;
             }
             let targets = seen.lock().expect("watch targets lock");
-            let mut hit = BTreeSet::new();
+            // Per input: was it hit, and did the event leave every hit target complete.
+            let mut hit = std::collections::BTreeMap::new();
             for path in &event.paths {
                 for (input, target) in targets.iter() {
                     if path.file_name() == target.file_name() && path.parent() == target.parent() {
-                        hit.insert(*input);
+                        let complete = completes(&event, target);
+                        hit.entry(*input).and_modify(|c: &mut bool| *c &= complete).or_insert(complete);
                     }
                 }
             }
-            for input in hit {
-                let _ = tx.send(input);
+            for (input, complete) in hit {
+                let _ = tx.send(Change { input, complete });
             }
         })?;
         Ok((Watcher { inner, watched_dirs: BTreeSet::new(), targets }, rx))
@@ -84,5 +114,40 @@ impl Watcher {
             self.watched_dirs.remove(dir);
         }
         *self.targets.lock().expect("watch targets lock") = targets;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind, RenameMode};
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        let mut e = notify::Event::new(kind);
+        for p in paths {
+            e = e.add_path(PathBuf::from(p));
+        }
+        e
+    }
+
+    #[test]
+    fn a_file_is_complete_when_renamed_into_place_or_closed_by_its_writer() {
+        let target = Path::new("/etc/postmaster/accounts.toml");
+        let t = "/etc/postmaster/accounts.toml";
+        let tmp = "/etc/postmaster/.accounts.toml.swp";
+        // An editor or `postmaster` writing a temporary file and renaming it over.
+        assert!(completes(&event(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &[t]), target));
+        assert!(completes(&event(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), &[tmp, t]), target));
+        // `cat >`, an editor writing in place: done when it closes the file.
+        assert!(completes(&event(EventKind::Access(AccessKind::Close(AccessMode::Write)), &[t]), target));
+        // More is coming: data written, the file created empty, moved away (vim's
+        // backup rename) or removed.
+        assert!(!completes(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any)), &[t]), target));
+        assert!(!completes(&event(EventKind::Create(CreateKind::File), &[t]), target));
+        assert!(!completes(&event(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &[t]), target));
+        assert!(!completes(&event(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), &[t, "/etc/postmaster/accounts.toml~"]), target));
+        assert!(!completes(&event(EventKind::Remove(RemoveKind::File), &[t]), target));
+        // Another file's events say nothing about this one.
+        assert!(!completes(&event(EventKind::Access(AccessKind::Close(AccessMode::Write)), &[tmp]), target));
     }
 }

@@ -29,9 +29,9 @@ is selected (the other bed is not booted when it is the only part):
    fresh address every 50 ms until one works; failures are counted and shown.
 
    dovecot looks at the passwd-file at most once per wall-clock second, and only
-   when a login asks. "accounts" (idle server): each rename comes 0.8 s or more
-   after the previous trial's last login, and the first login 0.3 s after the
-   rename at the earliest, so it always makes dovecot look at the file again.
+   when a login asks. "accounts" (idle server): each rename comes 1.1 s or more
+   after the previous trial's last login, so its first login is in a later
+   wall-clock second and always makes dovecot look at the file again.
    "busy" (busy server): thomas logs in every 100 ms meanwhile, as users would, so
    a new user can log in only once the next second has begun: up to 1 s more,
    which is dovecot's, not the daemon's. The renames of this series are spread
@@ -175,7 +175,7 @@ RETRY_EVERY_S = 0.05
 CERT_POLL_S = 0.020
 MAX_IN_FLIGHT = 16  # handshakes under way per port; more are not started
 STALL_MS = 1000.0
-TRIAL_GAP_S = 0.8
+TRIAL_GAP_S = 1.1  # idle series: more than dovecot's one second since the last login
 PARTS = ("accounts", "busy", "certificate", "idle", "issuance")
 SOURCE_HOSTS = range(10, 251)  # NET.10 - NET.250 as login source addresses
 BUSY_SOURCE_HOST = 9
