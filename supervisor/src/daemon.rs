@@ -95,6 +95,15 @@ struct Daemon {
     http01: Option<Result<acme::Http01Server, String>>,
 }
 
+/// How a reload went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reload {
+    Done,
+    /// The unit was not running: it reads the new files when it starts.
+    NotRunning,
+    Failed,
+}
+
 /// What the daemon keeps for ACME between attempts.
 struct Acme {
     /// How http-01 challenges are answered; `Err` says why they cannot be.
@@ -681,39 +690,55 @@ impl Daemon {
         let dovecot = self.config.units.dovecot.clone();
         let started = Instant::now();
         let mut failures = Vec::new();
+        // Whether any running daemon was there to check: one that does not run reads
+        // the new pair when it starts.
+        let mut checked = false;
         // dovecot first, and seen serving the new certificate: while it reloads, its
         // auth socket is briefly gone, and an smtpd of 465/587 starting then exits
         // ("no SASL authentication mechanisms") and postfix throttles that service
         // for 60 s (seen in ./bench). Its new certificate served means its master
-        // has set up its listeners again, the auth socket included.
-        if self.reload_units(std::slice::from_ref(&dovecot)).await {
+        // has set up its listeners again, the auth socket included. A failed reload
+        // shows as the old certificate still served.
+        if self.reload_unit(&dovecot).await != Reload::NotRunning {
+            checked = true;
             failures.extend(self.wait_served(&info, |port| !POSTFIX_PORTS.contains(&port), SERVED_DEADLINE).await.err().unwrap_or_default());
         }
-        let table = self.config.generated_dir.join(render::paths::SENDER_LOGIN);
-        let map_type = self.map_type;
-        let republished = tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let postfix_result = match republished {
-            Ok(()) => {
-                info!("postfix's smtpd processes start over for the new certificate (sender_login table republished)");
-                match self.wait_served(&info, |port| POSTFIX_PORTS.contains(&port), POSTFIX_GRACE).await {
-                    Ok(_) => Ok(()),
-                    Err(late) => {
-                        let detail: Vec<String> = late.iter().map(|(a, why)| format!("port {}: {why}", a.port())).collect();
-                        warn!(failures = ?detail, grace = ?POSTFIX_GRACE, "postfix does not serve the new certificate yet; reloading it");
-                        Err(())
+        if self.running(&postfix).await {
+            checked = true;
+            let table = self.config.generated_dir.join(render::paths::SENDER_LOGIN);
+            let map_type = self.map_type;
+            let republished = tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let late = match republished {
+                Ok(()) => {
+                    info!("postfix's smtpd processes start over for the new certificate (sender_login table republished)");
+                    match self.wait_served(&info, |port| POSTFIX_PORTS.contains(&port), POSTFIX_GRACE).await {
+                        Ok(_) => None,
+                        Err(late) => {
+                            let detail: Vec<String> = late.iter().map(|(a, why)| format!("port {}: {why}", a.port())).collect();
+                            warn!(failures = ?detail, grace = ?POSTFIX_GRACE, "postfix does not serve the new certificate yet; reloading it");
+                            Some(late)
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not make postfix's smtpd start over by itself; reloading postfix");
+                    Some(Vec::new())
+                }
+            };
+            if let Some(late) = late {
+                match self.reload_unit(&postfix).await {
+                    Reload::NotRunning => failures.extend(late),
+                    Reload::Done | Reload::Failed => {
+                        failures.extend(self.wait_served(&info, |port| POSTFIX_PORTS.contains(&port), SERVED_DEADLINE).await.err().unwrap_or_default());
                     }
                 }
             }
-            Err(e) => {
-                warn!(error = %e, "could not make postfix's smtpd start over by itself; reloading postfix");
-                Err(())
-            }
-        };
-        if postfix_result.is_err() && self.reload_units(std::slice::from_ref(&postfix)).await {
-            failures.extend(self.wait_served(&info, |port| POSTFIX_PORTS.contains(&port), SERVED_DEADLINE).await.err().unwrap_or_default());
+        }
+        if !checked {
+            return;
         }
         let verified = if failures.is_empty() {
             let took = started.elapsed();
@@ -727,49 +752,48 @@ impl Daemon {
         self.status.send_modify(|s| s.certificate.verified = Some(verified));
     }
 
-    /// Reloads `units` where they run, in that order; returns whether all running
-    /// ones did and at least one ran.
-    async fn reload_units(&mut self, units: &[String]) -> bool {
+    /// Reloads `unit` if it runs (retrying with back-off), and records the outcome.
+    async fn reload_unit(&mut self, unit: &str) -> Reload {
         let Some(systemd) = self.systemd.clone() else {
             self.status.send_modify(|s| s.last_reload = Some(event(false, "no connection to systemd".into())));
-            return false;
+            return Reload::Failed;
         };
-        let mut done = Vec::new();
-        let mut failures = Vec::new();
-        for unit in units {
-            let unit = unit.clone();
-            let state = systemd.unit_state(&unit).await;
-            if state.active_state != "active" && state.active_state != "reloading" {
-                // It reads the new files when it starts; nothing to reload.
-                info!(unit = %unit, state = %state.active_state, "not running; not reloaded");
-                continue;
-            }
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match systemd.reload(&unit, RELOAD_TIMEOUT).await {
-                    Ok(()) => {
-                        info!(unit = %unit, main_pid = state.main_pid, "reloaded");
-                        done.push(unit.clone());
-                        break;
-                    }
-                    Err(e) if attempt < RELOAD_ATTEMPTS => {
-                        let pause = Duration::from_secs(1 << attempt);
-                        warn!(unit = %unit, error = %e, attempt, retry_in = ?pause, "reload failed; retrying");
-                        tokio::time::sleep(pause).await;
-                    }
-                    Err(e) => {
-                        error!(unit = %unit, error = %e, "reload failed");
-                        failures.push(format!("{unit}: {e}"));
-                        break;
-                    }
+        let state = systemd.unit_state(unit).await;
+        if state.active_state != "active" && state.active_state != "reloading" {
+            // It reads the new files when it starts; nothing to reload.
+            info!(unit = %unit, state = %state.active_state, "not running; not reloaded");
+            return Reload::NotRunning;
+        }
+        let mut attempt = 0;
+        let (outcome, detail) = loop {
+            attempt += 1;
+            match systemd.reload(unit, RELOAD_TIMEOUT).await {
+                Ok(()) => {
+                    info!(unit = %unit, main_pid = state.main_pid, "reloaded");
+                    break (Reload::Done, format!("reloaded {unit}"));
+                }
+                Err(e) if attempt < RELOAD_ATTEMPTS => {
+                    let pause = Duration::from_secs(1 << attempt);
+                    warn!(unit = %unit, error = %e, attempt, retry_in = ?pause, "reload failed; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    error!(unit = %unit, error = %e, "reload failed");
+                    break (Reload::Failed, format!("{unit}: {e}"));
                 }
             }
-        }
-        let ok = failures.is_empty();
-        let detail = if ok { format!("reloaded {}", if done.is_empty() { "nothing (not running)".into() } else { done.join(", ") }) } else { failures.join("; ") };
+        };
+        let ok = outcome == Reload::Done;
         self.status.send_modify(|s| s.last_reload = Some(event(ok, detail)));
-        ok && !done.is_empty()
+        outcome
+    }
+
+    /// Whether `unit` runs; without systemd to ask, assumed so (the TLS check tells).
+    async fn running(&self, unit: &str) -> bool {
+        match &self.systemd {
+            Some(systemd) => matches!(systemd.unit_state(unit).await.active_state.as_str(), "active" | "reloading"),
+            None => true,
+        }
     }
 
     /// Waits until the TLS ports `which` accepts serve `info`'s certificate.
