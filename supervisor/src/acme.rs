@@ -819,8 +819,8 @@ impl Schedule {
     /// none offered, `Err` asking failed. A window other than the one the plan came
     /// from moves the next attempt to the point `jitter` inside it (see
     /// [`renewal_time`]; a window in the past means at once); the same window again
-    /// keeps the plan, so that asking often does not re-draw it. Returns whether
-    /// the plan moved.
+    /// keeps the plan, so that asking often does not re-draw it; while attempts
+    /// fail, the back-off keeps the plan. Returns whether the plan moved.
     pub fn record_renewal_info(&mut self, now: SystemTime, answer: Result<Option<RenewalWindow>, ()>, jitter: f64) -> bool {
         let ask_again = match answer {
             Ok(Some(w)) => w.ask_again,
@@ -834,6 +834,10 @@ impl Schedule {
             return false;
         }
         self.ari_window = Some(window);
+        if self.failures > 0 {
+            // Failing: the back-off's retries rule until one succeeds.
+            return false;
+        }
         let next = unix_secs(renewal_time(w.start, w.end, Some((w.start, w.end)), jitter));
         let moved = next != self.next_attempt;
         self.next_attempt = next;
@@ -1019,6 +1023,10 @@ mod tests {
         // No ARI (any more): the plan stays.
         assert!(!s.record_renewal_info(t(40), Ok(None), 0.5));
         assert_eq!((s.next_attempt, s.ari_next_check), (71 * DAY, Some(40 + DAY)));
+        // While renewals fail, the back-off's retries rule, whatever the window.
+        s.record_failure(t(50), "refused", Duration::ZERO);
+        assert!(!s.record_renewal_info(t(60), Ok(Some(window(80 * DAY, 82 * DAY, 3600))), 0.5));
+        assert_eq!((s.next_attempt, s.ari_window), (50 + 60, Some((80 * DAY, 82 * DAY))));
     }
 
     #[test]
