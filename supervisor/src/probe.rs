@@ -708,35 +708,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn implicit_tls() {
+    async fn each_way_in_to_tls() {
+        // Implicit TLS; SMTP STARTTLS after a multi-line greeting; IMAP STARTTLS; POP3 STLS.
         let cert = served("mail.example.org");
-        let server = server(Script::Implicit, &cert).await;
-        let got = served_fingerprint(server.addr, "mail.example.org", StartTls::Implicit, T).await.unwrap();
-        assert_eq!(got, cert.fingerprint);
-    }
-
-    #[tokio::test]
-    async fn smtp_starttls_with_multi_line_greeting() {
-        let cert = served("mail.example.org");
-        let server = server(Script::Smtp, &cert).await;
-        let got = served_fingerprint(server.addr, "mail.example.org", StartTls::Smtp, T).await.unwrap();
-        assert_eq!(got, cert.fingerprint);
-    }
-
-    #[tokio::test]
-    async fn imap_starttls() {
-        let cert = served("mail.example.org");
-        let server = server(Script::Imap, &cert).await;
-        let got = served_fingerprint(server.addr, "mail.example.org", StartTls::Imap, T).await.unwrap();
-        assert_eq!(got, cert.fingerprint);
-    }
-
-    #[tokio::test]
-    async fn pop3_stls() {
-        let cert = served("mail.example.org");
-        let server = server(Script::Pop3, &cert).await;
-        let got = served_fingerprint(server.addr, "mail.example.org", StartTls::Pop3, T).await.unwrap();
-        assert_eq!(got, cert.fingerprint);
+        for (script, mode) in [
+            (Script::Implicit, StartTls::Implicit),
+            (Script::Smtp, StartTls::Smtp),
+            (Script::Imap, StartTls::Imap),
+            (Script::Pop3, StartTls::Pop3),
+        ] {
+            let server = server(script, &cert).await;
+            let got = served_fingerprint(server.addr, "mail.example.org", mode, T).await.unwrap();
+            assert_eq!(got, cert.fingerprint, "{mode:?}");
+        }
     }
 
     #[tokio::test]
