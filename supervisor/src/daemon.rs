@@ -342,9 +342,12 @@ impl Daemon {
         if !force {
             self.ask_renewal_info().await;
         }
-        let Some(acme) = &self.acme else { unreachable!("checked above") };
-        if !force && !self.renewal_needed() && !acme.schedule.due(SystemTime::now()) {
-            let summary = format!("not due: next renewal at {}; --force renews now", tls::format_rfc3339(acme.schedule.next_attempt_time()));
+        let next = self.acme.as_ref().filter(|a| !a.schedule.due(SystemTime::now())).map(|a| a.schedule.next_attempt_time());
+        if let Some(next) = next
+            && !force
+            && !self.renewal_needed()
+        {
+            let summary = format!("not due: next renewal at {}; --force renews now", tls::format_rfc3339(next));
             return Outcome { ok: true, summary, errors: Vec::new() };
         }
         match self.obtain_certificate().await {
@@ -699,9 +702,17 @@ impl Daemon {
         // for 60 s (seen in ./bench). Its new certificate served means its master
         // has set up its listeners again, the auth socket included. A failed reload
         // shows as the old certificate still served.
-        if self.reload_unit(&dovecot).await != Reload::NotRunning {
-            checked = true;
-            failures.extend(self.wait_served(&info, |port| !POSTFIX_PORTS.contains(&port), SERVED_DEADLINE).await.err().unwrap_or_default());
+        match self.reload_unit(&dovecot).await {
+            Reload::NotRunning => {}
+            Reload::Done => {
+                checked = true;
+                failures.extend(self.wait_served(&info, |port| !POSTFIX_PORTS.contains(&port), SERVED_DEADLINE).await.err().unwrap_or_default());
+            }
+            // It still serves the old certificate: no use waiting to see that.
+            Reload::Failed => {
+                checked = true;
+                failures.extend(not_reloaded(&dovecot, |port| !POSTFIX_PORTS.contains(&port)));
+            }
         }
         if self.running(&postfix).await {
             checked = true;
@@ -731,9 +742,10 @@ impl Daemon {
             if let Some(late) = late {
                 match self.reload_unit(&postfix).await {
                     Reload::NotRunning => failures.extend(late),
-                    Reload::Done | Reload::Failed => {
+                    Reload::Done => {
                         failures.extend(self.wait_served(&info, |port| POSTFIX_PORTS.contains(&port), SERVED_DEADLINE).await.err().unwrap_or_default());
                     }
+                    Reload::Failed => failures.extend(not_reloaded(&postfix, |port| POSTFIX_PORTS.contains(&port))),
                 }
             }
         }
@@ -851,6 +863,15 @@ impl Daemon {
         let line = self.status.borrow().summary();
         notify(&[sd_notify::NotifyState::Status(&line)]);
     }
+}
+
+/// The TLS ports `which` accepts, each failed because `unit` could not be reloaded.
+fn not_reloaded(unit: &str, which: impl Fn(u16) -> bool) -> Vec<(std::net::SocketAddr, String)> {
+    TLS_PORTS
+        .iter()
+        .filter(|(port, _)| which(*port))
+        .map(|(port, _)| (std::net::SocketAddr::from(([127, 0, 0, 1], *port)), format!("{unit} could not be reloaded")))
+        .collect()
 }
 
 /// How long to wait for more events after `change`, in a burst that touched the
