@@ -39,9 +39,9 @@ pub enum Request {
 pub struct Supervisor {
     pub requests: mpsc::Sender<Request>,
     pub status: watch::Receiver<Status>,
-    /// To report the units' live state with each Status call.
+    /// To report the units' live state with each Status call. Which units those are
+    /// comes with the status: a reload may change them.
     pub systemd: Option<crate::systemd::Systemd>,
-    pub units: Vec<String>,
 }
 
 fn stopped() -> zbus::fdo::Error {
@@ -57,9 +57,8 @@ impl Supervisor {
     async fn status(&self) -> zbus::fdo::Result<String> {
         let mut status = self.status.borrow().clone();
         if let Some(systemd) = &self.systemd {
-            status.units.clear();
-            for unit in &self.units {
-                status.units.push(systemd.unit_state(unit).await);
+            for unit in &mut status.units {
+                *unit = systemd.unit_state(&unit.name).await;
             }
         }
         to_json(&status)

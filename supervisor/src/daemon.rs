@@ -22,6 +22,7 @@ use crate::bus::{self, Outcome, Request};
 use crate::config::{Config, MapType, TlsSource};
 use crate::probe::{self, StartTls};
 use crate::render;
+use crate::serve::{self, ReloadResult, Server};
 use crate::status::{Event, Status};
 use crate::systemd::Systemd;
 use crate::certificate;
@@ -41,14 +42,6 @@ const SETTLE: Duration = Duration::from_secs(2);
 const BACKSTOP: Duration = Duration::from_secs(30);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
 const RELOAD_ATTEMPTS: u32 = 3;
-/// How long the new certificate may take to be served on every port.
-const SERVED_DEADLINE: Duration = Duration::from_secs(15);
-/// How long postfix's smtpd processes get to start over with a new certificate by
-/// themselves before postfix is reloaded. They do it within ~100 ms of the next
-/// client (measured in the bed); the daemon's own check is such a client.
-const POSTFIX_GRACE: Duration = Duration::from_secs(5);
-/// postfix's TLS ports among TLS_PORTS; the others are dovecot's.
-const POSTFIX_PORTS: [u16; 3] = [25, 465, 587];
 /// The least wait after the CA refused an order for its rate limits: they count
 /// over hours, and asking sooner only fails again.
 const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(3600);
@@ -93,15 +86,6 @@ struct Daemon {
     /// is taken once per start (the descriptor cannot be taken twice), and kept
     /// across reloads whatever the configuration says.
     http01: Option<Result<acme::Http01Server, String>>,
-}
-
-/// How a reload went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reload {
-    Done,
-    /// The unit was not running: it reads the new files when it starts.
-    NotRunning,
-    Failed,
 }
 
 /// What the daemon keeps for ACME between attempts.
@@ -166,7 +150,6 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
             requests: requests_tx.clone(),
             status: status_rx,
             systemd,
-            units: vec![daemon.config.units.postfix.clone(), daemon.config.units.dovecot.clone()],
         };
         match c.object_server().at(bus::OBJECT_PATH, supervisor).await {
             Ok(_) => bus_name_owned = own_bus_name(c).await,
@@ -459,6 +442,9 @@ impl Daemon {
         };
         let outcome = match result.map_err(|e| e.to_string()) {
             Ok((chain, key, ari)) => {
+                // What the new pair is, to tell afterwards whether it is what got
+                // installed: the old certificate stays installed when this one is not.
+                let obtained = certificate::prepare(&self.config, chain.as_bytes(), key.as_bytes()).map(|(info, _)| info).map_err(|e| e.to_string());
                 let (cert_path, key_path) = (self.config.tls.cert.clone(), self.config.tls.key.clone());
                 let written = tokio::task::spawn_blocking(move || {
                     for path in [&cert_path, &key_path] {
@@ -478,13 +464,13 @@ impl Daemon {
                     Err(e) => Err(format!("storing the new certificate failed: {e}")),
                     Ok(_) => {
                         self.check_certificate(true).await;
-                        match &self.installed {
-                            Some(info) => {
+                        match installed_as_obtained(obtained, self.installed.as_ref()) {
+                            Ok(info) => {
                                 let window = ari.map(|w| (w.start, w.end));
                                 let next = acme::renewal_time(info.not_before, info.not_after, window, rand::random::<f64>());
                                 Ok((format!("obtained a certificate for {} valid until {}", names.join(", "), tls::format_rfc3339(info.not_after)), next, ari))
                             }
-                            None => Err("the new certificate was not installed".into()),
+                            Err(e) => Err(e),
                         }
                     }
                 }
@@ -664,17 +650,10 @@ impl Daemon {
         }
     }
 
-    /// Installs a validated pair for postfix and dovecot, makes both serve it, and
-    /// checks that the new certificate is what clients get.
-    ///
-    /// dovecot reads its certificate again only when reloaded; that comes first. Then
-    /// postfix: its smtpd reads the certificate when a process starts, and
-    /// republishing the table every smtpd has open makes each one start over before
-    /// its next client (apply::republish_table): the new certificate without the
-    /// 1-2 s stalls a `postfix reload` causes. postfix is reloaded only when that did
-    /// not work: the table could not be republished, or a postfix port still shows
-    /// the old certificate after POSTFIX_GRACE.
-    async fn install(&mut self, info: CertInfo, pair: Vec<u8>) {
+    /// Installs a validated pair for postfix and dovecot, makes both serve it (in
+    /// the order [`serve`] explains), and checks that the new certificate is what
+    /// clients get. Returns whether it was installed.
+    async fn install(&mut self, info: CertInfo, pair: Vec<u8>) -> bool {
         let config = self.config.clone();
         let written = tokio::task::spawn_blocking(move || certificate::install(&config, &pair))
             .await
@@ -682,99 +661,43 @@ impl Daemon {
             .and_then(|r| r);
         if let Err(e) = written {
             self.certificate_refused(format!("installing the certificate failed: {e}"));
-            return;
+            return false;
         }
         info!(subject = %info.subject, names = ?info.names, fingerprint = %info.sha256_fingerprint, "certificate installed");
         self.show_certificate(&info, Some(event(true, "installed".into())));
         self.installed = Some(info.clone());
         self.publish();
 
-        let postfix = self.config.units.postfix.clone();
-        let dovecot = self.config.units.dovecot.clone();
         let started = Instant::now();
-        let mut failures = Vec::new();
-        // Whether any running daemon was there to check: one that does not run reads
-        // the new pair when it starts.
-        let mut checked = false;
-        // dovecot first, and seen serving the new certificate: while it reloads, its
-        // auth socket is briefly gone, and an smtpd of 465/587 starting then exits
-        // ("no SASL authentication mechanisms") and postfix throttles that service
-        // for 60 s (seen in ./bench). Its new certificate served means its master
-        // has set up its listeners again, the auth socket included. A failed reload
-        // shows as the old certificate still served.
-        match self.reload_unit(&dovecot).await {
-            Reload::NotRunning => {}
-            Reload::Done => {
-                checked = true;
-                failures.extend(self.wait_served(&info, |port| !POSTFIX_PORTS.contains(&port), SERVED_DEADLINE).await.err().unwrap_or_default());
+        let outcome = serve::serve(&mut LiveHost { daemon: self, info: &info }).await;
+        let verified = match outcome {
+            serve::Outcome::NothingRunning => return true,
+            serve::Outcome::Served { postfix_reloaded } => {
+                let took = started.elapsed();
+                info!(took_ms = took.as_millis() as u64, postfix_reloaded, "new certificate served on every port");
+                event(true, format!("served on every port after {} ms", took.as_millis()))
             }
-            // It still serves the old certificate: no use waiting to see that.
-            Reload::Failed => {
-                checked = true;
-                failures.extend(not_reloaded(&dovecot, |port| !POSTFIX_PORTS.contains(&port)));
+            serve::Outcome::NotServed { failures, .. } => {
+                let detail: Vec<String> = failures.iter().map(|f| format!("port {}: {}", f.port, f.why)).collect();
+                error!(failures = ?detail, "the new certificate is not served everywhere");
+                event(false, detail.join("; "))
             }
-        }
-        if self.running(&postfix).await {
-            checked = true;
-            let table = self.config.generated_dir.join(render::paths::SENDER_LOGIN);
-            let map_type = self.map_type;
-            let republished = tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            let late = match republished {
-                Ok(()) => {
-                    info!("postfix's smtpd processes start over for the new certificate (sender_login table republished)");
-                    match self.wait_served(&info, |port| POSTFIX_PORTS.contains(&port), POSTFIX_GRACE).await {
-                        Ok(_) => None,
-                        Err(late) => {
-                            let detail: Vec<String> = late.iter().map(|(a, why)| format!("port {}: {why}", a.port())).collect();
-                            warn!(failures = ?detail, grace = ?POSTFIX_GRACE, "postfix does not serve the new certificate yet; reloading it");
-                            Some(late)
-                        }
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "could not make postfix's smtpd start over by itself; reloading postfix");
-                    Some(Vec::new())
-                }
-            };
-            if let Some(late) = late {
-                match self.reload_unit(&postfix).await {
-                    Reload::NotRunning => failures.extend(late),
-                    Reload::Done => {
-                        failures.extend(self.wait_served(&info, |port| POSTFIX_PORTS.contains(&port), SERVED_DEADLINE).await.err().unwrap_or_default());
-                    }
-                    Reload::Failed => failures.extend(not_reloaded(&postfix, |port| POSTFIX_PORTS.contains(&port))),
-                }
-            }
-        }
-        if !checked {
-            return;
-        }
-        let verified = if failures.is_empty() {
-            let took = started.elapsed();
-            info!(took_ms = took.as_millis() as u64, "new certificate served on every port");
-            event(true, format!("served on every port after {} ms", took.as_millis()))
-        } else {
-            let detail: Vec<String> = failures.iter().map(|(a, why)| format!("port {}: {why}", a.port())).collect();
-            error!(failures = ?detail, "the new certificate is not served everywhere");
-            event(false, detail.join("; "))
         };
         self.status.send_modify(|s| s.certificate.verified = Some(verified));
+        true
     }
 
     /// Reloads `unit` if it runs (retrying with back-off), and records the outcome.
-    async fn reload_unit(&mut self, unit: &str) -> Reload {
+    async fn reload_unit(&mut self, unit: &str) -> ReloadResult {
         let Some(systemd) = self.systemd.clone() else {
             self.status.send_modify(|s| s.last_reload = Some(event(false, "no connection to systemd".into())));
-            return Reload::Failed;
+            return ReloadResult::Failed("no connection to systemd".into());
         };
         let state = systemd.unit_state(unit).await;
         if state.active_state != "active" && state.active_state != "reloading" {
             // It reads the new files when it starts; nothing to reload.
             info!(unit = %unit, state = %state.active_state, "not running; not reloaded");
-            return Reload::NotRunning;
+            return ReloadResult::NotRunning;
         }
         let mut attempt = 0;
         let (outcome, detail) = loop {
@@ -782,7 +705,7 @@ impl Daemon {
             match systemd.reload(unit, RELOAD_TIMEOUT).await {
                 Ok(()) => {
                     info!(unit = %unit, main_pid = state.main_pid, "reloaded");
-                    break (Reload::Done, format!("reloaded {unit}"));
+                    break (ReloadResult::Done, format!("reloaded {unit}"));
                 }
                 Err(e) if attempt < RELOAD_ATTEMPTS => {
                     let pause = Duration::from_secs(1 << attempt);
@@ -791,11 +714,11 @@ impl Daemon {
                 }
                 Err(e) => {
                     error!(unit = %unit, error = %e, "reload failed");
-                    break (Reload::Failed, format!("{unit}: {e}"));
+                    break (ReloadResult::Failed(e.to_string()), format!("{unit}: {e}"));
                 }
             }
         };
-        let ok = outcome == Reload::Done;
+        let ok = outcome == ReloadResult::Done;
         self.status.send_modify(|s| s.last_reload = Some(event(ok, detail)));
         outcome
     }
@@ -806,16 +729,6 @@ impl Daemon {
             Some(systemd) => matches!(systemd.unit_state(unit).await.active_state.as_str(), "active" | "reloading"),
             None => true,
         }
-    }
-
-    /// Waits until the TLS ports `which` accepts serve `info`'s certificate.
-    async fn wait_served(&self, info: &CertInfo, which: impl Fn(u16) -> bool, deadline: Duration) -> Result<Duration, Vec<(std::net::SocketAddr, String)>> {
-        let addrs: Vec<_> = TLS_PORTS
-            .iter()
-            .filter(|(port, _)| which(*port))
-            .map(|(port, mode)| (std::net::SocketAddr::from(([127, 0, 0, 1], *port)), *mode))
-            .collect();
-        probe::wait_until_served(&addrs, &self.config.host_name, &info.sha256_fingerprint, deadline).await
     }
 
     fn certificate_refused(&mut self, why: String) {
@@ -853,25 +766,103 @@ impl Daemon {
     /// Sends the status to systemd when its line changed.
     fn publish(&mut self) {
         let config = &self.config;
-        self.status.send_if_modified(|s| {
-            let changed = s.host_name != config.host_name || s.domains != config.domains || s.accounts.file != config.accounts_file.display().to_string();
-            s.host_name = config.host_name.clone();
-            s.domains = config.domains.clone();
-            s.accounts.file = config.accounts_file.display().to_string();
-            changed
-        });
+        self.status.send_if_modified(|s| describe_host(s, config));
         let line = self.status.borrow().summary();
         notify(&[sd_notify::NotifyState::Status(&line)]);
     }
 }
 
-/// The TLS ports `which` accepts, each failed because `unit` could not be reloaded.
-fn not_reloaded(unit: &str, which: impl Fn(u16) -> bool) -> Vec<(std::net::SocketAddr, String)> {
-    TLS_PORTS
-        .iter()
-        .filter(|(port, _)| which(*port))
-        .map(|(port, _)| (std::net::SocketAddr::from(([127, 0, 0, 1], *port)), format!("{unit} could not be reloaded")))
-        .collect()
+/// The daemon's host for the serving sequence: systemd over D-Bus, the generated
+/// table on disk, and real TLS handshakes on the local ports.
+struct LiveHost<'d> {
+    daemon: &'d mut Daemon,
+    /// The certificate being served.
+    info: &'d CertInfo,
+}
+
+impl LiveHost<'_> {
+    fn unit(&self, server: Server) -> String {
+        let units = &self.daemon.config.units;
+        match server {
+            Server::Dovecot => units.dovecot.clone(),
+            Server::Postfix => units.postfix.clone(),
+        }
+    }
+}
+
+impl serve::Host for LiveHost<'_> {
+    async fn reload(&mut self, server: Server) -> ReloadResult {
+        let unit = self.unit(server);
+        self.daemon.reload_unit(&unit).await
+    }
+
+    async fn is_running(&mut self, server: Server) -> bool {
+        let unit = self.unit(server);
+        self.daemon.running(&unit).await
+    }
+
+    async fn republish(&mut self) -> Result<(), String> {
+        let table = self.daemon.config.generated_dir.join(render::paths::SENDER_LOGIN);
+        let map_type = self.daemon.map_type;
+        let republished = tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match &republished {
+            Ok(()) => info!("postfix's smtpd processes start over for the new certificate (sender_login table republished)"),
+            Err(e) => warn!(error = %e, "could not make postfix's smtpd start over by itself; reloading postfix"),
+        }
+        republished
+    }
+
+    async fn await_served(&mut self, server: Server, deadline: Duration) -> Result<(), Vec<serve::PortFailure>> {
+        let addrs: Vec<_> = TLS_PORTS
+            .iter()
+            .filter(|(port, _)| server.ports().contains(port))
+            .map(|(port, mode)| (std::net::SocketAddr::from(([127, 0, 0, 1], *port)), *mode))
+            .collect();
+        let served = probe::wait_until_served(&addrs, &self.daemon.config.host_name, &self.info.sha256_fingerprint, deadline).await;
+        let late = served.err().map(|late| late.into_iter().map(|(addr, why)| serve::PortFailure { port: addr.port(), why }).collect::<Vec<_>>());
+        if let Some(late) = &late
+            && server == Server::Postfix
+            && deadline == serve::POSTFIX_GRACE
+        {
+            let detail: Vec<String> = late.iter().map(|f| format!("port {}: {}", f.port, f.why)).collect();
+            warn!(failures = ?detail, grace = ?deadline, "postfix does not serve the new certificate yet; reloading it");
+        }
+        late.map_or(Ok(()), Err)
+    }
+}
+
+/// Puts what the configuration says about the host into the status: its names,
+/// the accounts file, and the units whose state the D-Bus status reports (a
+/// reload may change them). Returns whether anything changed.
+fn describe_host(s: &mut Status, config: &Config) -> bool {
+    let units = [&config.units.postfix, &config.units.dovecot];
+    let units_changed = s.units.len() != units.len() || s.units.iter().zip(units).any(|(u, name)| &u.name != name);
+    let changed = units_changed || s.host_name != config.host_name || s.domains != config.domains || s.accounts.file != config.accounts_file.display().to_string();
+    s.host_name = config.host_name.clone();
+    s.domains = config.domains.clone();
+    s.accounts.file = config.accounts_file.display().to_string();
+    if units_changed {
+        s.units = units.iter().map(|name| crate::systemd::UnitState { name: name.to_string(), active_state: "unknown".into(), main_pid: 0 }).collect();
+    }
+    changed
+}
+
+/// Whether an ACME attempt ended with its own certificate installed: the one that
+/// was installed before stays so when installing the new one fails, and counting
+/// that as a success would plan the next renewal from the old certificate's dates.
+fn installed_as_obtained<'i>(obtained: Result<CertInfo, String>, installed: Option<&'i CertInfo>) -> Result<&'i CertInfo, String> {
+    let obtained = obtained.map_err(|e| format!("the CA's certificate does not fit this host: {e}"))?;
+    match installed {
+        Some(info) if info.sha256_fingerprint == obtained.sha256_fingerprint => Ok(info),
+        Some(info) => Err(format!(
+            "the new certificate ({}) was not installed; {} is still served",
+            obtained.sha256_fingerprint, info.sha256_fingerprint
+        )),
+        None => Err(format!("the new certificate ({}) was not installed", obtained.sha256_fingerprint)),
+    }
 }
 
 /// How long to wait for more events after `change`, in a burst that touched the
@@ -982,4 +973,58 @@ async fn feed_watchdog(every: Duration, busy_since: std::sync::Arc<std::sync::at
 /// Half the watchdog timeout systemd set, if it set one.
 fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().filter(|d| !d.is_zero()).map(|d| d / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::Source;
+
+    fn config(extra: &str) -> Config {
+        let text = format!("host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n{extra}");
+        Config::parse(&Source::new("/etc/postmaster/config.toml", &text)).expect("a valid configuration")
+    }
+
+    fn info(fingerprint: &str) -> CertInfo {
+        CertInfo {
+            subject: String::new(),
+            issuer: "CN=Pebble Intermediate CA".into(),
+            names: vec!["mail.example.org".into()],
+            not_before: SystemTime::UNIX_EPOCH,
+            not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(90 * 86_400),
+            sha256_fingerprint: fingerprint.into(),
+            chain_len: 2,
+        }
+    }
+
+    #[test]
+    fn an_acme_attempt_succeeds_only_when_its_own_certificate_is_installed() {
+        let new = info("11");
+        assert_eq!(installed_as_obtained(Ok(new.clone()), Some(&new)), Ok(&new));
+        // Installing the new pair failed: the old one is still installed.
+        let old = info("00");
+        assert_eq!(
+            installed_as_obtained(Ok(new.clone()), Some(&old)),
+            Err("the new certificate (11) was not installed; 00 is still served".into())
+        );
+        assert_eq!(installed_as_obtained(Ok(new), None), Err("the new certificate (11) was not installed".into()));
+        assert_eq!(
+            installed_as_obtained(Err("the key does not match".into()), Some(&old)),
+            Err("the CA's certificate does not fit this host: the key does not match".into())
+        );
+    }
+
+    #[test]
+    fn the_status_follows_the_units_a_reload_configures() {
+        let mut status = Status::default();
+        assert!(describe_host(&mut status, &config("")));
+        let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["postfix.service", "dovecot.service"]);
+        assert!(!describe_host(&mut status, &config("")), "the same configuration changes nothing");
+
+        let reloaded = config("[systemd]\npostfix_unit = \"postfix@-.service\"\n");
+        assert!(describe_host(&mut status, &reloaded));
+        let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["postfix@-.service", "dovecot.service"]);
+    }
 }

@@ -27,6 +27,7 @@ pub mod diag;
 pub mod logging;
 pub mod password;
 pub mod render;
+pub(crate) mod serve;
 pub mod tomlwalk;
 pub mod bus;
 pub mod certificate;

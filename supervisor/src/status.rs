@@ -90,7 +90,8 @@ impl Status {
             if self.accounts.mailboxes == 1 { "" } else { "es" },
             self.domains.join(", ")
         );
-        if !self.certificate.subject.is_empty() {
+        // A certificate is known by its fingerprint: ACME certificates have no subject.
+        if !self.certificate.fingerprint.is_empty() {
             line.push_str(&format!("; certificate valid {} more days", self.certificate.days_left));
         }
         if let Some(first) = self.accounts.errors.first() {
@@ -139,7 +140,7 @@ impl Status {
             line("            (the last good accounts keep being served)".into());
         }
         let c = &self.certificate;
-        line(format!("tls:        {} ({}), valid until {} ({} days left)", c.subject, c.names.join(", "), c.not_after, c.days_left));
+        line(format!("tls:        {}, valid until {} ({} days left)", certificate_label(c), c.not_after, c.days_left));
         line(format!("            source: {}, sha256 {}", c.source, c.fingerprint));
         if let Some(e) = &c.installed {
             line(format!("            installed {}", e.at));
@@ -171,9 +172,29 @@ impl Status {
     }
 }
 
+/// What the certificate is called in `postmaster status`: its names, and its
+/// subject where it has one (CAs are dropping the CN, so ACME certificates have none).
+fn certificate_label(c: &CertificateStatus) -> String {
+    let names = c.names.join(", ");
+    if c.subject.is_empty() { names } else { format!("{} ({names})", c.subject) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_without_a_subject_is_shown_by_its_names() {
+        let mut s = Status { domains: vec!["example.org".into()], ..Default::default() };
+        s.certificate.names = vec!["mail.example.org".into(), "example.org".into()];
+        s.certificate.fingerprint = "ab".repeat(32);
+        s.certificate.not_after = "2027-03-01T00:00:00Z".into();
+        s.certificate.days_left = 89;
+        assert!(s.human().contains("tls:        mail.example.org, example.org, valid until 2027-03-01T00:00:00Z (89 days left)\n"), "{}", s.human());
+        assert_eq!(s.summary(), "serving 0 mailboxes for example.org; certificate valid 89 more days");
+        s.certificate.subject = "CN=mail.example.org".into();
+        assert!(s.human().contains("tls:        CN=mail.example.org (mail.example.org, example.org), valid until"), "{}", s.human());
+    }
 
     #[test]
     fn summary_names_what_is_wrong() {
