@@ -49,3 +49,129 @@ pub fn installed(config: &Config) -> Option<CertInfo> {
     // Names are not required here: a changed host name must lead to a new install.
     tls::validate_pair(&pair, &pair, &[], SystemTime::now()).ok()
 }
+
+/// What to do about the certificate, from what the source files hold and what is
+/// installed. Both `postmaster apply` and the daemon act on this one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The installed pair is this one: nothing to do.
+    Unchanged(CertInfo),
+    /// A new valid pair: install it, and make it served.
+    Install(CertInfo, Vec<u8>),
+    /// Nothing valid and nothing installed: a self-signed placeholder, so that every
+    /// port serves TLS (and authentication stays possible only over it).
+    Placeholder(Refusal),
+    /// The source pair is refused; the installed certificate keeps being served.
+    Keep(Refusal),
+    /// ACME has not obtained a certificate yet; the installed placeholder serves.
+    AwaitingAcme,
+}
+
+/// Why the source pair is not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub why: String,
+    /// The writer may be halfway through the pair (a cp writes two files): look
+    /// again soon before reporting it loudly.
+    pub may_be_in_progress: bool,
+}
+
+/// Decides what to do with the pair `read` from the source files (see
+/// [`read_source`]), given the pair `installed` now.
+pub fn decide(config: &Config, read: Result<(Vec<u8>, Vec<u8>), String>, installed: Option<&CertInfo>) -> Decision {
+    let refused = |refusal: Refusal| if installed.is_some() { Decision::Keep(refusal) } else { Decision::Placeholder(refusal) };
+    let (chain, key) = match read {
+        Ok(pair) => pair,
+        Err(why) => {
+            let awaiting_acme = config.tls.source == crate::config::TlsSource::Acme && !config.tls.cert.exists();
+            if awaiting_acme && installed.is_some() {
+                return Decision::AwaitingAcme;
+            }
+            let why = if awaiting_acme { "no certificate obtained yet".to_string() } else { why };
+            return refused(Refusal { why, may_be_in_progress: false });
+        }
+    };
+    match prepare(config, &chain, &key) {
+        Err(problem) => refused(Refusal { why: problem.to_string(), may_be_in_progress: problem.may_be_in_progress() }),
+        Ok((info, _)) if installed.is_some_and(|i| i.sha256_fingerprint == info.sha256_fingerprint) => Decision::Unchanged(info),
+        Ok((info, pair)) => Decision::Install(info, pair),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::Source;
+
+    fn config(source: &str, dir: &Path) -> Config {
+        let text = format!(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[tls]\nsource = \"{source}\"\ncert = \"{}/fullchain.pem\"\nkey = \"{}/key.pem\"\n",
+            dir.display(),
+            dir.display()
+        );
+        Config::parse(&Source::new("/etc/postmaster/config.toml", &text)).expect("a valid configuration")
+    }
+
+    fn pair(names: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let (chain, key) = tls::self_signed_placeholder(&names, SystemTime::now());
+        (chain.into_bytes(), key.into_bytes())
+    }
+
+    fn info_of(config: &Config, (chain, key): &(Vec<u8>, Vec<u8>)) -> CertInfo {
+        prepare(config, chain, key).unwrap().0
+    }
+
+    #[test]
+    fn a_new_valid_pair_is_installed_and_the_installed_one_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config("files", dir.path());
+        let new = pair(&["mail.example.org"]);
+        let Decision::Install(info, installed_file) = decide(&config, Ok(new.clone()), None) else { panic!("a valid pair is installed") };
+        assert!(installed_file.starts_with(&new.1), "the installed file is key, then chain");
+        assert!(installed_file.ends_with(&new.0));
+        assert_eq!(decide(&config, Ok(new.clone()), Some(&info)), Decision::Unchanged(info.clone()));
+        let other = pair(&["mail.example.org"]);
+        assert!(matches!(decide(&config, Ok(other), Some(&info)), Decision::Install(..)));
+    }
+
+    #[test]
+    fn a_refused_pair_keeps_the_installed_one_or_gets_a_placeholder() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config("files", dir.path());
+        let installed = info_of(&config, &pair(&["mail.example.org"]));
+        // A certificate for another name: refused for good.
+        let wrong = pair(&["www.example.org"]);
+        let Decision::Keep(refusal) = decide(&config, Ok(wrong.clone()), Some(&installed)) else { panic!("refused, installed kept") };
+        assert!(!refusal.may_be_in_progress, "{refusal:?}");
+        assert!(refusal.why.contains("mail.example.org"), "{}", refusal.why);
+        assert!(matches!(decide(&config, Ok(wrong), None), Decision::Placeholder(_)));
+        // A new certificate with the old key: the key may be on its way.
+        let (chain, _) = pair(&["mail.example.org"]);
+        let (_, old_key) = pair(&["mail.example.org"]);
+        let Decision::Keep(refusal) = decide(&config, Ok((chain, old_key)), Some(&installed)) else { panic!("a mismatched pair is refused") };
+        assert!(refusal.may_be_in_progress, "{refusal:?}");
+        // Unreadable files.
+        let unreadable = Err("cannot read /x/fullchain.pem: No such file or directory".to_string());
+        assert_eq!(
+            decide(&config, unreadable, Some(&installed)),
+            Decision::Keep(Refusal { why: "cannot read /x/fullchain.pem: No such file or directory".into(), may_be_in_progress: false })
+        );
+    }
+
+    #[test]
+    fn before_the_first_acme_certificate_the_placeholder_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config("acme", dir.path());
+        let missing = || Err("cannot read the chain".to_string());
+        assert_eq!(
+            decide(&config, missing(), None),
+            Decision::Placeholder(Refusal { why: "no certificate obtained yet".into(), may_be_in_progress: false })
+        );
+        let placeholder = placeholder(&config).unwrap().0;
+        assert_eq!(decide(&config, missing(), Some(&placeholder)), Decision::AwaitingAcme);
+        // Once a chain exists, a broken one is reported like any other.
+        std::fs::write(&config.tls.cert, b"").unwrap();
+        assert!(matches!(decide(&config, missing(), Some(&placeholder)), Decision::Keep(_)));
+    }
+}

@@ -3,20 +3,19 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::accounts::{self, Accounts};
+use crate::accounts::Accounts;
 use crate::apply;
 use crate::bus;
-use crate::certificate;
-use crate::status::Status;
-use crate::config::{self, Config, MapType};
+use crate::certificate::{self, Decision};
+use crate::config::{self, Config};
 use crate::diag::Invalid;
 use crate::password::{self, Scheme};
+use crate::pipeline::{self, Resolved};
 use crate::render;
-use crate::tomlwalk;
+use crate::status::Status;
 
 /// Exit codes scripts can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,21 +154,8 @@ impl From<apply::ApplyError> for Failure {
 /// Loads and validates both files.
 pub fn load(config_path: &Path) -> Result<(Config, Accounts), Invalid> {
     let config = Config::load(config_path)?;
-    let accounts = load_accounts(&config)?;
+    let accounts = pipeline::load_accounts(&config)?;
     Ok((config, accounts))
-}
-
-pub fn load_accounts(config: &Config) -> Result<Accounts, Invalid> {
-    let path = &config.accounts_file;
-    let bytes = std::fs::read(path).map_err(|e| {
-        Invalid(vec![crate::diag::whole_file(
-            path,
-            format!("cannot read the accounts file: {e}"),
-            "create it, or set accounts_file in the configuration",
-        )])
-    })?;
-    let source = tomlwalk::decode(path, bytes).map_err(|d| Invalid(vec![d]))?;
-    accounts::parse(&source, &config.accounts_policy())
 }
 
 fn check(config_path: &Path) -> Result<(), Failure> {
@@ -187,28 +173,11 @@ fn check(config_path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The map type: the configured one, else lmdb where this postfix supports it.
-pub fn map_type(config: &Config) -> MapType {
-    if let Some(t) = config.postfix.map_type {
-        return t;
-    }
-    match Command::new("postconf").arg("-m").output() {
-        Ok(out) if out.status.success() => {
-            if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "lmdb") {
-                MapType::Lmdb
-            } else {
-                MapType::Hash
-            }
-        }
-        // No postfix here (rendering on another machine): assume a current one.
-        _ => MapType::Lmdb,
-    }
-}
-
 fn render_to(config_path: &Path, out: &Path) -> Result<(), Failure> {
     let (config, accounts) = load(config_path)?;
     let mut files = render::generated(&config, &accounts);
-    files.extend(render::host_config(&config, map_type(&config), &config_path.display().to_string()));
+    let resolved = Resolved::probe(config);
+    files.extend(render::host_config(&resolved.config, resolved.map_type, &config_path.display().to_string()));
     let options = apply::Options { compile_maps: None, passwd_group: None, postmap: "postmap".into() };
     let report = apply::apply(out, &files, &options)?;
     for f in &files {
@@ -218,42 +187,58 @@ fn render_to(config_path: &Path, out: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `postmaster apply`: the certificate, then the accounts, once. The certificate
+/// comes first and whatever the accounts file says: postfix and dovecot need a pair
+/// to start, and a mistake in the accounts must not leave them without one (the
+/// NixOS module runs this before they start).
 fn apply_once(config_path: &Path) -> Result<(), Failure> {
-    let (config, accounts) = load(config_path)?;
-    let previous = std::fs::read_to_string(config.generated_dir.join(render::paths::PASSWD_FILE)).ok();
-    let files = render::in_safe_order(render::generated(&config, &accounts), previous.as_deref(), &accounts);
-    let options = apply::Options {
-        compile_maps: Some(map_type(&config)),
-        passwd_group: Some("dovecot".into()),
-        postmap: "postmap".into(),
+    let resolved = Resolved::probe(Config::load(config_path)?);
+    let config = &resolved.config;
+    apply_certificate(config)?;
+    let accounts = match pipeline::load_accounts(config) {
+        Ok(accounts) => accounts,
+        Err(invalid) => {
+            eprintln!("{invalid}");
+            let n = invalid.0.len();
+            eprintln!("{n} error{} in the accounts file; the accounts were not applied", if n == 1 { "" } else { "s" });
+            return Err(Failure::Reported);
+        }
     };
-    let report = apply::apply(&config.generated_dir, &files, &options)?;
+    let report = pipeline::apply_accounts(&resolved, &accounts)?;
     for p in &report.written {
         println!("written: {}", p.display());
     }
     for p in &report.unchanged {
         println!("unchanged: {}", p.display());
     }
-    let installed = certificate::installed(&config);
-    let (info, pair) = match certificate::read_source(&config)
-        .and_then(|(chain, key)| certificate::prepare(&config, &chain, &key).map_err(|p| p.to_string()))
-    {
-        Ok(ready) => ready,
-        Err(why) if installed.is_some() => {
-            eprintln!("certificate not installed, the current one stays: {why}");
+    Ok(())
+}
+
+/// Installs the source pair when it is new and valid, a placeholder when nothing
+/// valid is installed, and otherwise leaves the installed pair alone.
+fn apply_certificate(config: &Config) -> Result<(), Failure> {
+    let installed = certificate::installed(config);
+    let (info, pair) = match certificate::decide(config, certificate::read_source(config), installed.as_ref()) {
+        Decision::Unchanged(_) => {
+            println!("unchanged: {}", config.installed_pair().display());
             return Ok(());
         }
-        Err(why) => {
-            eprintln!("certificate not usable ({why}); installing a self-signed placeholder");
-            certificate::placeholder(&config).map_err(Failure::Failed)?
+        Decision::AwaitingAcme => {
+            println!("unchanged: {} (a placeholder until the daemon obtains a certificate)", config.installed_pair().display());
+            return Ok(());
         }
+        Decision::Keep(refusal) => {
+            eprintln!("certificate not installed, the current one stays: {}", refusal.why);
+            return Ok(());
+        }
+        Decision::Placeholder(refusal) => {
+            eprintln!("certificate not usable ({}); installing a self-signed placeholder", refusal.why);
+            certificate::placeholder(config).map_err(Failure::Failed)?
+        }
+        Decision::Install(info, pair) => (info, pair),
     };
-    if installed.is_some_and(|i| i.sha256_fingerprint == info.sha256_fingerprint) {
-        println!("unchanged: {}", config.installed_pair().display());
-    } else {
-        certificate::install(&config, &pair).map_err(Failure::Failed)?;
-        println!("written: {} ({}, until {})", config.installed_pair().display(), info.subject, crate::tls::format_utc(info.not_after));
-    }
+    certificate::install(config, &pair).map_err(Failure::Failed)?;
+    println!("written: {} ({}, until {})", config.installed_pair().display(), info.names.join(", "), crate::tls::format_utc(info.not_after));
     Ok(())
 }
 

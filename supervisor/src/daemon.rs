@@ -19,15 +19,15 @@ use tracing::{error, info, warn};
 use crate::acme;
 use crate::apply;
 use crate::bus::{self, Outcome, Request};
-use crate::config::{Config, MapType, TlsSource};
+use crate::config::{Config, TlsSource};
+use crate::pipeline::{self, Resolved};
 use crate::probe::{self, StartTls};
 use crate::render;
 use crate::serve::{self, ReloadResult, Server};
 use crate::status::{Event, Status};
 use crate::systemd::Systemd;
-use crate::certificate;
+use crate::certificate::{self, Decision};
 use crate::tls::{self, CertInfo};
-use crate::tomlwalk;
 use crate::watch::{Change, Input, Watcher};
 
 /// Quiet time after the last file event before looking: editors and certbot write
@@ -66,8 +66,8 @@ pub fn run(config_path: &Path) -> Result<(), String> {
 
 struct Daemon {
     config_path: PathBuf,
-    config: Config,
-    map_type: MapType,
+    /// The configuration, with what the host offers (probed once per load).
+    resolved: Resolved,
     systemd: Option<Systemd>,
     status: watch::Sender<Status>,
     watcher: Watcher,
@@ -98,7 +98,6 @@ struct Acme {
 
 async fn main_loop(config_path: &Path) -> Result<(), String> {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
-    let map_type = crate::cli::map_type(&config);
     let (watcher, mut changes) = Watcher::new().map_err(|e| format!("cannot watch files: {e}"))?;
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (requests_tx, mut requests) = mpsc::channel::<Request>(8);
@@ -124,8 +123,7 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
     let mut daemon = Daemon {
         config_path: config_path.to_path_buf(),
         installed: certificate::installed(&config),
-        config,
-        map_type,
+        resolved: Resolved::probe(config),
         systemd: systemd.clone(),
         status: status_tx,
         watcher,
@@ -136,7 +134,7 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
         acme: None,
         http01: take_http01_socket(),
     };
-    daemon.acme = acme_setup(&daemon.config, daemon.http01.as_ref());
+    daemon.acme = acme_setup(&daemon.resolved.config, daemon.http01.as_ref());
     daemon.show_acme();
     if let Some(info) = daemon.installed.clone() {
         daemon.show_certificate(&info, None);
@@ -200,12 +198,14 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
                 // is two files, and its second half may be 100 ms behind.
                 let mut accounts = first.input == Input::Accounts;
                 let mut certificate = first.input == Input::Certificate;
-                let mut quiet = quiet_after(first, certificate);
+                let mut quiet = quiet_after(first);
+                let mut quick = quiet == QUICK;
                 let deadline = Instant::now() + Duration::from_secs(2);
                 while let Ok(Some(more)) = tokio::time::timeout(quiet, changes.recv()).await {
                     accounts |= more.input == Input::Accounts;
                     certificate |= more.input == Input::Certificate;
-                    quiet = quiet_after(more, certificate);
+                    quiet = quiet_after(more);
+                    quick = quiet == QUICK;
                     if Instant::now() > deadline {
                         break;
                     }
@@ -214,7 +214,7 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
                     daemon.check_accounts(false).await;
                 }
                 if certificate {
-                    daemon.check_certificate(false).await;
+                    daemon.check_certificate(false, quick).await;
                 }
                 daemon.publish();
                 daemon.watch();
@@ -223,7 +223,7 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
                 busy(&busy_since);
                 daemon.settle_at = None;
                 daemon.pair_seen = None; // look at the same bytes once more
-                daemon.check_certificate(false).await;
+                daemon.check_certificate(false, false).await;
                 daemon.publish();
             }
             _ = backstop.tick() => {
@@ -270,16 +270,16 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
 
 impl Daemon {
     fn watch(&mut self) {
-        let accounts = self.config.accounts_file.clone();
-        let cert = self.config.tls.cert.clone();
-        let key = self.config.tls.key.clone();
+        let accounts = self.resolved.config.accounts_file.clone();
+        let cert = self.resolved.config.tls.cert.clone();
+        let key = self.resolved.config.tls.key.clone();
         self.watcher.watch(&[(Input::Accounts, &accounts), (Input::Certificate, &cert), (Input::Certificate, &key)]);
     }
 
     /// Looks at everything; `force` looks even at unchanged bytes.
     async fn check(&mut self, force: bool) {
         self.check_accounts(force).await;
-        self.check_certificate(force).await;
+        self.check_certificate(force, false).await;
         self.publish();
     }
 
@@ -288,14 +288,13 @@ impl Daemon {
         let mut errors = Vec::new();
         match Config::load(&self.config_path) {
             Ok(config) => {
-                if config != self.config {
+                if config != self.resolved.config {
                     info!(file = %self.config_path.display(), "configuration changed");
-                    let acme_changed = config.tls != self.config.tls || config.acme != self.config.acme;
-                    self.map_type = crate::cli::map_type(&config);
-                    self.config = config;
+                    let acme_changed = config.tls != self.resolved.config.tls || config.acme != self.resolved.config.acme;
+                    self.resolved = Resolved::probe(config);
                     if acme_changed {
                         // The schedule is on disk after every change: nothing is lost.
-                        self.acme = acme_setup(&self.config, self.http01.as_ref());
+                        self.acme = acme_setup(&self.resolved.config, self.http01.as_ref());
                         self.show_acme();
                     }
                 }
@@ -342,9 +341,9 @@ impl Daemon {
     /// Whether a certificate is needed now, whatever the schedule says: none was
     /// obtained yet (a placeholder serves), or the names changed.
     fn renewal_needed(&self) -> bool {
-        match certificate::read_source(&self.config) {
+        match certificate::read_source(&self.resolved.config) {
             Err(_) => true,
-            Ok((chain, key)) => certificate::prepare(&self.config, &chain, &key).is_err(),
+            Ok((chain, key)) => certificate::prepare(&self.resolved.config, &chain, &key).is_err(),
         }
     }
 
@@ -367,13 +366,13 @@ impl Daemon {
     /// directory); registers none. A failure here is logged and asked again later:
     /// the plan already made stands.
     async fn ask_renewal_info(&mut self) {
-        let Some(id) = certificate::read_source(&self.config)
+        let Some(id) = certificate::read_source(&self.resolved.config)
             .ok()
             .and_then(|(chain, _)| acme::certificate_id(&String::from_utf8_lossy(&chain)))
         else {
             return;
         };
-        let answer = match acme::stored_account(&self.config.acme, &self.config.state_dir).await {
+        let answer = match acme::stored_account(&self.resolved.config.acme, &self.resolved.config.state_dir).await {
             Ok(Some(account)) => acme::renewal_window(&account, &id).await,
             Ok(None) => return,
             Err(e) => Err(e.to_string()),
@@ -393,7 +392,7 @@ impl Daemon {
                 "the ACME CA suggests another renewal window; renewal moved"
             );
         }
-        if let Err(e) = acme_state.schedule.store(&self.config.state_dir) {
+        if let Err(e) = acme_state.schedule.store(&self.resolved.config.state_dir) {
             error!(error = %e, "cannot store the renewal schedule");
         }
         self.show_acme();
@@ -407,15 +406,15 @@ impl Daemon {
             return Err("ACME is not this host's certificate source".into());
         };
         let now = SystemTime::now();
-        let names = self.config.certificate_names();
+        let names = self.resolved.config.certificate_names();
         // The certificate this one replaces, named in the order (RFC 9773 §5).
-        let replaces = certificate::read_source(&self.config)
+        let replaces = certificate::read_source(&self.resolved.config)
             .ok()
             .and_then(|(chain, _)| acme::certificate_id(&String::from_utf8_lossy(&chain)));
         let attempt = async {
             let responder = acme_state.responder.as_ref().map_err(|e| acme::AcmeError::NoResponder(e.clone()))?;
-            let settings = &self.config.acme;
-            let state_dir = &self.config.state_dir;
+            let settings = &self.resolved.config.acme;
+            let state_dir = &self.resolved.config.state_dir;
             let mut account = acme::account(settings, state_dir).await?;
             let (chain, key) = match acme::obtain(&account, &names, responder, replaces.as_ref()).await {
                 Err(acme::AcmeError::AccountUnknown { detail }) => {
@@ -444,8 +443,8 @@ impl Daemon {
             Ok((chain, key, ari)) => {
                 // What the new pair is, to tell afterwards whether it is what got
                 // installed: the old certificate stays installed when this one is not.
-                let obtained = certificate::prepare(&self.config, chain.as_bytes(), key.as_bytes()).map(|(info, _)| info).map_err(|e| e.to_string());
-                let (cert_path, key_path) = (self.config.tls.cert.clone(), self.config.tls.key.clone());
+                let obtained = certificate::prepare(&self.resolved.config, chain.as_bytes(), key.as_bytes()).map(|(info, _)| info).map_err(|e| e.to_string());
+                let (cert_path, key_path) = (self.resolved.config.tls.cert.clone(), self.resolved.config.tls.key.clone());
                 let written = tokio::task::spawn_blocking(move || {
                     for path in [&cert_path, &key_path] {
                         if let Some(dir) = path.parent() {
@@ -463,7 +462,7 @@ impl Daemon {
                 match written {
                     Err(e) => Err(format!("storing the new certificate failed: {e}")),
                     Ok(_) => {
-                        self.check_certificate(true).await;
+                        self.check_certificate(true, false).await;
                         match installed_as_obtained(obtained, self.installed.as_ref()) {
                             Ok(info) => {
                                 let window = ari.map(|w| (w.start, w.end));
@@ -493,7 +492,7 @@ impl Daemon {
                 Err(e)
             }
         };
-        if let Err(e) = acme_state.schedule.store(&self.config.state_dir) {
+        if let Err(e) = acme_state.schedule.store(&self.resolved.config.state_dir) {
             error!(error = %e, "cannot store the renewal schedule");
         }
         self.show_acme();
@@ -502,7 +501,7 @@ impl Daemon {
 
     fn show_acme(&mut self) {
         let status = self.acme.as_ref().map(|a| crate::status::AcmeStatus {
-            directory: self.config.acme.directory.clone(),
+            directory: self.resolved.config.acme.directory.clone(),
             last_attempt: a.schedule.last_attempt.map(|at| Event {
                 at: tls::format_rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(at)),
                 ok: a.schedule.failures == 0,
@@ -519,7 +518,7 @@ impl Daemon {
     }
 
     async fn check_accounts(&mut self, force: bool) {
-        let path = self.config.accounts_file.clone();
+        let path = self.resolved.config.accounts_file.clone();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) => {
@@ -534,28 +533,19 @@ impl Daemon {
             return;
         }
         self.accounts_seen = Some(digest);
-        let parsed = tomlwalk::decode(&path, bytes)
-            .map_err(|d| crate::diag::Invalid(vec![d]))
-            .and_then(|source| crate::accounts::parse(&source, &self.config.accounts_policy()));
-        let accounts = match parsed {
+        let accounts = match pipeline::parse_accounts(&self.resolved.config, &path, bytes) {
             Ok(a) => a,
             Err(invalid) => {
                 self.accounts_refused(invalid.0.iter().map(|d| d.to_string()).collect());
                 return;
             }
         };
-        let config = self.config.clone();
-        let map_type = self.map_type;
+        let resolved = self.resolved.clone();
         let counts = (accounts.mailboxes.len(), accounts.aliases.len(), accounts.catch_all.len());
-        let applied = tokio::task::spawn_blocking(move || {
-            let previous = std::fs::read_to_string(config.generated_dir.join(render::paths::PASSWD_FILE)).ok();
-            let files = render::in_safe_order(render::generated(&config, &accounts), previous.as_deref(), &accounts);
-            let options = apply::Options { compile_maps: Some(map_type), passwd_group: Some("dovecot".into()), postmap: "postmap".into() };
-            apply::apply(&config.generated_dir, &files, &options)
-        })
-        .await
-        .map_err(|e| format!("the apply task failed: {e}"))
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        let applied = tokio::task::spawn_blocking(move || pipeline::apply_accounts(&resolved, &accounts))
+            .await
+            .map_err(|e| format!("the apply task failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
         match applied {
             Ok(report) => {
                 let written: Vec<String> = report.written.iter().map(|p| p.display().to_string()).collect();
@@ -587,61 +577,58 @@ impl Daemon {
         self.status.send_modify(|s| s.accounts.errors = errors);
     }
 
-    async fn check_certificate(&mut self, force: bool) {
+    /// Looks at the source pair and acts on what [`certificate::decide`] says.
+    /// `quick` is a look right after a write completed: a pair whose other half may
+    /// still be on its way is then only looked at again a little later, not
+    /// reported, so that a pair written as two files is installed the moment its
+    /// second half lands.
+    async fn check_certificate(&mut self, force: bool, quick: bool) {
         if force {
             // Someone may have removed or replaced the installed pair behind our back.
-            self.installed = certificate::installed(&self.config);
+            self.installed = certificate::installed(&self.resolved.config);
         }
-        let (chain, key) = match certificate::read_source(&self.config) {
-            Ok(pair) => pair,
-            Err(e) => {
-                let waiting_for_acme = self.config.tls.source == TlsSource::Acme && !self.config.tls.cert.exists();
-                self.pair_seen = None;
-                if waiting_for_acme && self.installed.is_some() {
-                    return; // the placeholder serves until the first ACME certificate
-                }
-                self.certificate_refused(if waiting_for_acme { "no certificate obtained yet".into() } else { e });
-                if self.installed.is_none() {
-                    self.install_placeholder().await;
-                }
-                return;
-            }
-        };
-        let digest: [u8; 32] = Sha256::new().chain_update(&chain).chain_update(&key).finalize().into();
-        if !force && self.pair_seen == Some(digest) {
+        let read = certificate::read_source(&self.resolved.config);
+        let digest: Option<[u8; 32]> = read.as_ref().ok().map(|(chain, key)| Sha256::new().chain_update(chain).chain_update(key).finalize().into());
+        if digest.is_some() && !force && self.pair_seen == digest {
             self.refresh_days_left();
             return;
         }
-        match certificate::prepare(&self.config, &chain, &key) {
-            Err(problem) => {
-                // A writer may be halfway through the pair (cp writes two files):
-                // look once more soon, and report what is wrong meanwhile. The same
-                // bytes are not looked at again after that, so a pair that stays
-                // broken is reported once, not every few seconds.
-                if problem.may_be_in_progress() && self.settled != Some(digest) {
-                    self.settle_at = Some(Instant::now() + SETTLE);
-                    self.settled = Some(digest);
+        match certificate::decide(&self.resolved.config, read, self.installed.as_ref()) {
+            Decision::AwaitingAcme => self.pair_seen = None,
+            Decision::Unchanged(info) => {
+                self.pair_seen = digest;
+                self.status.send_modify(|s| s.certificate.error = None);
+                self.show_certificate(&info, None);
+            }
+            Decision::Install(info, pair) => {
+                self.pair_seen = digest;
+                self.status.send_modify(|s| s.certificate.error = None);
+                self.install(info, pair).await;
+            }
+            Decision::Placeholder(refusal) | Decision::Keep(refusal) => {
+                if quick && refusal.may_be_in_progress {
+                    // Not marked as seen: the second look is a full one.
+                    self.settle_at = Some(Instant::now() + DEBOUNCE);
+                    return;
                 }
-                self.pair_seen = Some(digest);
-                self.certificate_refused(problem.to_string());
+                // Look once more a little later, and report what is wrong meanwhile.
+                // The same bytes are not looked at again after that, so a pair that
+                // stays broken is reported once, not every few seconds.
+                if refusal.may_be_in_progress && digest.is_some() && self.settled != digest {
+                    self.settle_at = Some(Instant::now() + SETTLE);
+                    self.settled = digest;
+                }
+                self.pair_seen = digest;
+                self.certificate_refused(refusal.why);
                 if self.installed.is_none() {
                     self.install_placeholder().await;
                 }
-            }
-            Ok((info, pair)) => {
-                self.pair_seen = Some(digest);
-                self.status.send_modify(|s| s.certificate.error = None);
-                if self.installed.as_ref().is_some_and(|i| i.sha256_fingerprint == info.sha256_fingerprint) {
-                    self.show_certificate(&info, None);
-                    return;
-                }
-                self.install(info, pair).await;
             }
         }
     }
 
     async fn install_placeholder(&mut self) {
-        match certificate::placeholder(&self.config) {
+        match certificate::placeholder(&self.resolved.config) {
             Ok((info, pair)) => {
                 warn!("installing a self-signed placeholder certificate until a valid one is available");
                 self.install(info, pair).await;
@@ -654,7 +641,7 @@ impl Daemon {
     /// the order [`serve`] explains), and checks that the new certificate is what
     /// clients get. Returns whether it was installed.
     async fn install(&mut self, info: CertInfo, pair: Vec<u8>) -> bool {
-        let config = self.config.clone();
+        let config = self.resolved.config.clone();
         let written = tokio::task::spawn_blocking(move || certificate::install(&config, &pair))
             .await
             .map_err(|e| e.to_string())
@@ -737,7 +724,7 @@ impl Daemon {
     }
 
     fn show_certificate(&mut self, info: &CertInfo, installed: Option<Event>) {
-        let source = match self.config.tls.source {
+        let source = match self.resolved.config.tls.source {
             TlsSource::Acme => "acme",
             TlsSource::Files => "files",
         };
@@ -765,7 +752,7 @@ impl Daemon {
 
     /// Sends the status to systemd when its line changed.
     fn publish(&mut self) {
-        let config = &self.config;
+        let config = &self.resolved.config;
         self.status.send_if_modified(|s| describe_host(s, config));
         let line = self.status.borrow().summary();
         notify(&[sd_notify::NotifyState::Status(&line)]);
@@ -782,7 +769,7 @@ struct LiveHost<'d> {
 
 impl LiveHost<'_> {
     fn unit(&self, server: Server) -> String {
-        let units = &self.daemon.config.units;
+        let units = &self.daemon.resolved.config.units;
         match server {
             Server::Dovecot => units.dovecot.clone(),
             Server::Postfix => units.postfix.clone(),
@@ -802,8 +789,8 @@ impl serve::Host for LiveHost<'_> {
     }
 
     async fn republish(&mut self) -> Result<(), String> {
-        let table = self.daemon.config.generated_dir.join(render::paths::SENDER_LOGIN);
-        let map_type = self.daemon.map_type;
+        let table = self.daemon.resolved.config.generated_dir.join(render::paths::SENDER_LOGIN);
+        let map_type = self.daemon.resolved.map_type;
         let republished = tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
             .await
             .map_err(|e| e.to_string())
@@ -821,7 +808,7 @@ impl serve::Host for LiveHost<'_> {
             .filter(|(port, _)| server.ports().contains(port))
             .map(|(port, mode)| (std::net::SocketAddr::from(([127, 0, 0, 1], *port)), *mode))
             .collect();
-        let served = probe::wait_until_served(&addrs, &self.daemon.config.host_name, &self.info.sha256_fingerprint, deadline).await;
+        let served = probe::wait_until_served(&addrs, &self.daemon.resolved.config.host_name, &self.info.sha256_fingerprint, deadline).await;
         let late = served.err().map(|late| late.into_iter().map(|(addr, why)| serve::PortFailure { port: addr.port(), why }).collect::<Vec<_>>());
         if let Some(late) = &late
             && server == Server::Postfix
@@ -853,7 +840,7 @@ fn describe_host(s: &mut Status, config: &Config) -> bool {
 /// Whether an ACME attempt ended with its own certificate installed: the one that
 /// was installed before stays so when installing the new one fails, and counting
 /// that as a success would plan the next renewal from the old certificate's dates.
-fn installed_as_obtained<'i>(obtained: Result<CertInfo, String>, installed: Option<&'i CertInfo>) -> Result<&'i CertInfo, String> {
+fn installed_as_obtained(obtained: Result<CertInfo, String>, installed: Option<&CertInfo>) -> Result<&CertInfo, String> {
     let obtained = obtained.map_err(|e| format!("the CA's certificate does not fit this host: {e}"))?;
     match installed {
         Some(info) if info.sha256_fingerprint == obtained.sha256_fingerprint => Ok(info),
@@ -865,10 +852,13 @@ fn installed_as_obtained<'i>(obtained: Result<CertInfo, String>, installed: Opti
     }
 }
 
-/// How long to wait for more events after `change`, in a burst that touched the
-/// certificate pair or not.
-fn quiet_after(change: Change, certificate_touched: bool) -> Duration {
-    if change.complete && change.input == Input::Accounts && !certificate_touched { QUICK } else { DEBOUNCE }
+/// How long to wait for more events after `change`: a file that was completed
+/// (renamed into place, or closed by its writer) is looked at almost at once; a
+/// write still under way may be followed by more. A certificate pair is two files,
+/// but its look after a completed write waits for the second half by itself (see
+/// `check_certificate`), so it needs no longer wait here.
+fn quiet_after(change: Change) -> Duration {
+    if change.complete { QUICK } else { DEBOUNCE }
 }
 
 fn event(ok: bool, detail: String) -> Event {

@@ -26,6 +26,7 @@ pub mod config;
 pub mod diag;
 pub mod logging;
 pub mod password;
+pub mod pipeline;
 pub mod render;
 pub(crate) mod serve;
 pub mod tomlwalk;
