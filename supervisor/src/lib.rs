@@ -9,11 +9,16 @@
 //! - [`render`]: pure functions from config + accounts to file contents (postfix
 //!   maps and configuration, dovecot passwd-file and configuration).
 //! - [`apply`]: the effects: atomic writes, `postmap`, ownership and modes.
+//! - [`pipeline`]: the one way from the accounts file to the generated files, used
+//!   by `postmaster apply` and the daemon; the configuration resolved against what
+//!   the host offers.
 //! - [`daemon`]: `postmaster run`, the event loop that keeps the mail host in step;
+//!   `serve` is its sequence for serving a new certificate, as pure values;
 //!   [`watch`] notices file changes, [`systemd`] reloads units over D-Bus,
 //!   [`bus`] is postmaster's own D-Bus interface, [`status`] what it reports.
 //! - [`tls`]: certificate pair validation (pure); [`certificate`]: from source files
-//!   to the installed pair; [`probe`]: what a port serves.
+//!   to the installed pair, and the decision what to do about it; [`probe`]: what a
+//!   port serves.
 //! - [`acme`]: the ACME client: account, http-01 issuance, renewal planning.
 //! - [`cli`]: the `postmaster` command line.
 
