@@ -34,13 +34,29 @@ pub fn placeholder(config: &Config) -> Result<(CertInfo, Vec<u8>), String> {
 }
 
 /// Writes the pair atomically where postfix and dovecot read it.
-pub fn install(config: &Config, pair: &[u8]) -> Result<(), String> {
+pub fn install(config: &Config, pair: &[u8]) -> Result<(), apply::ApplyError> {
     let target = config.installed_pair();
-    if let Some(dir) = target.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
+    create_parent(&target)?;
     // Only the owner (and root, which postfix and dovecot read it as) may read a key.
-    apply::write_atomic(&target, pair, 0o600, None).map(|_| ()).map_err(|e| e.to_string())
+    apply::write_atomic(&target, pair, 0o600, None).map(|_| ())
+}
+
+/// Writes a pair obtained over ACME where `tls.cert` and `tls.key` point, from
+/// where it takes the same way as a pair another tool writes. The key goes first:
+/// until the chain follows, the pair does not match and is refused, never
+/// half-installed.
+pub fn store_source(config: &Config, chain: &[u8], key: &[u8]) -> Result<(), apply::ApplyError> {
+    create_parent(&config.tls.key)?;
+    create_parent(&config.tls.cert)?;
+    apply::write_atomic(&config.tls.key, key, 0o600, None)?;
+    apply::write_atomic(&config.tls.cert, chain, 0o644, None).map(|_| ())
+}
+
+fn create_parent(path: &Path) -> Result<(), apply::ApplyError> {
+    match path.parent() {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|source| apply::ApplyError::Io { action: "creating", path: dir.to_path_buf(), source }),
+        None => Ok(()),
+    }
 }
 
 /// The pair an earlier run installed, if it is still a valid one.

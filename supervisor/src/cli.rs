@@ -237,14 +237,14 @@ fn apply_certificate(config: &Config) -> Result<(), Failure> {
         }
         Decision::Install(info, pair) => (info, pair),
     };
-    certificate::install(config, &pair).map_err(Failure::Failed)?;
+    certificate::install(config, &pair)?;
     println!("written: {} ({}, until {})", config.installed_pair().display(), info.names.join(", "), crate::tls::format_utc(info.not_after));
     Ok(())
 }
 
 fn run_daemon(config_path: &Path) -> Result<(), Failure> {
     crate::logging::init();
-    crate::daemon::run(config_path).map_err(Failure::Failed)
+    crate::daemon::run(config_path).map_err(|e| Failure::Failed(e.to_string()))
 }
 
 /// Runs one call to the daemon over the system bus.

@@ -56,11 +56,8 @@ const TLS_PORTS: [(u16, StartTls); 7] = [
     (110, StartTls::Pop3),
 ];
 
-pub fn run(config_path: &Path) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+pub fn run(config_path: &Path) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
     runtime.block_on(main_loop(config_path))
 }
 
@@ -96,9 +93,9 @@ struct Acme {
     schedule: acme::Schedule,
 }
 
-async fn main_loop(config_path: &Path) -> Result<(), String> {
-    let config = Config::load(config_path).map_err(|e| e.to_string())?;
-    let (watcher, mut changes) = Watcher::new().map_err(|e| format!("cannot watch files: {e}"))?;
+async fn main_loop(config_path: &Path) -> Result<(), StartError> {
+    let config = Config::load(config_path).map_err(StartError::Config)?;
+    let (watcher, mut changes) = Watcher::new().map_err(StartError::Watch)?;
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (requests_tx, mut requests) = mpsc::channel::<Request>(8);
 
@@ -158,9 +155,10 @@ async fn main_loop(config_path: &Path) -> Result<(), String> {
     notify(&[sd_notify::NotifyState::Ready]);
     info!(summary = %daemon.status.borrow().summary(), "ready");
 
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let handle = |kind: SignalKind, name: &'static str| signal(kind).map_err(|source| StartError::Signal { signal: name, source });
+    let mut hangup = handle(SignalKind::hangup(), "SIGHUP")?;
+    let mut terminate = handle(SignalKind::terminate(), "SIGTERM")?;
+    let mut interrupt = handle(SignalKind::interrupt(), "SIGINT")?;
     // The watchdog is fed from its own task, so that a legitimately long step (a
     // reload that is retried) does not get us killed; but only while no step has
     // been running for longer than any step may take, so a hung loop still does.
@@ -334,7 +332,7 @@ impl Daemon {
         }
         match self.obtain_certificate().await {
             Ok(summary) => Outcome { ok: true, summary, errors: Vec::new() },
-            Err(e) => Outcome { ok: false, summary: format!("renewal failed: {e}"), errors: vec![e] },
+            Err(e) => Outcome { ok: false, summary: format!("renewal failed: {e}"), errors: vec![e.to_string()] },
         }
     }
 
@@ -401,9 +399,9 @@ impl Daemon {
     /// One ACME attempt. The new pair is written where `tls.cert`/`tls.key` point and
     /// goes through the same validate, install and verify path as a pair another
     /// tool writes.
-    async fn obtain_certificate(&mut self) -> Result<String, String> {
+    async fn obtain_certificate(&mut self) -> Result<String, ObtainError> {
         let Some(acme_state) = self.acme.as_mut() else {
-            return Err("ACME is not this host's certificate source".into());
+            return Err(ObtainError::NotAcme);
         };
         let now = SystemTime::now();
         let names = self.resolved.config.certificate_names();
@@ -439,29 +437,18 @@ impl Daemon {
             Err(acme::AcmeError::RateLimited { .. }) => RATE_LIMIT_PAUSE,
             _ => Duration::ZERO,
         };
-        let outcome = match result.map_err(|e| e.to_string()) {
+        let outcome = match result.map_err(ObtainError::Acme) {
             Ok((chain, key, ari)) => {
                 // What the new pair is, to tell afterwards whether it is what got
                 // installed: the old certificate stays installed when this one is not.
-                let obtained = certificate::prepare(&self.resolved.config, chain.as_bytes(), key.as_bytes()).map(|(info, _)| info).map_err(|e| e.to_string());
-                let (cert_path, key_path) = (self.resolved.config.tls.cert.clone(), self.resolved.config.tls.key.clone());
-                let written = tokio::task::spawn_blocking(move || {
-                    for path in [&cert_path, &key_path] {
-                        if let Some(dir) = path.parent() {
-                            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-                        }
-                    }
-                    // Key first: until the chain follows, the pair does not match and
-                    // is refused, never half-installed.
-                    apply::write_atomic(&key_path, key.as_bytes(), 0o600, None).map_err(|e| e.to_string())?;
-                    apply::write_atomic(&cert_path, chain.as_bytes(), 0o644, None).map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
+                let obtained = certificate::prepare(&self.resolved.config, chain.as_bytes(), key.as_bytes()).map(|(info, _)| info);
+                let config = self.resolved.config.clone();
+                let written = tokio::task::spawn_blocking(move || certificate::store_source(&config, chain.as_bytes(), key.as_bytes()))
+                    .await
+                    .unwrap_or_else(|e| Err(apply::ApplyError::Io { action: "storing", path: "the new certificate".into(), source: std::io::Error::other(e) }));
                 match written {
-                    Err(e) => Err(format!("storing the new certificate failed: {e}")),
-                    Ok(_) => {
+                    Err(e) => Err(ObtainError::Store(e)),
+                    Ok(()) => {
                         self.check_certificate(true, false).await;
                         match installed_as_obtained(obtained, self.installed.as_ref()) {
                             Ok(info) => {
@@ -477,7 +464,7 @@ impl Daemon {
             Err(e) => Err(e),
         };
         let Some(acme_state) = self.acme.as_mut() else {
-            return Err("ACME is not this host's certificate source".into());
+            return Err(ObtainError::NotAcme);
         };
         let result = match outcome {
             Ok((summary, next, ari)) => {
@@ -486,7 +473,7 @@ impl Daemon {
                 Ok(summary)
             }
             Err(e) => {
-                acme_state.schedule.record_failure(now, &e, at_least);
+                acme_state.schedule.record_failure(now, &e.to_string(), at_least);
                 let days = self.installed.as_ref().map(|i| i.days_left(SystemTime::now()));
                 error!(error = %e, days_left = ?days, retry_at = %tls::format_rfc3339(acme_state.schedule.next_attempt_time()), "obtaining a certificate failed; the current one keeps being served");
                 Err(e)
@@ -639,16 +626,18 @@ impl Daemon {
 
     /// Installs a validated pair for postfix and dovecot, makes both serve it (in
     /// the order [`serve`] explains), and checks that the new certificate is what
-    /// clients get. Returns whether it was installed.
-    async fn install(&mut self, info: CertInfo, pair: Vec<u8>) -> bool {
+    /// clients get.
+    async fn install(&mut self, info: CertInfo, pair: Vec<u8>) {
         let config = self.resolved.config.clone();
-        let written = tokio::task::spawn_blocking(move || certificate::install(&config, &pair))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        if let Err(e) = written {
+        let written = tokio::task::spawn_blocking(move || certificate::install(&config, &pair)).await;
+        let failed = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failed {
             self.certificate_refused(format!("installing the certificate failed: {e}"));
-            return false;
+            return;
         }
         info!(subject = %info.subject, names = ?info.names, fingerprint = %info.sha256_fingerprint, "certificate installed");
         self.show_certificate(&info, Some(event(true, "installed".into())));
@@ -658,7 +647,7 @@ impl Daemon {
         let started = Instant::now();
         let outcome = serve::serve(&mut LiveHost { daemon: self, info: &info }).await;
         let verified = match outcome {
-            serve::Outcome::NothingRunning => return true,
+            serve::Outcome::NothingRunning => return,
             serve::Outcome::Served { postfix_reloaded } => {
                 let took = started.elapsed();
                 info!(took_ms = took.as_millis() as u64, postfix_reloaded, "new certificate served on every port");
@@ -671,7 +660,6 @@ impl Daemon {
             }
         };
         self.status.send_modify(|s| s.certificate.verified = Some(verified));
-        true
     }
 
     /// Reloads `unit` if it runs (retrying with back-off), and records the outcome.
@@ -840,16 +828,40 @@ fn describe_host(s: &mut Status, config: &Config) -> bool {
 /// Whether an ACME attempt ended with its own certificate installed: the one that
 /// was installed before stays so when installing the new one fails, and counting
 /// that as a success would plan the next renewal from the old certificate's dates.
-fn installed_as_obtained(obtained: Result<CertInfo, String>, installed: Option<&CertInfo>) -> Result<&CertInfo, String> {
-    let obtained = obtained.map_err(|e| format!("the CA's certificate does not fit this host: {e}"))?;
+fn installed_as_obtained(obtained: Result<CertInfo, tls::PairProblem>, installed: Option<&CertInfo>) -> Result<&CertInfo, ObtainError> {
+    let obtained = obtained.map_err(ObtainError::Misfit)?.sha256_fingerprint;
     match installed {
-        Some(info) if info.sha256_fingerprint == obtained.sha256_fingerprint => Ok(info),
-        Some(info) => Err(format!(
-            "the new certificate ({}) was not installed; {} is still served",
-            obtained.sha256_fingerprint, info.sha256_fingerprint
-        )),
-        None => Err(format!("the new certificate ({}) was not installed", obtained.sha256_fingerprint)),
+        Some(info) if info.sha256_fingerprint == obtained => Ok(info),
+        still => Err(ObtainError::NotInstalled { obtained, still_served: still.map(|i| i.sha256_fingerprint.clone()) }),
     }
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("{0}")]
+    Config(crate::diag::Invalid),
+    #[error("cannot watch files: {0}")]
+    Watch(#[source] notify::Error),
+    #[error("cannot handle {signal}: {source}")]
+    Signal { signal: &'static str, source: std::io::Error },
+}
+
+/// Why an ACME attempt did not end with its certificate installed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObtainError {
+    #[error("the certificate comes from files another tool writes (tls.source = \"files\"), not from ACME")]
+    NotAcme,
+    #[error(transparent)]
+    Acme(acme::AcmeError),
+    #[error("storing the new certificate failed: {0}")]
+    Store(#[source] apply::ApplyError),
+    #[error("the CA's certificate does not fit this host: {0}")]
+    Misfit(tls::PairProblem),
+    #[error("the new certificate ({obtained}) was not installed{}", still_served.as_ref().map(|f| format!("; {f} is still served")).unwrap_or_default())]
+    NotInstalled { obtained: String, still_served: Option<String> },
 }
 
 /// How long to wait for more events after `change`: a file that was completed
@@ -990,18 +1002,22 @@ mod tests {
     #[test]
     fn an_acme_attempt_succeeds_only_when_its_own_certificate_is_installed() {
         let new = info("11");
-        assert_eq!(installed_as_obtained(Ok(new.clone()), Some(&new)), Ok(&new));
+        assert_eq!(installed_as_obtained(Ok(new.clone()), Some(&new)).unwrap(), &new);
         // Installing the new pair failed: the old one is still installed.
         let old = info("00");
-        assert_eq!(
-            installed_as_obtained(Ok(new.clone()), Some(&old)),
-            Err("the new certificate (11) was not installed; 00 is still served".into())
-        );
-        assert_eq!(installed_as_obtained(Ok(new), None), Err("the new certificate (11) was not installed".into()));
-        assert_eq!(
-            installed_as_obtained(Err("the key does not match".into()), Some(&old)),
-            Err("the CA's certificate does not fit this host: the key does not match".into())
-        );
+        let text = |r: Result<&CertInfo, ObtainError>| r.unwrap_err().to_string();
+        assert_eq!(text(installed_as_obtained(Ok(new.clone()), Some(&old))), "the new certificate (11) was not installed; 00 is still served");
+        assert_eq!(text(installed_as_obtained(Ok(new), None)), "the new certificate (11) was not installed");
+        assert!(text(installed_as_obtained(Err(tls::PairProblem::KeyMismatch), Some(&old))).starts_with("the CA's certificate does not fit this host: "));
+    }
+
+    #[test]
+    fn error_messages_say_what_happened() {
+        assert_eq!(ObtainError::NotAcme.to_string(), "the certificate comes from files another tool writes (tls.source = \"files\"), not from ACME");
+        let full = apply::ApplyError::Io { action: "writing", path: "/var/lib/postmaster/tls/key.pem".into(), source: std::io::Error::from_raw_os_error(28) };
+        assert_eq!(ObtainError::Store(full).to_string(), "storing the new certificate failed: writing /var/lib/postmaster/tls/key.pem: No space left on device (os error 28)");
+        let signal = StartError::Signal { signal: "SIGHUP", source: std::io::Error::from_raw_os_error(1) };
+        assert_eq!(signal.to_string(), "cannot handle SIGHUP: Operation not permitted (os error 1)");
     }
 
     #[test]
