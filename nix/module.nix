@@ -374,24 +374,16 @@ let
     SystemCallErrorNumber = "EPERM";
   };
 
-  # Before postfix and dovecot start: the maps, the passwd-file and a certificate
-  # pair in place (dovecot does not start without a certificate). `postmaster apply`
-  # reloads nothing. When the accounts are not valid yet (a new host), the pair is a
-  # self-signed placeholder until the daemon installs the real one.
+  # Before postfix and dovecot start: a certificate pair, the maps and the
+  # passwd-file in place (dovecot does not start without a certificate).
+  # `postmaster apply` reloads nothing, and installs the pair (or a self-signed
+  # placeholder, until the daemon installs the real one) even when the accounts are
+  # not valid yet.
   setupScript = pkgs.writeShellScript "postmaster-setup" ''
     set -u
     if ! ${lib.getExe' cfg.package "postmaster"} --config ${configPath} apply; then
       echo "postmaster apply failed (above); postfix and dovecot start with what is there," \
         "and the daemon applies the accounts once they are valid (postmaster status)." >&2
-    fi
-    if [ ! -s ${tlsPair} ]; then
-      echo "no certificate pair yet: a self-signed placeholder for ${toString cfg.hostName}" >&2
-      dir=$(mktemp -d)
-      ${lib.getExe pkgs.openssl} req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -days 30 -subj "/CN=${toString cfg.hostName}" -addext "subjectAltName=DNS:${toString cfg.hostName}" \
-        -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
-      (umask 0077 && cat "$dir/key.pem" "$dir/cert.pem" > ${tlsPair}.new) && mv ${tlsPair}.new ${tlsPair}
-      rm -rf "$dir"
     fi
   '';
 

@@ -127,7 +127,7 @@ fn invalid_accounts_change_nothing() {
     let out = postmaster(&setup.config, &["apply"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("accounts.toml:2:12: mailbox `eve`: this looks like a plaintext password"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("nothing was changed"));
+    assert!(stderr(&out).contains("1 error in the accounts file; the accounts were not applied"), "{}", stderr(&out));
     assert_eq!(std::fs::read(&users).unwrap(), before);
 }
 
@@ -140,4 +140,25 @@ fn passwd_file_is_not_world_readable() {
     assert_eq!(meta.mode() & 0o777, 0o640);
     let dovecot_gid = postmaster::apply::group_id("dovecot").unwrap().expect("dovecot group");
     assert_eq!(meta.gid(), dovecot_gid);
+}
+
+/// `postmaster apply` puts a certificate pair in place even when the accounts file
+/// is wrong: postfix and dovecot need one to start (the NixOS module runs apply
+/// before them), and an accounts mistake must not take TLS away. The accounts
+/// themselves are not applied, and the error says where.
+#[test]
+fn apply_installs_a_placeholder_pair_even_when_the_accounts_are_wrong() {
+    let setup = Setup::new("[tls]\nsource = \"files\"\ncert = \"missing/fullchain.pem\"\nkey = \"missing/key.pem\"\n", "[mailboxes.thomas]\npasword = \"x\"\n");
+    let out = postmaster(&setup.config, &["apply"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("accounts.toml:2:1: "), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the accounts were not applied"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("installing a self-signed placeholder"), "{}", stderr(&out));
+    let pair = std::fs::read_to_string(setup.dir.path().join("tls/pair.pem")).expect("a pair is installed");
+    assert!(pair.contains("PRIVATE KEY") && pair.contains("BEGIN CERTIFICATE"), "{pair}");
+    assert!(!setup.generated.join("dovecot/users").exists(), "the invalid accounts were applied");
+    // Run again: the placeholder stays (nothing valid replaces it).
+    let again = postmaster(&setup.config, &["apply"], None);
+    assert!(stderr(&again).contains("certificate not installed, the current one stays"), "{}", stderr(&again));
+    assert_eq!(std::fs::read_to_string(setup.dir.path().join("tls/pair.pem")).unwrap(), pair);
 }

@@ -135,6 +135,7 @@ import os
 import queue
 import re
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -165,7 +166,11 @@ CERT_PORTS = (993, 587)
 
 TARGETS = {
     "accounts_p99_ms": 1000.0,
-    "certificate_p99_ms": 2000.0,
+    # Issue 9's targets where a person waits: an idle server's new login, and a
+    # certificate swap served on 993 and 587.
+    "accounts_idle_p50_ms": 40.0,
+    "certificate_p50_ms": 250.0,
+    "certificate_p99_ms": 400.0,
     "rss_mib": 16.0,
     "idle_cpu_ms_per_min": 10.0,
 }
@@ -176,7 +181,7 @@ CERT_POLL_S = 0.020
 MAX_IN_FLIGHT = 16  # handshakes under way per port; more are not started
 STALL_MS = 1000.0
 TRIAL_GAP_S = 1.1  # idle series: more than dovecot's one second since the last login
-PARTS = ("accounts", "busy", "certificate", "idle", "issuance")
+PARTS = ("accounts", "busy", "certificate", "idle", "issuance", "scale")
 SOURCE_HOSTS = range(10, 251)  # NET.10 - NET.250 as login source addresses
 BUSY_SOURCE_HOST = 9
 
@@ -1293,6 +1298,88 @@ def run_issuance(dir: Path, args) -> dict:
             bed.stop()
 
 
+# ---- scale: a large accounts file, on the host ---------------------------------------------
+
+SCALE_MAILBOXES = 10_000
+SCALE_ALIASES = 100_000
+SCALE_TRIALS = 5
+
+
+def _run_measured(argv: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Runs argv; returns wall ms, the child's own peak RSS in MiB (wait4's rusage),
+    and the result."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        ms = (time.monotonic() - t) * 1000
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return ms, usage.ru_maxrss / 1024, subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read())
+
+
+def run_scale(dir: Path) -> dict:
+    """10,000 mailboxes and 100,000 aliases: `postmaster check`, a first apply, then
+    one line edited and applied again (the pipeline the daemon runs on every edit),
+    beside bare `postmap lmdb:` of the same three maps, in one run. Runs each
+    command in a child of its own so its peak RSS is its own."""
+    dir.mkdir(parents=True)
+    binary = str(mailhost.binary())
+    password = mailhost.hash_password("scale-password-1")
+    lines = []
+    for i in range(SCALE_MAILBOXES):
+        lines += [f"[mailboxes.m{i}]", f'password = "{password}"', ""]
+    lines.append("[aliases]")
+    lines += [f'"a{i}@example.org" = "m{i % SCALE_MAILBOXES}"' for i in range(SCALE_ALIASES)]
+    accounts = dir / "accounts.toml"
+    text = "\n".join(lines) + "\n"
+    accounts.write_text(text)
+    config = dir / "config.toml"
+    config.write_text(f"""host_name = "mail.example.org"
+domains = ["example.org"]
+accounts_file = "{accounts}"
+state_dir = "{dir / 'state'}"
+generated_dir = "{dir / 'generated'}"
+[tls]
+source = "files"
+cert = "{dir / 'none' / 'fullchain.pem'}"
+key = "{dir / 'none' / 'privkey.pem'}"
+[postfix]
+map_type = "lmdb"
+""")
+    size_mib = accounts.stat().st_size / 2**20
+    say(f"scale: {SCALE_MAILBOXES} mailboxes, {SCALE_ALIASES} aliases, {size_mib:.1f} MiB")
+    check_ms, check_rss, res = _run_measured([binary, "--config", str(config), "check"])
+    assert res.returncode == 0, res.stderr
+    first_ms, first_rss, res = _run_measured([binary, "--config", str(config), "apply"])
+    assert res.returncode == 0, res.stderr
+    edit_ms, edit_rss, postmap_ms = [], [], []
+    maps = sorted(p for p in (dir / "generated" / "postfix").iterdir() if p.suffix == "")
+    for trial in range(SCALE_TRIALS):
+        # One line edited: an alias goes to another mailbox.
+        accounts.write_text(text.replace('"a7@example.org" = "m7"', f'"a7@example.org" = "m{100 + trial}"', 1))
+        ms, rss, res = _run_measured([binary, "--config", str(config), "apply"])
+        assert res.returncode == 0 and "written:" in res.stdout, res
+        edit_ms.append(ms)
+        edit_rss.append(rss)
+        # Bare postmap of the same maps, side by side.
+        bare = dir / "bare"
+        bare.mkdir(exist_ok=True)
+        t = time.monotonic()
+        for m in maps:
+            shutil.copyfile(m, bare / m.name)
+            subprocess.run(["postmap", f"lmdb:{bare / m.name}"], check=True)
+        postmap_ms.append((time.monotonic() - t) * 1000)
+    return {
+        "file_mib": size_mib, "maps": [m.name for m in maps],
+        "check_ms": check_ms, "check_rss_mib": check_rss,
+        "first_apply_ms": first_ms, "first_apply_rss_mib": first_rss,
+        "edit_apply_ms": summary(edit_ms), "edit_apply_rss_mib": max(edit_rss),
+        "bare_postmap_ms": summary(postmap_ms),
+    }
+
+
 # ---- report -------------------------------------------------------------------------------
 
 def verdict(value: float | None, target: float) -> str:
@@ -1305,6 +1392,21 @@ def p99_verdict(s: dict | None, target: float) -> str:
     if s is None:
         return "n/a"
     return "over" if s["p99"] is None else verdict(s["p99"], target)
+
+
+def print_scale(sc: dict) -> None:
+    bare = sc["bare_postmap_ms"]["p50"]
+    edit = sc["edit_apply_ms"]["p50"]
+    limit_mib = 4 * sc["file_mib"]
+    print(f"scale: {SCALE_MAILBOXES} mailboxes, {SCALE_ALIASES} aliases, {sc['file_mib']:.1f} MiB accounts file "
+          f"(maps: {', '.join(sc['maps'])})")
+    print(f"  {'postmaster check (ms, peak MiB)':50} {sc['check_ms']:>7.0f} {sc['check_rss_mib']:>7.1f}")
+    print(f"  {'first apply (ms, peak MiB)':50} {sc['first_apply_ms']:>7.0f} {sc['first_apply_rss_mib']:>7.1f}")
+    print(f"  {'one line edited -> applied, p50 (ms)':50} {edit:>7.0f}  <= 2 x bare postmap ({2 * bare:.0f} ms): "
+          f"{verdict(edit, 2 * bare + 1e-9)}")
+    print(f"  {'  bare postmap lmdb: of the same maps, p50 (ms)':50} {bare:>7.0f}")
+    print(f"  {'  peak memory of that apply (MiB)':50} {sc['edit_apply_rss_mib']:>7.1f}  <= 4 x the file "
+          f"({limit_mib:.1f} MiB): {verdict(sc['edit_apply_rss_mib'], limit_mib + 1e-9)}")
 
 
 def print_report(r: dict) -> None:
@@ -1333,7 +1435,11 @@ def print_report(r: dict) -> None:
             continue
         s = a["login_ms"]
         t = TARGETS["accounts_p99_ms"]
-        row(f"accounts edit -> new login succeeds, {label} (ms)", s, f"p99 < {t:.0f} ms: {p99_verdict(s, t)}")
+        goal = f"p99 < {t:.0f} ms: {p99_verdict(s, t)}"
+        if key == "accounts":
+            t50 = TARGETS["accounts_idle_p50_ms"]
+            goal += f"; p50 <= {t50:.0f} ms: {verdict(s['p50'] if s else None, t50 + 1e-9)}"
+        row(f"accounts edit -> new login succeeds, {label} (ms)", s, goal)
         row("  rename -> daemon logged \"accounts applied\"", a["daemon_ms"])
         row("  rename -> user in dovecot's passwd-file", a["visible_ms"])
         notes = [f"{a['failed_logins']} failed logins in {a['trials_with_failed_logins']} trials",
@@ -1342,12 +1448,15 @@ def print_report(r: dict) -> None:
         if a.get("busy_logins"):
             notes.insert(0, f"{a['busy_logins']['ok']} background logins as thomas")
         print(f"  ({'; '.join(notes)})")
+    if r.get("scale"):
+        print_scale(r["scale"])
     c = r.get("certificate")
     if c:
         s = c["both_ms"]
         t = TARGETS["certificate_p99_ms"]
+        t50 = TARGETS["certificate_p50_ms"]
         row("certificate swap -> new leaf on 993 and 587 (ms)", s,
-            f"p99 < {t:.0f} ms: {p99_verdict(s, t)}")
+            f"p50 <= {t50:.0f} ms: {verdict(s['p50'] if s else None, t50 + 1e-9)}; p99 <= {t:.0f} ms: {p99_verdict(s, t + 1e-9)}")
         row("  ... and every later-started handshake too (stable)", c["stable_ms"])
         for p in CERT_PORTS:
             row(f"  on {p}", c["port_ms"][str(p)])
@@ -1488,7 +1597,7 @@ def main() -> int:
         "args": vars(args),
     }, "targets": TARGETS}
     t_start = time.monotonic()
-    main_parts = parts - {"issuance"}
+    main_parts = parts - {"issuance", "scale"}
     with tempfile.TemporaryDirectory(prefix="postmaster-bench-") as tmp:
         if main_parts:
             host = mailhost.prepare(Path(tmp) / "bed")
@@ -1530,6 +1639,10 @@ def main() -> int:
                     bench.remove_sources()
                 if bed is not None:
                     bed.stop()
+        if "scale" in parts:
+            t = time.monotonic()
+            report["scale"] = run_scale(Path(tmp) / "scale")
+            report["env"]["phase_s"]["scale"] = time.monotonic() - t
         if "issuance" in parts:
             cpu, t = host_cpu_sample(), time.monotonic()
             report["issuance"] = run_issuance(Path(tmp) / "issuance", args)
