@@ -97,6 +97,7 @@ let
     systemd = {
       postfix_unit = postfixUnit;
       dovecot_unit = dovecotUnit;
+      admin_group = cfg.adminGroup;
     };
     postfix = {
       map_type = mapType;

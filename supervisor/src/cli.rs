@@ -25,8 +25,12 @@ pub enum ExitCode {
     Invalid = 1,
     /// Wrong usage (clap's own code).
     Usage = 2,
-    /// Something in the system failed: a file could not be written, a program failed.
+    /// Something in the system failed: a file could not be written, a program failed,
+    /// the daemon cannot be reached.
     Failed = 3,
+    /// The daemon runs and refused the call: the caller is neither root nor in the
+    /// admin group.
+    NotAllowed = 4,
 }
 
 #[derive(Debug, Parser)]
@@ -111,9 +115,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Render { out } => render_to(&cli.config, &out),
         Commands::Apply => apply_once(&cli.config),
         Commands::Run => run_daemon(&cli.config),
-        Commands::Status { json } => status(json),
-        Commands::Reload => ask(|c| Box::pin(async move { c.reload().await })),
-        Commands::Renew { force } => ask(move |c| Box::pin(async move { c.renew(force).await })),
+        Commands::Status { json } => status(&cli.config, json),
+        Commands::Reload => ask(&cli.config, |c| Box::pin(async move { c.reload().await })),
+        Commands::Renew { force } => ask(&cli.config, move |c| Box::pin(async move { c.renew(force).await })),
         Commands::HashPassword { scheme } => hash_password(scheme.into()),
     };
     match result {
@@ -129,7 +133,16 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::Failed
         }
         Err(Failure::Reported) => ExitCode::Invalid,
+        Err(Failure::NotAllowed { group }) => {
+            eprintln!("postmaster: {}", not_allowed(&group));
+            ExitCode::NotAllowed
+        }
     }
+}
+
+/// What a refused D-Bus call says.
+fn not_allowed(group: &str) -> String {
+    format!("not allowed: run as root or as a member of {group}")
 }
 
 enum Failure {
@@ -137,6 +150,8 @@ enum Failure {
     Failed(String),
     /// The daemon answered and reported a problem; it was printed.
     Reported,
+    /// The bus or polkit refused the call on purpose.
+    NotAllowed { group: String },
 }
 
 impl From<Invalid> for Failure {
@@ -248,7 +263,25 @@ fn run_daemon(config_path: &Path) -> Result<(), Failure> {
 }
 
 /// Runs one call to the daemon over the system bus.
+/// Whether the bus (its policy) or polkit refused a call on purpose, as opposed to
+/// the daemon not being there.
+fn is_refusal(e: &zbus::Error) -> bool {
+    const REFUSALS: [&str; 2] = ["org.freedesktop.DBus.Error.AccessDenied", "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"];
+    match e {
+        zbus::Error::MethodError(name, _, _) => REFUSALS.contains(&name.as_str()),
+        zbus::Error::FDO(e) => matches!(**e, zbus::fdo::Error::AccessDenied(_) | zbus::fdo::Error::InteractiveAuthorizationRequired(_)),
+        _ => false,
+    }
+}
+
+/// The admin group to name in a refusal: the configured one when the configuration
+/// can be read (a refused caller often cannot read it), else the default.
+fn admin_group(config_path: &Path) -> String {
+    Config::load(config_path).map(|c| c.units.admin_group).unwrap_or_else(|_| config::DEFAULT_ADMIN_GROUP.to_string())
+}
+
 fn call<T>(
+    config_path: &Path,
     f: impl for<'c> FnOnce(&'c bus::SupervisorClientProxy<'static>) -> std::pin::Pin<Box<dyn std::future::Future<Output = zbus::Result<T>> + 'c>>,
 ) -> Result<T, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -256,15 +289,21 @@ fn call<T>(
         .build()
         .map_err(|e| Failure::Failed(e.to_string()))?;
     runtime.block_on(async {
-        let unreachable = |e: zbus::Error| Failure::Failed(format!("cannot reach the postmaster daemon on the system bus ({}): {e}", bus::BUS_NAME));
+        let unreachable = |e: zbus::Error| {
+            if is_refusal(&e) {
+                Failure::NotAllowed { group: admin_group(config_path) }
+            } else {
+                Failure::Failed(format!("cannot reach the postmaster daemon on the system bus ({}): {e}", bus::BUS_NAME))
+            }
+        };
         let connection = zbus::Connection::system().await.map_err(unreachable)?;
         let proxy = bus::SupervisorClientProxy::new(&connection).await.map_err(unreachable)?;
         f(&proxy).await.map_err(unreachable)
     })
 }
 
-fn status(json: bool) -> Result<(), Failure> {
-    let text = call(|c| Box::pin(async move { c.status().await }))?;
+fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
+    let text = call(config_path, |c| Box::pin(async move { c.status().await }))?;
     let status: Status = serde_json::from_str(&text).map_err(|e| Failure::Failed(format!("the daemon's status is not understood: {e}")))?;
     if json {
         println!("{text}");
@@ -276,9 +315,10 @@ fn status(json: bool) -> Result<(), Failure> {
 
 /// Reload or Renew: prints the daemon's outcome.
 fn ask(
+    config_path: &Path,
     f: impl for<'c> FnOnce(&'c bus::SupervisorClientProxy<'static>) -> std::pin::Pin<Box<dyn std::future::Future<Output = zbus::Result<String>> + 'c>>,
 ) -> Result<(), Failure> {
-    let text = call(f)?;
+    let text = call(config_path, f)?;
     let outcome: bus::Outcome = serde_json::from_str(&text).map_err(|e| Failure::Failed(format!("the daemon's answer is not understood: {e}")))?;
     println!("{}", outcome.summary);
     for e in &outcome.errors {
@@ -307,4 +347,36 @@ fn hash_password(scheme: Scheme) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{hashed}").map_err(|e| Failure::Failed(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_what_the_readme_says() {
+        let codes = [ExitCode::Ok, ExitCode::Invalid, ExitCode::Usage, ExitCode::Failed, ExitCode::NotAllowed];
+        assert_eq!(codes.map(|c| c as i32), [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_refusal_is_told_apart_from_an_absent_daemon() {
+        let denied = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied("Rejected send message".into())));
+        assert!(is_refusal(&denied));
+        let polkit = zbus::Error::FDO(Box::new(zbus::fdo::Error::InteractiveAuthorizationRequired("".into())));
+        assert!(is_refusal(&polkit));
+        let absent = zbus::Error::FDO(Box::new(zbus::fdo::Error::ServiceUnknown("io.postmaster.Supervisor1".into())));
+        assert!(!is_refusal(&absent));
+        assert!(!is_refusal(&zbus::Error::Address("no bus".into())));
+        assert_eq!(not_allowed("mailadmins"), "not allowed: run as root or as a member of mailadmins");
+    }
+
+    #[test]
+    fn the_refusal_names_the_configured_admin_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[systemd]\nadmin_group = \"mailadmins\"\n").unwrap();
+        assert_eq!(admin_group(&config), "mailadmins");
+        assert_eq!(admin_group(&dir.path().join("unreadable.toml")), "postmaster-admin");
+    }
 }

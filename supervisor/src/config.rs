@@ -98,7 +98,13 @@ pub struct Eab {
 pub struct Units {
     pub postfix: String,
     pub dovecot: String,
+    /// The group whose members may call the daemon over D-Bus besides root (its
+    /// D-Bus policy and polkit rule name it): named when a call is refused.
+    pub admin_group: String,
 }
+
+/// The admin group of units/ and of the NixOS module's default.
+pub const DEFAULT_ADMIN_GROUP: &str = "postmaster-admin";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapType {
@@ -308,10 +314,11 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
     };
 
     let units = {
-        let mut s = f.section("systemd", &["postfix_unit", "dovecot_unit"]);
+        let mut s = f.section("systemd", &["postfix_unit", "dovecot_unit", "admin_group"]);
         Units {
             postfix: s.unit("postfix_unit").unwrap_or_else(|| "postfix.service".into()),
             dovecot: s.unit("dovecot_unit").unwrap_or_else(|| "dovecot.service".into()),
+            admin_group: s.str("admin_group").unwrap_or_else(|| DEFAULT_ADMIN_GROUP.into()),
         }
     };
 

@@ -311,3 +311,24 @@ def test_the_daemon_never_restarted_on_its_own(host):
     # on the host as they happen); a crash or a watchdog timeout would show as more.
     restarts = int(host.bed.systemctl("show", "-p", "NRestarts", "--value", "postmaster.service").strip())
     assert restarts == getattr(host, "kills", 0), host.bed.journal("postmaster.service", lines=80)
+
+
+def test_a_refused_call_says_not_allowed_and_is_no_outage(host):
+    # The bus refuses callers outside the admin group on purpose: the command says
+    # so, with an exit code of its own, instead of "cannot reach the daemon" (3).
+    b = host.bed
+    stranger, admin = "pm-cli-stranger", "pm-cli-admin"
+    for user in (stranger, admin):
+        b.run(["sh", "-c", f"id {user} >/dev/null 2>&1 || useradd --system --no-create-home {user}"], check=True)
+    b.run(["usermod", "-aG", "postmaster-admin", admin], check=True)
+
+    def as_user(user: str, *argv: str):
+        return b.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", "postmaster", *argv])
+
+    for argv in (["status"], ["status", "--json"], ["reload"], ["renew"]):
+        res = as_user(stranger, *argv)
+        assert res.returncode == 4, res
+        assert res.stderr.strip() == "postmaster: not allowed: run as root or as a member of postmaster-admin", res
+    # The daemon was there all along: an admin is answered.
+    res = as_user(admin, "status", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["accounts"]["errors"] == [], res
