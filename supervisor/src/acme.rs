@@ -594,7 +594,7 @@ async fn answer(mut stream: tokio::net::TcpStream, answers: &Answers) -> io::Res
     let head = tokio::time::timeout(READ_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
         loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if let Some(end) = head_end(&buf) {
                 return Ok(Some(end));
             }
             if buf.len() > MAX_REQUEST {
@@ -626,9 +626,21 @@ async fn answer(mut stream: tokio::net::TcpStream, answers: &Answers) -> io::Res
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "response not sent in time"))?
 }
 
+/// Where the request head ends (the blank line): CRLF CRLF, or LF LF, which RFC 9112
+/// §2.2 lets a server accept as a line end.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = buf.windows(2).position(|w| w == b"\n\n");
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Decides the answer to a request head (without the final blank line).
 fn route(head: &[u8], answers: &Answers) -> (u16, &'static str, String) {
-    let Some(line) = head.split(|&b| b == b'\r').next().and_then(|l| std::str::from_utf8(l).ok()) else {
+    let first = head.split(|&b| b == b'\n').next().map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let Some(line) = first.and_then(|l| std::str::from_utf8(l).ok()) else {
         return (400, "Bad Request", "bad request\n".into());
     };
     let mut parts = line.split(' ');
@@ -1114,11 +1126,14 @@ mod tests {
         assert_eq!(route(b"GET /.well-known/acme-challenge/other HTTP/1.1", &a).0, 404);
         assert_eq!(route(b"GET / HTTP/1.1", &a).0, 404);
         assert_eq!(route(b"POST /.well-known/acme-challenge/tok HTTP/1.1", &a).0, 405);
+        assert_eq!(route(b"GET /.well-known/acme-challenge/tok HTTP/1.1\nHost: x", &a).0, 200);
+        assert_eq!((head_end(b"GET / HTTP/1.1\n\n"), head_end(b"GET / HTTP/1.1\r\n\r\n")), (Some(14), Some(14)));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
         assert_eq!(route(b"GET /x", &a).0, 400);
         assert_eq!(route(b"GET /x SPDY/3", &a).0, 400);
         assert_eq!(route(b"\xff\xfe garbage", &a).0, 400);
         assert_eq!(route(b"", &a).0, 400);
-        assert_eq!(a.answered.load(Ordering::Relaxed), 3);
+        assert_eq!(a.answered.load(Ordering::Relaxed), 4);
     }
 
     async fn request(addr: SocketAddr, raw: &[u8]) -> String {
@@ -1145,6 +1160,14 @@ mod tests {
         let ok = request(addr, b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains("Content-Type: text/plain\r\n") && ok.ends_with("\r\n\r\ntok.thumb"), "{ok}");
+        // LF-only line ends (RFC 9112 §2.2) are answered at once, not at the timeout.
+        let lf = tokio::time::timeout(
+            Duration::from_secs(2),
+            request(addr, b"GET /.well-known/acme-challenge/tok HTTP/1.1\nHost: a\n\n"),
+        )
+        .await
+        .expect("an LF-only request is answered at once");
+        assert!(lf.starts_with("HTTP/1.1 200 OK\r\n") && lf.ends_with("tok.thumb"), "{lf}");
         let missing = request(addr, b"GET /.well-known/acme-challenge/nope HTTP/1.1\r\n\r\n").await;
         assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
         // Garbage, a huge header, a client that leaves early: none stops the server.
