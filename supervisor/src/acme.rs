@@ -494,7 +494,8 @@ impl Responder {
 const MAX_REQUEST: usize = 8 * 1024;
 /// A client must send its whole request within this time.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more are closed at once.
+/// Connections served at once; a new one beyond them closes the oldest, so that a
+/// flood of idle connections cannot keep a well-formed request (the CA's) out.
 const MAX_CONNECTIONS: usize = 64;
 
 /// What the server answers, shared with its connections.
@@ -563,7 +564,8 @@ impl Http01Server {
 }
 
 async fn serve(listener: tokio::net::TcpListener, answers: Answers) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Only this loop touches it: oldest first.
+    let mut live: std::collections::VecDeque<tokio::task::AbortHandle> = std::collections::VecDeque::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -574,17 +576,20 @@ async fn serve(listener: tokio::net::TcpListener, answers: Answers) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
+        live.retain(|task| !task.is_finished());
+        if live.len() >= MAX_CONNECTIONS
+            && let Some(oldest) = live.pop_front()
+        {
+            // Aborting drops its stream: the connection closes.
+            oldest.abort();
+        }
         let answers = answers.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
+        let task = tokio::spawn(async move {
             if let Err(e) = answer(stream, &answers).await {
                 tracing::debug!(%peer, error = %e, "http-01: connection ended");
             }
         });
+        live.push_back(task.abort_handle());
     }
 }
 
@@ -1185,6 +1190,27 @@ mod tests {
         server.withdraw("tok");
         let gone = request(addr, b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\n\r\n").await;
         assert!(gone.starts_with("HTTP/1.1 404 "), "{gone}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flood_of_idle_connections_does_not_keep_a_request_out() {
+        let server = Http01Server::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
+        let addr = server.local_addr();
+        server.publish("tok", "tok.thumb");
+        let mut idle = Vec::new();
+        for _ in 0..300 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /.well-known/acme-chall").await.unwrap();
+            idle.push(s);
+        }
+        let ok = tokio::time::timeout(
+            Duration::from_secs(2),
+            request(addr, b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a\r\n\r\n"),
+        )
+        .await
+        .expect("answered while 300 idle connections are held");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("tok.thumb"), "{ok}");
+        drop(idle);
     }
 
     #[test]
