@@ -18,6 +18,7 @@
 {
   config,
   lib,
+  options,
   pkgs,
   ...
 }:
@@ -61,6 +62,20 @@ let
 
   postfixCfg = config.services.postfix;
   dovecotCfg = config.services.dovecot2;
+  # nixpkgs' dovecot module as the 2.4 rewrite first landed (NixOS/nixpkgs#500271)
+  # declares services.dovecot2.group; the newer one dropped it and takes dovecot's
+  # internal group (the auth process's, which reads the passwd-file) from
+  # settings.default_internal_group. Decided by what is declared, not by version.
+  # (A single submodule option, as the project's stubs declare it, holds its options
+  # in its type.)
+  dovecotOptions =
+    let
+      o = options.services.dovecot2;
+    in
+    if lib.isOption o then o.type.getSubOptions [ ] else o;
+  dovecotHasGroup = dovecotOptions ? group;
+  dovecotEffectiveGroup =
+    if dovecotHasGroup then dovecotCfg.group else dovecotCfg.settings.default_internal_group;
   queueDir = postfixCfg.settings.main.queue_directory;
   dovecot24 = lib.versionAtLeast dovecotCfg.package.version "2.4";
   primaryDomain = if cfg.domains == [ ] then "localhost" else builtins.head cfg.domains;
@@ -952,10 +967,12 @@ in
           message = "units/polkit-postmaster.rules no longer allows reloading exactly [\"${postfixUnit}\", \"${dovecotUnit}\"], the units of services.postfix and services.dovecot2: give the NixOS module a rule of its own.";
         }
         {
-          assertion = dovecotCfg.group == dovecotGroup;
+          assertion = dovecotEffectiveGroup == dovecotGroup;
           message = ''
-            services.dovecot2.group is "${dovecotCfg.group}", but postmaster gives the dovecot passwd-file to the
-            group "${dovecotGroup}"; leave services.dovecot2.group at the value services.postmaster sets.
+            dovecot's group is "${dovecotEffectiveGroup}", but postmaster gives the dovecot passwd-file to the
+            group "${dovecotGroup}"; leave services.dovecot2.${
+              if dovecotHasGroup then "group" else "settings.default_internal_group"
+            } at the value services.postmaster sets.
           '';
         }
       ];
@@ -1147,8 +1164,11 @@ in
       services.dovecot2 = {
         enable = true;
         enablePAM = false;
-        group = mkDefault dovecotGroup;
+      }
+      // optionalAttrs dovecotHasGroup { group = mkDefault dovecotGroup; }
+      // {
         settings = mkMerge [
+          (optionalAttrs (!dovecotHasGroup) { default_internal_group = mkDefault dovecotGroup; })
           dovecotCommon
           (if dovecot24 then dovecot24Settings else dovecot23Settings)
         ];
