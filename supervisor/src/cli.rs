@@ -16,6 +16,7 @@ use crate::password::{self, Scheme};
 use crate::pipeline::{self, Resolved};
 use crate::render;
 use crate::status::Status;
+use crate::tomlwalk;
 
 /// Exit codes scripts can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +87,22 @@ pub enum Commands {
         #[arg(long, value_enum, default_value_t = HashScheme::Sha512Crypt)]
         scheme: HashScheme,
     },
+    /// Mailboxes in the accounts file: add, passwd, disable, enable, remove, list.
+    Mailbox {
+        #[command(subcommand)]
+        command: MailboxCommand,
+    },
+    /// Aliases in the accounts file: add, remove, list.
+    Alias {
+        #[command(subcommand)]
+        command: AliasCommand,
+    },
+    /// Catch-alls in the accounts file: set, unset.
+    #[command(name = "catch-all")]
+    CatchAll {
+        #[command(subcommand)]
+        command: CatchAllCommand,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -119,6 +136,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Reload => ask(&cli.config, |c| Box::pin(async move { c.reload().await })),
         Commands::Renew { force } => ask(&cli.config, move |c| Box::pin(async move { c.renew(force).await })),
         Commands::HashPassword { scheme } => hash_password(scheme.into()),
+        Commands::Mailbox { command } => accounts_cli::mailbox(&cli.config, command),
+        Commands::Alias { command } => accounts_cli::alias(&cli.config, command),
+        Commands::CatchAll { command } => accounts_cli::catch_all(&cli.config, command),
     };
     match result {
         Ok(()) => ExitCode::Ok,
@@ -347,6 +367,307 @@ fn hash_password(scheme: Scheme) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{hashed}").map_err(|e| Failure::Failed(e.to_string()))?;
     Ok(())
+}
+
+// ---- accounts from the command line: mailbox, alias, catch-all -----------------------
+
+pub use accounts_cli::{AliasCommand, CatchAllCommand, MailboxCommand};
+
+/// The effects around [`accounts::edit`]: reading the file, asking for a password,
+/// writing the file back only if nobody changed it meanwhile, and waiting for the
+/// daemon to serve it.
+mod accounts_cli {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::accounts::edit::{self, Edit, Refused};
+
+    #[derive(Debug, Subcommand)]
+    pub enum MailboxCommand {
+        /// Add a mailbox: asks for its password twice on a terminal, or reads one
+        /// line from standard input.
+        Add {
+            name: String,
+            /// Storage quota, like 500M or 2G.
+            #[arg(long)]
+            quota: Option<String>,
+            /// More addresses it may send as (an address, or @domain).
+            #[arg(long = "send-as", num_args = 1..)]
+            send_as: Vec<String>,
+            #[arg(long, value_enum, default_value_t = HashScheme::Sha512Crypt)]
+            scheme: HashScheme,
+        },
+        /// Set a mailbox's password (asked as for `add`).
+        Passwd {
+            name: String,
+            #[arg(long, value_enum, default_value_t = HashScheme::Sha512Crypt)]
+            scheme: HashScheme,
+        },
+        /// No more logins; mail to it is still accepted and kept.
+        Disable { name: String },
+        /// Logins again.
+        Enable { name: String },
+        /// Remove a mailbox from the accounts file (its stored mail stays on disk).
+        Remove {
+            name: String,
+            /// Also remove the alias and catch-all targets that deliver to it.
+            #[arg(long)]
+            force: bool,
+        },
+        /// Names, addresses, quota, disabled.
+        List {
+            #[arg(long)]
+            json: bool,
+        },
+    }
+
+    #[derive(Debug, Subcommand)]
+    pub enum AliasCommand {
+        /// Create an alias, or add targets to it: mailbox names or addresses.
+        Add {
+            address: String,
+            #[arg(required = true)]
+            targets: Vec<String>,
+        },
+        /// Remove an alias, or only the targets given.
+        Remove { address: String, targets: Vec<String> },
+        /// Every alias and catch-all, and what it delivers to.
+        List {
+            #[arg(long)]
+            json: bool,
+        },
+    }
+
+    #[derive(Debug, Subcommand)]
+    pub enum CatchAllCommand {
+        /// Deliver mail to addresses of DOMAIN that nothing else matches to TARGET.
+        Set { domain: String, target: String },
+        /// Remove the catch-all of DOMAIN: such mail is rejected again.
+        Unset { domain: String },
+    }
+
+    pub fn mailbox(config_path: &Path, command: MailboxCommand) -> Result<(), Failure> {
+        match command {
+            MailboxCommand::Add { name, quota, send_as, scheme } => edit_file(config_path, || {
+                Ok(Edit::AddMailbox { password: new_password(scheme.into())?, name, quota, send_as })
+            }),
+            MailboxCommand::Passwd { name, scheme } => {
+                edit_file(config_path, || Ok(Edit::SetPassword { password: new_password(scheme.into())?, name }))
+            }
+            MailboxCommand::Disable { name } => edit_file(config_path, || Ok(Edit::SetDisabled { name, disabled: true })),
+            MailboxCommand::Enable { name } => edit_file(config_path, || Ok(Edit::SetDisabled { name, disabled: false })),
+            MailboxCommand::Remove { name, force } => edit_file(config_path, || Ok(Edit::RemoveMailbox { name, force })),
+            MailboxCommand::List { json } => {
+                let (config, accounts) = load(config_path)?;
+                let list = edit::mailbox_list(&accounts, &config.accounts_policy());
+                if json {
+                    return print_json(&list);
+                }
+                for m in list {
+                    let mut extra = Vec::new();
+                    if let Some(q) = m.quota {
+                        extra.push(format!("quota {q} bytes"));
+                    }
+                    if m.disabled {
+                        extra.push("disabled".into());
+                    }
+                    if !m.send_as.is_empty() {
+                        extra.push(format!("sends as {}", m.send_as.join(", ")));
+                    }
+                    let extra = if extra.is_empty() { String::new() } else { format!("  ({})", extra.join("; ")) };
+                    println!("{}  {}{extra}", m.name, m.addresses.join(", "));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn alias(config_path: &Path, command: AliasCommand) -> Result<(), Failure> {
+        match command {
+            AliasCommand::Add { address, targets } => edit_file(config_path, || Ok(Edit::AddAlias { address, targets })),
+            AliasCommand::Remove { address, targets } => edit_file(config_path, || Ok(Edit::RemoveAlias { address, targets })),
+            AliasCommand::List { json } => {
+                let (_, accounts) = load(config_path)?;
+                let list = edit::alias_list(&accounts);
+                if json {
+                    return print_json(&list);
+                }
+                for a in list {
+                    let outside = if a.external { " (and outside)" } else { "" };
+                    println!("{} -> {}  [mailboxes: {}{outside}]", a.address, a.targets.join(", "), a.mailboxes.join(", "));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn catch_all(config_path: &Path, command: CatchAllCommand) -> Result<(), Failure> {
+        match command {
+            CatchAllCommand::Set { domain, target } => edit_file(config_path, || Ok(Edit::SetCatchAll { domain, target })),
+            CatchAllCommand::Unset { domain } => edit_file(config_path, || Ok(Edit::UnsetCatchAll { domain })),
+        }
+    }
+
+    fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
+        let text = serde_json::to_string_pretty(value).map_err(|e| Failure::Failed(e.to_string()))?;
+        println!("{text}");
+        Ok(())
+    }
+
+    const WHO: &str = "run it as root (sudo), or as a member of the admin group with write access to the file and its directory";
+
+    fn io_failure(action: &str, path: &Path, e: &std::io::Error) -> Failure {
+        let hint = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => format!("; {WHO}"),
+            std::io::ErrorKind::ReadOnlyFilesystem => {
+                "; the file system is read-only (on NixOS with declared accounts, change services.postmaster.accounts instead)".into()
+            }
+            _ => String::new(),
+        };
+        Failure::Failed(format!("cannot {action} {}: {e}{hint}; nothing was changed", path.display()))
+    }
+
+    /// Reads, edits, checks, writes, and waits for the daemon.
+    fn edit_file(config_path: &Path, make: impl FnOnce() -> Result<Edit, Failure>) -> Result<(), Failure> {
+        let config = Config::load(config_path)?;
+        let path = config.accounts_file.clone();
+        let original = std::fs::read(&path).map_err(|e| io_failure("read the accounts file", &path, &e))?;
+        let source = tomlwalk::decode(&path, original.clone()).map_err(|d| Invalid(vec![d]))?;
+        if let Some(why) = edit::declared_elsewhere(&path, &source.text) {
+            return Err(Failure::Failed(format!("not changed: {why}")));
+        }
+        // Asked before anything is written, and before the check that nobody else
+        // wrote the file, so that typing the password does not widen that window.
+        let edit = make()?;
+        let edited = match edit::apply(&path, &source.text, &edit, &config.accounts_policy()) {
+            Ok(e) => e,
+            Err(Refused::Invalid(invalid)) => {
+                eprintln!("the edit would make the accounts file invalid:");
+                return Err(Failure::Invalid(invalid));
+            }
+            Err(refused) => {
+                eprintln!("postmaster: {refused}; nothing was changed");
+                return Err(Failure::Reported);
+            }
+        };
+        if !edited.changed {
+            println!("{} already says so; nothing to change", path.display());
+            return Ok(());
+        }
+        let before = daemon_status(config_path).ok();
+        write_unless_changed(&path, &original, edited.text.as_bytes())?;
+        println!("changed {}", path.display());
+        for r in &edited.removed_references {
+            println!("removed {r}");
+        }
+        if let Edit::RemoveMailbox { name, .. } = &edit {
+            println!(
+                "the mail stored for `{name}` stays in {}; delete it by hand when it is no longer needed",
+                config.dovecot.mail_root.join(name).display()
+            );
+        }
+        wait_for_daemon(config_path, before, &edited.accounts)
+    }
+
+    /// A new password, hashed: twice on a terminal, or one line of standard input.
+    fn new_password(scheme: Scheme) -> Result<String, Failure> {
+        let reading = |e: std::io::Error| Failure::Failed(format!("reading the password: {e}"));
+        let password = if std::io::stdin().is_terminal() {
+            let first = rpassword::prompt_password("New password: ").map_err(reading)?;
+            let again = rpassword::prompt_password("Again: ").map_err(reading)?;
+            if first != again {
+                return Err(Failure::Failed("the two passwords differ; nothing was changed".into()));
+            }
+            first
+        } else {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).map_err(reading)?;
+            line.trim_end_matches(['\n', '\r']).to_string()
+        };
+        if password.is_empty() {
+            return Err(Failure::Failed("the password is empty; nothing was changed".into()));
+        }
+        password::hash(scheme, &password).map_err(|e| Failure::Failed(e.to_string()))
+    }
+
+    /// Writes `content` in place of the file atomically (temporary file in the same
+    /// directory, fsync, rename), with the old file's owner, group and mode, and
+    /// only if the file still holds `original` just before the rename.
+    fn write_unless_changed(path: &Path, original: &[u8], content: &[u8]) -> Result<(), Failure> {
+        let meta = std::fs::metadata(path).map_err(|e| io_failure("read the accounts file", path, &e))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.postmaster-edit"));
+        let result = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io_failure("create a file next to", path, &e))?;
+            let created = f.metadata().map_err(|e| io_failure("write", &tmp, &e))?;
+            if (created.uid(), created.gid()) != (meta.uid(), meta.gid()) {
+                rustix::fs::fchown(&f, Some(rustix::fs::Uid::from_raw(meta.uid())), Some(rustix::fs::Gid::from_raw(meta.gid())))
+                    .map_err(|e| io_failure("give the new file the owner and group of", path, &e.into()))?;
+            }
+            f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io_failure("set the mode of", &tmp, &e))?;
+            f.write_all(content).map_err(|e| io_failure("write", &tmp, &e))?;
+            f.sync_all().map_err(|e| io_failure("flush", &tmp, &e))?;
+            if std::fs::read(path).map_err(|e| io_failure("read the accounts file", path, &e))? != original {
+                return Err(Failure::Failed(format!(
+                    "{} changed on disk while this command ran (an editor?); it was not overwritten: run the command again",
+                    path.display()
+                )));
+            }
+            std::fs::rename(&tmp, path).map_err(|e| io_failure("replace", path, &e))?;
+            if let Some(dir) = path.parent()
+                && let Ok(d) = std::fs::File::open(dir)
+            {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn daemon_status(config_path: &Path) -> Result<Status, Failure> {
+        let text = call(config_path, |c| Box::pin(async move { c.status().await }))?;
+        serde_json::from_str(&text).map_err(|e| Failure::Failed(format!("the daemon's status is not understood: {e}")))
+    }
+
+    /// Until the daemon reports the new file applied or refused. Its status names
+    /// no file version, so a new `applied` event (or an error) is the sign; an
+    /// apply that changes no generated file records none, and after a short wait a
+    /// Reload asks it directly.
+    fn wait_for_daemon(config_path: &Path, before: Option<Status>, expected: &Accounts) -> Result<(), Failure> {
+        let Some(before) = before else {
+            println!("the daemon is not reachable on the system bus; it applies the file when it runs");
+            return Ok(());
+        };
+        let counts = (expected.mailboxes.len(), expected.aliases.len(), expected.catch_all.len());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            let Ok(now) = daemon_status(config_path) else { continue };
+            let a = &now.accounts;
+            if !a.errors.is_empty() {
+                eprintln!("the daemon refused the accounts file; it keeps serving the last good one:");
+                for e in &a.errors {
+                    eprintln!("{e}");
+                }
+                return Err(Failure::Reported);
+            }
+            if a.applied != before.accounts.applied && (a.mailboxes, a.alias_addresses, a.catch_alls) == counts {
+                println!("the daemon applied it: {} mailboxes, {} alias addresses, {} catch-alls served", counts.0, counts.1, counts.2);
+                return Ok(());
+            }
+        }
+        ask(config_path, |c| Box::pin(async move { c.reload().await }))
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! ([`parse`]) turns the text into [`Accounts`], a value the rest of postmaster trusts:
 //! every address is valid and hosted, every alias reaches something, nothing loops.
 
+pub mod edit;
 mod parse;
 
 use std::collections::{BTreeMap, BTreeSet};
