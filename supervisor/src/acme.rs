@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType, ExternalAccountKey,
-    Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,7 +57,10 @@ pub enum AcmeError {
     )]
     ScheduleFile { path: PathBuf, detail: String },
     #[error("cannot store {what}: {source} (check that the state directory is writable)")]
-    Store { what: &'static str, source: apply::ApplyError },
+    Store {
+        what: &'static str,
+        source: apply::ApplyError,
+    },
     #[error(
         "cannot read the external account binding key {}: {detail} (it must hold the CA's HMAC key, base64url-encoded)",
         path.display()
@@ -90,13 +93,20 @@ pub enum AcmeError {
         "the ACME CA offers no http-01 challenge for {name} (it offers: {offered}): postmaster can only answer http-01"
     )]
     NoHttp01 { name: String, offered: String },
-    #[error("the authorization for {name} is {status}: the CA will not issue for it (order again later)")]
+    #[error(
+        "the authorization for {name} is {status}: the CA will not issue for it (order again later)"
+    )]
     Authorization { name: String, status: String },
     #[error("cannot publish the http-01 answer for {name}: {detail}")]
     Publish { name: String, detail: String },
     /// `hint` says what must be true for the challenge to pass (see [`Responder::hint`]).
     #[error("the CA could not validate {name} with {challenge}: {detail} ({hint})")]
-    Challenge { name: String, challenge: &'static str, detail: String, hint: String },
+    Challenge {
+        name: String,
+        challenge: &'static str,
+        detail: String,
+        hint: String,
+    },
     #[error("the CA did not finish validating {names} within {} s: will retry later", timeout.as_secs())]
     ValidationTimeout { names: String, timeout: Duration },
     #[error("the ACME CA failed during {step}: {detail}")]
@@ -111,7 +121,10 @@ pub enum AcmeError {
 }
 
 fn protocol(step: &'static str) -> impl FnOnce(instant_acme::Error) -> AcmeError {
-    move |e| AcmeError::Protocol { step, detail: e.to_string() }
+    move |e| AcmeError::Protocol {
+        step,
+        detail: e.to_string(),
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -131,15 +144,27 @@ pub async fn account(settings: &config::Acme, state_dir: &Path) -> Result<Accoun
 
 /// The account stored under `state_dir` for the CA in `settings`; `None` when there
 /// is none (or it is for another CA). Registers nothing.
-pub async fn stored_account(settings: &config::Acme, state_dir: &Path) -> Result<Option<Account>, AcmeError> {
+pub async fn stored_account(
+    settings: &config::Acme,
+    state_dir: &Path,
+) -> Result<Option<Account>, AcmeError> {
     let path = state_dir.join(ACCOUNT_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(AcmeError::AccountFile { path, detail: e.to_string() }),
+        Err(e) => {
+            return Err(AcmeError::AccountFile {
+                path,
+                detail: e.to_string(),
+            });
+        }
     };
-    let bad = |detail: String| AcmeError::AccountFile { path: path.clone(), detail };
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let bad = |detail: String| AcmeError::AccountFile {
+        path: path.clone(),
+        detail,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     if value.get("directory").and_then(|d| d.as_str()) != Some(settings.directory.as_str()) {
         tracing::info!(
             path = %path.display(),
@@ -148,18 +173,24 @@ pub async fn stored_account(settings: &config::Acme, state_dir: &Path) -> Result
         );
         return Ok(None);
     }
-    let credentials: AccountCredentials = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let credentials: AccountCredentials =
+        serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
     let account = account_builder(settings)?
         .from_credentials(credentials)
         .await
-        .map_err(|e| AcmeError::Unreachable { directory: settings.directory.clone(), detail: e.to_string() })?;
+        .map_err(|e| AcmeError::Unreachable {
+            directory: settings.directory.clone(),
+            detail: e.to_string(),
+        })?;
     Ok(Some(account))
 }
 
 fn account_builder(settings: &config::Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
     match &settings.trust_root {
-        Some(root) => Account::builder_with_root(root)
-            .map_err(|e| AcmeError::TrustRoot { path: root.clone(), detail: e.to_string() }),
+        Some(root) => Account::builder_with_root(root).map_err(|e| AcmeError::TrustRoot {
+            path: root.clone(),
+            detail: e.to_string(),
+        }),
         None => Account::builder().map_err(protocol("setting up the HTTPS client")),
     }
 }
@@ -170,8 +201,12 @@ pub async fn register(settings: &config::Acme, state_dir: &Path) -> Result<Accou
     let path = state_dir.join(ACCOUNT_FILE);
     let eab = match &settings.eab {
         Some(eab) => {
-            let bad = |detail: String| AcmeError::EabKey { path: eab.hmac_key_file.clone(), detail };
-            let text = std::fs::read_to_string(&eab.hmac_key_file).map_err(|e| bad(e.to_string()))?;
+            let bad = |detail: String| AcmeError::EabKey {
+                path: eab.hmac_key_file.clone(),
+                detail,
+            };
+            let text =
+                std::fs::read_to_string(&eab.hmac_key_file).map_err(|e| bad(e.to_string()))?;
             let key = base64url_decode(text.trim()).map_err(|e| bad(e.to_string()))?;
             if key.is_empty() {
                 return Err(bad("the file is empty".into()));
@@ -181,25 +216,47 @@ pub async fn register(settings: &config::Acme, state_dir: &Path) -> Result<Accou
         None => None,
     };
     let contact: Vec<&str> = settings.contact.iter().map(String::as_str).collect();
-    let new_account = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
+    let new_account = NewAccount {
+        contact: &contact,
+        terms_of_service_agreed: true,
+        only_return_existing: false,
+    };
     let (account, credentials) = account_builder(settings)?
         .create(&new_account, settings.directory.clone(), eab.as_ref())
         .await
-        .map_err(|e| AcmeError::Register { directory: settings.directory.clone(), detail: e.to_string() })?;
-    let json = serde_json::to_vec_pretty(&credentials).expect("account credentials serialize to JSON");
+        .map_err(|e| AcmeError::Register {
+            directory: settings.directory.clone(),
+            detail: e.to_string(),
+        })?;
+    let json =
+        serde_json::to_vec_pretty(&credentials).expect("account credentials serialize to JSON");
     store(&path, &json, 0o600, "the ACME account credentials")?;
-    tracing::info!(account = account.id(), directory = settings.directory, "registered an ACME account");
+    tracing::info!(
+        account = account.id(),
+        directory = settings.directory,
+        "registered an ACME account"
+    );
     Ok(account)
 }
 
 fn store(path: &Path, content: &[u8], mode: u32, what: &'static str) -> Result<(), AcmeError> {
     if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|source| AcmeError::Store {
-            what,
-            source: apply::ApplyError::Io { action: "creating", path: dir.to_path_buf(), source },
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| AcmeError::Store {
+                what,
+                source: apply::ApplyError::Io {
+                    action: "creating",
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            })?;
     }
-    apply::write_atomic(path, content, mode, None).map(|_| ()).map_err(|source| AcmeError::Store { what, source })
+    apply::write_atomic(path, content, mode, None)
+        .map(|_| ())
+        .map_err(|source| AcmeError::Store { what, source })
 }
 
 /// Decodes base64url (RFC 4648 §5), with or without padding; also accepts the
@@ -253,7 +310,11 @@ pub async fn obtain(
     let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let plain = NewOrder::new(&identifiers);
     let first = match replaces {
-        Some(id) => account.new_order(&NewOrder::new(&identifiers).replaces(id.clone())).await,
+        Some(id) => {
+            account
+                .new_order(&NewOrder::new(&identifiers).replaces(id.clone()))
+                .await
+        }
         None => account.new_order(&plain).await,
     };
     let first = match first {
@@ -265,7 +326,10 @@ pub async fn obtain(
     };
     let mut order = first.map_err(|e| order_error(e, &joined))?;
 
-    let mut published = Published { responder, tokens: Vec::new() };
+    let mut published = Published {
+        responder,
+        tokens: Vec::new(),
+    };
     let mut pending = 0usize;
     {
         let mut authorizations = order.authorizations();
@@ -275,42 +339,75 @@ pub async fn obtain(
             match authz.status {
                 AuthorizationStatus::Valid => continue,
                 AuthorizationStatus::Pending => {}
-                other => return Err(AcmeError::Authorization { name, status: status_text(other) }),
+                other => {
+                    return Err(AcmeError::Authorization {
+                        name,
+                        status: status_text(other),
+                    });
+                }
             }
-            let offered: Vec<String> = authz.challenges.iter().map(|c| challenge_name(&c.r#type).to_string()).collect();
+            let offered: Vec<String> = authz
+                .challenges
+                .iter()
+                .map(|c| challenge_name(&c.r#type).to_string())
+                .collect();
             let Some(mut challenge) = authz.challenge(ChallengeType::Http01) else {
-                return Err(AcmeError::NoHttp01 { name, offered: offered.join(", ") });
+                return Err(AcmeError::NoHttp01 {
+                    name,
+                    offered: offered.join(", "),
+                });
             };
             let key_authorization = challenge.key_authorization();
             published.tokens.push(challenge.token.clone());
             responder
                 .publish(&challenge.token, key_authorization.as_str())
-                .map_err(|detail| AcmeError::Publish { name: name.clone(), detail })?;
-            challenge.set_ready().await.map_err(protocol("telling the CA the http-01 answer is ready"))?;
+                .map_err(|detail| AcmeError::Publish {
+                    name: name.clone(),
+                    detail,
+                })?;
+            challenge
+                .set_ready()
+                .await
+                .map_err(protocol("telling the CA the http-01 answer is ready"))?;
             pending += 1;
         }
     }
 
     if pending > 0 {
-        let policy =
-            RetryPolicy::new().initial_delay(Duration::from_millis(200)).backoff(1.5).timeout(VALIDATION_TIMEOUT);
+        let policy = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(200))
+            .backoff(1.5)
+            .timeout(VALIDATION_TIMEOUT);
         match order.poll_ready(&policy).await {
             Ok(OrderStatus::Ready) => {}
             Ok(_) | Err(instant_acme::Error::Api(_)) => {
                 return Err(explain_invalid(&mut order, &joined, responder).await);
             }
             Err(instant_acme::Error::Timeout(_)) => {
-                return Err(AcmeError::ValidationTimeout { names: joined, timeout: VALIDATION_TIMEOUT });
+                return Err(AcmeError::ValidationTimeout {
+                    names: joined,
+                    timeout: VALIDATION_TIMEOUT,
+                });
             }
             Err(e) => return Err(protocol("waiting for validation")(e)),
         }
     }
     drop(published);
 
-    let key = order.finalize().await.map_err(protocol("finalizing the order"))?;
-    let policy = RetryPolicy::new().initial_delay(Duration::from_millis(200)).backoff(1.5).timeout(ISSUANCE_TIMEOUT);
-    let chain = order.poll_certificate(&policy).await.map_err(protocol("downloading the certificate"))?;
-    tls::validate_pair(chain.as_bytes(), key.as_bytes(), names, SystemTime::now()).map_err(AcmeError::Issued)?;
+    let key = order
+        .finalize()
+        .await
+        .map_err(protocol("finalizing the order"))?;
+    let policy = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(200))
+        .backoff(1.5)
+        .timeout(ISSUANCE_TIMEOUT);
+    let chain = order
+        .poll_certificate(&policy)
+        .await
+        .map_err(protocol("downloading the certificate"))?;
+    tls::validate_pair(chain.as_bytes(), key.as_bytes(), names, SystemTime::now())
+        .map_err(AcmeError::Issued)?;
     Ok((chain, key))
 }
 
@@ -329,7 +426,9 @@ fn problem_type(e: &instant_acme::Error) -> Option<&str> {
 fn replacement_refused(e: &instant_acme::Error) -> bool {
     match e {
         instant_acme::Error::Unsupported(_) => true,
-        instant_acme::Error::Api(_) => !matches!(problem_type(e), Some(ACCOUNT_DOES_NOT_EXIST | RATE_LIMITED)),
+        instant_acme::Error::Api(_) => {
+            !matches!(problem_type(e), Some(ACCOUNT_DOES_NOT_EXIST | RATE_LIMITED))
+        }
         _ => false,
     }
 }
@@ -341,8 +440,14 @@ fn order_error(e: instant_acme::Error, names: &str) -> AcmeError {
     };
     match problem_type(&e) {
         Some(ACCOUNT_DOES_NOT_EXIST) => AcmeError::AccountUnknown { detail },
-        Some(RATE_LIMITED) => AcmeError::RateLimited { names: names.to_string(), detail },
-        _ => AcmeError::Order { names: names.to_string(), detail: e.to_string() },
+        Some(RATE_LIMITED) => AcmeError::RateLimited {
+            names: names.to_string(),
+            detail,
+        },
+        _ => AcmeError::Order {
+            names: names.to_string(),
+            detail: e.to_string(),
+        },
     }
 }
 
@@ -367,12 +472,16 @@ async fn explain_invalid(order: &mut Order, names: &str, responder: &Responder) 
             }
         }
         if authz.status != AuthorizationStatus::Pending {
-            return AcmeError::Authorization { name, status: status_text(authz.status) };
+            return AcmeError::Authorization {
+                name,
+                status: status_text(authz.status),
+            };
         }
     }
     AcmeError::Order {
         names: names.to_string(),
-        detail: order_problem.unwrap_or_else(|| "the order became invalid without saying why".into()),
+        detail: order_problem
+            .unwrap_or_else(|| "the order became invalid without saying why".into()),
     }
 }
 
@@ -429,14 +538,18 @@ const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 fn valid_token(token: &str) -> bool {
     !token.is_empty()
         && token.len() <= 256
-        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Responder {
     /// Makes `key_authorization` the answer for `token`.
     pub fn publish(&self, token: &str, key_authorization: &str) -> Result<(), String> {
         if !valid_token(token) {
-            return Err(format!("the CA sent a token that is not base64url: {token:?}"));
+            return Err(format!(
+                "the CA sent a token that is not base64url: {token:?}"
+            ));
         }
         match self {
             Responder::Listener(server) => {
@@ -462,7 +575,9 @@ impl Responder {
     pub fn hint(&self, name: &str) -> String {
         match self {
             Responder::Listener(_) => {
-                format!("port 80 of {name} must reach postmaster's http-01 responder, the acme-http socket")
+                format!(
+                    "port 80 of {name} must reach postmaster's http-01 responder, the acme-http socket"
+                )
             }
             Responder::Webroot(root) => format!(
                 "the web server on port 80 of {name} must serve {} as /.well-known/acme-challenge/",
@@ -531,13 +646,24 @@ impl Http01Server {
     /// Serves on `listener` (bound by the caller: systemd's socket, or a test's) until
     /// the last clone is dropped. Fails outside a tokio runtime.
     pub fn start(listener: std::net::TcpListener) -> Result<Http01Server, AcmeError> {
-        listener.set_nonblocking(true).map_err(AcmeError::Listener)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(AcmeError::Listener)?;
         let local_addr = listener.local_addr().map_err(AcmeError::Listener)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| AcmeError::Listener(io::Error::other(e)))?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| AcmeError::Listener(io::Error::other(e)))?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(AcmeError::Listener)?;
         let answers: Answers = Arc::default();
-        let task = runtime.spawn(serve(listener, answers.clone())).abort_handle();
-        Ok(Http01Server { inner: Arc::new(ServerInner { answers, local_addr, task }) })
+        let task = runtime
+            .spawn(serve(listener, answers.clone()))
+            .abort_handle();
+        Ok(Http01Server {
+            inner: Arc::new(ServerInner {
+                answers,
+                local_addr,
+                task,
+            }),
+        })
     }
 
     /// How many challenge requests it answered with a key authorization so far.
@@ -551,7 +677,8 @@ impl Http01Server {
     }
 
     pub fn publish(&self, token: &str, key_authorization: &str) {
-        self.answers().insert(token.to_string(), key_authorization.to_string());
+        self.answers()
+            .insert(token.to_string(), key_authorization.to_string());
     }
 
     pub fn withdraw(&self, token: &str) {
@@ -559,13 +686,18 @@ impl Http01Server {
     }
 
     fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.inner.answers.answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .answers
+            .answers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 async fn serve(listener: tokio::net::TcpListener, answers: Answers) {
     // Only this loop touches it: oldest first.
-    let mut live: std::collections::VecDeque<tokio::task::AbortHandle> = std::collections::VecDeque::new();
+    let mut live: std::collections::VecDeque<tokio::task::AbortHandle> =
+        std::collections::VecDeque::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -607,7 +739,10 @@ async fn answer(mut stream: tokio::net::TcpStream, answers: &Answers) -> io::Res
             }
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the request ended"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before the request ended",
+                ));
             }
             buf.extend_from_slice(&chunk[..n]);
         }
@@ -616,7 +751,12 @@ async fn answer(mut stream: tokio::net::TcpStream, answers: &Answers) -> io::Res
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request not received in time"))??;
 
     let response = match head {
-        None => response(431, "Request Header Fields Too Large", "request too large\n", false),
+        None => response(
+            431,
+            "Request Header Fields Too Large",
+            "request too large\n",
+            false,
+        ),
         Some(end) => {
             let (status, reason, body) = route(&buf[..end], answers);
             let head_only = buf.starts_with(b"HEAD ");
@@ -644,12 +784,16 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 
 /// Decides the answer to a request head (without the final blank line).
 fn route(head: &[u8], answers: &Answers) -> (u16, &'static str, String) {
-    let first = head.split(|&b| b == b'\n').next().map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let first = head
+        .split(|&b| b == b'\n')
+        .next()
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let Some(line) = first.and_then(|l| std::str::from_utf8(l).ok()) else {
         return (400, "Bad Request", "bad request\n".into());
     };
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return (400, "Bad Request", "bad request\n".into());
     };
@@ -667,7 +811,12 @@ fn route(head: &[u8], answers: &Answers) -> (u16, &'static str, String) {
     let path = path.split('?').next().unwrap_or(path);
     if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX)
         && valid_token(token)
-        && let Some(key_authorization) = answers.answers.lock().unwrap_or_else(|p| p.into_inner()).get(token).cloned()
+        && let Some(key_authorization) = answers
+            .answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
     {
         answers.answered.fetch_add(1, Ordering::Relaxed);
         return (200, "OK", key_authorization);
@@ -708,7 +857,11 @@ pub fn renewal_time(
     ari_window: Option<(SystemTime, SystemTime)>,
     jitter: f64,
 ) -> SystemTime {
-    let jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 1.0)
+    };
     if let Some((start, end)) = ari_window {
         let width = end.duration_since(start).unwrap_or(Duration::ZERO);
         return start + width.mul_f64(jitter);
@@ -782,11 +935,19 @@ impl Schedule {
     pub fn load(state_dir: &Path) -> Result<Option<Schedule>, AcmeError> {
         let path = Self::path(state_dir);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| AcmeError::ScheduleFile { path, detail: format!("not valid JSON: {e}") }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| AcmeError::ScheduleFile {
+                        path,
+                        detail: format!("not valid JSON: {e}"),
+                    })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(AcmeError::ScheduleFile { path, detail: e.to_string() }),
+            Err(e) => Err(AcmeError::ScheduleFile {
+                path,
+                detail: e.to_string(),
+            }),
         }
     }
 
@@ -807,14 +968,21 @@ impl Schedule {
 
     /// An attempt at `now` succeeded; the next one is at `next` (see [`renewal_time`]),
     /// planned with `ari`, the CA's window for the new certificate if it gave one.
-    pub fn record_success(&mut self, now: SystemTime, next: SystemTime, ari: Option<RenewalWindow>) {
+    pub fn record_success(
+        &mut self,
+        now: SystemTime,
+        next: SystemTime,
+        ari: Option<RenewalWindow>,
+    ) {
         self.failures = 0;
         self.last_attempt = Some(unix_secs(now));
         self.last_result = Some("ok".into());
         self.next_attempt = unix_secs(next);
         self.ari_window = ari.map(|w| (unix_secs(w.start), unix_secs(w.end)));
         let ask_again = ari.map_or(ARI_ASK_AGAIN_MAX, |w| w.ask_again);
-        self.ari_next_check = Some(unix_secs(now + ask_again.clamp(ARI_ASK_AGAIN_MIN, ARI_ASK_AGAIN_MAX)));
+        self.ari_next_check = Some(unix_secs(
+            now + ask_again.clamp(ARI_ASK_AGAIN_MIN, ARI_ASK_AGAIN_MAX),
+        ));
     }
 
     /// An attempt at `now` failed with `error`; the next one follows [`retry_after`],
@@ -838,13 +1006,20 @@ impl Schedule {
     /// [`renewal_time`]; a window in the past means at once); the same window again
     /// keeps the plan, so that asking often does not re-draw it; while attempts
     /// fail, the back-off keeps the plan. Returns whether the plan moved.
-    pub fn record_renewal_info(&mut self, now: SystemTime, answer: Result<Option<RenewalWindow>, ()>, jitter: f64) -> bool {
+    pub fn record_renewal_info(
+        &mut self,
+        now: SystemTime,
+        answer: Result<Option<RenewalWindow>, ()>,
+        jitter: f64,
+    ) -> bool {
         let ask_again = match answer {
             Ok(Some(w)) => w.ask_again,
             Ok(None) => ARI_ASK_AGAIN_MAX,
             Err(()) => ARI_ASK_AGAIN_MIN,
         };
-        self.ari_next_check = Some(unix_secs(now + ask_again.clamp(ARI_ASK_AGAIN_MIN, ARI_ASK_AGAIN_MAX)));
+        self.ari_next_check = Some(unix_secs(
+            now + ask_again.clamp(ARI_ASK_AGAIN_MIN, ARI_ASK_AGAIN_MAX),
+        ));
         let Ok(Some(w)) = answer else { return false };
         let window = (unix_secs(w.start), unix_secs(w.end));
         if self.ari_window == Some(window) {
@@ -867,14 +1042,18 @@ impl Schedule {
 /// has no authority key identifier.
 pub fn certificate_id(cert_chain_pem: &str) -> Option<CertificateIdentifier<'static>> {
     use rustls_pki_types::pem::PemObject;
-    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes()).next()?.ok()?;
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes())
+        .next()?
+        .ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    let aki = cert.iter_extensions().find_map(|ext| match ext.parsed_extension() {
-        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
-            aki.key_identifier.as_ref().map(|k| k.0)
-        }
-        _ => None,
-    })?;
+    let aki = cert
+        .iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0)
+            }
+            _ => None,
+        })?;
     let id = CertificateIdentifier::new(
         rustls_pki_types::Der::from_slice(aki),
         rustls_pki_types::Der::from_slice(cert.tbs_certificate.raw_serial()),
@@ -893,14 +1072,21 @@ pub struct RenewalWindow {
 
 /// The CA's suggested renewal window for certificate `id`: `Ok(None)` when the CA
 /// does not offer ARI; `Err` says why asking failed.
-pub async fn renewal_window(account: &Account, id: &CertificateIdentifier<'_>) -> Result<Option<RenewalWindow>, String> {
+pub async fn renewal_window(
+    account: &Account,
+    id: &CertificateIdentifier<'_>,
+) -> Result<Option<RenewalWindow>, String> {
     match account.renewal_info(id).await {
         Ok((info, ask_again)) => {
             let window = info.suggested_window;
             let start = window.start.unix_timestamp();
             let end = window.end.unix_timestamp();
             let at = |secs: i64| from_unix_secs(u64::try_from(secs).unwrap_or(0));
-            Ok(Some(RenewalWindow { start: at(start), end: at(end.max(start)), ask_again }))
+            Ok(Some(RenewalWindow {
+                start: at(start),
+                end: at(end.max(start)),
+                ask_again,
+            }))
         }
         Err(instant_acme::Error::Unsupported(_)) => Ok(None),
         Err(e) => Err(e.to_string()),
@@ -922,7 +1108,10 @@ mod tests {
         // 90 days: day 60, 30 days before the end.
         assert_eq!(renewal_time(t(0), t(90 * DAY), None, 0.0), t(60 * DAY));
         // 6-day certificate: day 4.
-        assert_eq!(renewal_time(t(1000), t(1000 + 6 * DAY), None, 0.0), t(1000 + 4 * DAY));
+        assert_eq!(
+            renewal_time(t(1000), t(1000 + 6 * DAY), None, 0.0),
+            t(1000 + 4 * DAY)
+        );
     }
 
     #[test]
@@ -934,7 +1123,10 @@ mod tests {
         assert_eq!(half, t(60 * DAY - lifetime / 200));
         for j in [0.0, 0.1, 0.33, 0.9, 1.0] {
             let r = renewal_time(t(0), t(lifetime), None, j);
-            assert!(r <= t(60 * DAY) && r >= t(60 * DAY - lifetime / 100), "jitter {j}");
+            assert!(
+                r <= t(60 * DAY) && r >= t(60 * DAY - lifetime / 100),
+                "jitter {j}"
+            );
         }
     }
 
@@ -942,12 +1134,18 @@ mod tests {
     fn jitter_out_of_range_is_clamped() {
         assert_eq!(renewal_time(t(0), t(90 * DAY), None, -3.0), t(60 * DAY));
         assert_eq!(renewal_time(t(0), t(90 * DAY), None, f64::NAN), t(60 * DAY));
-        assert_eq!(renewal_time(t(0), t(90 * DAY), None, 7.0), renewal_time(t(0), t(90 * DAY), None, 1.0));
+        assert_eq!(
+            renewal_time(t(0), t(90 * DAY), None, 7.0),
+            renewal_time(t(0), t(90 * DAY), None, 1.0)
+        );
     }
 
     #[test]
     fn reversed_dates_renew_at_once() {
-        assert_eq!(renewal_time(t(100 * DAY), t(10 * DAY), None, 0.5), t(100 * DAY));
+        assert_eq!(
+            renewal_time(t(100 * DAY), t(10 * DAY), None, 0.5),
+            t(100 * DAY)
+        );
     }
 
     #[test]
@@ -967,7 +1165,10 @@ mod tests {
     #[test]
     fn retry_backoff_doubles_from_a_minute_to_six_hours() {
         let minutes: Vec<u64> = (0..=12).map(|f| retry_after(f).as_secs() / 60).collect();
-        assert_eq!(minutes, [1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 360, 360, 360]);
+        assert_eq!(
+            minutes,
+            [1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 360, 360, 360]
+        );
         assert_eq!(retry_after(u32::MAX), MAX_RETRY);
     }
 
@@ -975,12 +1176,19 @@ mod tests {
     fn schedule_records_failures_and_success() {
         let mut s = Schedule::default();
         assert!(s.due(t(0)));
-        s.record_failure(t(1000), "the CA could not validate x with http-01: refused", Duration::ZERO);
+        s.record_failure(
+            t(1000),
+            "the CA could not validate x with http-01: refused",
+            Duration::ZERO,
+        );
         assert_eq!(s.failures, 1);
         assert_eq!(s.next_attempt, 1060);
         assert!(!s.due(t(1059)) && s.due(t(1060)));
         s.record_failure(t(1060), "again", Duration::ZERO);
-        assert_eq!((s.failures, s.next_attempt, s.last_attempt), (2, 1180, Some(1060)));
+        assert_eq!(
+            (s.failures, s.next_attempt, s.last_attempt),
+            (2, 1180, Some(1060))
+        );
         assert_eq!(s.last_result.as_deref(), Some("again"));
         s.record_success(t(1200), t(60 * DAY), None);
         assert_eq!(
@@ -1002,14 +1210,25 @@ mod tests {
     }
 
     fn window(start: u64, end: u64, ask_again: u64) -> RenewalWindow {
-        RenewalWindow { start: t(start), end: t(end), ask_again: Duration::from_secs(ask_again) }
+        RenewalWindow {
+            start: t(start),
+            end: t(end),
+            ask_again: Duration::from_secs(ask_again),
+        }
     }
 
     #[test]
     fn renewal_information_is_asked_again_as_the_ca_says_within_bounds() {
         let mut s = Schedule::default();
-        s.record_success(t(0), t(60 * DAY), Some(window(59 * DAY, 61 * DAY, 6 * 3600)));
-        assert_eq!((s.ari_window, s.ari_next_check), (Some((59 * DAY, 61 * DAY)), Some(6 * 3600)));
+        s.record_success(
+            t(0),
+            t(60 * DAY),
+            Some(window(59 * DAY, 61 * DAY, 6 * 3600)),
+        );
+        assert_eq!(
+            (s.ari_window, s.ari_next_check),
+            (Some((59 * DAY, 61 * DAY)), Some(6 * 3600))
+        );
         assert!(!s.ari_due(t(6 * 3600 - 1)) && s.ari_due(t(6 * 3600)));
         // Retry-After outside the bounds is clamped: not hourly more often, not rarer than daily.
         s.record_renewal_info(t(100), Ok(Some(window(59 * DAY, 61 * DAY, 5))), 0.5);
@@ -1018,7 +1237,10 @@ mod tests {
         assert_eq!(s.ari_next_check, Some(100 + DAY));
         // Asking failed: again in an hour; the plan stays.
         assert!(!s.record_renewal_info(t(200), Err(()), 0.5));
-        assert_eq!((s.next_attempt, s.ari_next_check), (60 * DAY, Some(200 + 3600)));
+        assert_eq!(
+            (s.next_attempt, s.ari_next_check),
+            (60 * DAY, Some(200 + 3600))
+        );
         // After a failed renewal the retries come anyway: no asking meanwhile.
         s.record_failure(t(300), "x", Duration::ZERO);
         assert!(!s.ari_due(t(100 * DAY)));
@@ -1029,7 +1251,11 @@ mod tests {
         let mut s = Schedule::default();
         s.record_success(t(0), t(60 * DAY), Some(window(59 * DAY, 61 * DAY, 3600)));
         assert!(!s.record_renewal_info(t(10), Ok(Some(window(59 * DAY, 61 * DAY, 3600))), 0.9));
-        assert_eq!(s.next_attempt, 60 * DAY, "the same window must not re-draw the plan");
+        assert_eq!(
+            s.next_attempt,
+            60 * DAY,
+            "the same window must not re-draw the plan"
+        );
         // The CA moves the window (a mass revocation): the plan follows, into the past = now.
         assert!(s.record_renewal_info(t(20), Ok(Some(window(10, 11, 3600))), 0.0));
         assert_eq!(s.next_attempt, 10);
@@ -1039,11 +1265,17 @@ mod tests {
         assert_eq!(s.next_attempt, 71 * DAY);
         // No ARI (any more): the plan stays.
         assert!(!s.record_renewal_info(t(40), Ok(None), 0.5));
-        assert_eq!((s.next_attempt, s.ari_next_check), (71 * DAY, Some(40 + DAY)));
+        assert_eq!(
+            (s.next_attempt, s.ari_next_check),
+            (71 * DAY, Some(40 + DAY))
+        );
         // While renewals fail, the back-off's retries rule, whatever the window.
         s.record_failure(t(50), "refused", Duration::ZERO);
         assert!(!s.record_renewal_info(t(60), Ok(Some(window(80 * DAY, 82 * DAY, 3600))), 0.5));
-        assert_eq!((s.next_attempt, s.ari_window), (50 + 60, Some((80 * DAY, 82 * DAY))));
+        assert_eq!(
+            (s.next_attempt, s.ari_window),
+            (50 + 60, Some((80 * DAY, 82 * DAY)))
+        );
     }
 
     #[test]
@@ -1063,9 +1295,16 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(SCHEDULE_FILE)).unwrap();
         assert!(text.contains("\"next_attempt\": 42"), "{text}");
         // A schedule written before ARI was remembered still loads.
-        std::fs::write(dir.path().join(SCHEDULE_FILE), r#"{"next_attempt": 9, "failures": 0, "last_attempt": null, "last_result": null}"#).unwrap();
+        std::fs::write(
+            dir.path().join(SCHEDULE_FILE),
+            r#"{"next_attempt": 9, "failures": 0, "last_attempt": null, "last_result": null}"#,
+        )
+        .unwrap();
         let old = Schedule::load(dir.path()).unwrap().unwrap();
-        assert_eq!((old.next_attempt, old.ari_window, old.ari_next_check), (9, None, None));
+        assert_eq!(
+            (old.next_attempt, old.ari_window, old.ari_next_check),
+            (9, None, None)
+        );
         std::fs::write(dir.path().join(SCHEDULE_FILE), "{").unwrap();
         let e = Schedule::load(dir.path()).unwrap_err().to_string();
         assert_eq!(
@@ -1085,7 +1324,10 @@ mod tests {
         assert_eq!(base64url_decode("/+8").unwrap(), [0xff, 0xef]);
         assert_eq!(base64url_decode("").unwrap(), b"");
         assert!(base64url_decode("a").is_err());
-        assert_eq!(base64url_decode("ab c").unwrap_err(), "character 3 (' ') is not base64url");
+        assert_eq!(
+            base64url_decode("ab c").unwrap_err(),
+            "character 3 (' ') is not base64url"
+        );
     }
 
     #[test]
@@ -1096,7 +1338,12 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let responder = Responder::Webroot(dir.path().to_path_buf());
-        assert!(responder.publish("../x", "ka").unwrap_err().contains("not base64url"));
+        assert!(
+            responder
+                .publish("../x", "ka")
+                .unwrap_err()
+                .contains("not base64url")
+        );
     }
 
     #[test]
@@ -1107,7 +1354,10 @@ mod tests {
         let path = dir.path().join("www/.well-known/acme-challenge/tok_1");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "tok_1.thumb");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         responder.withdraw("tok_1");
         assert!(!path.exists());
         responder.withdraw("tok_1"); // twice is fine
@@ -1123,16 +1373,44 @@ mod tests {
     fn routing() {
         let a = answers_with("tok", "tok.thumb");
         assert_eq!(
-            route(b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: x", &a),
+            route(
+                b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: x",
+                &a
+            ),
             (200, "OK", "tok.thumb".into())
         );
-        assert_eq!(route(b"GET http://x/.well-known/acme-challenge/tok?a=1 HTTP/1.0", &a).0, 200);
-        assert_eq!(route(b"HEAD /.well-known/acme-challenge/tok HTTP/1.1", &a).0, 200);
-        assert_eq!(route(b"GET /.well-known/acme-challenge/other HTTP/1.1", &a).0, 404);
+        assert_eq!(
+            route(
+                b"GET http://x/.well-known/acme-challenge/tok?a=1 HTTP/1.0",
+                &a
+            )
+            .0,
+            200
+        );
+        assert_eq!(
+            route(b"HEAD /.well-known/acme-challenge/tok HTTP/1.1", &a).0,
+            200
+        );
+        assert_eq!(
+            route(b"GET /.well-known/acme-challenge/other HTTP/1.1", &a).0,
+            404
+        );
         assert_eq!(route(b"GET / HTTP/1.1", &a).0, 404);
-        assert_eq!(route(b"POST /.well-known/acme-challenge/tok HTTP/1.1", &a).0, 405);
-        assert_eq!(route(b"GET /.well-known/acme-challenge/tok HTTP/1.1\nHost: x", &a).0, 200);
-        assert_eq!((head_end(b"GET / HTTP/1.1\n\n"), head_end(b"GET / HTTP/1.1\r\n\r\n")), (Some(14), Some(14)));
+        assert_eq!(
+            route(b"POST /.well-known/acme-challenge/tok HTTP/1.1", &a).0,
+            405
+        );
+        assert_eq!(
+            route(b"GET /.well-known/acme-challenge/tok HTTP/1.1\nHost: x", &a).0,
+            200
+        );
+        assert_eq!(
+            (
+                head_end(b"GET / HTTP/1.1\n\n"),
+                head_end(b"GET / HTTP/1.1\r\n\r\n")
+            ),
+            (Some(14), Some(14))
+        );
         assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
         assert_eq!(route(b"GET /x", &a).0, 400);
         assert_eq!(route(b"GET /x SPDY/3", &a).0, 400);
@@ -1151,50 +1429,87 @@ mod tests {
 
     #[test]
     fn server_outside_a_runtime_is_an_error_not_a_panic() {
-        let Err(e) = Http01Server::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap()) else {
+        let Err(e) = Http01Server::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        else {
             panic!("started without a runtime")
         };
-        assert!(e.to_string().starts_with("cannot serve http-01 on the given socket: "), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot serve http-01 on the given socket: "),
+            "{e}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn server_answers_tokens_and_survives_garbage() {
-        let server = Http01Server::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
+        let server =
+            Http01Server::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
         let addr = server.local_addr();
         server.publish("tok", "tok.thumb");
-        let ok = request(addr, b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let ok = request(
+            addr,
+            b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains("Content-Type: text/plain\r\n") && ok.ends_with("\r\n\r\ntok.thumb"), "{ok}");
+        assert!(
+            ok.contains("Content-Type: text/plain\r\n") && ok.ends_with("\r\n\r\ntok.thumb"),
+            "{ok}"
+        );
         // LF-only line ends (RFC 9112 §2.2) are answered at once, not at the timeout.
         let lf = tokio::time::timeout(
             Duration::from_secs(2),
-            request(addr, b"GET /.well-known/acme-challenge/tok HTTP/1.1\nHost: a\n\n"),
+            request(
+                addr,
+                b"GET /.well-known/acme-challenge/tok HTTP/1.1\nHost: a\n\n",
+            ),
         )
         .await
         .expect("an LF-only request is answered at once");
-        assert!(lf.starts_with("HTTP/1.1 200 OK\r\n") && lf.ends_with("tok.thumb"), "{lf}");
-        let missing = request(addr, b"GET /.well-known/acme-challenge/nope HTTP/1.1\r\n\r\n").await;
+        assert!(
+            lf.starts_with("HTTP/1.1 200 OK\r\n") && lf.ends_with("tok.thumb"),
+            "{lf}"
+        );
+        let missing = request(
+            addr,
+            b"GET /.well-known/acme-challenge/nope HTTP/1.1\r\n\r\n",
+        )
+        .await;
         assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
         // Garbage, a huge header, a client that leaves early: none stops the server.
-        assert!(request(addr, b"\x00\x01\x02\r\n\r\n").await.starts_with("HTTP/1.1 400 "));
+        assert!(
+            request(addr, b"\x00\x01\x02\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 400 ")
+        );
         let huge = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &vec![b'a'; 20_000]].concat();
         assert!(request(addr, &huge).await.starts_with("HTTP/1.1 431 "));
         drop(tokio::net::TcpStream::connect(addr).await.unwrap());
         // Several connections at once.
         let many: Vec<_> = (0..10)
-            .map(|_| tokio::spawn(request(addr, b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\n\r\n")))
+            .map(|_| {
+                tokio::spawn(request(
+                    addr,
+                    b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\n\r\n",
+                ))
+            })
             .collect();
         for r in many {
             assert!(r.await.unwrap().ends_with("tok.thumb"));
         }
         server.withdraw("tok");
-        let gone = request(addr, b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\n\r\n").await;
+        let gone = request(
+            addr,
+            b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\n\r\n",
+        )
+        .await;
         assert!(gone.starts_with("HTTP/1.1 404 "), "{gone}");
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_flood_of_idle_connections_does_not_keep_a_request_out() {
-        let server = Http01Server::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
+        let server =
+            Http01Server::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
         let addr = server.local_addr();
         server.publish("tok", "tok.thumb");
         let mut idle = Vec::new();
@@ -1205,11 +1520,17 @@ mod tests {
         }
         let ok = tokio::time::timeout(
             Duration::from_secs(2),
-            request(addr, b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a\r\n\r\n"),
+            request(
+                addr,
+                b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a\r\n\r\n",
+            ),
         )
         .await
         .expect("answered while 300 idle connections are held");
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("tok.thumb"), "{ok}");
+        assert!(
+            ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("tok.thumb"),
+            "{ok}"
+        );
         drop(idle);
     }
 
@@ -1229,32 +1550,50 @@ mod tests {
             Responder::Webroot("/srv/www".into()).hint("mail.example.org"),
             "the web server on port 80 of mail.example.org must serve /srv/www/.well-known/acme-challenge/ as /.well-known/acme-challenge/"
         );
-        let e = AcmeError::NoHttp01 { name: "a.example".into(), offered: "dns-01".into() };
+        let e = AcmeError::NoHttp01 {
+            name: "a.example".into(),
+            offered: "dns-01".into(),
+        };
         assert_eq!(
             e.to_string(),
             "the ACME CA offers no http-01 challenge for a.example (it offers: dns-01): postmaster can only answer http-01"
         );
-        let e = AcmeError::AccountFile { path: "/s/acme/account.json".into(), detail: "EOF".into() };
+        let e = AcmeError::AccountFile {
+            path: "/s/acme/account.json".into(),
+            detail: "EOF".into(),
+        };
         assert_eq!(
             e.to_string(),
             "the ACME account file /s/acme/account.json cannot be used: EOF (remove it to register a new account)"
         );
-        let e = AcmeError::EabKey { path: "/k".into(), detail: "the file is empty".into() };
+        let e = AcmeError::EabKey {
+            path: "/k".into(),
+            detail: "the file is empty".into(),
+        };
         assert_eq!(
             e.to_string(),
             "cannot read the external account binding key /k: the file is empty (it must hold the CA's HMAC key, base64url-encoded)"
         );
-        let e = AcmeError::ValidationTimeout { names: "a, b".into(), timeout: Duration::from_secs(120) };
-        assert_eq!(e.to_string(), "the CA did not finish validating a, b within 120 s: will retry later");
-        let e = AcmeError::Register { directory: "https://ca/dir".into(), detail: "nope".into() };
+        let e = AcmeError::ValidationTimeout {
+            names: "a, b".into(),
+            timeout: Duration::from_secs(120),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the CA did not finish validating a, b within 120 s: will retry later"
+        );
+        let e = AcmeError::Register {
+            directory: "https://ca/dir".into(),
+            detail: "nope".into(),
+        };
         assert_eq!(
             e.to_string(),
             "cannot register an ACME account at https://ca/dir: nope (check acme.directory, acme.contact and the CA's terms)"
         );
         let e = AcmeError::Issued(PairProblem::KeyMismatch);
-        assert!(
-            e.to_string().starts_with("the certificate the CA issued cannot be used: the private key does not match")
-        );
+        assert!(e.to_string().starts_with(
+            "the certificate the CA issued cannot be used: the private key does not match"
+        ));
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -1268,9 +1607,14 @@ mod tests {
             challenge: config::Challenge::Http01,
             webroot: None,
             trust_root: None,
-            eab: Some(config::Eab { kid: "kid".into(), hmac_key_file: dir.path().join("hmac") }),
+            eab: Some(config::Eab {
+                kid: "kid".into(),
+                hmac_key_file: dir.path().join("hmac"),
+            }),
         };
-        let Err(e) = account(&settings, dir.path()).await else { panic!("account() succeeded") };
+        let Err(e) = account(&settings, dir.path()).await else {
+            panic!("account() succeeded")
+        };
         let e = e.to_string();
         assert!(
             e.starts_with(&format!(
@@ -1281,8 +1625,13 @@ mod tests {
         );
         std::fs::create_dir_all(dir.path().join("acme")).unwrap();
         std::fs::write(dir.path().join(ACCOUNT_FILE), "garbage").unwrap();
-        let Err(e) = account(&settings, dir.path()).await else { panic!("account() succeeded") };
+        let Err(e) = account(&settings, dir.path()).await else {
+            panic!("account() succeeded")
+        };
         let e = e.to_string();
-        assert!(e.contains("account.json cannot be used: expected value"), "{e}");
+        assert!(
+            e.contains("account.json cannot be used: expected value"),
+            "{e}"
+        );
     }
 }

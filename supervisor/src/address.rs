@@ -32,7 +32,10 @@ pub fn check_local_part(s: &str) -> Result<(), Why> {
         return Err(match c {
             '+' => "`+` is the recipient delimiter (thomas+tag reaches thomas already)".into(),
             '@' => "it contains `@`".into(),
-            c => format!("`{}` is not allowed (use a-z, 0-9, `.`, `-`, `_`)", c.escape_default()),
+            c => format!(
+                "`{}` is not allowed (use a-z, 0-9, `.`, `-`, `_`)",
+                c.escape_default()
+            ),
         });
     }
     if s.starts_with('.') || s.ends_with('.') || s.contains("..") {
@@ -76,7 +79,10 @@ pub fn check_domain(s: &str) -> Result<(), Why> {
             return Err(format!("the label `{label}` starts or ends with `-`"));
         }
     }
-    if labels.last().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+    if labels
+        .last()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
         return Err("the last label is all digits (an IP address is not a domain)".into());
     }
     Ok(())
@@ -133,12 +139,21 @@ mod tests {
             let e = check_local_part(s).unwrap_err();
             assert!(e.contains(why), "{s}: {e}");
         }
-        assert!(check_local_part(&"a".repeat(65)).unwrap_err().contains("longer than 64"));
+        assert!(
+            check_local_part(&"a".repeat(65))
+                .unwrap_err()
+                .contains("longer than 64")
+        );
     }
 
     #[test]
     fn domains() {
-        for ok in ["example.org", "mail.example.org", "xn--bcher-kva.example", "a-b.c0"] {
+        for ok in [
+            "example.org",
+            "mail.example.org",
+            "xn--bcher-kva.example",
+            "a-b.c0",
+        ] {
             assert_eq!(check_domain(ok), Ok(()), "{ok}");
         }
         let bad = [
@@ -162,7 +177,11 @@ mod tests {
         let a = Address::parse("thomas@example.org").unwrap();
         assert_eq!(a.to_string(), "thomas@example.org");
         assert!(Address::parse("thomas").unwrap_err().contains("no `@`"));
-        assert!(Address::parse("@example.org").unwrap_err().contains("local part it is empty"));
+        assert!(
+            Address::parse("@example.org")
+                .unwrap_err()
+                .contains("local part it is empty")
+        );
         assert!(Address::parse("a@b").unwrap_err().contains("two labels"));
     }
 }

@@ -31,12 +31,18 @@ pub enum ApplyError {
     },
     #[error("postmap could not compile {}: {detail}", path.display())]
     Postmap { path: PathBuf, detail: String },
-    #[error("group `{0}` does not exist; it must be able to read the passwd-file (is dovecot installed?)")]
+    #[error(
+        "group `{0}` does not exist; it must be able to read the passwd-file (is dovecot installed?)"
+    )]
     NoSuchGroup(String),
 }
 
 fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> ApplyError + 'p {
-    move |source| ApplyError::Io { action, path: path.to_path_buf(), source }
+    move |source| ApplyError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// How the files are put in place.
@@ -78,9 +84,15 @@ pub fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Report, Ap
         fs::create_dir_all(parent).map_err(io_err("creating directory", parent))?;
         remove_stale_temporaries(parent)?;
         let changed = match (file.kind, options.compile_maps) {
-            (Kind::PostfixMap, Some(map_type)) => write_map(&path, &file.content, map_type, &options.postmap)?,
+            (Kind::PostfixMap, Some(map_type)) => {
+                write_map(&path, &file.content, map_type, &options.postmap)?
+            }
             (Kind::PasswdFile, _) => {
-                let (mode, gid) = if passwd_gid.is_some() { (0o640, passwd_gid) } else { (0o600, None) };
+                let (mode, gid) = if passwd_gid.is_some() {
+                    (0o640, passwd_gid)
+                } else {
+                    (0o600, None)
+                };
                 write_atomic(&path, file.content.as_bytes(), mode, gid)?
             }
             _ => write_atomic(&path, file.content.as_bytes(), 0o644, None)?,
@@ -96,7 +108,12 @@ pub fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Report, Ap
 
 /// Writes `content` to `path` atomically with `mode` (and group `gid`); returns
 /// whether anything changed.
-pub fn write_atomic(path: &Path, content: &[u8], mode: u32, gid: Option<u32>) -> Result<bool, ApplyError> {
+pub fn write_atomic(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    gid: Option<u32>,
+) -> Result<bool, ApplyError> {
     let old = fs::metadata(path).ok();
     if let Some(meta) = &old
         && meta.permissions().mode() & 0o7777 == mode
@@ -118,7 +135,8 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32, gid: Option<u32>) ->
                 .map_err(|e| io_err("setting the group of", &tmp)(e.into()))?;
         }
         // The umask may have narrowed the mode given to open().
-        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("setting the mode of", &tmp))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err("setting the mode of", &tmp))?;
         f.write_all(content).map_err(io_err("writing", &tmp))?;
         if let Some(meta) = &old {
             bump_mtime(&f, meta).map_err(io_err("setting the time of", &tmp))?;
@@ -137,20 +155,36 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32, gid: Option<u32>) ->
 /// rewrite within the same second that keeps the size. Make the new file's mtime
 /// differ from the old one's in whole seconds, whatever the clock says.
 fn bump_mtime(f: &fs::File, old: &fs::Metadata) -> io::Result<()> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let old_secs = u64::try_from(old.mtime()).unwrap_or(0);
     if now.as_secs() > old_secs {
         return Ok(());
     }
     let t = Duration::from_secs(old_secs + 1);
-    let ts = rustix::fs::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: 0 };
-    rustix::fs::futimens(f, &rustix::fs::Timestamps { last_access: ts, last_modification: ts })?;
+    let ts = rustix::fs::Timespec {
+        tv_sec: t.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    rustix::fs::futimens(
+        f,
+        &rustix::fs::Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        },
+    )?;
     Ok(())
 }
 
 /// Writes a map source and compiles it; the compiled table is built under a
 /// temporary name and renamed into place.
-fn write_map(path: &Path, content: &str, map_type: MapType, postmap: &Path) -> Result<bool, ApplyError> {
+fn write_map(
+    path: &Path,
+    content: &str,
+    map_type: MapType,
+    postmap: &Path,
+) -> Result<bool, ApplyError> {
     let table = with_suffix(path, map_type.suffix());
     let source_same = fs::read(path).is_ok_and(|c| c == content.as_bytes());
     let table_fresh = match (fs::metadata(&table), fs::metadata(path)) {
@@ -177,8 +211,12 @@ fn write_map(path: &Path, content: &str, map_type: MapType, postmap: &Path) -> R
         // postfix reads the maps as its own user; the daemon's umask must not
         // decide that, so the table gets the source's mode explicitly.
         let table_file = fs::File::open(&tmp_table).map_err(io_err("opening", &tmp_table))?;
-        table_file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_err("setting the mode of", &tmp_table))?;
-        table_file.sync_all().map_err(io_err("flushing", &tmp_table))?;
+        table_file
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("setting the mode of", &tmp_table))?;
+        table_file
+            .sync_all()
+            .map_err(io_err("flushing", &tmp_table))?;
         // The table first: a crash between the renames leaves an old source next to
         // a new table, which differs from the next rendering and is rebuilt.
         fs::rename(&tmp_table, &table).map_err(io_err("renaming into place", &table))?;
@@ -207,7 +245,8 @@ pub fn republish_table(source: &Path, map_type: MapType) -> Result<(), ApplyErro
     let result = (|| {
         fs::copy(&table, &tmp).map_err(io_err("copying", &table))?;
         let copy = fs::File::open(&tmp).map_err(io_err("opening", &tmp))?;
-        copy.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_err("setting the mode of", &tmp))?;
+        copy.set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("setting the mode of", &tmp))?;
         copy.sync_all().map_err(io_err("flushing", &tmp))?;
         fs::rename(&tmp, &table).map_err(io_err("renaming into place", &table))?;
         sync_dir(&table)
@@ -226,7 +265,8 @@ fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), ApplyError> {
         .open(path)
         .map_err(io_err("creating", path))?;
     // open() applied the umask to `mode`.
-    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("setting the mode of", path))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting the mode of", path))?;
     f.write_all(content).map_err(io_err("writing", path))?;
     f.sync_all().map_err(io_err("flushing", path))
 }
@@ -258,7 +298,9 @@ fn remove_stale_temporaries(dir: &Path) -> Result<(), ApplyError> {
         let entry = entry.map_err(io_err("listing", dir))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') && (name.ends_with(TMP_SUFFIX) || name.contains(&format!("{TMP_SUFFIX}."))) {
+        if name.starts_with('.')
+            && (name.ends_with(TMP_SUFFIX) || name.contains(&format!("{TMP_SUFFIX}.")))
+        {
             let p = entry.path();
             fs::remove_file(&p).map_err(io_err("removing stale temporary", &p))?;
         }
@@ -286,12 +328,22 @@ mod tests {
         let p = dir.path().join("users");
         assert!(write_atomic(&p, b"a\n", 0o600, None).unwrap());
         assert_eq!(fs::read(&p).unwrap(), b"a\n");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(!write_atomic(&p, b"a\n", 0o600, None).unwrap());
         // A mode change alone is a change.
         assert!(write_atomic(&p, b"a\n", 0o640, None).unwrap());
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![OsString::from("users")], "no temporary left behind");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![OsString::from("users")],
+            "no temporary left behind"
+        );
     }
 
     #[test]
@@ -302,7 +354,10 @@ mod tests {
         let before = fs::metadata(&p).unwrap().mtime();
         write_atomic(&p, b"bbbb\n", 0o600, None).unwrap();
         let after = fs::metadata(&p).unwrap().mtime();
-        assert_ne!(before, after, "a same-size rewrite must be visible by mtime");
+        assert_ne!(
+            before, after,
+            "a same-size rewrite must be visible by mtime"
+        );
     }
 
     #[test]
@@ -315,18 +370,40 @@ mod tests {
         let held = fs::File::open(&table).unwrap();
         republish_table(&source, MapType::Lmdb).unwrap();
         assert_eq!(fs::read(&table).unwrap(), b"compiled");
-        assert_eq!(held.metadata().unwrap().nlink(), 0, "the open table must be unlinked");
-        assert_ne!(held.metadata().unwrap().ino(), fs::metadata(&table).unwrap().ino());
-        assert_eq!(fs::metadata(&table).unwrap().permissions().mode() & 0o777, 0o644);
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![OsString::from("sender_login.lmdb")], "no temporary left behind");
+        assert_eq!(
+            held.metadata().unwrap().nlink(),
+            0,
+            "the open table must be unlinked"
+        );
+        assert_ne!(
+            held.metadata().unwrap().ino(),
+            fs::metadata(&table).unwrap().ino()
+        );
+        assert_eq!(
+            fs::metadata(&table).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![OsString::from("sender_login.lmdb")],
+            "no temporary left behind"
+        );
     }
 
     #[test]
     fn republishing_a_missing_table_says_which() {
         let dir = tempfile::tempdir().unwrap();
-        let e = republish_table(&dir.path().join("sender_login"), MapType::Hash).unwrap_err().to_string();
-        assert!(e.starts_with("copying ") && e.contains("sender_login.db"), "{e}");
+        let e = republish_table(&dir.path().join("sender_login"), MapType::Hash)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("copying ") && e.contains("sender_login.db"),
+            "{e}"
+        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
@@ -337,7 +414,10 @@ mod tests {
         fs::write(dir.path().join(".virtual.postmaster-tmp.lmdb"), "half").unwrap();
         fs::write(dir.path().join("keep"), "x").unwrap();
         remove_stale_temporaries(dir.path()).unwrap();
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![OsString::from("keep")]);
     }
 }

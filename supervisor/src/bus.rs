@@ -32,7 +32,10 @@ pub struct Outcome {
 #[derive(Debug)]
 pub enum Request {
     Reload(oneshot::Sender<Outcome>),
-    Renew { force: bool, reply: oneshot::Sender<Outcome> },
+    Renew {
+        force: bool,
+        reply: oneshot::Sender<Outcome>,
+    },
 }
 
 /// The object served at [`OBJECT_PATH`].
@@ -66,13 +69,19 @@ impl Supervisor {
 
     async fn reload(&self) -> zbus::fdo::Result<String> {
         let (reply, outcome) = oneshot::channel();
-        self.requests.send(Request::Reload(reply)).await.map_err(|_| stopped())?;
+        self.requests
+            .send(Request::Reload(reply))
+            .await
+            .map_err(|_| stopped())?;
         to_json(&outcome.await.map_err(|_| stopped())?)
     }
 
     async fn renew(&self, force: bool) -> zbus::fdo::Result<String> {
         let (reply, outcome) = oneshot::channel();
-        self.requests.send(Request::Renew { force, reply }).await.map_err(|_| stopped())?;
+        self.requests
+            .send(Request::Renew { force, reply })
+            .await
+            .map_err(|_| stopped())?;
         to_json(&outcome.await.map_err(|_| stopped())?)
     }
 }

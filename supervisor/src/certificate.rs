@@ -16,7 +16,11 @@ pub fn read_source(config: &Config) -> Result<(Vec<u8>, Vec<u8>), String> {
 }
 
 /// Validates a source pair and makes the file to install: key, then chain.
-pub fn prepare(config: &Config, chain: &[u8], key: &[u8]) -> Result<(CertInfo, Vec<u8>), tls::PairProblem> {
+pub fn prepare(
+    config: &Config,
+    chain: &[u8],
+    key: &[u8],
+) -> Result<(CertInfo, Vec<u8>), tls::PairProblem> {
     let info = tls::validate_pair(chain, key, &config.certificate_names(), SystemTime::now())?;
     let mut pair = key.to_vec();
     if !pair.ends_with(b"\n") {
@@ -54,7 +58,11 @@ pub fn store_source(config: &Config, chain: &[u8], key: &[u8]) -> Result<(), app
 
 fn create_parent(path: &Path) -> Result<(), apply::ApplyError> {
     match path.parent() {
-        Some(dir) => std::fs::create_dir_all(dir).map_err(|source| apply::ApplyError::Io { action: "creating", path: dir.to_path_buf(), source }),
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|source| apply::ApplyError::Io {
+            action: "creating",
+            path: dir.to_path_buf(),
+            source,
+        }),
         None => Ok(()),
     }
 }
@@ -94,22 +102,47 @@ pub struct Refusal {
 
 /// Decides what to do with the pair `read` from the source files (see
 /// [`read_source`]), given the pair `installed` now.
-pub fn decide(config: &Config, read: Result<(Vec<u8>, Vec<u8>), String>, installed: Option<&CertInfo>) -> Decision {
-    let refused = |refusal: Refusal| if installed.is_some() { Decision::Keep(refusal) } else { Decision::Placeholder(refusal) };
+pub fn decide(
+    config: &Config,
+    read: Result<(Vec<u8>, Vec<u8>), String>,
+    installed: Option<&CertInfo>,
+) -> Decision {
+    let refused = |refusal: Refusal| {
+        if installed.is_some() {
+            Decision::Keep(refusal)
+        } else {
+            Decision::Placeholder(refusal)
+        }
+    };
     let (chain, key) = match read {
         Ok(pair) => pair,
         Err(why) => {
-            let awaiting_acme = config.tls.source == crate::config::TlsSource::Acme && !config.tls.cert.exists();
+            let awaiting_acme =
+                config.tls.source == crate::config::TlsSource::Acme && !config.tls.cert.exists();
             if awaiting_acme && installed.is_some() {
                 return Decision::AwaitingAcme;
             }
-            let why = if awaiting_acme { "no certificate obtained yet".to_string() } else { why };
-            return refused(Refusal { why, may_be_in_progress: false });
+            let why = if awaiting_acme {
+                "no certificate obtained yet".to_string()
+            } else {
+                why
+            };
+            return refused(Refusal {
+                why,
+                may_be_in_progress: false,
+            });
         }
     };
     match prepare(config, &chain, &key) {
-        Err(problem) => refused(Refusal { why: problem.to_string(), may_be_in_progress: problem.may_be_in_progress() }),
-        Ok((info, _)) if installed.is_some_and(|i| i.sha256_fingerprint == info.sha256_fingerprint) => Decision::Unchanged(info),
+        Err(problem) => refused(Refusal {
+            why: problem.to_string(),
+            may_be_in_progress: problem.may_be_in_progress(),
+        }),
+        Ok((info, _))
+            if installed.is_some_and(|i| i.sha256_fingerprint == info.sha256_fingerprint) =>
+        {
+            Decision::Unchanged(info)
+        }
         Ok((info, pair)) => Decision::Install(info, pair),
     }
 }
@@ -125,7 +158,8 @@ mod tests {
             dir.display(),
             dir.display()
         );
-        Config::parse(&Source::new("/etc/postmaster/config.toml", &text)).expect("a valid configuration")
+        Config::parse(&Source::new("/etc/postmaster/config.toml", &text))
+            .expect("a valid configuration")
     }
 
     fn pair(names: &[&str]) -> (Vec<u8>, Vec<u8>) {
@@ -143,12 +177,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config("files", dir.path());
         let new = pair(&["mail.example.org"]);
-        let Decision::Install(info, installed_file) = decide(&config, Ok(new.clone()), None) else { panic!("a valid pair is installed") };
-        assert!(installed_file.starts_with(&new.1), "the installed file is key, then chain");
+        let Decision::Install(info, installed_file) = decide(&config, Ok(new.clone()), None) else {
+            panic!("a valid pair is installed")
+        };
+        assert!(
+            installed_file.starts_with(&new.1),
+            "the installed file is key, then chain"
+        );
         assert!(installed_file.ends_with(&new.0));
-        assert_eq!(decide(&config, Ok(new.clone()), Some(&info)), Decision::Unchanged(info.clone()));
+        assert_eq!(
+            decide(&config, Ok(new.clone()), Some(&info)),
+            Decision::Unchanged(info.clone())
+        );
         let other = pair(&["mail.example.org"]);
-        assert!(matches!(decide(&config, Ok(other), Some(&info)), Decision::Install(..)));
+        assert!(matches!(
+            decide(&config, Ok(other), Some(&info)),
+            Decision::Install(..)
+        ));
     }
 
     #[test]
@@ -158,20 +203,31 @@ mod tests {
         let installed = info_of(&config, &pair(&["mail.example.org"]));
         // A certificate for another name: refused for good.
         let wrong = pair(&["www.example.org"]);
-        let Decision::Keep(refusal) = decide(&config, Ok(wrong.clone()), Some(&installed)) else { panic!("refused, installed kept") };
+        let Decision::Keep(refusal) = decide(&config, Ok(wrong.clone()), Some(&installed)) else {
+            panic!("refused, installed kept")
+        };
         assert!(!refusal.may_be_in_progress, "{refusal:?}");
         assert!(refusal.why.contains("mail.example.org"), "{}", refusal.why);
-        assert!(matches!(decide(&config, Ok(wrong), None), Decision::Placeholder(_)));
+        assert!(matches!(
+            decide(&config, Ok(wrong), None),
+            Decision::Placeholder(_)
+        ));
         // A new certificate with the old key: the key may be on its way.
         let (chain, _) = pair(&["mail.example.org"]);
         let (_, old_key) = pair(&["mail.example.org"]);
-        let Decision::Keep(refusal) = decide(&config, Ok((chain, old_key)), Some(&installed)) else { panic!("a mismatched pair is refused") };
+        let Decision::Keep(refusal) = decide(&config, Ok((chain, old_key)), Some(&installed))
+        else {
+            panic!("a mismatched pair is refused")
+        };
         assert!(refusal.may_be_in_progress, "{refusal:?}");
         // Unreadable files.
         let unreadable = Err("cannot read /x/fullchain.pem: No such file or directory".to_string());
         assert_eq!(
             decide(&config, unreadable, Some(&installed)),
-            Decision::Keep(Refusal { why: "cannot read /x/fullchain.pem: No such file or directory".into(), may_be_in_progress: false })
+            Decision::Keep(Refusal {
+                why: "cannot read /x/fullchain.pem: No such file or directory".into(),
+                may_be_in_progress: false
+            })
         );
     }
 
@@ -182,12 +238,21 @@ mod tests {
         let missing = || Err("cannot read the chain".to_string());
         assert_eq!(
             decide(&config, missing(), None),
-            Decision::Placeholder(Refusal { why: "no certificate obtained yet".into(), may_be_in_progress: false })
+            Decision::Placeholder(Refusal {
+                why: "no certificate obtained yet".into(),
+                may_be_in_progress: false
+            })
         );
         let placeholder = placeholder(&config).unwrap().0;
-        assert_eq!(decide(&config, missing(), Some(&placeholder)), Decision::AwaitingAcme);
+        assert_eq!(
+            decide(&config, missing(), Some(&placeholder)),
+            Decision::AwaitingAcme
+        );
         // Once a chain exists, a broken one is reported like any other.
         std::fs::write(&config.tls.cert, b"").unwrap();
-        assert!(matches!(decide(&config, missing(), Some(&placeholder)), Decision::Keep(_)));
+        assert!(matches!(
+            decide(&config, missing(), Some(&placeholder)),
+            Decision::Keep(_)
+        ));
     }
 }

@@ -35,7 +35,11 @@ pub enum ExitCode {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "postmaster", version, about = "A postfix + dovecot mail host that runs itself")]
+#[command(
+    name = "postmaster",
+    version,
+    about = "A postfix + dovecot mail host that runs itself"
+)]
 pub struct Cli {
     /// The configuration file.
     #[arg(long, short, global = true, default_value = config::DEFAULT_PATH, env = "POSTMASTER_CONFIG")]
@@ -134,7 +138,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Run => run_daemon(&cli.config),
         Commands::Status { json } => status(&cli.config, json),
         Commands::Reload => ask(&cli.config, |c| Box::pin(async move { c.reload().await })),
-        Commands::Renew { force } => ask(&cli.config, move |c| Box::pin(async move { c.renew(force).await })),
+        Commands::Renew { force } => ask(&cli.config, move |c| {
+            Box::pin(async move { c.renew(force).await })
+        }),
         Commands::HashPassword { scheme } => hash_password(scheme.into()),
         Commands::Mailbox { command } => accounts_cli::mailbox(&cli.config, command),
         Commands::Alias { command } => accounts_cli::alias(&cli.config, command),
@@ -145,7 +151,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(Failure::Invalid(invalid)) => {
             eprintln!("{invalid}");
             let n = invalid.0.len();
-            eprintln!("{n} error{}; nothing was changed", if n == 1 { "" } else { "s" });
+            eprintln!(
+                "{n} error{}; nothing was changed",
+                if n == 1 { "" } else { "s" }
+            );
             ExitCode::Invalid
         }
         Err(Failure::Failed(message)) => {
@@ -171,7 +180,9 @@ enum Failure {
     /// The daemon answered and reported a problem; it was printed.
     Reported,
     /// The bus or polkit refused the call on purpose.
-    NotAllowed { group: String },
+    NotAllowed {
+        group: String,
+    },
 }
 
 impl From<Invalid> for Failure {
@@ -198,11 +209,23 @@ fn check(config_path: &Path) -> Result<(), Failure> {
     println!(
         "ok: {} mailbox{}, {} alias address{}, {} catch-all{} for {}",
         accounts.mailboxes.len(),
-        if accounts.mailboxes.len() == 1 { "" } else { "es" },
+        if accounts.mailboxes.len() == 1 {
+            ""
+        } else {
+            "es"
+        },
         accounts.aliases.len(),
-        if accounts.aliases.len() == 1 { "" } else { "es" },
+        if accounts.aliases.len() == 1 {
+            ""
+        } else {
+            "es"
+        },
         accounts.catch_all.len(),
-        if accounts.catch_all.len() == 1 { "" } else { "s" },
+        if accounts.catch_all.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
         config.domains.join(", ")
     );
     Ok(())
@@ -212,13 +235,25 @@ fn render_to(config_path: &Path, out: &Path) -> Result<(), Failure> {
     let (config, accounts) = load(config_path)?;
     let mut files = render::generated(&config, &accounts);
     let resolved = Resolved::probe(config);
-    files.extend(render::host_config(&resolved.config, resolved.map_type, &config_path.display().to_string()));
-    let options = apply::Options { compile_maps: None, passwd_group: None, postmap: "postmap".into() };
+    files.extend(render::host_config(
+        &resolved.config,
+        resolved.map_type,
+        &config_path.display().to_string(),
+    ));
+    let options = apply::Options {
+        compile_maps: None,
+        passwd_group: None,
+        postmap: "postmap".into(),
+    };
     let report = apply::apply(out, &files, &options)?;
     for f in &files {
         println!("{}", out.join(&f.path).display());
     }
-    eprintln!("{} written, {} unchanged", report.written.len(), report.unchanged.len());
+    eprintln!(
+        "{} written, {} unchanged",
+        report.written.len(),
+        report.unchanged.len()
+    );
     Ok(())
 }
 
@@ -235,7 +270,10 @@ fn apply_once(config_path: &Path) -> Result<(), Failure> {
         Err(invalid) => {
             eprintln!("{invalid}");
             let n = invalid.0.len();
-            eprintln!("{n} error{} in the accounts file; the accounts were not applied", if n == 1 { "" } else { "s" });
+            eprintln!(
+                "{n} error{} in the accounts file; the accounts were not applied",
+                if n == 1 { "" } else { "s" }
+            );
             return Err(Failure::Reported);
         }
     };
@@ -253,27 +291,42 @@ fn apply_once(config_path: &Path) -> Result<(), Failure> {
 /// valid is installed, and otherwise leaves the installed pair alone.
 fn apply_certificate(config: &Config) -> Result<(), Failure> {
     let installed = certificate::installed(config);
-    let (info, pair) = match certificate::decide(config, certificate::read_source(config), installed.as_ref()) {
-        Decision::Unchanged(_) => {
-            println!("unchanged: {}", config.installed_pair().display());
-            return Ok(());
-        }
-        Decision::AwaitingAcme => {
-            println!("unchanged: {} (a placeholder until the daemon obtains a certificate)", config.installed_pair().display());
-            return Ok(());
-        }
-        Decision::Keep(refusal) => {
-            eprintln!("certificate not installed, the current one stays: {}", refusal.why);
-            return Ok(());
-        }
-        Decision::Placeholder(refusal) => {
-            eprintln!("certificate not usable ({}); installing a self-signed placeholder", refusal.why);
-            certificate::placeholder(config).map_err(Failure::Failed)?
-        }
-        Decision::Install(info, pair) => (info, pair),
-    };
+    let (info, pair) =
+        match certificate::decide(config, certificate::read_source(config), installed.as_ref()) {
+            Decision::Unchanged(_) => {
+                println!("unchanged: {}", config.installed_pair().display());
+                return Ok(());
+            }
+            Decision::AwaitingAcme => {
+                println!(
+                    "unchanged: {} (a placeholder until the daemon obtains a certificate)",
+                    config.installed_pair().display()
+                );
+                return Ok(());
+            }
+            Decision::Keep(refusal) => {
+                eprintln!(
+                    "certificate not installed, the current one stays: {}",
+                    refusal.why
+                );
+                return Ok(());
+            }
+            Decision::Placeholder(refusal) => {
+                eprintln!(
+                    "certificate not usable ({}); installing a self-signed placeholder",
+                    refusal.why
+                );
+                certificate::placeholder(config).map_err(Failure::Failed)?
+            }
+            Decision::Install(info, pair) => (info, pair),
+        };
     certificate::install(config, &pair)?;
-    println!("written: {} ({}, until {})", config.installed_pair().display(), info.names.join(", "), crate::tls::format_utc(info.not_after));
+    println!(
+        "written: {} ({}, until {})",
+        config.installed_pair().display(),
+        info.names.join(", "),
+        crate::tls::format_utc(info.not_after)
+    );
     Ok(())
 }
 
@@ -286,10 +339,17 @@ fn run_daemon(config_path: &Path) -> Result<(), Failure> {
 /// Whether the bus (its policy) or polkit refused a call on purpose, as opposed to
 /// the daemon not being there.
 fn is_refusal(e: &zbus::Error) -> bool {
-    const REFUSALS: [&str; 2] = ["org.freedesktop.DBus.Error.AccessDenied", "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"];
+    const REFUSALS: [&str; 2] = [
+        "org.freedesktop.DBus.Error.AccessDenied",
+        "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+    ];
     match e {
         zbus::Error::MethodError(name, _, _) => REFUSALS.contains(&name.as_str()),
-        zbus::Error::FDO(e) => matches!(**e, zbus::fdo::Error::AccessDenied(_) | zbus::fdo::Error::InteractiveAuthorizationRequired(_)),
+        zbus::Error::FDO(e) => matches!(
+            **e,
+            zbus::fdo::Error::AccessDenied(_)
+                | zbus::fdo::Error::InteractiveAuthorizationRequired(_)
+        ),
         _ => false,
     }
 }
@@ -297,12 +357,17 @@ fn is_refusal(e: &zbus::Error) -> bool {
 /// The admin group to name in a refusal: the configured one when the configuration
 /// can be read (a refused caller often cannot read it), else the default.
 fn admin_group(config_path: &Path) -> String {
-    Config::load(config_path).map(|c| c.units.admin_group).unwrap_or_else(|_| config::DEFAULT_ADMIN_GROUP.to_string())
+    Config::load(config_path)
+        .map(|c| c.units.admin_group)
+        .unwrap_or_else(|_| config::DEFAULT_ADMIN_GROUP.to_string())
 }
 
 fn call<T>(
     config_path: &Path,
-    f: impl for<'c> FnOnce(&'c bus::SupervisorClientProxy<'static>) -> std::pin::Pin<Box<dyn std::future::Future<Output = zbus::Result<T>> + 'c>>,
+    f: impl for<'c> FnOnce(
+        &'c bus::SupervisorClientProxy<'static>,
+    )
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = zbus::Result<T>> + 'c>>,
 ) -> Result<T, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -311,57 +376,84 @@ fn call<T>(
     runtime.block_on(async {
         let unreachable = |e: zbus::Error| {
             if is_refusal(&e) {
-                Failure::NotAllowed { group: admin_group(config_path) }
+                Failure::NotAllowed {
+                    group: admin_group(config_path),
+                }
             } else {
-                Failure::Failed(format!("cannot reach the postmaster daemon on the system bus ({}): {e}", bus::BUS_NAME))
+                Failure::Failed(format!(
+                    "cannot reach the postmaster daemon on the system bus ({}): {e}",
+                    bus::BUS_NAME
+                ))
             }
         };
         let connection = zbus::Connection::system().await.map_err(unreachable)?;
-        let proxy = bus::SupervisorClientProxy::new(&connection).await.map_err(unreachable)?;
+        let proxy = bus::SupervisorClientProxy::new(&connection)
+            .await
+            .map_err(unreachable)?;
         f(&proxy).await.map_err(unreachable)
     })
 }
 
 fn status(config_path: &Path, json: bool) -> Result<(), Failure> {
     let text = call(config_path, |c| Box::pin(async move { c.status().await }))?;
-    let status: Status = serde_json::from_str(&text).map_err(|e| Failure::Failed(format!("the daemon's status is not understood: {e}")))?;
+    let status: Status = serde_json::from_str(&text)
+        .map_err(|e| Failure::Failed(format!("the daemon's status is not understood: {e}")))?;
     if json {
         println!("{text}");
     } else {
         print!("{}", status.human());
     }
-    if status.healthy() { Ok(()) } else { Err(Failure::Reported) }
+    if status.healthy() {
+        Ok(())
+    } else {
+        Err(Failure::Reported)
+    }
 }
 
 /// Reload or Renew: prints the daemon's outcome.
 fn ask(
     config_path: &Path,
-    f: impl for<'c> FnOnce(&'c bus::SupervisorClientProxy<'static>) -> std::pin::Pin<Box<dyn std::future::Future<Output = zbus::Result<String>> + 'c>>,
+    f: impl for<'c> FnOnce(
+        &'c bus::SupervisorClientProxy<'static>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = zbus::Result<String>> + 'c>,
+    >,
 ) -> Result<(), Failure> {
     let text = call(config_path, f)?;
-    let outcome: bus::Outcome = serde_json::from_str(&text).map_err(|e| Failure::Failed(format!("the daemon's answer is not understood: {e}")))?;
+    let outcome: bus::Outcome = serde_json::from_str(&text)
+        .map_err(|e| Failure::Failed(format!("the daemon's answer is not understood: {e}")))?;
     println!("{}", outcome.summary);
     for e in &outcome.errors {
         eprintln!("{e}");
     }
-    if outcome.ok { Ok(()) } else { Err(Failure::Reported) }
+    if outcome.ok {
+        Ok(())
+    } else {
+        Err(Failure::Reported)
+    }
 }
 
 fn hash_password(scheme: Scheme) -> Result<(), Failure> {
     let password = if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password("Password: ").map_err(|e| Failure::Failed(format!("reading the password: {e}")))?;
-        let again = rpassword::prompt_password("Again: ").map_err(|e| Failure::Failed(format!("reading the password: {e}")))?;
+        let first = rpassword::prompt_password("Password: ")
+            .map_err(|e| Failure::Failed(format!("reading the password: {e}")))?;
+        let again = rpassword::prompt_password("Again: ")
+            .map_err(|e| Failure::Failed(format!("reading the password: {e}")))?;
         if first != again {
-            return Err(Failure::Failed("the two passwords differ; nothing was hashed".into()));
+            return Err(Failure::Failed(
+                "the two passwords differ; nothing was hashed".into(),
+            ));
         }
         first
     } else {
         let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| Failure::Failed(format!("reading the password from standard input: {e}")))?;
-        line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line).to_string()
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| {
+            Failure::Failed(format!("reading the password from standard input: {e}"))
+        })?;
+        line.strip_suffix('\n')
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
+            .unwrap_or(&line)
+            .to_string()
     };
     let hashed = password::hash(scheme, &password).map_err(|e| Failure::Failed(e.to_string()))?;
     let mut stdout = std::io::stdout().lock();
@@ -431,7 +523,10 @@ mod accounts_cli {
             targets: Vec<String>,
         },
         /// Remove an alias, or only the targets given.
-        Remove { address: String, targets: Vec<String> },
+        Remove {
+            address: String,
+            targets: Vec<String>,
+        },
         /// Every alias and catch-all, and what it delivers to.
         List {
             #[arg(long)]
@@ -449,15 +544,40 @@ mod accounts_cli {
 
     pub fn mailbox(config_path: &Path, command: MailboxCommand) -> Result<(), Failure> {
         match command {
-            MailboxCommand::Add { name, quota, send_as, scheme } => edit_file(config_path, || {
-                Ok(Edit::AddMailbox { password: new_password(scheme.into())?, name, quota, send_as })
+            MailboxCommand::Add {
+                name,
+                quota,
+                send_as,
+                scheme,
+            } => edit_file(config_path, || {
+                Ok(Edit::AddMailbox {
+                    password: new_password(scheme.into())?,
+                    name,
+                    quota,
+                    send_as,
+                })
             }),
-            MailboxCommand::Passwd { name, scheme } => {
-                edit_file(config_path, || Ok(Edit::SetPassword { password: new_password(scheme.into())?, name }))
+            MailboxCommand::Passwd { name, scheme } => edit_file(config_path, || {
+                Ok(Edit::SetPassword {
+                    password: new_password(scheme.into())?,
+                    name,
+                })
+            }),
+            MailboxCommand::Disable { name } => edit_file(config_path, || {
+                Ok(Edit::SetDisabled {
+                    name,
+                    disabled: true,
+                })
+            }),
+            MailboxCommand::Enable { name } => edit_file(config_path, || {
+                Ok(Edit::SetDisabled {
+                    name,
+                    disabled: false,
+                })
+            }),
+            MailboxCommand::Remove { name, force } => {
+                edit_file(config_path, || Ok(Edit::RemoveMailbox { name, force }))
             }
-            MailboxCommand::Disable { name } => edit_file(config_path, || Ok(Edit::SetDisabled { name, disabled: true })),
-            MailboxCommand::Enable { name } => edit_file(config_path, || Ok(Edit::SetDisabled { name, disabled: false })),
-            MailboxCommand::Remove { name, force } => edit_file(config_path, || Ok(Edit::RemoveMailbox { name, force })),
             MailboxCommand::List { json } => {
                 let (config, accounts) = load(config_path)?;
                 let list = edit::mailbox_list(&accounts, &config.accounts_policy());
@@ -475,7 +595,11 @@ mod accounts_cli {
                     if !m.send_as.is_empty() {
                         extra.push(format!("sends as {}", m.send_as.join(", ")));
                     }
-                    let extra = if extra.is_empty() { String::new() } else { format!("  ({})", extra.join("; ")) };
+                    let extra = if extra.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", extra.join("; "))
+                    };
                     println!("{}  {}{extra}", m.name, m.addresses.join(", "));
                 }
                 Ok(())
@@ -485,8 +609,12 @@ mod accounts_cli {
 
     pub fn alias(config_path: &Path, command: AliasCommand) -> Result<(), Failure> {
         match command {
-            AliasCommand::Add { address, targets } => edit_file(config_path, || Ok(Edit::AddAlias { address, targets })),
-            AliasCommand::Remove { address, targets } => edit_file(config_path, || Ok(Edit::RemoveAlias { address, targets })),
+            AliasCommand::Add { address, targets } => {
+                edit_file(config_path, || Ok(Edit::AddAlias { address, targets }))
+            }
+            AliasCommand::Remove { address, targets } => {
+                edit_file(config_path, || Ok(Edit::RemoveAlias { address, targets }))
+            }
             AliasCommand::List { json } => {
                 let (_, accounts) = load(config_path)?;
                 let list = edit::alias_list(&accounts);
@@ -495,7 +623,12 @@ mod accounts_cli {
                 }
                 for a in list {
                     let outside = if a.external { " (and outside)" } else { "" };
-                    println!("{} -> {}  [mailboxes: {}{outside}]", a.address, a.targets.join(", "), a.mailboxes.join(", "));
+                    println!(
+                        "{} -> {}  [mailboxes: {}{outside}]",
+                        a.address,
+                        a.targets.join(", "),
+                        a.mailboxes.join(", ")
+                    );
                 }
                 Ok(())
             }
@@ -504,13 +637,18 @@ mod accounts_cli {
 
     pub fn catch_all(config_path: &Path, command: CatchAllCommand) -> Result<(), Failure> {
         match command {
-            CatchAllCommand::Set { domain, target } => edit_file(config_path, || Ok(Edit::SetCatchAll { domain, target })),
-            CatchAllCommand::Unset { domain } => edit_file(config_path, || Ok(Edit::UnsetCatchAll { domain })),
+            CatchAllCommand::Set { domain, target } => {
+                edit_file(config_path, || Ok(Edit::SetCatchAll { domain, target }))
+            }
+            CatchAllCommand::Unset { domain } => {
+                edit_file(config_path, || Ok(Edit::UnsetCatchAll { domain }))
+            }
         }
     }
 
     fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
-        let text = serde_json::to_string_pretty(value).map_err(|e| Failure::Failed(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(value).map_err(|e| Failure::Failed(e.to_string()))?;
         println!("{text}");
         Ok(())
     }
@@ -525,14 +663,21 @@ mod accounts_cli {
             }
             _ => String::new(),
         };
-        Failure::Failed(format!("cannot {action} {}: {e}{hint}; nothing was changed", path.display()))
+        Failure::Failed(format!(
+            "cannot {action} {}: {e}{hint}; nothing was changed",
+            path.display()
+        ))
     }
 
     /// Reads, edits, checks, writes, and waits for the daemon.
-    fn edit_file(config_path: &Path, make: impl FnOnce() -> Result<Edit, Failure>) -> Result<(), Failure> {
+    fn edit_file(
+        config_path: &Path,
+        make: impl FnOnce() -> Result<Edit, Failure>,
+    ) -> Result<(), Failure> {
         let config = Config::load(config_path)?;
         let path = config.accounts_file.clone();
-        let original = std::fs::read(&path).map_err(|e| io_failure("read the accounts file", &path, &e))?;
+        let original =
+            std::fs::read(&path).map_err(|e| io_failure("read the accounts file", &path, &e))?;
         let source = tomlwalk::decode(&path, original.clone()).map_err(|d| Invalid(vec![d]))?;
         if let Some(why) = edit::declared_elsewhere(&path, &source.text) {
             return Err(Failure::Failed(format!("not changed: {why}")));
@@ -577,16 +722,23 @@ mod accounts_cli {
             let first = rpassword::prompt_password("New password: ").map_err(reading)?;
             let again = rpassword::prompt_password("Again: ").map_err(reading)?;
             if first != again {
-                return Err(Failure::Failed("the two passwords differ; nothing was changed".into()));
+                return Err(Failure::Failed(
+                    "the two passwords differ; nothing was changed".into(),
+                ));
             }
             first
         } else {
             let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line).map_err(reading)?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(reading)?;
             line.trim_end_matches(['\n', '\r']).to_string()
         };
         if password.is_empty() {
-            return Err(Failure::Failed("the password is empty; nothing was changed".into()));
+            return Err(Failure::Failed(
+                "the password is empty; nothing was changed".into(),
+            ));
         }
         password::hash(scheme, &password).map_err(|e| Failure::Failed(e.to_string()))
     }
@@ -595,9 +747,13 @@ mod accounts_cli {
     /// directory, fsync, rename), with the old file's owner, group and mode, and
     /// only if the file still holds `original` just before the rename.
     fn write_unless_changed(path: &Path, original: &[u8], content: &[u8]) -> Result<(), Failure> {
-        let meta = std::fs::metadata(path).map_err(|e| io_failure("read the accounts file", path, &e))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| io_failure("read the accounts file", path, &e))?;
         let mode = meta.permissions().mode() & 0o7777;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.postmaster-edit"));
         let result = (|| {
             let mut f = std::fs::OpenOptions::new()
@@ -608,13 +764,23 @@ mod accounts_cli {
                 .map_err(|e| io_failure("create a file next to", path, &e))?;
             let created = f.metadata().map_err(|e| io_failure("write", &tmp, &e))?;
             if (created.uid(), created.gid()) != (meta.uid(), meta.gid()) {
-                rustix::fs::fchown(&f, Some(rustix::fs::Uid::from_raw(meta.uid())), Some(rustix::fs::Gid::from_raw(meta.gid())))
-                    .map_err(|e| io_failure("give the new file the owner and group of", path, &e.into()))?;
+                rustix::fs::fchown(
+                    &f,
+                    Some(rustix::fs::Uid::from_raw(meta.uid())),
+                    Some(rustix::fs::Gid::from_raw(meta.gid())),
+                )
+                .map_err(|e| {
+                    io_failure("give the new file the owner and group of", path, &e.into())
+                })?;
             }
-            f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io_failure("set the mode of", &tmp, &e))?;
-            f.write_all(content).map_err(|e| io_failure("write", &tmp, &e))?;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io_failure("set the mode of", &tmp, &e))?;
+            f.write_all(content)
+                .map_err(|e| io_failure("write", &tmp, &e))?;
             f.sync_all().map_err(|e| io_failure("flush", &tmp, &e))?;
-            if std::fs::read(path).map_err(|e| io_failure("read the accounts file", path, &e))? != original {
+            if std::fs::read(path).map_err(|e| io_failure("read the accounts file", path, &e))?
+                != original
+            {
                 return Err(Failure::Failed(format!(
                     "{} changed on disk while this command ran (an editor?); it was not overwritten: run the command again",
                     path.display()
@@ -636,33 +802,53 @@ mod accounts_cli {
 
     fn daemon_status(config_path: &Path) -> Result<Status, Failure> {
         let text = call(config_path, |c| Box::pin(async move { c.status().await }))?;
-        serde_json::from_str(&text).map_err(|e| Failure::Failed(format!("the daemon's status is not understood: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| Failure::Failed(format!("the daemon's status is not understood: {e}")))
     }
 
     /// Until the daemon reports the new file applied or refused. Its status names
     /// no file version, so a new `applied` event (or an error) is the sign; an
     /// apply that changes no generated file records none, and after a short wait a
     /// Reload asks it directly.
-    fn wait_for_daemon(config_path: &Path, before: Option<Status>, expected: &Accounts) -> Result<(), Failure> {
+    fn wait_for_daemon(
+        config_path: &Path,
+        before: Option<Status>,
+        expected: &Accounts,
+    ) -> Result<(), Failure> {
         let Some(before) = before else {
-            println!("the daemon is not reachable on the system bus; it applies the file when it runs");
+            println!(
+                "the daemon is not reachable on the system bus; it applies the file when it runs"
+            );
             return Ok(());
         };
-        let counts = (expected.mailboxes.len(), expected.aliases.len(), expected.catch_all.len());
+        let counts = (
+            expected.mailboxes.len(),
+            expected.aliases.len(),
+            expected.catch_all.len(),
+        );
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
-            let Ok(now) = daemon_status(config_path) else { continue };
+            let Ok(now) = daemon_status(config_path) else {
+                continue;
+            };
             let a = &now.accounts;
             if !a.errors.is_empty() {
-                eprintln!("the daemon refused the accounts file; it keeps serving the last good one:");
+                eprintln!(
+                    "the daemon refused the accounts file; it keeps serving the last good one:"
+                );
                 for e in &a.errors {
                     eprintln!("{e}");
                 }
                 return Err(Failure::Reported);
             }
-            if a.applied != before.accounts.applied && (a.mailboxes, a.alias_addresses, a.catch_alls) == counts {
-                println!("the daemon applied it: {} mailboxes, {} alias addresses, {} catch-alls served", counts.0, counts.1, counts.2);
+            if a.applied != before.accounts.applied
+                && (a.mailboxes, a.alias_addresses, a.catch_alls) == counts
+            {
+                println!(
+                    "the daemon applied it: {} mailboxes, {} alias addresses, {} catch-alls served",
+                    counts.0, counts.1, counts.2
+                );
                 return Ok(());
             }
         }
@@ -676,20 +862,35 @@ mod tests {
 
     #[test]
     fn exit_codes_are_what_the_readme_says() {
-        let codes = [ExitCode::Ok, ExitCode::Invalid, ExitCode::Usage, ExitCode::Failed, ExitCode::NotAllowed];
+        let codes = [
+            ExitCode::Ok,
+            ExitCode::Invalid,
+            ExitCode::Usage,
+            ExitCode::Failed,
+            ExitCode::NotAllowed,
+        ];
         assert_eq!(codes.map(|c| c as i32), [0, 1, 2, 3, 4]);
     }
 
     #[test]
     fn a_refusal_is_told_apart_from_an_absent_daemon() {
-        let denied = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied("Rejected send message".into())));
+        let denied = zbus::Error::FDO(Box::new(zbus::fdo::Error::AccessDenied(
+            "Rejected send message".into(),
+        )));
         assert!(is_refusal(&denied));
-        let polkit = zbus::Error::FDO(Box::new(zbus::fdo::Error::InteractiveAuthorizationRequired("".into())));
+        let polkit = zbus::Error::FDO(Box::new(
+            zbus::fdo::Error::InteractiveAuthorizationRequired("".into()),
+        ));
         assert!(is_refusal(&polkit));
-        let absent = zbus::Error::FDO(Box::new(zbus::fdo::Error::ServiceUnknown("io.postmaster.Supervisor1".into())));
+        let absent = zbus::Error::FDO(Box::new(zbus::fdo::Error::ServiceUnknown(
+            "io.postmaster.Supervisor1".into(),
+        )));
         assert!(!is_refusal(&absent));
         assert!(!is_refusal(&zbus::Error::Address("no bus".into())));
-        assert_eq!(not_allowed("mailadmins"), "not allowed: run as root or as a member of mailadmins");
+        assert_eq!(
+            not_allowed("mailadmins"),
+            "not allowed: run as root or as a member of mailadmins"
+        );
     }
 
     #[test]
@@ -698,6 +899,9 @@ mod tests {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[systemd]\nadmin_group = \"mailadmins\"\n").unwrap();
         assert_eq!(admin_group(&config), "mailadmins");
-        assert_eq!(admin_group(&dir.path().join("unreadable.toml")), "postmaster-admin");
+        assert_eq!(
+            admin_group(&dir.path().join("unreadable.toml")),
+            "postmaster-admin"
+        );
     }
 }

@@ -223,18 +223,32 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
     let root_span = root.span();
     let root = root.get_ref();
     tomlwalk::check_keys(d, root, ROOT_KEYS, "the configuration");
-    let mut f = Fields { d, table: root, section: "" };
+    let mut f = Fields {
+        d,
+        table: root,
+        section: "",
+    };
 
     let host_name = f.required_str("host_name", root_span.start);
     if let Some((span, v)) = f.span_of("host_name")
         && let Err(why) = check_domain(&v)
     {
-        f.d.error(span, format!("`host_name` `{v}` is not a valid host name: {why}"), "use the fully qualified name clients connect to, like mail.example.org");
+        f.d.error(
+            span,
+            format!("`host_name` `{v}` is not a valid host name: {why}"),
+            "use the fully qualified name clients connect to, like mail.example.org",
+        );
     }
     let domains = f.domains(root_span.start);
-    let accounts_file = f.path("accounts_file").unwrap_or_else(|| "/etc/postmaster/accounts.toml".into());
-    let state_dir = f.path("state_dir").unwrap_or_else(|| "/var/lib/postmaster".into());
-    let generated_dir = f.path("generated_dir").unwrap_or_else(|| state_dir.join("generated"));
+    let accounts_file = f
+        .path("accounts_file")
+        .unwrap_or_else(|| "/etc/postmaster/accounts.toml".into());
+    let state_dir = f
+        .path("state_dir")
+        .unwrap_or_else(|| "/var/lib/postmaster".into());
+    let generated_dir = f
+        .path("generated_dir")
+        .unwrap_or_else(|| state_dir.join("generated"));
     let insecure_allow_plain_passwords = f.bool("insecure_allow_plain_passwords").unwrap_or(false);
 
     let tls = {
@@ -245,12 +259,20 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
         };
         let (cert, key) = match source {
             TlsSource::Acme => (
-                s.path("cert").unwrap_or_else(|| state_dir.join("tls/fullchain.pem")),
-                s.path("key").unwrap_or_else(|| state_dir.join("tls/privkey.pem")),
+                s.path("cert")
+                    .unwrap_or_else(|| state_dir.join("tls/fullchain.pem")),
+                s.path("key")
+                    .unwrap_or_else(|| state_dir.join("tls/privkey.pem")),
             ),
             TlsSource::Files => (
-                s.required_path("cert", "with source = \"files\", say where the certificate chain is"),
-                s.required_path("key", "with source = \"files\", say where the private key is"),
+                s.required_path(
+                    "cert",
+                    "with source = \"files\", say where the certificate chain is",
+                ),
+                s.required_path(
+                    "key",
+                    "with source = \"files\", say where the private key is",
+                ),
             ),
         };
         Tls { source, cert, key }
@@ -259,7 +281,16 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
     let acme = {
         let mut s = f.section(
             "acme",
-            &["directory", "contact", "extra_names", "challenge", "webroot", "trust_root", "eab_kid", "eab_hmac_key_file"],
+            &[
+                "directory",
+                "contact",
+                "extra_names",
+                "challenge",
+                "webroot",
+                "trust_root",
+                "eab_kid",
+                "eab_hmac_key_file",
+            ],
         );
         let directory = match s.str("directory").as_deref() {
             None | Some("letsencrypt") => LETS_ENCRYPT.to_string(),
@@ -268,7 +299,11 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
                 if !url.starts_with("https://")
                     && let Some((span, _)) = s.span_of("directory")
                 {
-                    s.d.error(span, "`directory` must be an https:// URL", "or \"letsencrypt\" / \"letsencrypt-staging\"");
+                    s.d.error(
+                        span,
+                        "`directory` must be an https:// URL",
+                        "or \"letsencrypt\" / \"letsencrypt-staging\"",
+                    );
                 }
                 url.to_string()
             }
@@ -278,7 +313,11 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             if !c.starts_with("mailto:")
                 && let Some((span, _)) = s.span_of("contact")
             {
-                s.d.error(span, format!("contact `{c}` must be a mailto: URL"), "write it as \"mailto:you@example.org\"");
+                s.d.error(
+                    span,
+                    format!("contact `{c}` must be a mailto: URL"),
+                    "write it as \"mailto:you@example.org\"",
+                );
             }
         }
         let extra_names = s.str_list("extra_names");
@@ -286,7 +325,11 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             if let Err(why) = check_domain(n)
                 && let Some((span, _)) = s.span_of("extra_names")
             {
-                s.d.error(span, format!("extra name `{n}` is not a valid host name: {why}"), "");
+                s.d.error(
+                    span,
+                    format!("extra name `{n}` is not a valid host name: {why}"),
+                    "",
+                );
             }
         }
         let challenge = match s.choice("challenge", &["http-01", "webroot"]).as_deref() {
@@ -296,7 +339,11 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
         let webroot = s.path("webroot");
         if challenge == Challenge::Webroot && webroot.is_none() && tls.source == TlsSource::Acme {
             let at = s.section_start(root_span.start);
-            s.d.error(at..at, "challenge = \"webroot\" needs `webroot`", "set webroot = the directory your web server serves for this host name");
+            s.d.error(
+                at..at,
+                "challenge = \"webroot\" needs `webroot`",
+                "set webroot = the directory your web server serves for this host name",
+            );
         }
         let trust_root = s.path("trust_root");
         let eab_kid = s.str("eab_kid");
@@ -306,24 +353,49 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             (None, None) => None,
             _ => {
                 let at = s.section_start(root_span.start);
-                s.d.error(at..at, "external account binding needs both `eab_kid` and `eab_hmac_key_file`", "set both, or neither");
+                s.d.error(
+                    at..at,
+                    "external account binding needs both `eab_kid` and `eab_hmac_key_file`",
+                    "set both, or neither",
+                );
                 None
             }
         };
-        Acme { directory, contact, extra_names, challenge, webroot, trust_root, eab }
+        Acme {
+            directory,
+            contact,
+            extra_names,
+            challenge,
+            webroot,
+            trust_root,
+            eab,
+        }
     };
 
     let units = {
         let mut s = f.section("systemd", &["postfix_unit", "dovecot_unit", "admin_group"]);
         Units {
-            postfix: s.unit("postfix_unit").unwrap_or_else(|| "postfix.service".into()),
-            dovecot: s.unit("dovecot_unit").unwrap_or_else(|| "dovecot.service".into()),
-            admin_group: s.str("admin_group").unwrap_or_else(|| DEFAULT_ADMIN_GROUP.into()),
+            postfix: s
+                .unit("postfix_unit")
+                .unwrap_or_else(|| "postfix.service".into()),
+            dovecot: s
+                .unit("dovecot_unit")
+                .unwrap_or_else(|| "dovecot.service".into()),
+            admin_group: s
+                .str("admin_group")
+                .unwrap_or_else(|| DEFAULT_ADMIN_GROUP.into()),
         }
     };
 
     let postfix = {
-        let mut s = f.section("postfix", &["map_type", "message_size_limit", "reject_unknown_sender_domain"]);
+        let mut s = f.section(
+            "postfix",
+            &[
+                "map_type",
+                "message_size_limit",
+                "reject_unknown_sender_domain",
+            ],
+        );
         let map_type = match s.choice("map_type", &["lmdb", "hash"]).as_deref() {
             Some("lmdb") => Some(MapType::Lmdb),
             Some("hash") => Some(MapType::Hash),
@@ -333,7 +405,11 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
         if message_size_limit < (1 << 20)
             && let Some((span, _)) = s.span_of("message_size_limit")
         {
-            s.d.error(span, "`message_size_limit` is below 1 MiB: most mail with an attachment would bounce", "it is in bytes; 67108864 is 64 MiB");
+            s.d.error(
+                span,
+                "`message_size_limit` is below 1 MiB: most mail with an attachment would bounce",
+                "it is in bytes; 67108864 is 64 MiB",
+            );
         }
         Postfix {
             map_type,
@@ -343,7 +419,16 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
     };
 
     let dovecot = {
-        let mut s = f.section("dovecot", &["version", "mail_root", "vmail_user", "vmail_uid", "vmail_gid"]);
+        let mut s = f.section(
+            "dovecot",
+            &[
+                "version",
+                "mail_root",
+                "vmail_user",
+                "vmail_uid",
+                "vmail_gid",
+            ],
+        );
         let version = match s.choice("version", &["2.4", "2.3"]).as_deref() {
             Some("2.3") => DovecotVersion::V2_3,
             _ => DovecotVersion::V2_4,
@@ -410,12 +495,19 @@ impl<'d, 's, 't> Fields<'d, 's, 't> {
         };
         let table: &'t Table<'t> = table.unwrap_or(&EMPTY);
         tomlwalk::check_keys(self.d, table, known, &format!("[{name}]"));
-        Fields { d: self.d, table, section: name }
+        Fields {
+            d: self.d,
+            table,
+            section: name,
+        }
     }
 
     /// Where to point a diagnostic about the section as a whole.
     fn section_start(&self, fallback: usize) -> usize {
-        self.table.iter().next().map_or(fallback, |(k, _)| k.span().start)
+        self.table
+            .iter()
+            .next()
+            .map_or(fallback, |(k, _)| k.span().start)
     }
 
     fn span_of(&self, key: &str) -> Option<(std::ops::Range<usize>, String)> {
@@ -431,7 +523,11 @@ impl<'d, 's, 't> Fields<'d, 's, 't> {
 
     fn required_str(&mut self, key: &str, at: usize) -> Option<String> {
         if tomlwalk::get(self.table, key).is_none() {
-            self.d.error(at..at, format!("{} is missing", self.name(key)), format!("add {key} = \"…\""));
+            self.d.error(
+                at..at,
+                format!("{} is missing", self.name(key)),
+                format!("add {key} = \"…\""),
+            );
             return None;
         }
         self.str(key)
@@ -463,7 +559,15 @@ impl<'d, 's, 't> Fields<'d, 's, 't> {
         }
         let (_, v) = tomlwalk::get(self.table, key)?;
         let quoted: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
-        self.d.error(v.span(), format!("{} cannot be \"{}\"", self.name(key), value.escape_default()), format!("use {}", quoted.join(" or ")));
+        self.d.error(
+            v.span(),
+            format!(
+                "{} cannot be \"{}\"",
+                self.name(key),
+                value.escape_default()
+            ),
+            format!("use {}", quoted.join(" or ")),
+        );
         None
     }
 
@@ -471,10 +575,18 @@ impl<'d, 's, 't> Fields<'d, 's, 't> {
         let (_, v) = tomlwalk::get(self.table, key)?;
         let text = tomlwalk::as_str(self.d, v, &self.name(key))?;
         if text.is_empty() {
-            self.d.error(v.span(), format!("{} is empty", self.name(key)), "give a path");
+            self.d.error(
+                v.span(),
+                format!("{} is empty", self.name(key)),
+                "give a path",
+            );
             return None;
         }
-        if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '"' | '\'' | '<' | '$' | '{' | '}')) {
+        if let Some(c) = text.chars().find(|c| {
+            c.is_whitespace()
+                || c.is_control()
+                || matches!(c, ',' | '"' | '\'' | '<' | '$' | '{' | '}')
+        }) {
             // postfix and dovecot configuration cannot quote these in a path.
             self.d.error(
                 v.span(),
@@ -493,7 +605,11 @@ impl<'d, 's, 't> Fields<'d, 's, 't> {
         match tomlwalk::get(self.table, key) {
             None => {
                 let at = self.section_start(0);
-                self.d.error(at..at, format!("{} is missing", self.name(key)), hint.to_string());
+                self.d.error(
+                    at..at,
+                    format!("{} is missing", self.name(key)),
+                    hint.to_string(),
+                );
                 PathBuf::new()
             }
             Some(_) => self.path(key).unwrap_or_default(),
@@ -504,31 +620,57 @@ impl<'d, 's, 't> Fields<'d, 's, 't> {
         let name = self.str(key)?;
         let valid = name.ends_with(".service")
             && name.len() > ".service".len()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':' | '\\'));
+            && name.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':' | '\\')
+            });
         if !valid && let Some((span, _)) = self.span_of(key) {
-            self.d.error(span, format!("{} `{}` is not a service unit name", self.name(key), name.escape_default()), "like postfix.service");
+            self.d.error(
+                span,
+                format!(
+                    "{} `{}` is not a service unit name",
+                    self.name(key),
+                    name.escape_default()
+                ),
+                "like postfix.service",
+            );
         }
         valid.then_some(name)
     }
 
     fn domains(&mut self, at: usize) -> Option<Vec<String>> {
         let Some((_, v)) = tomlwalk::get(self.table, "domains") else {
-            self.d.error(at..at, "`domains` is missing", "add domains = [\"example.org\"]: the mail domains this host serves");
+            self.d.error(
+                at..at,
+                "`domains` is missing",
+                "add domains = [\"example.org\"]: the mail domains this host serves",
+            );
             return None;
         };
         let list = tomlwalk::as_str_list(self.d, v, "`domains`")?;
         if list.is_empty() {
-            self.d.error(v.span(), "`domains` is empty", "list at least one mail domain");
+            self.d.error(
+                v.span(),
+                "`domains` is empty",
+                "list at least one mail domain",
+            );
             return None;
         }
         let mut out: Vec<String> = Vec::new();
         let mut ok = true;
         for (span, domain) in list {
             if let Err(why) = check_domain(domain) {
-                self.d.error(span, format!("domain `{}` is not valid: {why}", domain.escape_default()), "");
+                self.d.error(
+                    span,
+                    format!("domain `{}` is not valid: {why}", domain.escape_default()),
+                    "",
+                );
                 ok = false;
             } else if out.iter().any(|d| d == domain) {
-                self.d.error(span, format!("domain `{domain}` is listed twice"), "remove one");
+                self.d.error(
+                    span,
+                    format!("domain `{domain}` is listed twice"),
+                    "remove one",
+                );
                 ok = false;
             } else {
                 out.push(domain.to_string());
@@ -543,16 +685,23 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, Vec<String>> {
-        Config::parse(&Source::new("/etc/postmaster/config.toml", text)).map_err(|i| i.0.iter().map(|d| d.to_string()).collect())
+        Config::parse(&Source::new("/etc/postmaster/config.toml", text))
+            .map_err(|i| i.0.iter().map(|d| d.to_string()).collect())
     }
 
     #[test]
     fn minimal_config_gets_safe_defaults() {
         let c = parse("host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n").unwrap();
         assert_eq!(c.tls.source, TlsSource::Acme);
-        assert_eq!(c.tls.cert, PathBuf::from("/var/lib/postmaster/tls/fullchain.pem"));
+        assert_eq!(
+            c.tls.cert,
+            PathBuf::from("/var/lib/postmaster/tls/fullchain.pem")
+        );
         assert_eq!(c.acme.directory, LETS_ENCRYPT);
-        assert_eq!(c.generated_dir, PathBuf::from("/var/lib/postmaster/generated"));
+        assert_eq!(
+            c.generated_dir,
+            PathBuf::from("/var/lib/postmaster/generated")
+        );
         assert!(!c.insecure_allow_plain_passwords);
         assert!(c.postfix.reject_unknown_sender_domain);
         assert_eq!(c.postfix.map_type, None);
@@ -564,7 +713,10 @@ mod tests {
     #[test]
     fn relative_paths_are_relative_to_the_config_file() {
         let c = parse("host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\naccounts_file = \"accounts.toml\"\n").unwrap();
-        assert_eq!(c.accounts_file, PathBuf::from("/etc/postmaster/accounts.toml"));
+        assert_eq!(
+            c.accounts_file,
+            PathBuf::from("/etc/postmaster/accounts.toml")
+        );
     }
 
     #[test]
@@ -599,7 +751,9 @@ mod tests {
                 "/etc/postmaster/config.toml:1:1: `domains` is missing; add domains = [\"example.org\"]: the mail domains this host serves",
             ]
         );
-        let e = parse("host_name = \"mail.example.org\"\ndomains = []\n[tls]\nsource = \"files\"\n").unwrap_err();
+        let e =
+            parse("host_name = \"mail.example.org\"\ndomains = []\n[tls]\nsource = \"files\"\n")
+                .unwrap_err();
         assert_eq!(
             e,
             vec![
@@ -618,7 +772,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.acme.directory, LETS_ENCRYPT_STAGING);
         assert_eq!(c.acme.challenge, Challenge::Webroot);
-        assert_eq!(c.certificate_names(), vec!["mail.example.org", "example.org"]);
+        assert_eq!(
+            c.certificate_names(),
+            vec!["mail.example.org", "example.org"]
+        );
         let e = parse(
             "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[acme]\ndirectory = \"http://ca.example\"\ncontact = [\"a@example.org\"]\nchallenge = \"webroot\"\neab_kid = \"k\"\n",
         )

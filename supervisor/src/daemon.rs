@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use crate::acme;
 use crate::apply;
 use crate::bus::{self, Outcome, Request};
+use crate::certificate::{self, Decision};
 use crate::config::{Config, TlsSource};
 use crate::pipeline::{self, Resolved};
 use crate::probe::{self, StartTls};
@@ -26,7 +27,6 @@ use crate::render;
 use crate::serve::{self, ReloadResult, Server};
 use crate::status::{Event, Status};
 use crate::systemd::Systemd;
-use crate::certificate::{self, Decision};
 use crate::tls::{self, CertInfo};
 use crate::watch::{Change, Input, Watcher};
 
@@ -57,7 +57,10 @@ const TLS_PORTS: [(u16, StartTls); 7] = [
 ];
 
 pub fn run(config_path: &Path) -> Result<(), StartError> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
     runtime.block_on(main_loop(config_path))
 }
 
@@ -155,7 +158,12 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
     notify(&[sd_notify::NotifyState::Ready]);
     info!(summary = %daemon.status.borrow().summary(), "ready");
 
-    let handle = |kind: SignalKind, name: &'static str| signal(kind).map_err(|source| StartError::Signal { signal: name, source });
+    let handle = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|source| StartError::Signal {
+            signal: name,
+            source,
+        })
+    };
     let mut hangup = handle(SignalKind::hangup(), "SIGHUP")?;
     let mut terminate = handle(SignalKind::terminate(), "SIGTERM")?;
     let mut interrupt = handle(SignalKind::interrupt(), "SIGINT")?;
@@ -180,7 +188,11 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
         let acme_due = async {
             match daemon.acme.as_ref() {
                 Some(a) => {
-                    let wait = a.schedule.next_attempt_time().duration_since(SystemTime::now()).unwrap_or_default();
+                    let wait = a
+                        .schedule
+                        .next_attempt_time()
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
                     tokio::time::sleep(wait.min(BACKSTOP)).await;
                 }
                 None => std::future::pending().await,
@@ -271,7 +283,11 @@ impl Daemon {
         let accounts = self.resolved.config.accounts_file.clone();
         let cert = self.resolved.config.tls.cert.clone();
         let key = self.resolved.config.tls.key.clone();
-        self.watcher.watch(&[(Input::Accounts, &accounts), (Input::Certificate, &cert), (Input::Certificate, &key)]);
+        self.watcher.watch(&[
+            (Input::Accounts, &accounts),
+            (Input::Certificate, &cert),
+            (Input::Certificate, &key),
+        ]);
     }
 
     /// Looks at everything; `force` looks even at unchanged bytes.
@@ -288,7 +304,8 @@ impl Daemon {
             Ok(config) => {
                 if config != self.resolved.config {
                     info!(file = %self.config_path.display(), "configuration changed");
-                    let acme_changed = config.tls != self.resolved.config.tls || config.acme != self.resolved.config.acme;
+                    let acme_changed = config.tls != self.resolved.config.tls
+                        || config.acme != self.resolved.config.acme;
                     self.resolved = Resolved::probe(config);
                     if acme_changed {
                         // The schedule is on disk after every change: nothing is lost.
@@ -309,30 +326,59 @@ impl Daemon {
         let status = self.status.borrow().clone();
         errors.extend(status.accounts.errors.iter().cloned());
         errors.extend(status.certificate.error.iter().cloned());
-        Outcome { ok: errors.is_empty() && status.healthy(), summary: status.summary(), errors }
+        Outcome {
+            ok: errors.is_empty() && status.healthy(),
+            summary: status.summary(),
+            errors,
+        }
     }
 
     /// `postmaster renew`: renews when due, or at once with `force`. Without `force`
     /// it asks the CA for renewal information first: the CA may want it renewed now.
     async fn renew(&mut self, force: bool) -> Outcome {
         if self.acme.is_none() {
-            let summary = "the certificate comes from files another tool writes: renew it with that tool".to_string();
-            return Outcome { ok: false, summary: summary.clone(), errors: vec![summary] };
+            let summary =
+                "the certificate comes from files another tool writes: renew it with that tool"
+                    .to_string();
+            return Outcome {
+                ok: false,
+                summary: summary.clone(),
+                errors: vec![summary],
+            };
         }
         if !force {
             self.ask_renewal_info().await;
         }
-        let next = self.acme.as_ref().filter(|a| !a.schedule.due(SystemTime::now())).map(|a| a.schedule.next_attempt_time());
+        let next = self
+            .acme
+            .as_ref()
+            .filter(|a| !a.schedule.due(SystemTime::now()))
+            .map(|a| a.schedule.next_attempt_time());
         if let Some(next) = next
             && !force
             && !self.renewal_needed()
         {
-            let summary = format!("not due: next renewal at {}; --force renews now", tls::format_rfc3339(next));
-            return Outcome { ok: true, summary, errors: Vec::new() };
+            let summary = format!(
+                "not due: next renewal at {}; --force renews now",
+                tls::format_rfc3339(next)
+            );
+            return Outcome {
+                ok: true,
+                summary,
+                errors: Vec::new(),
+            };
         }
         match self.obtain_certificate().await {
-            Ok(summary) => Outcome { ok: true, summary, errors: Vec::new() },
-            Err(e) => Outcome { ok: false, summary: format!("renewal failed: {e}"), errors: vec![e.to_string()] },
+            Ok(summary) => Outcome {
+                ok: true,
+                summary,
+                errors: Vec::new(),
+            },
+            Err(e) => Outcome {
+                ok: false,
+                summary: format!("renewal failed: {e}"),
+                errors: vec![e.to_string()],
+            },
         }
     }
 
@@ -346,11 +392,18 @@ impl Daemon {
     }
 
     async fn renew_if_due(&mut self) {
-        if self.acme.as_ref().is_some_and(|a| a.schedule.ari_due(SystemTime::now())) {
+        if self
+            .acme
+            .as_ref()
+            .is_some_and(|a| a.schedule.ari_due(SystemTime::now()))
+        {
             self.ask_renewal_info().await;
         }
         let due = match &self.acme {
-            Some(a) => a.schedule.due(SystemTime::now()) || (self.renewal_needed() && a.schedule.failures == 0),
+            Some(a) => {
+                a.schedule.due(SystemTime::now())
+                    || (self.renewal_needed() && a.schedule.failures == 0)
+            }
             None => false,
         };
         if due {
@@ -370,18 +423,27 @@ impl Daemon {
         else {
             return;
         };
-        let answer = match acme::stored_account(&self.resolved.config.acme, &self.resolved.config.state_dir).await {
-            Ok(Some(account)) => acme::renewal_window(&account, &id).await,
-            Ok(None) => return,
-            Err(e) => Err(e.to_string()),
+        let answer =
+            match acme::stored_account(&self.resolved.config.acme, &self.resolved.config.state_dir)
+                .await
+            {
+                Ok(Some(account)) => acme::renewal_window(&account, &id).await,
+                Ok(None) => return,
+                Err(e) => Err(e.to_string()),
+            };
+        let Some(acme_state) = self.acme.as_mut() else {
+            return;
         };
-        let Some(acme_state) = self.acme.as_mut() else { return };
         let now = SystemTime::now();
         if let Err(e) = &answer {
             warn!(error = %e, "cannot ask the ACME CA when to renew; keeping the current plan");
         }
         let window = answer.as_ref().ok().copied().flatten();
-        if acme_state.schedule.record_renewal_info(now, answer.map_err(|_| ()), rand::random::<f64>()) {
+        if acme_state.schedule.record_renewal_info(
+            now,
+            answer.map_err(|_| ()),
+            rand::random::<f64>(),
+        ) {
             let w = window.expect("a plan moves only for a window");
             info!(
                 window_start = %tls::format_rfc3339(w.start),
@@ -410,11 +472,16 @@ impl Daemon {
             .ok()
             .and_then(|(chain, _)| acme::certificate_id(&String::from_utf8_lossy(&chain)));
         let attempt = async {
-            let responder = acme_state.responder.as_ref().map_err(|e| acme::AcmeError::NoResponder(e.clone()))?;
+            let responder = acme_state
+                .responder
+                .as_ref()
+                .map_err(|e| acme::AcmeError::NoResponder(e.clone()))?;
             let settings = &self.resolved.config.acme;
             let state_dir = &self.resolved.config.state_dir;
             let mut account = acme::account(settings, state_dir).await?;
-            let (chain, key) = match acme::obtain(&account, &names, responder, replaces.as_ref()).await {
+            let (chain, key) = match acme::obtain(&account, &names, responder, replaces.as_ref())
+                .await
+            {
                 Err(acme::AcmeError::AccountUnknown { detail }) => {
                     warn!(detail = %detail, "the ACME CA no longer knows the stored account; registering a new one");
                     account = acme::register(settings, state_dir).await?;
@@ -441,11 +508,21 @@ impl Daemon {
             Ok((chain, key, ari)) => {
                 // What the new pair is, to tell afterwards whether it is what got
                 // installed: the old certificate stays installed when this one is not.
-                let obtained = certificate::prepare(&self.resolved.config, chain.as_bytes(), key.as_bytes()).map(|(info, _)| info);
+                let obtained =
+                    certificate::prepare(&self.resolved.config, chain.as_bytes(), key.as_bytes())
+                        .map(|(info, _)| info);
                 let config = self.resolved.config.clone();
-                let written = tokio::task::spawn_blocking(move || certificate::store_source(&config, chain.as_bytes(), key.as_bytes()))
-                    .await
-                    .unwrap_or_else(|e| Err(apply::ApplyError::Io { action: "storing", path: "the new certificate".into(), source: std::io::Error::other(e) }));
+                let written = tokio::task::spawn_blocking(move || {
+                    certificate::store_source(&config, chain.as_bytes(), key.as_bytes())
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(apply::ApplyError::Io {
+                        action: "storing",
+                        path: "the new certificate".into(),
+                        source: std::io::Error::other(e),
+                    })
+                });
                 match written {
                     Err(e) => Err(ObtainError::Store(e)),
                     Ok(()) => {
@@ -453,8 +530,21 @@ impl Daemon {
                         match installed_as_obtained(obtained, self.installed.as_ref()) {
                             Ok(info) => {
                                 let window = ari.map(|w| (w.start, w.end));
-                                let next = acme::renewal_time(info.not_before, info.not_after, window, rand::random::<f64>());
-                                Ok((format!("obtained a certificate for {} valid until {}", names.join(", "), tls::format_rfc3339(info.not_after)), next, ari))
+                                let next = acme::renewal_time(
+                                    info.not_before,
+                                    info.not_after,
+                                    window,
+                                    rand::random::<f64>(),
+                                );
+                                Ok((
+                                    format!(
+                                        "obtained a certificate for {} valid until {}",
+                                        names.join(", "),
+                                        tls::format_rfc3339(info.not_after)
+                                    ),
+                                    next,
+                                    ari,
+                                ))
                             }
                             Err(e) => Err(e),
                         }
@@ -473,8 +563,13 @@ impl Daemon {
                 Ok(summary)
             }
             Err(e) => {
-                acme_state.schedule.record_failure(now, &e.to_string(), at_least);
-                let days = self.installed.as_ref().map(|i| i.days_left(SystemTime::now()));
+                acme_state
+                    .schedule
+                    .record_failure(now, &e.to_string(), at_least);
+                let days = self
+                    .installed
+                    .as_ref()
+                    .map(|i| i.days_left(SystemTime::now()));
                 error!(error = %e, days_left = ?days, retry_at = %tls::format_rfc3339(acme_state.schedule.next_attempt_time()), "obtaining a certificate failed; the current one keeps being served");
                 Err(e)
             }
@@ -497,7 +592,9 @@ impl Daemon {
             next_attempt: tls::format_rfc3339(a.schedule.next_attempt_time()),
             failures: a.schedule.failures,
             renewal_window: a.schedule.ari_window.map(|(start, end)| {
-                let at = |secs: u64| tls::format_rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+                let at = |secs: u64| {
+                    tls::format_rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+                };
                 [at(start), at(end)]
             }),
         });
@@ -528,14 +625,23 @@ impl Daemon {
             }
         };
         let resolved = self.resolved.clone();
-        let counts = (accounts.mailboxes.len(), accounts.aliases.len(), accounts.catch_all.len());
-        let applied = tokio::task::spawn_blocking(move || pipeline::apply_accounts(&resolved, &accounts))
-            .await
-            .map_err(|e| format!("the apply task failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let counts = (
+            accounts.mailboxes.len(),
+            accounts.aliases.len(),
+            accounts.catch_all.len(),
+        );
+        let applied =
+            tokio::task::spawn_blocking(move || pipeline::apply_accounts(&resolved, &accounts))
+                .await
+                .map_err(|e| format!("the apply task failed: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
         match applied {
             Ok(report) => {
-                let written: Vec<String> = report.written.iter().map(|p| p.display().to_string()).collect();
+                let written: Vec<String> = report
+                    .written
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
                 if report.changed() {
                     info!(file = %path.display(), mailboxes = counts.0, aliases = counts.1, written = ?written, "accounts applied");
                 }
@@ -575,7 +681,13 @@ impl Daemon {
             self.installed = certificate::installed(&self.resolved.config);
         }
         let read = certificate::read_source(&self.resolved.config);
-        let digest: Option<[u8; 32]> = read.as_ref().ok().map(|(chain, key)| Sha256::new().chain_update(chain).chain_update(key).finalize().into());
+        let digest: Option<[u8; 32]> = read.as_ref().ok().map(|(chain, key)| {
+            Sha256::new()
+                .chain_update(chain)
+                .chain_update(key)
+                .finalize()
+                .into()
+        });
         if digest.is_some() && !force && self.pair_seen == digest {
             self.refresh_days_left();
             return;
@@ -617,7 +729,9 @@ impl Daemon {
     async fn install_placeholder(&mut self) {
         match certificate::placeholder(&self.resolved.config) {
             Ok((info, pair)) => {
-                warn!("installing a self-signed placeholder certificate until a valid one is available");
+                warn!(
+                    "installing a self-signed placeholder certificate until a valid one is available"
+                );
                 self.install(info, pair).await;
             }
             Err(e) => error!(error = %e, "the self-signed placeholder is invalid"),
@@ -629,7 +743,8 @@ impl Daemon {
     /// clients get.
     async fn install(&mut self, info: CertInfo, pair: Vec<u8>) {
         let config = self.resolved.config.clone();
-        let written = tokio::task::spawn_blocking(move || certificate::install(&config, &pair)).await;
+        let written =
+            tokio::task::spawn_blocking(move || certificate::install(&config, &pair)).await;
         let failed = match written {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -645,27 +760,43 @@ impl Daemon {
         self.publish();
 
         let started = Instant::now();
-        let outcome = serve::serve(&mut LiveHost { daemon: self, info: &info }).await;
+        let outcome = serve::serve(&mut LiveHost {
+            daemon: self,
+            info: &info,
+        })
+        .await;
         let verified = match outcome {
             serve::Outcome::NothingRunning => return,
             serve::Outcome::Served { postfix_reloaded } => {
                 let took = started.elapsed();
-                info!(took_ms = took.as_millis() as u64, postfix_reloaded, "new certificate served on every port");
-                event(true, format!("served on every port after {} ms", took.as_millis()))
+                info!(
+                    took_ms = took.as_millis() as u64,
+                    postfix_reloaded, "new certificate served on every port"
+                );
+                event(
+                    true,
+                    format!("served on every port after {} ms", took.as_millis()),
+                )
             }
             serve::Outcome::NotServed { failures, .. } => {
-                let detail: Vec<String> = failures.iter().map(|f| format!("port {}: {}", f.port, f.why)).collect();
+                let detail: Vec<String> = failures
+                    .iter()
+                    .map(|f| format!("port {}: {}", f.port, f.why))
+                    .collect();
                 error!(failures = ?detail, "the new certificate is not served everywhere");
                 event(false, detail.join("; "))
             }
         };
-        self.status.send_modify(|s| s.certificate.verified = Some(verified));
+        self.status
+            .send_modify(|s| s.certificate.verified = Some(verified));
     }
 
     /// Reloads `unit` if it runs (retrying with back-off), and records the outcome.
     async fn reload_unit(&mut self, unit: &str) -> ReloadResult {
         let Some(systemd) = self.systemd.clone() else {
-            self.status.send_modify(|s| s.last_reload = Some(event(false, "no connection to systemd".into())));
+            self.status.send_modify(|s| {
+                s.last_reload = Some(event(false, "no connection to systemd".into()))
+            });
             return ReloadResult::Failed("no connection to systemd".into());
         };
         let state = systemd.unit_state(unit).await;
@@ -694,14 +825,18 @@ impl Daemon {
             }
         };
         let ok = outcome == ReloadResult::Done;
-        self.status.send_modify(|s| s.last_reload = Some(event(ok, detail)));
+        self.status
+            .send_modify(|s| s.last_reload = Some(event(ok, detail)));
         outcome
     }
 
     /// Whether `unit` runs; without systemd to ask, assumed so (the TLS check tells).
     async fn running(&self, unit: &str) -> bool {
         match &self.systemd {
-            Some(systemd) => matches!(systemd.unit_state(unit).await.active_state.as_str(), "active" | "reloading"),
+            Some(systemd) => matches!(
+                systemd.unit_state(unit).await.active_state.as_str(),
+                "active" | "reloading"
+            ),
             None => true,
         }
     }
@@ -734,7 +869,9 @@ impl Daemon {
     fn refresh_days_left(&mut self) {
         if let Some(info) = &self.installed {
             let days = info.days_left(SystemTime::now());
-            self.status.send_if_modified(|s| std::mem::replace(&mut s.certificate.days_left, days) != days);
+            self.status.send_if_modified(|s| {
+                std::mem::replace(&mut s.certificate.days_left, days) != days
+            });
         }
     }
 
@@ -777,32 +914,62 @@ impl serve::Host for LiveHost<'_> {
     }
 
     async fn republish(&mut self) -> Result<(), String> {
-        let table = self.daemon.resolved.config.generated_dir.join(render::paths::SENDER_LOGIN);
+        let table = self
+            .daemon
+            .resolved
+            .config
+            .generated_dir
+            .join(render::paths::SENDER_LOGIN);
         let map_type = self.daemon.resolved.map_type;
-        let republished = tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let republished =
+            tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
         match &republished {
-            Ok(()) => info!("postfix's smtpd processes start over for the new certificate (sender_login table republished)"),
-            Err(e) => warn!(error = %e, "could not make postfix's smtpd start over by itself; reloading postfix"),
+            Ok(()) => info!(
+                "postfix's smtpd processes start over for the new certificate (sender_login table republished)"
+            ),
+            Err(e) => {
+                warn!(error = %e, "could not make postfix's smtpd start over by itself; reloading postfix")
+            }
         }
         republished
     }
 
-    async fn await_served(&mut self, server: Server, deadline: Duration) -> Result<(), Vec<serve::PortFailure>> {
+    async fn await_served(
+        &mut self,
+        server: Server,
+        deadline: Duration,
+    ) -> Result<(), Vec<serve::PortFailure>> {
         let addrs: Vec<_> = TLS_PORTS
             .iter()
             .filter(|(port, _)| server.ports().contains(port))
             .map(|(port, mode)| (std::net::SocketAddr::from(([127, 0, 0, 1], *port)), *mode))
             .collect();
-        let served = probe::wait_until_served(&addrs, &self.daemon.resolved.config.host_name, &self.info.sha256_fingerprint, deadline).await;
-        let late = served.err().map(|late| late.into_iter().map(|(addr, why)| serve::PortFailure { port: addr.port(), why }).collect::<Vec<_>>());
+        let served = probe::wait_until_served(
+            &addrs,
+            &self.daemon.resolved.config.host_name,
+            &self.info.sha256_fingerprint,
+            deadline,
+        )
+        .await;
+        let late = served.err().map(|late| {
+            late.into_iter()
+                .map(|(addr, why)| serve::PortFailure {
+                    port: addr.port(),
+                    why,
+                })
+                .collect::<Vec<_>>()
+        });
         if let Some(late) = &late
             && server == Server::Postfix
             && deadline == serve::POSTFIX_GRACE
         {
-            let detail: Vec<String> = late.iter().map(|f| format!("port {}: {}", f.port, f.why)).collect();
+            let detail: Vec<String> = late
+                .iter()
+                .map(|f| format!("port {}: {}", f.port, f.why))
+                .collect();
             warn!(failures = ?detail, grace = ?deadline, "postfix does not serve the new certificate yet; reloading it");
         }
         late.map_or(Ok(()), Err)
@@ -814,13 +981,24 @@ impl serve::Host for LiveHost<'_> {
 /// reload may change them). Returns whether anything changed.
 fn describe_host(s: &mut Status, config: &Config) -> bool {
     let units = [&config.units.postfix, &config.units.dovecot];
-    let units_changed = s.units.len() != units.len() || s.units.iter().zip(units).any(|(u, name)| &u.name != name);
-    let changed = units_changed || s.host_name != config.host_name || s.domains != config.domains || s.accounts.file != config.accounts_file.display().to_string();
+    let units_changed =
+        s.units.len() != units.len() || s.units.iter().zip(units).any(|(u, name)| &u.name != name);
+    let changed = units_changed
+        || s.host_name != config.host_name
+        || s.domains != config.domains
+        || s.accounts.file != config.accounts_file.display().to_string();
     s.host_name = config.host_name.clone();
     s.domains = config.domains.clone();
     s.accounts.file = config.accounts_file.display().to_string();
     if units_changed {
-        s.units = units.iter().map(|name| crate::systemd::UnitState { name: name.to_string(), active_state: "unknown".into(), main_pid: 0 }).collect();
+        s.units = units
+            .iter()
+            .map(|name| crate::systemd::UnitState {
+                name: name.to_string(),
+                active_state: "unknown".into(),
+                main_pid: 0,
+            })
+            .collect();
     }
     changed
 }
@@ -828,11 +1006,17 @@ fn describe_host(s: &mut Status, config: &Config) -> bool {
 /// Whether an ACME attempt ended with its own certificate installed: the one that
 /// was installed before stays so when installing the new one fails, and counting
 /// that as a success would plan the next renewal from the old certificate's dates.
-fn installed_as_obtained(obtained: Result<CertInfo, tls::PairProblem>, installed: Option<&CertInfo>) -> Result<&CertInfo, ObtainError> {
+fn installed_as_obtained(
+    obtained: Result<CertInfo, tls::PairProblem>,
+    installed: Option<&CertInfo>,
+) -> Result<&CertInfo, ObtainError> {
     let obtained = obtained.map_err(ObtainError::Misfit)?.sha256_fingerprint;
     match installed {
         Some(info) if info.sha256_fingerprint == obtained => Ok(info),
-        still => Err(ObtainError::NotInstalled { obtained, still_served: still.map(|i| i.sha256_fingerprint.clone()) }),
+        still => Err(ObtainError::NotInstalled {
+            obtained,
+            still_served: still.map(|i| i.sha256_fingerprint.clone()),
+        }),
     }
 }
 
@@ -846,13 +1030,18 @@ pub enum StartError {
     #[error("cannot watch files: {0}")]
     Watch(#[source] notify::Error),
     #[error("cannot handle {signal}: {source}")]
-    Signal { signal: &'static str, source: std::io::Error },
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Why an ACME attempt did not end with its certificate installed.
 #[derive(Debug, thiserror::Error)]
 pub enum ObtainError {
-    #[error("the certificate comes from files another tool writes (tls.source = \"files\"), not from ACME")]
+    #[error(
+        "the certificate comes from files another tool writes (tls.source = \"files\"), not from ACME"
+    )]
     NotAcme,
     #[error(transparent)]
     Acme(acme::AcmeError),
@@ -861,7 +1050,10 @@ pub enum ObtainError {
     #[error("the CA's certificate does not fit this host: {0}")]
     Misfit(tls::PairProblem),
     #[error("the new certificate ({obtained}) was not installed{}", still_served.as_ref().map(|f| format!("; {f} is still served")).unwrap_or_default())]
-    NotInstalled { obtained: String, still_served: Option<String> },
+    NotInstalled {
+        obtained: String,
+        still_served: Option<String>,
+    },
 }
 
 /// How long to wait for more events after `change`: a file that was completed
@@ -874,7 +1066,11 @@ fn quiet_after(change: Change) -> Duration {
 }
 
 fn event(ok: bool, detail: String) -> Event {
-    Event { at: tls::format_rfc3339(SystemTime::now()), ok, detail }
+    Event {
+        at: tls::format_rfc3339(SystemTime::now()),
+        ok,
+        detail,
+    }
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
@@ -883,7 +1079,8 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 }
 
 fn monotonic_usec() -> sd_notify::NotifyState<'static> {
-    sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Custom("MONOTONIC_USEC=0"))
+    sd_notify::NotifyState::monotonic_usec_now()
+        .unwrap_or(sd_notify::NotifyState::Custom("MONOTONIC_USEC=0"))
 }
 
 /// ACME's parts that live as long as the daemon: the http-01 responder (the
@@ -891,7 +1088,9 @@ fn monotonic_usec() -> sd_notify::NotifyState<'static> {
 /// schedule from an earlier run.
 /// Starts the http-01 server on the `acme-http` socket systemd passed, if any.
 fn take_http01_socket() -> Option<Result<acme::Http01Server, String>> {
-    let fds = sd_notify::listen_fds_with_names().map(|fds| fds.collect::<Vec<_>>()).unwrap_or_default();
+    let fds = sd_notify::listen_fds_with_names()
+        .map(|fds| fds.collect::<Vec<_>>())
+        .unwrap_or_default();
     let (fd, _) = fds.into_iter().find(|(_, name)| name == "acme-http")?;
     // SAFETY: systemd passed this descriptor to us alone, as a listening socket
     // (postmaster-acme.socket); nothing else owns it, and it is taken only here, once.
@@ -899,7 +1098,10 @@ fn take_http01_socket() -> Option<Result<acme::Http01Server, String>> {
     Some(acme::Http01Server::start(listener).map_err(|e| e.to_string()))
 }
 
-fn acme_setup(config: &Config, http01: Option<&Result<acme::Http01Server, String>>) -> Option<Acme> {
+fn acme_setup(
+    config: &Config,
+    http01: Option<&Result<acme::Http01Server, String>>,
+) -> Option<Acme> {
     if config.tls.source != TlsSource::Acme {
         return None;
     }
@@ -924,7 +1126,10 @@ fn acme_setup(config: &Config, http01: Option<&Result<acme::Http01Server, String
             acme::Schedule::default()
         }
     };
-    Some(Acme { responder, schedule })
+    Some(Acme {
+        responder,
+        schedule,
+    })
 }
 
 async fn own_bus_name(connection: &zbus::Connection) -> bool {
@@ -974,7 +1179,9 @@ async fn feed_watchdog(every: Duration, busy_since: std::sync::Arc<std::sync::at
 
 /// Half the watchdog timeout systemd set, if it set one.
 fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().filter(|d| !d.is_zero()).map(|d| d / 2)
+    sd_notify::watchdog_enabled()
+        .filter(|d| !d.is_zero())
+        .map(|d| d / 2)
 }
 
 #[cfg(test)]
@@ -983,8 +1190,10 @@ mod tests {
     use crate::diag::Source;
 
     fn config(extra: &str) -> Config {
-        let text = format!("host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n{extra}");
-        Config::parse(&Source::new("/etc/postmaster/config.toml", &text)).expect("a valid configuration")
+        let text =
+            format!("host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n{extra}");
+        Config::parse(&Source::new("/etc/postmaster/config.toml", &text))
+            .expect("a valid configuration")
     }
 
     fn info(fingerprint: &str) -> CertInfo {
@@ -1002,22 +1211,53 @@ mod tests {
     #[test]
     fn an_acme_attempt_succeeds_only_when_its_own_certificate_is_installed() {
         let new = info("11");
-        assert_eq!(installed_as_obtained(Ok(new.clone()), Some(&new)).unwrap(), &new);
+        assert_eq!(
+            installed_as_obtained(Ok(new.clone()), Some(&new)).unwrap(),
+            &new
+        );
         // Installing the new pair failed: the old one is still installed.
         let old = info("00");
         let text = |r: Result<&CertInfo, ObtainError>| r.unwrap_err().to_string();
-        assert_eq!(text(installed_as_obtained(Ok(new.clone()), Some(&old))), "the new certificate (11) was not installed; 00 is still served");
-        assert_eq!(text(installed_as_obtained(Ok(new), None)), "the new certificate (11) was not installed");
-        assert!(text(installed_as_obtained(Err(tls::PairProblem::KeyMismatch), Some(&old))).starts_with("the CA's certificate does not fit this host: "));
+        assert_eq!(
+            text(installed_as_obtained(Ok(new.clone()), Some(&old))),
+            "the new certificate (11) was not installed; 00 is still served"
+        );
+        assert_eq!(
+            text(installed_as_obtained(Ok(new), None)),
+            "the new certificate (11) was not installed"
+        );
+        assert!(
+            text(installed_as_obtained(
+                Err(tls::PairProblem::KeyMismatch),
+                Some(&old)
+            ))
+            .starts_with("the CA's certificate does not fit this host: ")
+        );
     }
 
     #[test]
     fn error_messages_say_what_happened() {
-        assert_eq!(ObtainError::NotAcme.to_string(), "the certificate comes from files another tool writes (tls.source = \"files\"), not from ACME");
-        let full = apply::ApplyError::Io { action: "writing", path: "/var/lib/postmaster/tls/key.pem".into(), source: std::io::Error::from_raw_os_error(28) };
-        assert_eq!(ObtainError::Store(full).to_string(), "storing the new certificate failed: writing /var/lib/postmaster/tls/key.pem: No space left on device (os error 28)");
-        let signal = StartError::Signal { signal: "SIGHUP", source: std::io::Error::from_raw_os_error(1) };
-        assert_eq!(signal.to_string(), "cannot handle SIGHUP: Operation not permitted (os error 1)");
+        assert_eq!(
+            ObtainError::NotAcme.to_string(),
+            "the certificate comes from files another tool writes (tls.source = \"files\"), not from ACME"
+        );
+        let full = apply::ApplyError::Io {
+            action: "writing",
+            path: "/var/lib/postmaster/tls/key.pem".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(
+            ObtainError::Store(full).to_string(),
+            "storing the new certificate failed: writing /var/lib/postmaster/tls/key.pem: No space left on device (os error 28)"
+        );
+        let signal = StartError::Signal {
+            signal: "SIGHUP",
+            source: std::io::Error::from_raw_os_error(1),
+        };
+        assert_eq!(
+            signal.to_string(),
+            "cannot handle SIGHUP: Operation not permitted (os error 1)"
+        );
     }
 
     #[test]
@@ -1026,7 +1266,10 @@ mod tests {
         assert!(describe_host(&mut status, &config("")));
         let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["postfix.service", "dovecot.service"]);
-        assert!(!describe_host(&mut status, &config("")), "the same configuration changes nothing");
+        assert!(
+            !describe_host(&mut status, &config("")),
+            "the same configuration changes nothing"
+        );
 
         let reloaded = config("[systemd]\npostfix_unit = \"postfix@-.service\"\n");
         assert!(describe_host(&mut status, &reloaded));

@@ -95,7 +95,12 @@ impl<'s> Diagnostics<'s> {
     }
 
     /// Records a problem at the start of `span`.
-    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<String>) {
+    pub fn error(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
         let (line, column) = self.source.position(span.start);
         self.list.push(Diagnostic {
             file: self.source.path.clone(),
@@ -116,8 +121,7 @@ impl<'s> Diagnostics<'s> {
 
     /// The diagnostics in file order, so that a person can fix them top to bottom.
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
-        self.list
-            .sort_by_key(|a| (a.line, a.column));
+        self.list.sort_by_key(|a| (a.line, a.column));
         self.list
     }
 }

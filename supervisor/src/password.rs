@@ -50,18 +50,29 @@ impl Scheme {
 
     /// The shape the text after the braces must have.
     fn check_shape(self, hash: &str) -> Result<(), String> {
-        let crypt64 = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
-        let b64 = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+        let crypt64 = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+        };
+        let b64 = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        };
         let ok = match self {
             Scheme::Sha512Crypt | Scheme::Sha256Crypt => {
-                let (id, digest_len) = if self == Scheme::Sha512Crypt { ("6", 86) } else { ("5", 43) };
+                let (id, digest_len) = if self == Scheme::Sha512Crypt {
+                    ("6", 86)
+                } else {
+                    ("5", 43)
+                };
                 let parts: Vec<&str> = hash.split('$').collect();
                 // "", id, [rounds=N,] salt, digest
                 match parts.as_slice() {
                     ["", i, rest @ ..] if *i == id => {
                         let rest = match rest {
                             [r, tail @ ..]
-                                if r.strip_prefix("rounds=").is_some_and(|n| n.parse::<u32>().is_ok()) =>
+                                if r.strip_prefix("rounds=")
+                                    .is_some_and(|n| n.parse::<u32>().is_ok()) =>
                             {
                                 tail
                             }
@@ -82,7 +93,11 @@ impl Scheme {
                     && rest.len() == 53 && crypt64(rest))
             }
             Scheme::Argon2id | Scheme::Argon2i => {
-                let id = if self == Scheme::Argon2id { "argon2id" } else { "argon2i" };
+                let id = if self == Scheme::Argon2id {
+                    "argon2id"
+                } else {
+                    "argon2i"
+                };
                 let parts: Vec<&str> = hash.split('$').collect();
                 matches!(parts.as_slice(), ["", i, v, params, salt, digest]
                     if *i == id && v.starts_with("v=") && params.starts_with("m=")
@@ -99,7 +114,9 @@ impl Scheme {
                 Scheme::BlfCrypt => "expected $2y$NN$ followed by 53 characters".to_string(),
                 Scheme::Argon2id => "expected $argon2id$v=19$m=…,t=…,p=…$salt$hash".to_string(),
                 Scheme::Argon2i => "expected $argon2i$v=19$m=…,t=…,p=…$salt$hash".to_string(),
-                Scheme::Plain => "a {PLAIN} password may not contain `:` or line breaks".to_string(),
+                Scheme::Plain => {
+                    "a {PLAIN} password may not contain `:` or line breaks".to_string()
+                }
             })
         }
     }
@@ -133,7 +150,8 @@ pub struct Refused {
     pub hint: String,
 }
 
-const HOW_TO_HASH: &str = "hash the password with `postmaster hash-password` and paste the line it prints";
+const HOW_TO_HASH: &str =
+    "hash the password with `postmaster hash-password` and paste the line it prints";
 
 /// Parses a `{SCHEME}hash` value.
 pub fn parse(value: &str) -> Result<PasswordHash, Refused> {
@@ -247,7 +265,8 @@ pub fn hash(scheme: Scheme, password: &str) -> Result<String, HashError> {
             // libsodium, which dovecot verifies ARGON2ID with, handles one lane only.
             let params = argon2::Params::new(65_536, 3, 1, None)
                 .map_err(|e| HashError::Backend(e.to_string()))?;
-            let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let argon =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
             argon
                 .hash_password_with_salt(password.as_bytes(), &salt)
                 .map_err(|e| HashError::Backend(e.to_string()))?
@@ -285,21 +304,45 @@ mod tests {
         let text = hash(Scheme::Sha512Crypt, "correct horse").unwrap();
         let mcf = text.strip_prefix("{SHA512-CRYPT}").unwrap();
         let parsed = sha_crypt::PasswordHashRef::new(mcf).unwrap();
-        assert!(sha_crypt::ShaCrypt::SHA512.verify_password(b"correct horse", parsed).is_ok());
-        assert!(sha_crypt::ShaCrypt::SHA512.verify_password(b"wrong", parsed).is_err());
+        assert!(
+            sha_crypt::ShaCrypt::SHA512
+                .verify_password(b"correct horse", parsed)
+                .is_ok()
+        );
+        assert!(
+            sha_crypt::ShaCrypt::SHA512
+                .verify_password(b"wrong", parsed)
+                .is_err()
+        );
     }
 
     #[test]
     fn refusals_say_what_and_never_echo_the_value() {
         let cases = [
-            ("hunter2", "looks like a plaintext password", "postmaster hash-password"),
+            (
+                "hunter2",
+                "looks like a plaintext password",
+                "postmaster hash-password",
+            ),
             ("$6$abc$def", "no {SCHEME} prefix", "{SHA512-CRYPT}"),
-            ("{MD5}abc", "unknown password scheme {MD5}", "use one of SHA512-CRYPT"),
+            (
+                "{MD5}abc",
+                "unknown password scheme {MD5}",
+                "use one of SHA512-CRYPT",
+            ),
             ("{SHA512-CRYPT", "not closed", "postmaster hash-password"),
             ("{SHA512-CRYPT}", "hash is empty", ""),
-            ("{SHA512-CRYPT}$6$x$short", "not a valid {SHA512-CRYPT} hash", ""),
+            (
+                "{SHA512-CRYPT}$6$x$short",
+                "not a valid {SHA512-CRYPT} hash",
+                "",
+            ),
             ("{BLF-CRYPT}$2y$99$x", "not a valid {BLF-CRYPT} hash", ""),
-            ("{ARGON2ID}$argon2i$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA", "not a valid {ARGON2ID}", ""),
+            (
+                "{ARGON2ID}$argon2i$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA",
+                "not a valid {ARGON2ID}",
+                "",
+            ),
             ("{PLAIN}a:b", "may not contain `:`", ""),
         ];
         for (value, message, hint) in cases {
@@ -308,7 +351,10 @@ mod tests {
             assert!(e.hint.contains(hint), "{value}: {e:?}");
             let secret = value.rsplit_once('}').map_or(value, |(_, s)| s);
             if secret.len() > 3 {
-                assert!(!e.message.contains(secret) && !e.hint.contains(secret), "{value} echoed: {e:?}");
+                assert!(
+                    !e.message.contains(secret) && !e.hint.contains(secret),
+                    "{value} echoed: {e:?}"
+                );
             }
         }
     }
@@ -322,8 +368,17 @@ mod tests {
 
     #[test]
     fn hashing_refuses_what_cannot_be_a_password() {
-        assert!(matches!(hash(Scheme::Sha512Crypt, ""), Err(HashError::Empty)));
-        assert!(matches!(hash(Scheme::Sha512Crypt, "a\nb"), Err(HashError::BadCharacter)));
-        assert!(matches!(hash(Scheme::Plain, "x"), Err(HashError::Unsupported(Scheme::Plain))));
+        assert!(matches!(
+            hash(Scheme::Sha512Crypt, ""),
+            Err(HashError::Empty)
+        ));
+        assert!(matches!(
+            hash(Scheme::Sha512Crypt, "a\nb"),
+            Err(HashError::BadCharacter)
+        ));
+        assert!(matches!(
+            hash(Scheme::Plain, "x"),
+            Err(HashError::Unsupported(Scheme::Plain))
+        ));
     }
 }

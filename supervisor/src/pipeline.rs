@@ -35,7 +35,9 @@ impl Resolved {
 /// lmdb where this postfix supports it, else hash.
 fn offered_map_type() -> MapType {
     match Command::new("postconf").arg("-m").output() {
-        Ok(out) if out.status.success() => map_type_from_postconf(&String::from_utf8_lossy(&out.stdout)),
+        Ok(out) if out.status.success() => {
+            map_type_from_postconf(&String::from_utf8_lossy(&out.stdout))
+        }
         // No postfix here (rendering on another machine): assume a current one.
         _ => MapType::Lmdb,
     }
@@ -43,7 +45,11 @@ fn offered_map_type() -> MapType {
 
 /// The map type to use, from what `postconf -m` lists.
 fn map_type_from_postconf(listed: &str) -> MapType {
-    if listed.lines().any(|l| l.trim() == "lmdb") { MapType::Lmdb } else { MapType::Hash }
+    if listed.lines().any(|l| l.trim() == "lmdb") {
+        MapType::Lmdb
+    } else {
+        MapType::Hash
+    }
 }
 
 /// Reads the accounts file (`file:line:column` diagnostics when it is wrong).
@@ -74,8 +80,13 @@ pub fn load_accounts(config: &Config) -> Result<Accounts, Invalid> {
 /// half-applied state (see [`render::in_safe_order`]).
 pub fn apply_accounts(resolved: &Resolved, accounts: &Accounts) -> Result<Report, ApplyError> {
     let config = &resolved.config;
-    let previous = std::fs::read_to_string(config.generated_dir.join(render::paths::PASSWD_FILE)).ok();
-    let files = render::in_safe_order(render::generated(config, accounts), previous.as_deref(), accounts);
+    let previous =
+        std::fs::read_to_string(config.generated_dir.join(render::paths::PASSWD_FILE)).ok();
+    let files = render::in_safe_order(
+        render::generated(config, accounts),
+        previous.as_deref(),
+        accounts,
+    );
     let options = apply::Options {
         compile_maps: Some(resolved.map_type),
         passwd_group: Some("dovecot".into()),
@@ -90,8 +101,14 @@ mod tests {
 
     #[test]
     fn lmdb_is_used_where_postfix_offers_it() {
-        assert_eq!(map_type_from_postconf("btree\ncidr\nhash\nlmdb\npcre\n"), MapType::Lmdb);
-        assert_eq!(map_type_from_postconf("btree\ncidr\nhash\npcre\n"), MapType::Hash);
+        assert_eq!(
+            map_type_from_postconf("btree\ncidr\nhash\nlmdb\npcre\n"),
+            MapType::Lmdb
+        );
+        assert_eq!(
+            map_type_from_postconf("btree\ncidr\nhash\npcre\n"),
+            MapType::Hash
+        );
         // A name that merely contains lmdb is not lmdb.
         assert_eq!(map_type_from_postconf("hash\nlmdbx\n"), MapType::Hash);
     }

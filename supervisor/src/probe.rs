@@ -55,7 +55,11 @@ pub enum ProbeError {
     Connect { addr: SocketAddr, reason: String },
     /// `expected` is the protocol's greeting: "220", "* OK" or "+OK".
     #[error("no {expected} greeting from {addr}: {got}")]
-    Greeting { addr: SocketAddr, expected: &'static str, got: String },
+    Greeting {
+        addr: SocketAddr,
+        expected: &'static str,
+        got: String,
+    },
     #[error("EHLO refused by {addr}: {reply}")]
     EhloRefused { addr: SocketAddr, reply: String },
     #[error("STARTTLS refused by {addr}: {reply}")]
@@ -67,13 +71,21 @@ pub enum ProbeError {
     DataAfterStartTls { addr: SocketAddr },
     /// `doing` is what the probe was sending ("sending STARTTLS").
     #[error("connection to {addr} lost while {doing}: {reason}")]
-    Io { addr: SocketAddr, doing: &'static str, reason: String },
+    Io {
+        addr: SocketAddr,
+        doing: &'static str,
+        reason: String,
+    },
     #[error("TLS handshake with {addr} failed: {reason}")]
     Handshake { addr: SocketAddr, reason: String },
     #[error("{addr} completed the TLS handshake without showing a certificate")]
     NoCertificate { addr: SocketAddr },
     #[error("timed out after {:?} talking to {addr} ({step})", whole_millis(*after))]
-    TimedOut { addr: SocketAddr, after: Duration, step: &'static str },
+    TimedOut {
+        addr: SocketAddr,
+        after: Duration,
+        step: &'static str,
+    },
 }
 
 /// Rounded up to whole milliseconds: a timeout computed from a deadline should read
@@ -93,8 +105,8 @@ pub async fn served_fingerprint(
     mode: StartTls,
     timeout: Duration,
 ) -> Result<String, ProbeError> {
-    let name =
-        ServerName::try_from(server_name.to_owned()).map_err(|_| ProbeError::BadServerName(server_name.to_owned()))?;
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|_| ProbeError::BadServerName(server_name.to_owned()))?;
     let started = Instant::now();
     // Written by the probe as it goes, read if the timeout cuts it off.
     let step = Mutex::new(STEP_CONNECT);
@@ -103,12 +115,18 @@ pub async fn served_fingerprint(
         Ok(result) => result?,
         Err(_) => {
             let step = *step.lock().unwrap_or_else(PoisonError::into_inner);
-            return Err(ProbeError::TimedOut { addr, after: timeout, step });
+            return Err(ProbeError::TimedOut {
+                addr,
+                after: timeout,
+                step,
+            });
         }
     };
     // Saying goodbye keeps postfix from logging "lost connection after STARTTLS" for
     // every probe; whether it works changes nothing about the answer.
-    let goodbye = timeout.saturating_sub(started.elapsed()).min(GOODBYE_TIMEOUT);
+    let goodbye = timeout
+        .saturating_sub(started.elapsed())
+        .min(GOODBYE_TIMEOUT);
     let _ = tokio::time::timeout(goodbye, async {
         let quit: &[u8] = match mode {
             StartTls::Smtp | StartTls::Pop3 => b"QUIT\r\n",
@@ -151,7 +169,9 @@ pub async fn wait_until_served(
         let server_name = Arc::clone(&server_name);
         pollers.spawn(async move {
             loop {
-                let timeout = end.saturating_duration_since(tokio::time::Instant::now()).min(PROBE_TIMEOUT);
+                let timeout = end
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .min(PROBE_TIMEOUT);
                 if timeout.is_zero() {
                     return;
                 }
@@ -166,13 +186,17 @@ pub async fn wait_until_served(
     drop(report);
 
     let mut latest: Vec<Option<Result<String, ProbeError>>> = vec![None; addrs.len()];
-    let serves = |r: &Option<Result<String, ProbeError>>| matches!(r, Some(Ok(seen)) if seen == fingerprint);
+    let serves =
+        |r: &Option<Result<String, ProbeError>>| matches!(r, Some(Ok(seen)) if seen == fingerprint);
     // Probes cut off by the deadline report just after it; the grace lets a port that
     // never answered say at which step it hung.
-    while let Ok(Some((index, result))) = tokio::time::timeout_at(end + REPORT_GRACE, reports.recv()).await {
+    while let Ok(Some((index, result))) =
+        tokio::time::timeout_at(end + REPORT_GRACE, reports.recv()).await
+    {
         // A probe the deadline cut short knows less than the one before it, and after
         // the deadline only ports that never answered are still waited for.
-        let cut_short = matches!(&result, Err(ProbeError::TimedOut { after, .. }) if *after < PROBE_TIMEOUT);
+        let cut_short =
+            matches!(&result, Err(ProbeError::TimedOut { after, .. }) if *after < PROBE_TIMEOUT);
         let late = tokio::time::Instant::now() > end;
         if (cut_short || late) && latest[index].is_some() {
             continue;
@@ -217,11 +241,26 @@ async fn handshake(
     step: &Mutex<&'static str>,
 ) -> Result<(String, Tls), ProbeError> {
     let at = |s: &'static str| *step.lock().unwrap_or_else(PoisonError::into_inner) = s;
-    let stream = TcpStream::connect(addr).await.map_err(|e| ProbeError::Connect { addr, reason: e.to_string() })?;
-    let mut plain = Plain { addr, stream, buf: Vec::new() };
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| ProbeError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?;
+    let mut plain = Plain {
+        addr,
+        stream,
+        buf: Vec::new(),
+    };
     // Each read failure is reported as the step's failure ("no 220 greeting from …:
     // the server closed the connection"): that is what the admin needs to know.
-    let greeting = |expected: &'static str| move |got| ProbeError::Greeting { addr, expected, got };
+    let greeting = |expected: &'static str| {
+        move |got| ProbeError::Greeting {
+            addr,
+            expected,
+            got,
+        }
+    };
     let refused = |reply| ProbeError::StartTlsRefused { addr, reply };
     match mode {
         StartTls::Implicit => {}
@@ -232,7 +271,9 @@ async fn handshake(
                 (_, text) => return Err(greeting("220")(text)),
             }
             at(STEP_EHLO);
-            plain.send(b"EHLO postmaster.probe\r\n", "sending EHLO").await?;
+            plain
+                .send(b"EHLO postmaster.probe\r\n", "sending EHLO")
+                .await?;
             match plain.smtp_reply().await {
                 Ok((250, _)) => {}
                 Ok((_, reply)) | Err(reply) => return Err(ProbeError::EhloRefused { addr, reply }),
@@ -285,8 +326,15 @@ async fn handshake(
     let tls = TlsConnector::from(client_config())
         .connect(name, plain.stream)
         .await
-        .map_err(|e| ProbeError::Handshake { addr, reason: e.to_string() })?;
-    let leaf = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+        .map_err(|e| ProbeError::Handshake {
+            addr,
+            reason: e.to_string(),
+        })?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first());
     match leaf {
         Some(leaf) => Ok((leaf_fingerprint_of_der(leaf), tls)),
         None => Err(ProbeError::NoCertificate { addr }),
@@ -305,7 +353,14 @@ struct Plain {
 impl Plain {
     async fn send(&mut self, bytes: &[u8], doing: &'static str) -> Result<(), ProbeError> {
         let addr = self.addr;
-        self.stream.write_all(bytes).await.map_err(|e| ProbeError::Io { addr, doing, reason: e.to_string() })
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| ProbeError::Io {
+                addr,
+                doing,
+                reason: e.to_string(),
+            })
     }
 
     /// One line without its line end. `Err` says why there is none.
@@ -347,7 +402,11 @@ impl Plain {
 
 /// `250-text` is (250, more follows), `250 text` and `250` are (250, last).
 fn smtp_reply_line(line: &str) -> Option<(u16, bool)> {
-    let code = line.get(..3).filter(|c| c.bytes().all(|b| b.is_ascii_digit()))?.parse().ok()?;
+    let code = line
+        .get(..3)
+        .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()?;
     match line.as_bytes().get(3) {
         None | Some(b' ') => Some((code, true)),
         Some(b'-') => Some((code, false)),
@@ -356,7 +415,8 @@ fn smtp_reply_line(line: &str) -> Option<(u16, bool)> {
 }
 
 fn starts_with_ignore_case(line: &str, prefix: &str) -> bool {
-    line.get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    line.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
 }
 
 /// A server's words fit for one journal line: control characters escaped, length capped.
@@ -440,7 +500,9 @@ impl ServerCertVerifier for ShowMeAnything {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -466,7 +528,10 @@ mod tests {
         let key_der = PrivateKeyDer::try_from(signing_key.serialize_der()).unwrap();
         let key = rustls::crypto::ring::sign::any_supported_type(&key_der).unwrap();
         let fingerprint = leaf_fingerprint_of_der(cert.der());
-        Served { key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], key)), fingerprint }
+        Served {
+            key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], key)),
+            fingerprint,
+        }
     }
 
     /// Picks the certificate by SNI (`b.example` gets `b`), and can be switched at run
@@ -564,7 +629,9 @@ mod tests {
     }
 
     async fn talk(script: Script, mut stream: TcpStream, acceptor: TlsAcceptor) {
-        let say = async |stream: &mut TcpStream, text: &str| stream.write_all(text.as_bytes()).await.unwrap();
+        let say = async |stream: &mut TcpStream, text: &str| {
+            stream.write_all(text.as_bytes()).await.unwrap()
+        };
         match script {
             Script::Implicit => {}
             Script::Silent => {
@@ -575,29 +642,55 @@ mod tests {
                 // Multi-line, like postscreen's pregreet test.
                 say(&mut stream, "220-mail.example.org ESMTP\r\n220 Postfix\r\n").await;
                 assert!(read_line(&mut stream).await.starts_with("EHLO "));
-                say(&mut stream, "250-mail.example.org\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n").await;
+                say(
+                    &mut stream,
+                    "250-mail.example.org\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n",
+                )
+                .await;
                 assert_eq!(read_line(&mut stream).await, "STARTTLS\r\n");
                 match script {
                     Script::SmtpNoTls => {
-                        say(&mut stream, "454 4.7.0 TLS not available due to local problem\r\n").await;
+                        say(
+                            &mut stream,
+                            "454 4.7.0 TLS not available due to local problem\r\n",
+                        )
+                        .await;
                         return;
                     }
-                    Script::SmtpInjects => say(&mut stream, "220 2.0.0 Ready to start TLS\r\n250 injected\r\n").await,
+                    Script::SmtpInjects => {
+                        say(
+                            &mut stream,
+                            "220 2.0.0 Ready to start TLS\r\n250 injected\r\n",
+                        )
+                        .await
+                    }
                     _ => say(&mut stream, "220 2.0.0 Ready to start TLS\r\n").await,
                 }
             }
             Script::SmtpRejects => {
-                say(&mut stream, "554 5.7.1 mail.example.org: no SMTP service here\r\n").await;
+                say(
+                    &mut stream,
+                    "554 5.7.1 mail.example.org: no SMTP service here\r\n",
+                )
+                .await;
                 return;
             }
             Script::Imap | Script::ImapRefuses => {
-                say(&mut stream, "* OK [CAPABILITY IMAP4rev1 STARTTLS] Dovecot ready.\r\n").await;
+                say(
+                    &mut stream,
+                    "* OK [CAPABILITY IMAP4rev1 STARTTLS] Dovecot ready.\r\n",
+                )
+                .await;
                 assert_eq!(read_line(&mut stream).await, "a STARTTLS\r\n");
                 if script == Script::ImapRefuses {
                     say(&mut stream, "a BAD TLS support isn't enabled.\r\n").await;
                     return;
                 }
-                say(&mut stream, "* CAPABILITY IMAP4rev1\r\na OK Begin TLS negotiation now.\r\n").await;
+                say(
+                    &mut stream,
+                    "* CAPABILITY IMAP4rev1\r\na OK Begin TLS negotiation now.\r\n",
+                )
+                .await;
             }
             Script::Pop3 | Script::Pop3Refuses => {
                 say(&mut stream, "+OK Dovecot ready.\r\n").await;
@@ -645,21 +738,37 @@ mod tests {
     fn every_probe_error_text() {
         let addr: SocketAddr = "127.0.0.1:25".parse().unwrap();
         let t = |e: ProbeError| e.to_string();
-        assert_eq!(t(ProbeError::BadServerName("a b".into())), "\"a b\" cannot be sent as a TLS server name");
         assert_eq!(
-            t(ProbeError::Connect { addr, reason: "Connection refused (os error 111)".into() }),
+            t(ProbeError::BadServerName("a b".into())),
+            "\"a b\" cannot be sent as a TLS server name"
+        );
+        assert_eq!(
+            t(ProbeError::Connect {
+                addr,
+                reason: "Connection refused (os error 111)".into()
+            }),
             "cannot connect to 127.0.0.1:25: Connection refused (os error 111)"
         );
         assert_eq!(
-            t(ProbeError::Greeting { addr, expected: "220", got: "the server closed the connection".into() }),
+            t(ProbeError::Greeting {
+                addr,
+                expected: "220",
+                got: "the server closed the connection".into()
+            }),
             "no 220 greeting from 127.0.0.1:25: the server closed the connection"
         );
         assert_eq!(
-            t(ProbeError::EhloRefused { addr, reply: "502 5.5.2 Error: command not recognized".into() }),
+            t(ProbeError::EhloRefused {
+                addr,
+                reply: "502 5.5.2 Error: command not recognized".into()
+            }),
             "EHLO refused by 127.0.0.1:25: 502 5.5.2 Error: command not recognized"
         );
         assert_eq!(
-            t(ProbeError::StartTlsRefused { addr, reply: "454 4.7.0 TLS not available due to local problem".into() }),
+            t(ProbeError::StartTlsRefused {
+                addr,
+                reply: "454 4.7.0 TLS not available due to local problem".into()
+            }),
             "STARTTLS refused by 127.0.0.1:25: 454 4.7.0 TLS not available due to local problem"
         );
         assert_eq!(
@@ -667,11 +776,18 @@ mod tests {
             "127.0.0.1:25 sent more after agreeing to STARTTLS: refusing to start TLS on top of it"
         );
         assert_eq!(
-            t(ProbeError::Io { addr, doing: "sending STARTTLS", reason: "Broken pipe (os error 32)".into() }),
+            t(ProbeError::Io {
+                addr,
+                doing: "sending STARTTLS",
+                reason: "Broken pipe (os error 32)".into()
+            }),
             "connection to 127.0.0.1:25 lost while sending STARTTLS: Broken pipe (os error 32)"
         );
         assert_eq!(
-            t(ProbeError::Handshake { addr, reason: "received corrupt message of type InvalidContentType".into() }),
+            t(ProbeError::Handshake {
+                addr,
+                reason: "received corrupt message of type InvalidContentType".into()
+            }),
             "TLS handshake with 127.0.0.1:25 failed: received corrupt message of type InvalidContentType"
         );
         assert_eq!(
@@ -679,7 +795,11 @@ mod tests {
             "127.0.0.1:25 completed the TLS handshake without showing a certificate"
         );
         assert_eq!(
-            t(ProbeError::TimedOut { addr, after: Duration::from_secs(2), step: STEP_HANDSHAKE }),
+            t(ProbeError::TimedOut {
+                addr,
+                after: Duration::from_secs(2),
+                step: STEP_HANDSHAKE
+            }),
             "timed out after 2s talking to 127.0.0.1:25 (in the TLS handshake)"
         );
     }
@@ -687,7 +807,14 @@ mod tests {
     #[test]
     fn timeouts_read_in_whole_milliseconds() {
         let addr: SocketAddr = "127.0.0.1:25".parse().unwrap();
-        let err = |after| ProbeError::TimedOut { addr, after, step: STEP_STARTTLS }.to_string();
+        let err = |after| {
+            ProbeError::TimedOut {
+                addr,
+                after,
+                step: STEP_STARTTLS,
+            }
+            .to_string()
+        };
         assert_eq!(
             err(Duration::from_nanos(799_936_325)),
             "timed out after 800ms talking to 127.0.0.1:25 (waiting for the STARTTLS reply)"
@@ -700,7 +827,10 @@ mod tests {
 
     #[test]
     fn server_words_are_made_safe_for_the_journal() {
-        assert_eq!(shown("454 TLS not available".to_string()), "454 TLS not available");
+        assert_eq!(
+            shown("454 TLS not available".to_string()),
+            "454 TLS not available"
+        );
         assert_eq!(shown("evil\u{1b}[2Jline".to_string()), "evil\\u{1b}[2Jline");
         assert_eq!(shown(String::new()), "an empty line");
         let long = shown("é".repeat(400));
@@ -718,7 +848,9 @@ mod tests {
             (Script::Pop3, StartTls::Pop3),
         ] {
             let server = server(script, &cert).await;
-            let got = served_fingerprint(server.addr, "mail.example.org", mode, T).await.unwrap();
+            let got = served_fingerprint(server.addr, "mail.example.org", mode, T)
+                .await
+                .unwrap();
             assert_eq!(got, cert.fingerprint, "{mode:?}");
         }
     }
@@ -728,8 +860,14 @@ mod tests {
         let cert = served("mail.example.org");
         for script in [Script::Implicit, Script::Smtp] {
             let server = server_with(script, &cert, None, Some(&rustls::version::TLS12)).await;
-            let mode = if script == Script::Smtp { StartTls::Smtp } else { StartTls::Implicit };
-            let got = served_fingerprint(server.addr, "mail.example.org", mode, T).await.unwrap();
+            let mode = if script == Script::Smtp {
+                StartTls::Smtp
+            } else {
+                StartTls::Implicit
+            };
+            let got = served_fingerprint(server.addr, "mail.example.org", mode, T)
+                .await
+                .unwrap();
             assert_eq!(got, cert.fingerprint);
         }
     }
@@ -739,8 +877,18 @@ mod tests {
         let a = served("a.example");
         let b = served("b.example");
         let server = server_with(Script::Implicit, &a, Some(&b), None).await;
-        assert_eq!(served_fingerprint(server.addr, "a.example", StartTls::Implicit, T).await.unwrap(), a.fingerprint);
-        assert_eq!(served_fingerprint(server.addr, "b.example", StartTls::Implicit, T).await.unwrap(), b.fingerprint);
+        assert_eq!(
+            served_fingerprint(server.addr, "a.example", StartTls::Implicit, T)
+                .await
+                .unwrap(),
+            a.fingerprint
+        );
+        assert_eq!(
+            served_fingerprint(server.addr, "b.example", StartTls::Implicit, T)
+                .await
+                .unwrap(),
+            b.fingerprint
+        );
     }
 
     #[tokio::test]
@@ -749,56 +897,124 @@ mod tests {
         let server = server(Script::Silent, &cert).await;
         let started = Instant::now();
         let timeout = Duration::from_millis(300);
-        let err = served_fingerprint(server.addr, "mail.example.org", StartTls::Smtp, timeout).await.unwrap_err();
+        let err = served_fingerprint(server.addr, "mail.example.org", StartTls::Smtp, timeout)
+            .await
+            .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2));
-        assert_eq!(err, ProbeError::TimedOut { addr: server.addr, after: timeout, step: STEP_GREETING });
+        assert_eq!(
+            err,
+            ProbeError::TimedOut {
+                addr: server.addr,
+                after: timeout,
+                step: STEP_GREETING
+            }
+        );
         assert_eq!(
             err.to_string(),
-            format!("timed out after 300ms talking to {} (waiting for the greeting)", server.addr)
+            format!(
+                "timed out after 300ms talking to {} (waiting for the greeting)",
+                server.addr
+            )
         );
         // Implicit TLS: the server never answers the ClientHello.
-        let err = served_fingerprint(server.addr, "mail.example.org", StartTls::Implicit, timeout).await.unwrap_err();
-        assert_eq!(err, ProbeError::TimedOut { addr: server.addr, after: timeout, step: STEP_HANDSHAKE });
+        let err = served_fingerprint(server.addr, "mail.example.org", StartTls::Implicit, timeout)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ProbeError::TimedOut {
+                addr: server.addr,
+                after: timeout,
+                step: STEP_HANDSHAKE
+            }
+        );
     }
 
     #[tokio::test]
     async fn starttls_refusals_are_clear() {
         let cert = served("mail.example.org");
         let smtp = server(Script::SmtpNoTls, &cert).await;
-        let err = served_fingerprint(smtp.addr, "mail.example.org", StartTls::Smtp, T).await.unwrap_err();
+        let err = served_fingerprint(smtp.addr, "mail.example.org", StartTls::Smtp, T)
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("STARTTLS refused by {}: 454 4.7.0 TLS not available due to local problem", smtp.addr)
+            format!(
+                "STARTTLS refused by {}: 454 4.7.0 TLS not available due to local problem",
+                smtp.addr
+            )
         );
         let imap = server(Script::ImapRefuses, &cert).await;
-        let err = served_fingerprint(imap.addr, "mail.example.org", StartTls::Imap, T).await.unwrap_err();
-        assert_eq!(err.to_string(), format!("STARTTLS refused by {}: a BAD TLS support isn't enabled.", imap.addr));
+        let err = served_fingerprint(imap.addr, "mail.example.org", StartTls::Imap, T)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "STARTTLS refused by {}: a BAD TLS support isn't enabled.",
+                imap.addr
+            )
+        );
         let pop3 = server(Script::Pop3Refuses, &cert).await;
-        let err = served_fingerprint(pop3.addr, "mail.example.org", StartTls::Pop3, T).await.unwrap_err();
-        assert_eq!(err.to_string(), format!("STARTTLS refused by {}: -ERR TLS support isn't enabled.", pop3.addr));
+        let err = served_fingerprint(pop3.addr, "mail.example.org", StartTls::Pop3, T)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "STARTTLS refused by {}: -ERR TLS support isn't enabled.",
+                pop3.addr
+            )
+        );
     }
 
     #[tokio::test]
     async fn wrong_greetings_are_clear() {
         let cert = served("mail.example.org");
         let smtp = server(Script::SmtpRejects, &cert).await;
-        let err = served_fingerprint(smtp.addr, "mail.example.org", StartTls::Smtp, T).await.unwrap_err();
+        let err = served_fingerprint(smtp.addr, "mail.example.org", StartTls::Smtp, T)
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("no 220 greeting from {}: 554 5.7.1 mail.example.org: no SMTP service here", smtp.addr)
+            format!(
+                "no 220 greeting from {}: 554 5.7.1 mail.example.org: no SMTP service here",
+                smtp.addr
+            )
         );
         // An IMAP server asked to speak SMTP, and the other way round.
         let imap = server(Script::Imap, &cert).await;
-        let err = served_fingerprint(imap.addr, "mail.example.org", StartTls::Smtp, T).await.unwrap_err();
+        let err = served_fingerprint(imap.addr, "mail.example.org", StartTls::Smtp, T)
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("no 220 greeting from {}: * OK [CAPABILITY IMAP4rev1 STARTTLS] Dovecot ready.", imap.addr)
+            format!(
+                "no 220 greeting from {}: * OK [CAPABILITY IMAP4rev1 STARTTLS] Dovecot ready.",
+                imap.addr
+            )
         );
         let smtp = server(Script::Smtp, &cert).await;
-        let err = served_fingerprint(smtp.addr, "mail.example.org", StartTls::Imap, T).await.unwrap_err();
-        assert_eq!(err.to_string(), format!("no * OK greeting from {}: 220-mail.example.org ESMTP", smtp.addr));
-        let err = served_fingerprint(smtp.addr, "mail.example.org", StartTls::Pop3, T).await.unwrap_err();
-        assert_eq!(err.to_string(), format!("no +OK greeting from {}: 220-mail.example.org ESMTP", smtp.addr));
+        let err = served_fingerprint(smtp.addr, "mail.example.org", StartTls::Imap, T)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no * OK greeting from {}: 220-mail.example.org ESMTP",
+                smtp.addr
+            )
+        );
+        let err = served_fingerprint(smtp.addr, "mail.example.org", StartTls::Pop3, T)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no +OK greeting from {}: 220-mail.example.org ESMTP",
+                smtp.addr
+            )
+        );
     }
 
     #[tokio::test]
@@ -810,19 +1026,36 @@ mod tests {
                 drop(stream);
             }
         });
-        let err = served_fingerprint(addr, "mail.example.org", StartTls::Smtp, T).await.unwrap_err();
-        assert_eq!(err.to_string(), format!("no 220 greeting from {addr}: the server closed the connection"));
-        let err = served_fingerprint(addr, "mail.example.org", StartTls::Imap, T).await.unwrap_err();
-        assert_eq!(err.to_string(), format!("no * OK greeting from {addr}: the server closed the connection"));
-        let err = served_fingerprint(addr, "mail.example.org", StartTls::Pop3, T).await.unwrap_err();
-        assert_eq!(err.to_string(), format!("no +OK greeting from {addr}: the server closed the connection"));
+        let err = served_fingerprint(addr, "mail.example.org", StartTls::Smtp, T)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("no 220 greeting from {addr}: the server closed the connection")
+        );
+        let err = served_fingerprint(addr, "mail.example.org", StartTls::Imap, T)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("no * OK greeting from {addr}: the server closed the connection")
+        );
+        let err = served_fingerprint(addr, "mail.example.org", StartTls::Pop3, T)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("no +OK greeting from {addr}: the server closed the connection")
+        );
     }
 
     #[tokio::test]
     async fn refuses_data_injected_after_starttls() {
         let cert = served("mail.example.org");
         let server = server(Script::SmtpInjects, &cert).await;
-        let err = served_fingerprint(server.addr, "mail.example.org", StartTls::Smtp, T).await.unwrap_err();
+        let err = served_fingerprint(server.addr, "mail.example.org", StartTls::Smtp, T)
+            .await
+            .unwrap_err();
         assert_eq!(err, ProbeError::DataAfterStartTls { addr: server.addr });
     }
 
@@ -830,8 +1063,14 @@ mod tests {
     async fn plaintext_where_tls_was_expected_fails_the_handshake() {
         let cert = served("mail.example.org");
         let server = server(Script::Smtp, &cert).await;
-        let err = served_fingerprint(server.addr, "mail.example.org", StartTls::Implicit, T).await.unwrap_err();
-        assert!(err.to_string().starts_with(&format!("TLS handshake with {} failed: ", server.addr)), "{err}");
+        let err = served_fingerprint(server.addr, "mail.example.org", StartTls::Implicit, T)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("TLS handshake with {} failed: ", server.addr)),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -840,15 +1079,30 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             listener.local_addr().unwrap()
         };
-        let err = served_fingerprint(addr, "mail.example.org", StartTls::Implicit, T).await.unwrap_err();
-        assert!(err.to_string().starts_with(&format!("cannot connect to {addr}: ")), "{err}");
+        let err = served_fingerprint(addr, "mail.example.org", StartTls::Implicit, T)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot connect to {addr}: ")),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn an_unusable_server_name() {
-        let err =
-            served_fingerprint("127.0.0.1:1".parse().unwrap(), "not a name", StartTls::Implicit, T).await.unwrap_err();
-        assert_eq!(err.to_string(), "\"not a name\" cannot be sent as a TLS server name");
+        let err = served_fingerprint(
+            "127.0.0.1:1".parse().unwrap(),
+            "not a name",
+            StartTls::Implicit,
+            T,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"not a name\" cannot be sent as a TLS server name"
+        );
     }
 
     #[tokio::test]
@@ -856,13 +1110,20 @@ mod tests {
         let cert = served("mail.example.org");
         let ports = [
             (server(Script::Smtp, &cert).await.addr, StartTls::Smtp),
-            (server(Script::Implicit, &cert).await.addr, StartTls::Implicit),
+            (
+                server(Script::Implicit, &cert).await.addr,
+                StartTls::Implicit,
+            ),
             (server(Script::Imap, &cert).await.addr, StartTls::Imap),
             (server(Script::Pop3, &cert).await.addr, StartTls::Pop3),
         ];
-        let took = wait_until_served(&ports, "mail.example.org", &cert.fingerprint, T).await.unwrap();
+        let took = wait_until_served(&ports, "mail.example.org", &cert.fingerprint, T)
+            .await
+            .unwrap();
         assert!(took < Duration::from_secs(1), "{took:?}");
-        let nothing = wait_until_served(&[], "mail.example.org", "x", T).await.unwrap();
+        let nothing = wait_until_served(&[], "mail.example.org", "x", T)
+            .await
+            .unwrap();
         assert!(nothing < Duration::from_millis(10));
     }
 
@@ -872,14 +1133,22 @@ mod tests {
         let new = served("mail.example.org");
         let smtp = server(Script::Smtp, &old).await;
         let imaps = server(Script::Implicit, &new).await;
-        let ports = [(smtp.addr, StartTls::Smtp), (imaps.addr, StartTls::Implicit)];
+        let ports = [
+            (smtp.addr, StartTls::Smtp),
+            (imaps.addr, StartTls::Implicit),
+        ];
         let expected = new.fingerprint.clone();
         let reload = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             smtp.switch_to(&new);
         });
-        let took = wait_until_served(&ports, "mail.example.org", &expected, T).await.unwrap();
-        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(2), "{took:?}");
+        let took = wait_until_served(&ports, "mail.example.org", &expected, T)
+            .await
+            .unwrap();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
         reload.await.unwrap();
     }
 
@@ -896,12 +1165,17 @@ mod tests {
             reloaded.switch_to(&new);
         });
         let deadline = Duration::from_millis(800);
-        let failed = wait_until_served(&ports, "mail.example.org", &expected, deadline).await.unwrap_err();
+        let failed = wait_until_served(&ports, "mail.example.org", &expected, deadline)
+            .await
+            .unwrap_err();
         // Only the hung port: the other one was seen switching.
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert_eq!(failed[0].0, hung.addr);
         let said = &failed[0].1;
-        assert!(said.starts_with("timed out after ") && said.ends_with("(waiting for the greeting)"), "{said}");
+        assert!(
+            said.starts_with("timed out after ") && said.ends_with("(waiting for the greeting)"),
+            "{said}"
+        );
         reload.await.unwrap();
     }
 
@@ -912,15 +1186,33 @@ mod tests {
         let stale = server(Script::Smtp, &old).await;
         let silent = server(Script::Silent, &old).await;
         let fresh = server(Script::Implicit, &new).await;
-        let ports = [(stale.addr, StartTls::Smtp), (silent.addr, StartTls::Imap), (fresh.addr, StartTls::Implicit)];
+        let ports = [
+            (stale.addr, StartTls::Smtp),
+            (silent.addr, StartTls::Imap),
+            (fresh.addr, StartTls::Implicit),
+        ];
         let started = Instant::now();
         let deadline = Duration::from_millis(400);
-        let failed = wait_until_served(&ports, "mail.example.org", &new.fingerprint, deadline).await.unwrap_err();
+        let failed = wait_until_served(&ports, "mail.example.org", &new.fingerprint, deadline)
+            .await
+            .unwrap_err();
         let waited = started.elapsed();
-        assert!(waited >= deadline && waited < Duration::from_secs(2), "{waited:?}");
+        assert!(
+            waited >= deadline && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
         assert_eq!(failed.len(), 2, "{failed:?}");
-        assert_eq!(failed[0], (stale.addr, format!("serves {}, not {}", old.fingerprint, new.fingerprint)));
+        assert_eq!(
+            failed[0],
+            (
+                stale.addr,
+                format!("serves {}, not {}", old.fingerprint, new.fingerprint)
+            )
+        );
         assert_eq!(failed[1].0, silent.addr);
-        assert!(failed[1].1.starts_with("timed out after ") && failed[1].1.ends_with("(waiting for the greeting)"));
+        assert!(
+            failed[1].1.starts_with("timed out after ")
+                && failed[1].1.ends_with("(waiting for the greeting)")
+        );
     }
 }

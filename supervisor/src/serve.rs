@@ -96,7 +96,9 @@ enum Phase {
     /// postfix's smtpd processes are starting over by themselves.
     PostfixGrace,
     /// postfix is reloaded after all; `late` are the ports the grace ended with.
-    ReloadingPostfix { late: Vec<PortFailure> },
+    ReloadingPostfix {
+        late: Vec<PortFailure>,
+    },
     AwaitingPostfix,
 }
 
@@ -121,7 +123,10 @@ pub(crate) enum Outcome {
     /// Every port of every running server serves the new certificate.
     Served { postfix_reloaded: bool },
     /// These ports do not.
-    NotServed { failures: Vec<PortFailure>, postfix_reloaded: bool },
+    NotServed {
+        failures: Vec<PortFailure>,
+        postfix_reloaded: bool,
+    },
 }
 
 /// The next thing to do: another action, or the end.
@@ -133,13 +138,25 @@ pub(crate) enum Next {
 
 /// Every port of `server`, failed for `why`.
 fn all_ports(server: Server, why: &str) -> Vec<PortFailure> {
-    server.ports().iter().map(|&port| PortFailure { port, why: why.to_string() }).collect()
+    server
+        .ports()
+        .iter()
+        .map(|&port| PortFailure {
+            port,
+            why: why.to_string(),
+        })
+        .collect()
 }
 
 impl Serving {
     /// The sequence for a pair that was just installed.
     pub(crate) fn start() -> (Serving, Action) {
-        let serving = Serving { phase: Phase::ReloadingDovecot, failures: Vec::new(), checked: false, postfix_reloaded: false };
+        let serving = Serving {
+            phase: Phase::ReloadingDovecot,
+            failures: Vec::new(),
+            checked: false,
+            postfix_reloaded: false,
+        };
         (serving, Action::Reload(Server::Dovecot))
     }
 
@@ -153,13 +170,19 @@ impl Serving {
         match (phase, seen) {
             (Phase::ReloadingDovecot, O::Reloaded(ReloadResult::Done)) => {
                 self.checked = true;
-                self.then(Phase::AwaitingDovecot, Action::AwaitServed(Server::Dovecot, SERVED_DEADLINE))
+                self.then(
+                    Phase::AwaitingDovecot,
+                    Action::AwaitServed(Server::Dovecot, SERVED_DEADLINE),
+                )
             }
             (Phase::ReloadingDovecot, O::Reloaded(ReloadResult::NotRunning)) => self.ask_postfix(),
             // It still serves the old certificate: no use waiting to see that.
             (Phase::ReloadingDovecot, O::Reloaded(ReloadResult::Failed(e))) => {
                 self.checked = true;
-                self.failures.extend(all_ports(Server::Dovecot, &format!("dovecot could not be reloaded: {e}")));
+                self.failures.extend(all_ports(
+                    Server::Dovecot,
+                    &format!("dovecot could not be reloaded: {e}"),
+                ));
                 self.ask_postfix()
             }
             (Phase::AwaitingDovecot, O::Served(served)) => {
@@ -171,19 +194,25 @@ impl Serving {
                 self.checked = true;
                 self.then(Phase::Republishing, Action::Republish)
             }
-            (Phase::Republishing, O::Republished(Ok(()))) => {
-                self.then(Phase::PostfixGrace, Action::AwaitServed(Server::Postfix, POSTFIX_GRACE))
-            }
-            (Phase::Republishing, O::Republished(Err(_))) => {
-                self.then(Phase::ReloadingPostfix { late: Vec::new() }, Action::Reload(Server::Postfix))
-            }
+            (Phase::Republishing, O::Republished(Ok(()))) => self.then(
+                Phase::PostfixGrace,
+                Action::AwaitServed(Server::Postfix, POSTFIX_GRACE),
+            ),
+            (Phase::Republishing, O::Republished(Err(_))) => self.then(
+                Phase::ReloadingPostfix { late: Vec::new() },
+                Action::Reload(Server::Postfix),
+            ),
             (Phase::PostfixGrace, O::Served(Ok(()))) => self.finish(),
-            (Phase::PostfixGrace, O::Served(Err(late))) => {
-                self.then(Phase::ReloadingPostfix { late }, Action::Reload(Server::Postfix))
-            }
+            (Phase::PostfixGrace, O::Served(Err(late))) => self.then(
+                Phase::ReloadingPostfix { late },
+                Action::Reload(Server::Postfix),
+            ),
             (Phase::ReloadingPostfix { .. }, O::Reloaded(ReloadResult::Done)) => {
                 self.postfix_reloaded = true;
-                self.then(Phase::AwaitingPostfix, Action::AwaitServed(Server::Postfix, SERVED_DEADLINE))
+                self.then(
+                    Phase::AwaitingPostfix,
+                    Action::AwaitServed(Server::Postfix, SERVED_DEADLINE),
+                )
             }
             // It stopped meanwhile: it reads the new pair when it starts, but the
             // ports the grace ended with are what clients saw until then.
@@ -192,7 +221,10 @@ impl Serving {
                 self.finish()
             }
             (Phase::ReloadingPostfix { .. }, O::Reloaded(ReloadResult::Failed(e))) => {
-                self.failures.extend(all_ports(Server::Postfix, &format!("postfix could not be reloaded: {e}")));
+                self.failures.extend(all_ports(
+                    Server::Postfix,
+                    &format!("postfix could not be reloaded: {e}"),
+                ));
                 self.finish()
             }
             (Phase::AwaitingPostfix, O::Served(served)) => {
@@ -222,9 +254,14 @@ impl Serving {
         Next::Finished(if !self.checked {
             Outcome::NothingRunning
         } else if self.failures.is_empty() {
-            Outcome::Served { postfix_reloaded: self.postfix_reloaded }
+            Outcome::Served {
+                postfix_reloaded: self.postfix_reloaded,
+            }
         } else {
-            Outcome::NotServed { failures: self.failures, postfix_reloaded: self.postfix_reloaded }
+            Outcome::NotServed {
+                failures: self.failures,
+                postfix_reloaded: self.postfix_reloaded,
+            }
         })
     }
 }
@@ -237,7 +274,11 @@ pub(crate) trait Host {
     /// Republishes the table postfix's smtpd processes have open.
     async fn republish(&mut self) -> Result<(), String>;
     /// Waits until every port of `server` serves the certificate being installed.
-    async fn await_served(&mut self, server: Server, deadline: Duration) -> Result<(), Vec<PortFailure>>;
+    async fn await_served(
+        &mut self,
+        server: Server,
+        deadline: Duration,
+    ) -> Result<(), Vec<PortFailure>>;
 }
 
 /// Runs the serving sequence against `host` to its end.
@@ -248,7 +289,9 @@ pub(crate) async fn serve(host: &mut impl Host) -> Outcome {
             Action::Reload(server) => Observation::Reloaded(host.reload(server).await),
             Action::IsRunning(server) => Observation::Running(host.is_running(server).await),
             Action::Republish => Observation::Republished(host.republish().await),
-            Action::AwaitServed(server, deadline) => Observation::Served(host.await_served(server, deadline).await),
+            Action::AwaitServed(server, deadline) => {
+                Observation::Served(host.await_served(server, deadline).await)
+            }
         };
         match serving.advance(seen) {
             Next::Do(next, next_action) => (serving, action) = (next, next_action),
@@ -275,7 +318,10 @@ mod tests {
 
     impl FakeHost {
         fn take<T>(answers: &mut Vec<T>, what: &str) -> T {
-            assert!(!answers.is_empty(), "the sequence asked for an unscripted {what}");
+            assert!(
+                !answers.is_empty(),
+                "the sequence asked for an unscripted {what}"
+            );
             answers.remove(0)
         }
     }
@@ -290,25 +336,39 @@ mod tests {
         }
         async fn is_running(&mut self, server: Server) -> bool {
             self.asked.push(Action::IsRunning(server));
-            assert_eq!(server, Server::Postfix, "only postfix is asked whether it runs");
+            assert_eq!(
+                server,
+                Server::Postfix,
+                "only postfix is asked whether it runs"
+            );
             self.postfix_running
         }
         async fn republish(&mut self) -> Result<(), String> {
             self.asked.push(Action::Republish);
             self.republish.take().expect("an unscripted republish")
         }
-        async fn await_served(&mut self, server: Server, deadline: Duration) -> Result<(), Vec<PortFailure>> {
+        async fn await_served(
+            &mut self,
+            server: Server,
+            deadline: Duration,
+        ) -> Result<(), Vec<PortFailure>> {
             self.asked.push(Action::AwaitServed(server, deadline));
             Self::take(&mut self.served, "served check")
         }
     }
 
     fn run(host: &mut FakeHost) -> Outcome {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(serve(host))
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(serve(host))
     }
 
     fn late(port: u16) -> PortFailure {
-        PortFailure { port, why: "serves the old certificate".into() }
+        PortFailure {
+            port,
+            why: "serves the old certificate".into(),
+        }
     }
 
     #[test]
@@ -320,7 +380,12 @@ mod tests {
             served: vec![Ok(()), Ok(())],
             ..FakeHost::default()
         };
-        assert_eq!(run(&mut host), Outcome::Served { postfix_reloaded: false });
+        assert_eq!(
+            run(&mut host),
+            Outcome::Served {
+                postfix_reloaded: false
+            }
+        );
         assert_eq!(
             host.asked,
             [
@@ -343,7 +408,12 @@ mod tests {
             served: vec![Ok(()), Err(vec![late(587)]), Ok(())],
             ..FakeHost::default()
         };
-        assert_eq!(run(&mut host), Outcome::Served { postfix_reloaded: true });
+        assert_eq!(
+            run(&mut host),
+            Outcome::Served {
+                postfix_reloaded: true
+            }
+        );
         assert_eq!(
             host.asked[4..],
             [
@@ -364,15 +434,25 @@ mod tests {
             served: vec![Ok(()), Ok(())],
             ..FakeHost::default()
         };
-        assert_eq!(run(&mut host), Outcome::Served { postfix_reloaded: true });
+        assert_eq!(
+            run(&mut host),
+            Outcome::Served {
+                postfix_reloaded: true
+            }
+        );
         assert_eq!(
             host.asked[3..],
-            [Action::Republish, Action::Reload(Server::Postfix), Action::AwaitServed(Server::Postfix, SERVED_DEADLINE)]
+            [
+                Action::Republish,
+                Action::Reload(Server::Postfix),
+                Action::AwaitServed(Server::Postfix, SERVED_DEADLINE)
+            ]
         );
     }
 
     #[test]
-    fn a_failed_dovecot_reload_fails_its_ports_without_waiting_and_postfix_still_gets_the_certificate() {
+    fn a_failed_dovecot_reload_fails_its_ports_without_waiting_and_postfix_still_gets_the_certificate()
+     {
         let mut host = FakeHost {
             dovecot_reload: vec![ReloadResult::Failed("Job failed".into())],
             postfix_running: true,
@@ -380,13 +460,26 @@ mod tests {
             served: vec![Ok(())],
             ..FakeHost::default()
         };
-        let Outcome::NotServed { failures, postfix_reloaded: false } = run(&mut host) else {
+        let Outcome::NotServed {
+            failures,
+            postfix_reloaded: false,
+        } = run(&mut host)
+        else {
             panic!("a failed dovecot reload must not count as served");
         };
         let ports: Vec<u16> = failures.iter().map(|f| f.port).collect();
         assert_eq!(ports, [993, 995, 143, 110]);
-        assert!(failures.iter().all(|f| f.why == "dovecot could not be reloaded: Job failed"), "{failures:?}");
-        assert!(!host.asked.contains(&Action::AwaitServed(Server::Dovecot, SERVED_DEADLINE)));
+        assert!(
+            failures
+                .iter()
+                .all(|f| f.why == "dovecot could not be reloaded: Job failed"),
+            "{failures:?}"
+        );
+        assert!(
+            !host
+                .asked
+                .contains(&Action::AwaitServed(Server::Dovecot, SERVED_DEADLINE))
+        );
     }
 
     #[test]
@@ -397,7 +490,13 @@ mod tests {
             served: vec![Err(vec![late(993)])],
             ..FakeHost::default()
         };
-        assert_eq!(run(&mut host), Outcome::NotServed { failures: vec![late(993)], postfix_reloaded: false });
+        assert_eq!(
+            run(&mut host),
+            Outcome::NotServed {
+                failures: vec![late(993)],
+                postfix_reloaded: false
+            }
+        );
     }
 
     #[test]
@@ -410,7 +509,11 @@ mod tests {
             served: vec![Ok(()), Err(vec![late(25)])],
             ..FakeHost::default()
         };
-        let Outcome::NotServed { failures, postfix_reloaded: false } = run(&mut host) else {
+        let Outcome::NotServed {
+            failures,
+            postfix_reloaded: false,
+        } = run(&mut host)
+        else {
             panic!("a failed postfix reload must not count as served");
         };
         let ports: Vec<u16> = failures.iter().map(|f| f.port).collect();
@@ -427,7 +530,13 @@ mod tests {
             served: vec![Ok(()), Err(vec![late(465)])],
             ..FakeHost::default()
         };
-        assert_eq!(run(&mut host), Outcome::NotServed { failures: vec![late(465)], postfix_reloaded: false });
+        assert_eq!(
+            run(&mut host),
+            Outcome::NotServed {
+                failures: vec![late(465)],
+                postfix_reloaded: false
+            }
+        );
     }
 
     #[test]
@@ -440,14 +549,29 @@ mod tests {
             served: vec![Ok(()), Err(vec![late(587)]), Err(vec![late(25)])],
             ..FakeHost::default()
         };
-        assert_eq!(run(&mut host), Outcome::NotServed { failures: vec![late(25)], postfix_reloaded: true });
+        assert_eq!(
+            run(&mut host),
+            Outcome::NotServed {
+                failures: vec![late(25)],
+                postfix_reloaded: true
+            }
+        );
     }
 
     #[test]
     fn nothing_running_is_nothing_to_verify() {
-        let mut host = FakeHost { dovecot_reload: vec![ReloadResult::NotRunning], ..FakeHost::default() };
+        let mut host = FakeHost {
+            dovecot_reload: vec![ReloadResult::NotRunning],
+            ..FakeHost::default()
+        };
         assert_eq!(run(&mut host), Outcome::NothingRunning);
-        assert_eq!(host.asked, [Action::Reload(Server::Dovecot), Action::IsRunning(Server::Postfix)]);
+        assert_eq!(
+            host.asked,
+            [
+                Action::Reload(Server::Dovecot),
+                Action::IsRunning(Server::Postfix)
+            ]
+        );
     }
 
     #[test]
@@ -459,16 +583,27 @@ mod tests {
             served: vec![Ok(())],
             ..FakeHost::default()
         };
-        assert_eq!(run(&mut host), Outcome::Served { postfix_reloaded: false });
+        assert_eq!(
+            run(&mut host),
+            Outcome::Served {
+                postfix_reloaded: false
+            }
+        );
     }
 
     #[test]
     fn an_observation_that_answers_another_action_fails_everything_instead_of_guessing() {
         let (serving, _) = Serving::start();
-        let Next::Finished(Outcome::NotServed { failures, .. }) = serving.advance(Observation::Running(true)) else {
+        let Next::Finished(Outcome::NotServed { failures, .. }) =
+            serving.advance(Observation::Running(true))
+        else {
             panic!("a confused driver must not end in success");
         };
         assert_eq!(failures.len(), 7);
-        assert!(failures[0].why.starts_with("internal error: Running(true) does not answer ReloadingDovecot"));
+        assert!(
+            failures[0]
+                .why
+                .starts_with("internal error: Running(true) does not answer ReloadingDovecot")
+        );
     }
 }

@@ -79,7 +79,11 @@ impl Status {
             && self.certificate.error.is_none()
             && self.last_reload.as_ref().is_none_or(|e| e.ok)
             && self.certificate.verified.as_ref().is_none_or(|e| e.ok)
-            && self.acme.as_ref().and_then(|a| a.last_attempt.as_ref()).is_none_or(|e| e.ok)
+            && self
+                .acme
+                .as_ref()
+                .and_then(|a| a.last_attempt.as_ref())
+                .is_none_or(|e| e.ok)
     }
 
     /// The one line systemd shows (`systemctl status postmaster`).
@@ -87,16 +91,25 @@ impl Status {
         let mut line = format!(
             "serving {} mailbox{} for {}",
             self.accounts.mailboxes,
-            if self.accounts.mailboxes == 1 { "" } else { "es" },
+            if self.accounts.mailboxes == 1 {
+                ""
+            } else {
+                "es"
+            },
             self.domains.join(", ")
         );
         // A certificate is known by its fingerprint: ACME certificates have no subject.
         if !self.certificate.fingerprint.is_empty() {
-            line.push_str(&format!("; certificate valid {} more days", self.certificate.days_left));
+            line.push_str(&format!(
+                "; certificate valid {} more days",
+                self.certificate.days_left
+            ));
         }
         if let Some(first) = self.accounts.errors.first() {
             let more = self.accounts.errors.len() - 1;
-            line.push_str(&format!("; ACCOUNTS FILE REFUSED (last good kept): {first}"));
+            line.push_str(&format!(
+                "; ACCOUNTS FILE REFUSED (last good kept): {first}"
+            ));
             if more > 0 {
                 line.push_str(&format!(" (+{more} more)"));
             }
@@ -110,7 +123,12 @@ impl Status {
         if let Some(e) = self.certificate.verified.as_ref().filter(|e| !e.ok) {
             line.push_str(&format!("; SERVED CERTIFICATE CHECK FAILED: {}", e.detail));
         }
-        if let Some(e) = self.acme.as_ref().and_then(|a| a.last_attempt.as_ref()).filter(|e| !e.ok) {
+        if let Some(e) = self
+            .acme
+            .as_ref()
+            .and_then(|a| a.last_attempt.as_ref())
+            .filter(|e| !e.ok)
+        {
             line.push_str(&format!("; RENEWAL FAILING: {}", e.detail));
         }
         line
@@ -123,8 +141,19 @@ impl Status {
             out.push_str(&s);
             out.push('\n');
         };
-        line(format!("postmaster: {}", if self.healthy() { "healthy" } else { "DEGRADED" }));
-        line(format!("host:       {} ({})", self.host_name, self.domains.join(", ")));
+        line(format!(
+            "postmaster: {}",
+            if self.healthy() {
+                "healthy"
+            } else {
+                "DEGRADED"
+            }
+        ));
+        line(format!(
+            "host:       {} ({})",
+            self.host_name,
+            self.domains.join(", ")
+        ));
         let a = &self.accounts;
         line(format!(
             "accounts:   {} mailboxes, {} alias addresses, {} catch-alls from {}",
@@ -140,13 +169,25 @@ impl Status {
             line("            (the last good accounts keep being served)".into());
         }
         let c = &self.certificate;
-        line(format!("tls:        {}, valid until {} ({} days left)", certificate_label(c), c.not_after, c.days_left));
-        line(format!("            source: {}, sha256 {}", c.source, c.fingerprint));
+        line(format!(
+            "tls:        {}, valid until {} ({} days left)",
+            certificate_label(c),
+            c.not_after,
+            c.days_left
+        ));
+        line(format!(
+            "            source: {}, sha256 {}",
+            c.source, c.fingerprint
+        ));
         if let Some(e) = &c.installed {
             line(format!("            installed {}", e.at));
         }
         if let Some(e) = &c.verified {
-            line(format!("            served check {}: {}", if e.ok { "ok" } else { "FAILED" }, e.detail));
+            line(format!(
+                "            served check {}: {}",
+                if e.ok { "ok" } else { "FAILED" },
+                e.detail
+            ));
         }
         if let Some(e) = &c.error {
             line(format!("  error:    {e}"));
@@ -155,18 +196,36 @@ impl Status {
         if let Some(a) = &self.acme {
             line(format!("acme:       {}", a.directory));
             if let Some(e) = &a.last_attempt {
-                line(format!("            last attempt {} at {}: {}", if e.ok { "ok" } else { "FAILED" }, e.at, e.detail));
+                line(format!(
+                    "            last attempt {} at {}: {}",
+                    if e.ok { "ok" } else { "FAILED" },
+                    e.at,
+                    e.detail
+                ));
             }
-            line(format!("            next attempt {} ({} failures in a row)", a.next_attempt, a.failures));
+            line(format!(
+                "            next attempt {} ({} failures in a row)",
+                a.next_attempt, a.failures
+            ));
             if let Some([start, end]) = &a.renewal_window {
-                line(format!("            renewal window from the CA: {start} to {end}"));
+                line(format!(
+                    "            renewal window from the CA: {start} to {end}"
+                ));
             }
         }
         if let Some(e) = &self.last_reload {
-            line(format!("reload:     {} at {}: {}", if e.ok { "ok" } else { "FAILED" }, e.at, e.detail));
+            line(format!(
+                "reload:     {} at {}: {}",
+                if e.ok { "ok" } else { "FAILED" },
+                e.at,
+                e.detail
+            ));
         }
         for u in &self.units {
-            line(format!("unit:       {} {} (main PID {})", u.name, u.active_state, u.main_pid));
+            line(format!(
+                "unit:       {} {} (main PID {})",
+                u.name, u.active_state, u.main_pid
+            ));
         }
         out
     }
@@ -176,7 +235,11 @@ impl Status {
 /// subject where it has one (CAs are dropping the CN, so ACME certificates have none).
 fn certificate_label(c: &CertificateStatus) -> String {
     let names = c.names.join(", ");
-    if c.subject.is_empty() { names } else { format!("{} ({names})", c.subject) }
+    if c.subject.is_empty() {
+        names
+    } else {
+        format!("{} ({names})", c.subject)
+    }
 }
 
 #[cfg(test)]
@@ -185,20 +248,35 @@ mod tests {
 
     #[test]
     fn a_certificate_without_a_subject_is_shown_by_its_names() {
-        let mut s = Status { domains: vec!["example.org".into()], ..Default::default() };
+        let mut s = Status {
+            domains: vec!["example.org".into()],
+            ..Default::default()
+        };
         s.certificate.names = vec!["mail.example.org".into(), "example.org".into()];
         s.certificate.fingerprint = "ab".repeat(32);
         s.certificate.not_after = "2027-03-01T00:00:00Z".into();
         s.certificate.days_left = 89;
         assert!(s.human().contains("tls:        mail.example.org, example.org, valid until 2027-03-01T00:00:00Z (89 days left)\n"), "{}", s.human());
-        assert_eq!(s.summary(), "serving 0 mailboxes for example.org; certificate valid 89 more days");
+        assert_eq!(
+            s.summary(),
+            "serving 0 mailboxes for example.org; certificate valid 89 more days"
+        );
         s.certificate.subject = "CN=mail.example.org".into();
-        assert!(s.human().contains("tls:        CN=mail.example.org (mail.example.org, example.org), valid until"), "{}", s.human());
+        assert!(
+            s.human().contains(
+                "tls:        CN=mail.example.org (mail.example.org, example.org), valid until"
+            ),
+            "{}",
+            s.human()
+        );
     }
 
     #[test]
     fn summary_names_what_is_wrong() {
-        let mut s = Status { domains: vec!["example.org".into()], ..Default::default() };
+        let mut s = Status {
+            domains: vec!["example.org".into()],
+            ..Default::default()
+        };
         s.accounts.mailboxes = 2;
         assert_eq!(s.summary(), "serving 2 mailboxes for example.org");
         assert!(s.healthy());

@@ -17,19 +17,28 @@ trait Manager {
     fn subscribe(&self) -> zbus::Result<()>;
 }
 
-#[zbus::proxy(interface = "org.freedesktop.systemd1.Job", default_service = "org.freedesktop.systemd1")]
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Job",
+    default_service = "org.freedesktop.systemd1"
+)]
 trait Job {
     #[zbus(property)]
     fn state(&self) -> zbus::Result<String>;
 }
 
-#[zbus::proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
 trait Unit {
     #[zbus(property)]
     fn active_state(&self) -> zbus::Result<String>;
 }
 
-#[zbus::proxy(interface = "org.freedesktop.systemd1.Service", default_service = "org.freedesktop.systemd1")]
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
 trait Service {
     #[zbus(property, name = "MainPID")]
     fn main_pid(&self) -> zbus::Result<u32>;
@@ -66,23 +75,45 @@ impl Systemd {
         let manager = ManagerProxy::new(&connection).await?;
         // Without Subscribe systemd does not send JobRemoved to us.
         manager.subscribe().await?;
-        Ok(Systemd { connection, manager })
+        Ok(Systemd {
+            connection,
+            manager,
+        })
     }
 
     pub async fn unit_state(&self, name: &str) -> UnitState {
-        let unknown = || UnitState { name: name.to_string(), active_state: "unknown".into(), main_pid: 0 };
+        let unknown = || UnitState {
+            name: name.to_string(),
+            active_state: "unknown".into(),
+            main_pid: 0,
+        };
         let Ok(path) = self.manager.get_unit(name).await else {
             return unknown();
         };
-        let active_state = match UnitProxy::builder(&self.connection).path(path.clone()).build().await {
-            Ok(unit) => unit.active_state().await.unwrap_or_else(|_| "unknown".into()),
+        let active_state = match UnitProxy::builder(&self.connection)
+            .path(path.clone())
+            .build()
+            .await
+        {
+            Ok(unit) => unit
+                .active_state()
+                .await
+                .unwrap_or_else(|_| "unknown".into()),
             Err(_) => "unknown".into(),
         };
-        let main_pid = match ServiceProxy::builder(&self.connection).path(path).build().await {
+        let main_pid = match ServiceProxy::builder(&self.connection)
+            .path(path)
+            .build()
+            .await
+        {
             Ok(service) => service.main_pid().await.unwrap_or(0),
             Err(_) => 0,
         };
-        UnitState { name: name.to_string(), active_state, main_pid }
+        UnitState {
+            name: name.to_string(),
+            active_state,
+            main_pid,
+        }
     }
 
     /// Reloads `unit` and waits for the job to finish. The JobRemoved stream is
@@ -129,10 +160,16 @@ impl Systemd {
             }
         };
         match tokio::time::timeout(timeout, wait).await {
-            Err(_) => Err(SystemdError::Timeout { unit: unit.to_string(), timeout }),
+            Err(_) => Err(SystemdError::Timeout {
+                unit: unit.to_string(),
+                timeout,
+            }),
             Ok(Err(e)) => Err(e.into()),
             Ok(Ok(result)) if result == "done" => Ok(()),
-            Ok(Ok(result)) => Err(SystemdError::JobFailed { unit: unit.to_string(), result }),
+            Ok(Ok(result)) => Err(SystemdError::JobFailed {
+                unit: unit.to_string(),
+                result,
+            }),
         }
     }
 }

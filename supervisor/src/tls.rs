@@ -49,20 +49,28 @@ impl CertInfo {
     /// How long the certificate is valid in all: renewal is scheduled relative to it
     /// (a 6-day certificate cannot wait until 30 days before its end).
     pub fn lifetime(&self) -> Duration {
-        self.not_after.duration_since(self.not_before).unwrap_or(Duration::ZERO)
+        self.not_after
+            .duration_since(self.not_before)
+            .unwrap_or(Duration::ZERO)
     }
 }
 
 /// Why a pair must not be installed. The text says what is wrong and what to do.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PairProblem {
-    #[error("the chain file is empty (a writer may still be halfway: waiting for it to be written)")]
+    #[error(
+        "the chain file is empty (a writer may still be halfway: waiting for it to be written)"
+    )]
     ChainFileEmpty,
     #[error("the key file is empty (a writer may still be halfway: waiting for it to be written)")]
     KeyFileEmpty,
-    #[error("the chain file is cut short: {0} (a writer may still be halfway: waiting for it to be complete)")]
+    #[error(
+        "the chain file is cut short: {0} (a writer may still be halfway: waiting for it to be complete)"
+    )]
     ChainCutShort(String),
-    #[error("the key file is cut short: {0} (a writer may still be halfway: waiting for it to be complete)")]
+    #[error(
+        "the key file is cut short: {0} (a writer may still be halfway: waiting for it to be complete)"
+    )]
     KeyCutShort(String),
     #[error("the chain file is not PEM: {0}")]
     ChainNotPem(String),
@@ -74,7 +82,9 @@ pub enum PairProblem {
     NoCertificate { found: Vec<String> },
     #[error("no private key in the key file{}", holds(found))]
     NoPrivateKey { found: Vec<String> },
-    #[error("the chain file holds a private key and the key file holds certificates: the two paths are swapped")]
+    #[error(
+        "the chain file holds a private key and the key file holds certificates: the two paths are swapped"
+    )]
     Swapped,
     #[error(
         "the private key is encrypted with a passphrase: postfix and dovecot need it unencrypted (decrypt it with `openssl pkey -in KEY -out NEWKEY`)"
@@ -82,7 +92,9 @@ pub enum PairProblem {
     EncryptedKey,
     #[error("the key file holds {0} private keys: it must hold exactly one, the certificate's")]
     KeyCount(usize),
-    #[error("unsupported private key type: use RSA (2048 to 8192 bits), ECDSA P-256 or P-384, or Ed25519")]
+    #[error(
+        "unsupported private key type: use RSA (2048 to 8192 bits), ECDSA P-256 or P-384, or Ed25519"
+    )]
     UnsupportedKey,
     /// `index` counts from 1, the leaf.
     #[error("certificate {index} in the chain file cannot be read: {reason}")]
@@ -132,11 +144,19 @@ impl PairProblem {
 }
 
 fn holds(found: &[String]) -> String {
-    if found.is_empty() { String::new() } else { format!(" (it holds: {})", found.join(", ")) }
+    if found.is_empty() {
+        String::new()
+    } else {
+        format!(" (it holds: {})", found.join(", "))
+    }
 }
 
 fn covers(names: &[String]) -> String {
-    if names.is_empty() { "it covers no DNS name".to_string() } else { format!("it covers: {}", names.join(", ")) }
+    if names.is_empty() {
+        "it covers no DNS name".to_string()
+    } else {
+        format!("it covers: {}", names.join(", "))
+    }
 }
 
 /// Validates a chain (leaf first) and its private key for serving `required_names` at `now`.
@@ -156,11 +176,17 @@ pub fn validate_pair(
         if !chain.keys.is_empty() && !key.certs.is_empty() && key.keys.is_empty() {
             return Err(PairProblem::Swapped);
         }
-        return Err(PairProblem::NoCertificate { found: chain.other_labels });
+        return Err(PairProblem::NoCertificate {
+            found: chain.other_labels,
+        });
     }
     let private_key = match (key.keys.as_slice(), key.encrypted_keys) {
         ([only], 0) => only,
-        ([], 0) => return Err(PairProblem::NoPrivateKey { found: key.other_labels }),
+        ([], 0) => {
+            return Err(PairProblem::NoPrivateKey {
+                found: key.other_labels,
+            });
+        }
         ([], 1) => return Err(PairProblem::EncryptedKey),
         (keys, encrypted) => return Err(PairProblem::KeyCount(keys.len() + encrypted)),
     };
@@ -169,15 +195,23 @@ pub fn validate_pair(
     for (i, der) in chain.certs.iter().enumerate() {
         match x509_parser::parse_x509_certificate(der) {
             Ok((_, cert)) => parsed.push(cert),
-            Err(e) => return Err(PairProblem::BadCertificate { index: i + 1, reason: e.to_string() }),
+            Err(e) => {
+                return Err(PairProblem::BadCertificate {
+                    index: i + 1,
+                    reason: e.to_string(),
+                });
+            }
         }
     }
     let leaf = &parsed[0];
-    let names = leaf_names(leaf).map_err(|reason| PairProblem::BadCertificate { index: 1, reason })?;
-    let uncovered = required_names.iter().find(|required| !names.iter().any(|n| name_covers(n, required)));
+    let names =
+        leaf_names(leaf).map_err(|reason| PairProblem::BadCertificate { index: 1, reason })?;
+    let uncovered = required_names
+        .iter()
+        .find(|required| !names.iter().any(|n| name_covers(n, required)));
 
-    let signing_key =
-        rustls::crypto::ring::sign::any_supported_type(private_key).map_err(|_| PairProblem::UnsupportedKey)?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(private_key)
+        .map_err(|_| PairProblem::UnsupportedKey)?;
     // from_der() would tolerate keys it cannot compare; here "cannot tell" must not pass.
     let certified = rustls::sign::CertifiedKey::new(chain.certs.clone(), signing_key);
     match certified.keys_match() {
@@ -186,21 +220,32 @@ pub fn validate_pair(
             // A CA certificate first that neither matches the key nor names this host is
             // the chain.pem mistake, not a pair caught mid-write.
             if leaf.is_ca() && uncovered.is_some() {
-                return Err(PairProblem::LeafIsCa { subject: leaf.subject().to_string() });
+                return Err(PairProblem::LeafIsCa {
+                    subject: leaf.subject().to_string(),
+                });
             }
             return Err(PairProblem::KeyMismatch);
         }
         Err(rustls::Error::InconsistentKeys(_)) => return Err(PairProblem::UnsupportedKey),
-        Err(other) => return Err(PairProblem::BadCertificate { index: 1, reason: other.to_string() }),
+        Err(other) => {
+            return Err(PairProblem::BadCertificate {
+                index: 1,
+                reason: other.to_string(),
+            });
+        }
     }
 
     for (position, pair) in parsed.windows(2).enumerate() {
         if !same_name(pair[0].issuer(), pair[1].subject()) {
-            return Err(PairProblem::ChainOutOfOrder { position: position + 1 });
+            return Err(PairProblem::ChainOutOfOrder {
+                position: position + 1,
+            });
         }
     }
     if parsed.len() == 1 && !same_name(leaf.issuer(), leaf.subject()) {
-        return Err(PairProblem::MissingIntermediate { issuer: leaf.issuer().to_string() });
+        return Err(PairProblem::MissingIntermediate {
+            issuer: leaf.issuer().to_string(),
+        });
     }
 
     let not_before = system_time(leaf.validity().not_before);
@@ -213,16 +258,28 @@ pub fn validate_pair(
     }
 
     match leaf.extended_key_usage() {
-        Ok(Some(eku)) if !(eku.value.server_auth || eku.value.any) => return Err(PairProblem::NotForServers),
+        Ok(Some(eku)) if !(eku.value.server_auth || eku.value.any) => {
+            return Err(PairProblem::NotForServers);
+        }
         Ok(_) => {}
-        Err(e) => return Err(PairProblem::BadCertificate { index: 1, reason: e.to_string() }),
+        Err(e) => {
+            return Err(PairProblem::BadCertificate {
+                index: 1,
+                reason: e.to_string(),
+            });
+        }
     }
 
     if let Some(name) = uncovered {
         if leaf.is_ca() {
-            return Err(PairProblem::LeafIsCa { subject: leaf.subject().to_string() });
+            return Err(PairProblem::LeafIsCa {
+                subject: leaf.subject().to_string(),
+            });
         }
-        return Err(PairProblem::NameNotCovered { name: name.clone(), covered: names });
+        return Err(PairProblem::NameNotCovered {
+            name: name.clone(),
+            covered: names,
+        });
     }
 
     Ok(CertInfo {
@@ -260,18 +317,27 @@ pub fn self_signed_placeholder(names: &[String], now: SystemTime) -> (String, St
         .iter()
         .filter_map(|name| match name.parse::<IpAddr>() {
             Ok(ip) => Some(rcgen::SanType::IpAddress(ip)),
-            Err(_) => rcgen::string::Ia5String::try_from(name.as_str()).ok().map(rcgen::SanType::DnsName),
+            Err(_) => rcgen::string::Ia5String::try_from(name.as_str())
+                .ok()
+                .map(rcgen::SanType::DnsName),
         })
         .collect();
     let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, names.first().map_or("postmaster placeholder", String::as_str));
+    dn.push(
+        rcgen::DnType::CommonName,
+        names
+            .first()
+            .map_or("postmaster placeholder", String::as_str),
+    );
     // Tells an admin who looks at what is served why it is self-signed.
     dn.push(rcgen::DnType::OrganizationName, "postmaster placeholder");
     params.distinguished_name = dn;
     let start = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
     params.not_before = asn1_time(start).to_datetime();
     params.not_after = asn1_time(start + Duration::from_secs(90 * 86_400)).to_datetime();
-    let cert = params.self_signed(&key).expect("rcgen signs a certificate made of validated parts");
+    let cert = params
+        .self_signed(&key)
+        .expect("rcgen signs a certificate made of validated parts");
     (cert.pem(), key.serialize_pem())
 }
 
@@ -281,14 +347,24 @@ pub fn format_rfc3339(t: SystemTime) -> String {
     let secs = unix_seconds(t);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 pub fn format_utc(t: SystemTime) -> String {
     let secs = unix_seconds(t);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil: (year, month, day) of a day count since 1970-01-01.
@@ -316,7 +392,9 @@ fn system_time(t: ASN1Time) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
     } else {
-        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs())).unwrap_or(UNIX_EPOCH)
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(secs.unsigned_abs()))
+            .unwrap_or(UNIX_EPOCH)
     }
 }
 
@@ -325,7 +403,8 @@ fn system_time(t: ASN1Time) -> SystemTime {
 fn asn1_time(t: SystemTime) -> ASN1Time {
     // 9999-12-31T23:59:59Z is the last second X.509 (GeneralizedTime) can say.
     const LAST: i64 = 253_402_300_799;
-    ASN1Time::from_timestamp(unix_seconds(t).clamp(0, LAST)).expect("clamped into the representable range")
+    ASN1Time::from_timestamp(unix_seconds(t).clamp(0, LAST))
+        .expect("clamped into the representable range")
 }
 
 /// DNS SANs, else the CN (RFC 6125: clients ignore the CN once any DNS SAN exists).
@@ -339,7 +418,12 @@ fn leaf_names(leaf: &X509Certificate<'_>) -> Result<Vec<String>, String> {
         }
     }
     if names.is_empty() {
-        names.extend(leaf.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_string));
+        names.extend(
+            leaf.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_string),
+        );
     }
     Ok(names)
 }
@@ -353,7 +437,9 @@ fn name_covers(pattern: &str, name: &str) -> bool {
         return true;
     }
     match (pattern.strip_prefix("*."), name.split_once('.')) {
-        (Some(parent), Some((first, rest))) => !first.is_empty() && !parent.is_empty() && rest == parent,
+        (Some(parent), Some((first, rest))) => {
+            !first.is_empty() && !parent.is_empty() && rest == parent
+        }
         _ => false,
     }
 }
@@ -447,17 +533,28 @@ fn read_pem(bytes: &[u8]) -> Result<PemFile, PemFault> {
         lines.push((offset, offset + raw.len(), raw.trim_end()));
         offset += raw.len();
     }
-    let last_content = lines.iter().rposition(|(_, _, line)| !line.is_empty()).unwrap_or(0);
+    let last_content = lines
+        .iter()
+        .rposition(|(_, _, line)| !line.is_empty())
+        .unwrap_or(0);
 
     let mut sections = Vec::new();
     let mut open: Option<Section<'_>> = None;
     for (i, &(start, end, line)) in lines.iter().enumerate() {
         let number = i + 1;
         let at_end = i == last_content;
-        let broken = |what: String| if at_end { PemFault::CutShort(what) } else { PemFault::Broken(what) };
+        let broken = |what: String| {
+            if at_end {
+                PemFault::CutShort(what)
+            } else {
+                PemFault::Broken(what)
+            }
+        };
         if let Some(rest) = line.strip_prefix("-----BEGIN ") {
             let Some(label) = rest.strip_suffix("-----") else {
-                return Err(broken(format!("line {number} is an incomplete -----BEGIN line")));
+                return Err(broken(format!(
+                    "line {number} is an incomplete -----BEGIN line"
+                )));
             };
             if let Some(section) = &open {
                 return Err(PemFault::Broken(format!(
@@ -465,10 +562,17 @@ fn read_pem(bytes: &[u8]) -> Result<PemFile, PemFault> {
                     section.label, section.line
                 )));
             }
-            open = Some(Section { label, line: number, range: start..end, encrypted: false });
+            open = Some(Section {
+                label,
+                line: number,
+                range: start..end,
+                encrypted: false,
+            });
         } else if let Some(rest) = line.strip_prefix("-----END ") {
             let Some(label) = rest.strip_suffix("-----") else {
-                return Err(broken(format!("line {number} is an incomplete -----END line")));
+                return Err(broken(format!(
+                    "line {number} is an incomplete -----END line"
+                )));
             };
             match open.take() {
                 Some(mut section) if section.label == label => {
@@ -481,7 +585,11 @@ fn read_pem(bytes: &[u8]) -> Result<PemFile, PemFault> {
                         section.line, section.label
                     )));
                 }
-                None => return Err(PemFault::Broken(format!("line {number} ends a {label} that never began"))),
+                None => {
+                    return Err(PemFault::Broken(format!(
+                        "line {number} ends a {label} that never began"
+                    )));
+                }
             }
         } else if line.starts_with("-----") || (at_end && line.starts_with('-')) {
             return Err(broken(format!("line {number} is an incomplete PEM marker")));
@@ -506,15 +614,22 @@ fn read_pem(bytes: &[u8]) -> Result<PemFile, PemFault> {
     for section in sections {
         let body = &bytes[section.range.clone()];
         let undecodable = |_| {
-            PemFault::Broken(format!("the {} that begins on line {} is not valid base64", section.label, section.line))
+            PemFault::Broken(format!(
+                "the {} that begins on line {} is not valid base64",
+                section.label, section.line
+            ))
         };
         match section.label {
-            "CERTIFICATE" => file.certs.push(CertificateDer::from_pem_slice(body).map_err(undecodable)?),
+            "CERTIFICATE" => file
+                .certs
+                .push(CertificateDer::from_pem_slice(body).map_err(undecodable)?),
             "ENCRYPTED PRIVATE KEY" => file.encrypted_keys += 1,
-            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" if section.encrypted => file.encrypted_keys += 1,
-            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
-                file.keys.push(PrivateKeyDer::from_pem_slice(body).map_err(undecodable)?)
+            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" if section.encrypted => {
+                file.encrypted_keys += 1
             }
+            "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => file
+                .keys
+                .push(PrivateKeyDer::from_pem_slice(body).map_err(undecodable)?),
             other => {
                 if !file.other_labels.iter().any(|l| l == other) {
                     file.other_labels.push(other.to_string());
@@ -529,8 +644,9 @@ fn read_pem(bytes: &[u8]) -> Result<PemFile, PemFault> {
 mod tests {
     use super::*;
     use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519, PKCS_RSA_SHA256,
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519,
+        PKCS_RSA_SHA256,
     };
 
     // 2026-03-01 00:00:00 UTC, a fixed "now" so that expiry tests never depend on the clock.
@@ -549,7 +665,10 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
-    fn ca(cn: &str, issuer: Option<&rcgen::Issuer<'_, KeyPair>>) -> CertifiedIssuer<'static, KeyPair> {
+    fn ca(
+        cn: &str,
+        issuer: Option<&rcgen::Issuer<'_, KeyPair>>,
+    ) -> CertifiedIssuer<'static, KeyPair> {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -572,7 +691,12 @@ mod tests {
 
     impl Default for Leaf<'_> {
         fn default() -> Self {
-            Leaf { names: &["mail.example.org"], from: NOW - DAY, until: NOW + 89 * DAY, eku: Vec::new() }
+            Leaf {
+                names: &["mail.example.org"],
+                from: NOW - DAY,
+                until: NOW + 89 * DAY,
+                eku: Vec::new(),
+            }
         }
     }
 
@@ -611,7 +735,10 @@ mod tests {
 
         fn pair_with_key(&self, leaf: Leaf<'_>, key: &KeyPair) -> (String, String) {
             let cert = leaf.signed(key, &self.intermediate);
-            (format!("{cert}{}", self.intermediate.pem()), key.serialize_pem())
+            (
+                format!("{cert}{}", self.intermediate.pem()),
+                key.serialize_pem(),
+            )
         }
     }
 
@@ -738,7 +865,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     #[test]
     fn accepts_a_fullchain_and_reports_what_it_holds() {
         let pki = Pki::new();
-        let (chain, key) = pki.pair(Leaf { names: &["mail.example.org", "example.org"], ..Leaf::default() });
+        let (chain, key) = pki.pair(Leaf {
+            names: &["mail.example.org", "example.org"],
+            ..Leaf::default()
+        });
         let info = validate(&chain, &key, &["mail.example.org", "example.org"]).unwrap();
         assert_eq!(info.subject, "CN=mail.example.org");
         assert_eq!(info.issuer, "CN=Test R11");
@@ -757,7 +887,12 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let pki = Pki::new();
         let (chain, key) = pki.pair(Leaf::default());
         let chain = format!("{chain}{}", pki.root.pem());
-        assert_eq!(validate(&chain, &key, &["mail.example.org"]).unwrap().chain_len, 3);
+        assert_eq!(
+            validate(&chain, &key, &["mail.example.org"])
+                .unwrap()
+                .chain_len,
+            3
+        );
     }
 
     #[test]
@@ -772,14 +907,22 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let pki = Pki::new();
         let (chain, key) = pki.pair(Leaf::default());
         let combined = format!("{key}{chain}");
-        assert_eq!(validate(&combined, &combined, &["mail.example.org"]).unwrap().chain_len, 2);
+        assert_eq!(
+            validate(&combined, &combined, &["mail.example.org"])
+                .unwrap()
+                .chain_len,
+            2
+        );
     }
 
     #[test]
     fn accepts_crlf_line_ends_and_explanatory_text() {
         let pki = Pki::new();
         let (chain, key) = pki.pair(Leaf::default());
-        let chain = format!("subject=CN=mail.example.org\n{}", chain.replace('\n', "\r\n"));
+        let chain = format!(
+            "subject=CN=mail.example.org\n{}",
+            chain.replace('\n', "\r\n")
+        );
         assert!(validate(&chain, &key, &["mail.example.org"]).is_ok());
     }
 
@@ -794,7 +937,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
 
     #[test]
     fn fingerprint_is_lowercase_hex_sha256() {
-        assert_eq!(leaf_fingerprint_of_der(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            leaf_fingerprint_of_der(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     // --- key types ----------------------------------------------------------------------------
@@ -827,20 +973,29 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         for alg in [&PKCS_ECDSA_P384_SHA384, &PKCS_ED25519] {
             let key = KeyPair::generate_for(alg).unwrap();
             let (chain, key) = pki.pair_with_key(Leaf::default(), &key);
-            assert!(validate(&chain, &key, &["mail.example.org"]).is_ok(), "{alg:?}");
+            assert!(
+                validate(&chain, &key, &["mail.example.org"]).is_ok(),
+                "{alg:?}"
+            );
         }
     }
 
     #[test]
     fn rejects_an_rsa_key_that_belongs_to_another_certificate() {
         let chain = pair_for_pkcs8(P256_PKCS8, &PKCS_ECDSA_P256_SHA256);
-        assert_eq!(validate(&chain, RSA_PKCS1, &[]), Err(PairProblem::KeyMismatch));
+        assert_eq!(
+            validate(&chain, RSA_PKCS1, &[]),
+            Err(PairProblem::KeyMismatch)
+        );
     }
 
     #[test]
     fn rejects_p521_keys_which_ring_cannot_use() {
         let chain = pair_for_pkcs8(P256_PKCS8, &PKCS_ECDSA_P256_SHA256);
-        assert_eq!(validate(&chain, P521_SEC1, &[]), Err(PairProblem::UnsupportedKey));
+        assert_eq!(
+            validate(&chain, P521_SEC1, &[]),
+            Err(PairProblem::UnsupportedKey)
+        );
     }
 
     #[test]
@@ -853,8 +1008,14 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     #[test]
     fn rejects_encrypted_keys_of_both_styles() {
         let chain = pair_for_pkcs8(P256_PKCS8, &PKCS_ECDSA_P256_SHA256);
-        assert_eq!(validate(&chain, ENCRYPTED_PKCS8, &[]), Err(PairProblem::EncryptedKey));
-        assert_eq!(validate(&chain, ENCRYPTED_TRADITIONAL, &[]), Err(PairProblem::EncryptedKey));
+        assert_eq!(
+            validate(&chain, ENCRYPTED_PKCS8, &[]),
+            Err(PairProblem::EncryptedKey)
+        );
+        assert_eq!(
+            validate(&chain, ENCRYPTED_TRADITIONAL, &[]),
+            Err(PairProblem::EncryptedKey)
+        );
     }
 
     #[test]
@@ -873,7 +1034,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let pki = Pki::new();
         let (chain, _) = pki.pair(Leaf::default());
         let (_, other_key) = pki.pair(Leaf::default());
-        assert_eq!(validate(&chain, &other_key, &["mail.example.org"]), Err(PairProblem::KeyMismatch));
+        assert_eq!(
+            validate(&chain, &other_key, &["mail.example.org"]),
+            Err(PairProblem::KeyMismatch)
+        );
     }
 
     #[test]
@@ -892,7 +1056,12 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let (_, key) = pki.pair(Leaf::default());
         // certbot's chain.pem: the intermediate alone.
         let problem = validate(&pki.intermediate.pem(), &key, &["mail.example.org"]).unwrap_err();
-        assert_eq!(problem, PairProblem::LeafIsCa { subject: "CN=Test R11".to_string() });
+        assert_eq!(
+            problem,
+            PairProblem::LeafIsCa {
+                subject: "CN=Test R11".to_string()
+            }
+        );
         assert!(!problem.may_be_in_progress());
     }
 
@@ -903,7 +1072,9 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let leaf_only = &chain[..chain.find("-----END CERTIFICATE-----").unwrap() + 26];
         assert_eq!(
             validate(leaf_only, &key, &["mail.example.org"]),
-            Err(PairProblem::MissingIntermediate { issuer: "CN=Test R11".to_string() })
+            Err(PairProblem::MissingIntermediate {
+                issuer: "CN=Test R11".to_string()
+            })
         );
     }
 
@@ -911,8 +1082,11 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     fn rejects_a_chain_out_of_order() {
         let pki = Pki::new();
         let (chain, key) = pki.pair(Leaf::default());
-        let with_root_in_the_middle =
-            chain.replacen("-----END CERTIFICATE-----\n", &format!("-----END CERTIFICATE-----\n{}", pki.root.pem()), 1);
+        let with_root_in_the_middle = chain.replacen(
+            "-----END CERTIFICATE-----\n",
+            &format!("-----END CERTIFICATE-----\n{}", pki.root.pem()),
+            1,
+        );
         assert_eq!(
             validate(&with_root_in_the_middle, &key, &["mail.example.org"]),
             Err(PairProblem::ChainOutOfOrder { position: 1 })
@@ -922,7 +1096,9 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let reversed = format!("{}{}", &chain[leaf_end..], &chain[..leaf_end]);
         assert_eq!(
             validate(&reversed, &key, &["mail.example.org"]),
-            Err(PairProblem::LeafIsCa { subject: "CN=Test R11".to_string() })
+            Err(PairProblem::LeafIsCa {
+                subject: "CN=Test R11".to_string()
+            })
         );
         let with_foreign_third = format!("{chain}{}", ca("Other Root", None).pem());
         assert_eq!(
@@ -935,14 +1111,20 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     fn key_first_in_the_chain_file_and_cert_in_the_key_file_are_swapped() {
         let pki = Pki::new();
         let (chain, key) = pki.pair(Leaf::default());
-        assert_eq!(validate(&key, &chain, &["mail.example.org"]), Err(PairProblem::Swapped));
+        assert_eq!(
+            validate(&key, &chain, &["mail.example.org"]),
+            Err(PairProblem::Swapped)
+        );
     }
 
     #[test]
     fn key_file_with_only_certificates_has_no_key() {
         let pki = Pki::new();
         let (chain, _) = pki.pair(Leaf::default());
-        assert_eq!(validate(&chain, &chain, &[]), Err(PairProblem::NoPrivateKey { found: vec![] }));
+        assert_eq!(
+            validate(&chain, &chain, &[]),
+            Err(PairProblem::NoPrivateKey { found: vec![] })
+        );
     }
 
     // --- time -------------------------------------------------------------------------------------
@@ -950,14 +1132,26 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     #[test]
     fn rejects_an_expired_certificate() {
         let pki = Pki::new();
-        let (chain, key) = pki.pair(Leaf { from: NOW - 90 * DAY, until: NOW - 1, ..Leaf::default() });
-        assert_eq!(validate(&chain, &key, &["mail.example.org"]), Err(PairProblem::Expired { not_after: at(NOW - 1) }));
+        let (chain, key) = pki.pair(Leaf {
+            from: NOW - 90 * DAY,
+            until: NOW - 1,
+            ..Leaf::default()
+        });
+        assert_eq!(
+            validate(&chain, &key, &["mail.example.org"]),
+            Err(PairProblem::Expired {
+                not_after: at(NOW - 1)
+            })
+        );
     }
 
     #[test]
     fn the_last_second_is_still_valid() {
         let pki = Pki::new();
-        let (chain, key) = pki.pair(Leaf { until: NOW, ..Leaf::default() });
+        let (chain, key) = pki.pair(Leaf {
+            until: NOW,
+            ..Leaf::default()
+        });
         let info = validate(&chain, &key, &["mail.example.org"]).unwrap();
         assert_eq!(info.days_left(now()), 0);
         assert_eq!(info.days_left(at(NOW + 1)), -1);
@@ -966,10 +1160,16 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     #[test]
     fn rejects_a_certificate_not_yet_valid() {
         let pki = Pki::new();
-        let (chain, key) = pki.pair(Leaf { from: NOW + 3600, until: NOW + 90 * DAY, ..Leaf::default() });
+        let (chain, key) = pki.pair(Leaf {
+            from: NOW + 3600,
+            until: NOW + 90 * DAY,
+            ..Leaf::default()
+        });
         assert_eq!(
             validate(&chain, &key, &["mail.example.org"]),
-            Err(PairProblem::NotYetValid { not_before: at(NOW + 3600) })
+            Err(PairProblem::NotYetValid {
+                not_before: at(NOW + 3600)
+            })
         );
     }
 
@@ -986,7 +1186,11 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         };
         assert_eq!(info.days_left(now()), 1);
         assert_eq!(info.days_left(at(NOW + 3 * DAY)), -2);
-        let backwards = CertInfo { not_before: at(NOW + DAY), not_after: at(NOW), ..info };
+        let backwards = CertInfo {
+            not_before: at(NOW + DAY),
+            not_after: at(NOW),
+            ..info
+        };
         assert_eq!(backwards.lifetime(), Duration::ZERO);
     }
 
@@ -997,7 +1201,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         assert_eq!(format_utc(at(1_767_323_045)), "2026-01-02 03:04:05 UTC");
         assert_eq!(format_utc(at(951_782_400)), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_utc(at(253_402_300_799)), "9999-12-31 23:59:59 UTC");
-        assert_eq!(format_utc(UNIX_EPOCH - Duration::from_secs(1)), "1969-12-31 23:59:59 UTC");
+        assert_eq!(
+            format_utc(UNIX_EPOCH - Duration::from_secs(1)),
+            "1969-12-31 23:59:59 UTC"
+        );
     }
 
     // --- names --------------------------------------------------------------------------------
@@ -1005,7 +1212,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     #[test]
     fn rejects_a_certificate_for_other_names() {
         let pki = Pki::new();
-        let (chain, key) = pki.pair(Leaf { names: &["a.example", "b.example"], ..Leaf::default() });
+        let (chain, key) = pki.pair(Leaf {
+            names: &["a.example", "b.example"],
+            ..Leaf::default()
+        });
         assert_eq!(
             validate(&chain, &key, &["a.example", "mail.example.org"]),
             Err(PairProblem::NameNotCovered {
@@ -1018,11 +1228,17 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     #[test]
     fn wildcards_cover_exactly_one_label() {
         let pki = Pki::new();
-        let (chain, key) = pki.pair(Leaf { names: &["*.Example.org"], ..Leaf::default() });
+        let (chain, key) = pki.pair(Leaf {
+            names: &["*.Example.org"],
+            ..Leaf::default()
+        });
         assert!(validate(&chain, &key, &["mail.example.org", "SMTP.EXAMPLE.ORG."]).is_ok());
         for name in ["example.org", "a.b.example.org", "mail.example.com"] {
             assert!(
-                matches!(validate(&chain, &key, &[name]), Err(PairProblem::NameNotCovered { .. })),
+                matches!(
+                    validate(&chain, &key, &[name]),
+                    Err(PairProblem::NameNotCovered { .. })
+                ),
                 "{name} must not be covered"
             );
         }
@@ -1049,16 +1265,28 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, "mail.example.org");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mail.example.org");
         params.not_before = asn1_time(at(NOW - DAY)).to_datetime();
         params.not_after = asn1_time(at(NOW + DAY)).to_datetime();
-        let chain = format!("{}{}", params.signed_by(&key, &pki.intermediate).unwrap().pem(), pki.intermediate.pem());
+        let chain = format!(
+            "{}{}",
+            params.signed_by(&key, &pki.intermediate).unwrap().pem(),
+            pki.intermediate.pem()
+        );
         let info = validate(&chain, &key.serialize_pem(), &["mail.example.org"]).unwrap();
         assert_eq!(info.names, names(&["mail.example.org"]));
 
         // A DNS SAN present: the CN no longer counts.
-        params.subject_alt_names = vec![rcgen::SanType::DnsName("other.example.org".try_into().unwrap())];
-        let chain = format!("{}{}", params.signed_by(&key, &pki.intermediate).unwrap().pem(), pki.intermediate.pem());
+        params.subject_alt_names = vec![rcgen::SanType::DnsName(
+            "other.example.org".try_into().unwrap(),
+        )];
+        let chain = format!(
+            "{}{}",
+            params.signed_by(&key, &pki.intermediate).unwrap().pem(),
+            pki.intermediate.pem()
+        );
         assert_eq!(
             validate(&chain, &key.serialize_pem(), &["mail.example.org"]),
             Err(PairProblem::NameNotCovered {
@@ -1071,10 +1299,19 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     #[test]
     fn rejects_a_client_only_certificate() {
         let pki = Pki::new();
-        let (chain, key) = pki.pair(Leaf { eku: vec![ExtendedKeyUsagePurpose::ClientAuth], ..Leaf::default() });
-        assert_eq!(validate(&chain, &key, &["mail.example.org"]), Err(PairProblem::NotForServers));
         let (chain, key) = pki.pair(Leaf {
-            eku: vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            eku: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            ..Leaf::default()
+        });
+        assert_eq!(
+            validate(&chain, &key, &["mail.example.org"]),
+            Err(PairProblem::NotForServers)
+        );
+        let (chain, key) = pki.pair(Leaf {
+            eku: vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
             ..Leaf::default()
         });
         assert!(validate(&chain, &key, &["mail.example.org"]).is_ok());
@@ -1087,7 +1324,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let wanted = names(&["mail.example.org", "example.org"]);
         let (chain, key) = self_signed_placeholder(&wanted, now());
         let info = validate_pair(chain.as_bytes(), key.as_bytes(), &wanted, now()).unwrap();
-        assert_eq!(info.subject, "CN=mail.example.org, O=postmaster placeholder");
+        assert_eq!(
+            info.subject,
+            "CN=mail.example.org, O=postmaster placeholder"
+        );
         assert_eq!(info.subject, info.issuer);
         assert_eq!(info.names, wanted);
         assert_eq!(info.chain_len, 1);
@@ -1102,8 +1342,14 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let (chain, key) = self_signed_placeholder(&wanted, now());
         let check = |t| validate_pair(chain.as_bytes(), key.as_bytes(), &wanted, t);
         assert!(check(at(NOW - 3600)).is_ok());
-        assert!(matches!(check(at(NOW - 3601)), Err(PairProblem::NotYetValid { .. })));
-        assert!(matches!(check(at(NOW + 90 * DAY)), Err(PairProblem::Expired { .. })));
+        assert!(matches!(
+            check(at(NOW - 3601)),
+            Err(PairProblem::NotYetValid { .. })
+        ));
+        assert!(matches!(
+            check(at(NOW + 90 * DAY)),
+            Err(PairProblem::Expired { .. })
+        ));
     }
 
     #[test]
@@ -1118,7 +1364,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     fn a_placeholder_without_names_or_with_unencodable_ones_still_works() {
         let (chain, key) = self_signed_placeholder(&[], now());
         let info = validate_pair(chain.as_bytes(), key.as_bytes(), &[], now()).unwrap();
-        assert_eq!(info.subject, "CN=postmaster placeholder, O=postmaster placeholder");
+        assert_eq!(
+            info.subject,
+            "CN=postmaster placeholder, O=postmaster placeholder"
+        );
         let wanted = names(&["bücher.example", "mail.example.org"]);
         let (chain, key) = self_signed_placeholder(&wanted, now());
         assert_eq!(
@@ -1137,7 +1386,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let pki = Pki::new();
         let (chain, key) = pki.pair(Leaf::default());
         assert_eq!(validate("", &key, &[]), Err(PairProblem::ChainFileEmpty));
-        assert_eq!(validate(" \n\n", &key, &[]), Err(PairProblem::ChainFileEmpty));
+        assert_eq!(
+            validate(" \n\n", &key, &[]),
+            Err(PairProblem::ChainFileEmpty)
+        );
         assert_eq!(validate(&chain, "", &[]), Err(PairProblem::KeyFileEmpty));
         assert!(PairProblem::ChainFileEmpty.may_be_in_progress());
     }
@@ -1174,24 +1426,36 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let cut = |len: usize| validate(&chain[..len], &key, &[]);
         assert_eq!(
             cut(second + 100),
-            Err(PairProblem::ChainCutShort(format!("the CERTIFICATE that begins on line {line} has no -----END line")))
+            Err(PairProblem::ChainCutShort(format!(
+                "the CERTIFICATE that begins on line {line} has no -----END line"
+            )))
         );
         assert_eq!(
             cut(second + 8),
-            Err(PairProblem::ChainCutShort(format!("line {line} is an incomplete PEM marker")))
+            Err(PairProblem::ChainCutShort(format!(
+                "line {line} is an incomplete PEM marker"
+            )))
         );
         assert_eq!(
             cut(second + 18),
-            Err(PairProblem::ChainCutShort(format!("line {line} is an incomplete -----BEGIN line")))
+            Err(PairProblem::ChainCutShort(format!(
+                "line {line} is an incomplete -----BEGIN line"
+            )))
         );
         let last = chain.rfind("-----END").unwrap();
         assert_eq!(
             cut(last + 12),
-            Err(PairProblem::ChainCutShort(format!("line {} is an incomplete -----END line", line_at(&chain, last))))
+            Err(PairProblem::ChainCutShort(format!(
+                "line {} is an incomplete -----END line",
+                line_at(&chain, last)
+            )))
         );
         assert_eq!(
             cut(last + 2),
-            Err(PairProblem::ChainCutShort(format!("line {} is an incomplete PEM marker", line_at(&chain, last))))
+            Err(PairProblem::ChainCutShort(format!(
+                "line {} is an incomplete PEM marker",
+                line_at(&chain, last)
+            )))
         );
     }
 
@@ -1210,7 +1474,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         ));
         // A DER certificate, as some CAs hand out.
         let der = CertificateDer::from_pem_slice(chain.as_bytes()).unwrap();
-        assert!(matches!(validate_pair(&der, key.as_bytes(), &[], now()), Err(PairProblem::ChainNotPem(_))));
+        assert!(matches!(
+            validate_pair(&der, key.as_bytes(), &[], now()),
+            Err(PairProblem::ChainNotPem(_))
+        ));
     }
 
     #[test]
@@ -1219,11 +1486,15 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let (chain, key) = pki.pair(Leaf::default());
         assert_eq!(
             validate("hello world\n", &key, &[]),
-            Err(PairProblem::ChainNotPem("it has no -----BEGIN CERTIFICATE----- line".to_string()))
+            Err(PairProblem::ChainNotPem(
+                "it has no -----BEGIN CERTIFICATE----- line".to_string()
+            ))
         );
         assert_eq!(
             validate(&chain, "hello world\n", &[]),
-            Err(PairProblem::KeyNotPem("it has no -----BEGIN PRIVATE KEY----- line".to_string()))
+            Err(PairProblem::KeyNotPem(
+                "it has no -----BEGIN PRIVATE KEY----- line".to_string()
+            ))
         );
     }
 
@@ -1239,7 +1510,8 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
                 "line {line} begins a CERTIFICATE inside the CERTIFICATE that begins on line 1"
             )))
         );
-        let mismatched = chain.replacen("-----END CERTIFICATE-----", "-----END PRIVATE KEY-----", 1);
+        let mismatched =
+            chain.replacen("-----END CERTIFICATE-----", "-----END PRIVATE KEY-----", 1);
         assert!(matches!(
             validate(&mismatched, &key, &[]),
             Err(PairProblem::ChainNotPem(s)) if s.contains("ends a PRIVATE KEY, but the section that begins on line 1 is a CERTIFICATE")
@@ -1247,12 +1519,16 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let stray_end = format!("-----END CERTIFICATE-----\n{chain}");
         assert_eq!(
             validate(&stray_end, &key, &[]),
-            Err(PairProblem::ChainNotPem("line 1 ends a CERTIFICATE that never began".to_string()))
+            Err(PairProblem::ChainNotPem(
+                "line 1 ends a CERTIFICATE that never began".to_string()
+            ))
         );
         let bad_base64 = chain.replacen('M', "!", 1);
         assert_eq!(
             validate(&bad_base64, &key, &[]),
-            Err(PairProblem::ChainNotPem("the CERTIFICATE that begins on line 1 is not valid base64".to_string()))
+            Err(PairProblem::ChainNotPem(
+                "the CERTIFICATE that begins on line 1 is not valid base64".to_string()
+            ))
         );
     }
 
@@ -1261,20 +1537,29 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         let pki = Pki::new();
         let (_, key) = pki.pair(Leaf::default());
         let chain = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n";
-        assert!(matches!(validate(chain, &key, &[]), Err(PairProblem::BadCertificate { index: 1, .. })));
+        assert!(matches!(
+            validate(chain, &key, &[]),
+            Err(PairProblem::BadCertificate { index: 1, .. })
+        ));
     }
 
     #[test]
     fn other_sections_are_named_when_nothing_useful_is_found() {
         let pki = Pki::new();
         let (_, key) = pki.pair(Leaf::default());
-        let csr = "-----BEGIN CERTIFICATE REQUEST-----\naGVsbG8=\n-----END CERTIFICATE REQUEST-----\n";
+        let csr =
+            "-----BEGIN CERTIFICATE REQUEST-----\naGVsbG8=\n-----END CERTIFICATE REQUEST-----\n";
         assert_eq!(
             validate(csr, &key, &[]),
-            Err(PairProblem::NoCertificate { found: vec!["CERTIFICATE REQUEST".to_string()] })
+            Err(PairProblem::NoCertificate {
+                found: vec!["CERTIFICATE REQUEST".to_string()]
+            })
         );
         // The key alone, with no certificate in the key file: not a swap.
-        assert_eq!(validate(&key, &key, &[]), Err(PairProblem::NoCertificate { found: vec![] }));
+        assert_eq!(
+            validate(&key, &key, &[]),
+            Err(PairProblem::NoCertificate { found: vec![] })
+        );
     }
 
     // --- what admins read -----------------------------------------------------------------------
@@ -1283,34 +1568,56 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
     fn every_problem_text() {
         let t = |p: PairProblem| p.to_string();
         let halfway = "(a writer may still be halfway: waiting for it to be written)";
-        assert_eq!(t(PairProblem::ChainFileEmpty), format!("the chain file is empty {halfway}"));
-        assert_eq!(t(PairProblem::KeyFileEmpty), format!("the key file is empty {halfway}"));
         assert_eq!(
-            t(PairProblem::ChainCutShort("the CERTIFICATE that begins on line 11 has no -----END line".into())),
+            t(PairProblem::ChainFileEmpty),
+            format!("the chain file is empty {halfway}")
+        );
+        assert_eq!(
+            t(PairProblem::KeyFileEmpty),
+            format!("the key file is empty {halfway}")
+        );
+        assert_eq!(
+            t(PairProblem::ChainCutShort(
+                "the CERTIFICATE that begins on line 11 has no -----END line".into()
+            )),
             "the chain file is cut short: the CERTIFICATE that begins on line 11 has no -----END line \
              (a writer may still be halfway: waiting for it to be complete)"
         );
         assert_eq!(
-            t(PairProblem::KeyCutShort("line 3 is an incomplete PEM marker".into())),
+            t(PairProblem::KeyCutShort(
+                "line 3 is an incomplete PEM marker".into()
+            )),
             "the key file is cut short: line 3 is an incomplete PEM marker \
              (a writer may still be halfway: waiting for it to be complete)"
         );
         assert_eq!(
-            t(PairProblem::ChainNotPem("it has no -----BEGIN CERTIFICATE----- line".into())),
+            t(PairProblem::ChainNotPem(
+                "it has no -----BEGIN CERTIFICATE----- line".into()
+            )),
             "the chain file is not PEM: it has no -----BEGIN CERTIFICATE----- line"
         );
         assert_eq!(
             t(PairProblem::KeyNotPem("it holds binary data".into())),
             "the key file is not PEM: it holds binary data"
         );
-        assert_eq!(t(PairProblem::NoCertificate { found: vec![] }), "no certificate in the chain file");
         assert_eq!(
-            t(PairProblem::NoCertificate { found: vec!["CERTIFICATE REQUEST".into(), "X509 CRL".into()] }),
+            t(PairProblem::NoCertificate { found: vec![] }),
+            "no certificate in the chain file"
+        );
+        assert_eq!(
+            t(PairProblem::NoCertificate {
+                found: vec!["CERTIFICATE REQUEST".into(), "X509 CRL".into()]
+            }),
             "no certificate in the chain file (it holds: CERTIFICATE REQUEST, X509 CRL)"
         );
-        assert_eq!(t(PairProblem::NoPrivateKey { found: vec![] }), "no private key in the key file");
         assert_eq!(
-            t(PairProblem::NoPrivateKey { found: vec!["PUBLIC KEY".into()] }),
+            t(PairProblem::NoPrivateKey { found: vec![] }),
+            "no private key in the key file"
+        );
+        assert_eq!(
+            t(PairProblem::NoPrivateKey {
+                found: vec!["PUBLIC KEY".into()]
+            }),
             "no private key in the key file (it holds: PUBLIC KEY)"
         );
         assert_eq!(
@@ -1331,7 +1638,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
             "unsupported private key type: use RSA (2048 to 8192 bits), ECDSA P-256 or P-384, or Ed25519"
         );
         assert_eq!(
-            t(PairProblem::BadCertificate { index: 2, reason: "Parsing Error: InvalidCertificate".into() }),
+            t(PairProblem::BadCertificate {
+                index: 2,
+                reason: "Parsing Error: InvalidCertificate".into()
+            }),
             "certificate 2 in the chain file cannot be read: Parsing Error: InvalidCertificate"
         );
         assert_eq!(
@@ -1339,7 +1649,9 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
             "the private key does not match the certificate (a writer may still be halfway: waiting for the pair to settle)"
         );
         assert_eq!(
-            t(PairProblem::LeafIsCa { subject: "CN=R11, O=Let's Encrypt, C=US".into() }),
+            t(PairProblem::LeafIsCa {
+                subject: "CN=R11, O=Let's Encrypt, C=US".into()
+            }),
             "the first certificate in the chain file is a CA certificate (CN=R11, O=Let's Encrypt, C=US), \
              not this server's: the chain file must start with the server certificate (use fullchain.pem, not chain.pem)"
         );
@@ -1349,16 +1661,22 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
              (the server certificate comes first, then each certificate's issuer)"
         );
         assert_eq!(
-            t(PairProblem::MissingIntermediate { issuer: "CN=R11".into() }),
+            t(PairProblem::MissingIntermediate {
+                issuer: "CN=R11".into()
+            }),
             "the chain file holds only the server certificate, not its issuer's (CN=R11): use the full chain \
              (fullchain.pem, not cert.pem; for a private CA, append the CA certificate)"
         );
         assert_eq!(
-            t(PairProblem::NotYetValid { not_before: at(1_767_323_045) }),
+            t(PairProblem::NotYetValid {
+                not_before: at(1_767_323_045)
+            }),
             "the certificate is not valid until 2026-01-02 03:04:05 UTC (is this host's clock right?)"
         );
         assert_eq!(
-            t(PairProblem::Expired { not_after: at(1_767_323_045) }),
+            t(PairProblem::Expired {
+                not_after: at(1_767_323_045)
+            }),
             "the certificate expired on 2026-01-02 03:04:05 UTC: renew it"
         );
         assert_eq!(
@@ -1373,7 +1691,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
             "the certificate does not cover mail.example.org (it covers: a.example, b.example)"
         );
         assert_eq!(
-            t(PairProblem::NameNotCovered { name: "mail.example.org".into(), covered: vec![] }),
+            t(PairProblem::NameNotCovered {
+                name: "mail.example.org".into(),
+                covered: vec![]
+            }),
             "the certificate does not cover mail.example.org (it covers no DNS name)"
         );
     }

@@ -80,9 +80,7 @@ pub fn check_keys(d: &mut Diagnostics<'_>, table: &Table<'_>, known: &[&str], co
 
 /// The entry for `key` with the span of its key, if present.
 pub fn get<'t, 'i>(table: &'t Table<'i>, key: &str) -> Option<(Range<usize>, &'t Value<'i>)> {
-    table
-        .get_key_value(key)
-        .map(|(k, v)| (k.span(), v))
+    table.get_key_value(key).map(|(k, v)| (k.span(), v))
 }
 
 fn type_error(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str, expected: &str) {
@@ -128,7 +126,11 @@ pub fn as_u64(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<u64>
         DeValue::Integer(i) => match u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
             Ok(n) => Some(n),
             Err(_) => {
-                d.error(v.span(), format!("{what} must be a whole number of 0 or more"), "");
+                d.error(
+                    v.span(),
+                    format!("{what} must be a whole number of 0 or more"),
+                    "",
+                );
                 None
             }
         },

@@ -32,7 +32,9 @@ pub struct Change {
 /// Whether `event` leaves `target` complete (see [`Change::complete`]).
 fn completes(event: &notify::Event, target: &Path) -> bool {
     use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
-    let is_target = |p: Option<&PathBuf>| p.is_some_and(|p| p.file_name() == target.file_name() && p.parent() == target.parent());
+    let is_target = |p: Option<&PathBuf>| {
+        p.is_some_and(|p| p.file_name() == target.file_name() && p.parent() == target.parent())
+    };
     match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => is_target(event.paths.first()),
         EventKind::Modify(ModifyKind::Name(RenameMode::To)) => is_target(event.paths.first()),
@@ -57,14 +59,22 @@ impl Watcher {
         let inner = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else {
                 // An overflowed queue loses events: look at everything again.
-                let _ = tx.send(Change { input: Input::Accounts, complete: false });
-                let _ = tx.send(Change { input: Input::Certificate, complete: false });
+                let _ = tx.send(Change {
+                    input: Input::Accounts,
+                    complete: false,
+                });
+                let _ = tx.send(Change {
+                    input: Input::Certificate,
+                    complete: false,
+                });
                 return;
             };
             // Reads are no change; a writer closing the file is (it is done).
             let close_write = matches!(
                 event.kind,
-                notify::EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+                notify::EventKind::Access(notify::event::AccessKind::Close(
+                    notify::event::AccessMode::Write
+                ))
             );
             if event.kind.is_access() && !close_write {
                 return;
@@ -76,7 +86,9 @@ impl Watcher {
                 for (input, target) in targets.iter() {
                     if path.file_name() == target.file_name() && path.parent() == target.parent() {
                         let complete = completes(&event, target);
-                        hit.entry(*input).and_modify(|c: &mut bool| *c &= complete).or_insert(complete);
+                        hit.entry(*input)
+                            .and_modify(|c: &mut bool| *c &= complete)
+                            .or_insert(complete);
                     }
                 }
             }
@@ -84,7 +96,14 @@ impl Watcher {
                 let _ = tx.send(Change { input, complete });
             }
         })?;
-        Ok((Watcher { inner, watched_dirs: BTreeSet::new(), targets }, rx))
+        Ok((
+            Watcher {
+                inner,
+                watched_dirs: BTreeSet::new(),
+                targets,
+            },
+            rx,
+        ))
     }
 
     /// Watches `files` (re-resolving symlinks): call again after every check, as a
@@ -99,14 +118,19 @@ impl Watcher {
                 targets.push((*input, resolved));
             }
         }
-        let dirs: BTreeSet<PathBuf> = targets.iter().filter_map(|(_, p)| p.parent().map(Path::to_path_buf)).collect();
+        let dirs: BTreeSet<PathBuf> = targets
+            .iter()
+            .filter_map(|(_, p)| p.parent().map(Path::to_path_buf))
+            .collect();
         for dir in dirs.difference(&self.watched_dirs.clone()) {
             match self.inner.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     self.watched_dirs.insert(dir.clone());
                 }
                 // A directory that does not exist yet is covered by the timer.
-                Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory yet"),
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory yet")
+                }
             }
         }
         for dir in self.watched_dirs.clone().difference(&dirs) {
@@ -120,7 +144,10 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind, RenameMode};
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
 
     fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
         let mut e = notify::Event::new(kind);
@@ -136,18 +163,57 @@ mod tests {
         let t = "/etc/postmaster/accounts.toml";
         let tmp = "/etc/postmaster/.accounts.toml.swp";
         // An editor or `postmaster` writing a temporary file and renaming it over.
-        assert!(completes(&event(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &[t]), target));
-        assert!(completes(&event(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), &[tmp, t]), target));
+        assert!(completes(
+            &event(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &[t]),
+            target
+        ));
+        assert!(completes(
+            &event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                &[tmp, t]
+            ),
+            target
+        ));
         // `cat >`, an editor writing in place: done when it closes the file.
-        assert!(completes(&event(EventKind::Access(AccessKind::Close(AccessMode::Write)), &[t]), target));
+        assert!(completes(
+            &event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &[t]
+            ),
+            target
+        ));
         // More is coming: data written, the file created empty, moved away (vim's
         // backup rename) or removed.
-        assert!(!completes(&event(EventKind::Modify(ModifyKind::Data(DataChange::Any)), &[t]), target));
-        assert!(!completes(&event(EventKind::Create(CreateKind::File), &[t]), target));
-        assert!(!completes(&event(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &[t]), target));
-        assert!(!completes(&event(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), &[t, "/etc/postmaster/accounts.toml~"]), target));
-        assert!(!completes(&event(EventKind::Remove(RemoveKind::File), &[t]), target));
+        assert!(!completes(
+            &event(EventKind::Modify(ModifyKind::Data(DataChange::Any)), &[t]),
+            target
+        ));
+        assert!(!completes(
+            &event(EventKind::Create(CreateKind::File), &[t]),
+            target
+        ));
+        assert!(!completes(
+            &event(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &[t]),
+            target
+        ));
+        assert!(!completes(
+            &event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                &[t, "/etc/postmaster/accounts.toml~"]
+            ),
+            target
+        ));
+        assert!(!completes(
+            &event(EventKind::Remove(RemoveKind::File), &[t]),
+            target
+        ));
         // Another file's events say nothing about this one.
-        assert!(!completes(&event(EventKind::Access(AccessKind::Close(AccessMode::Write)), &[tmp]), target));
+        assert!(!completes(
+            &event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &[tmp]
+            ),
+            target
+        ));
     }
 }

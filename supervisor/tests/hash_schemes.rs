@@ -12,7 +12,11 @@ fn hash(scheme: Option<&str>, password: &str) -> String {
     }
     let out = postmaster(&setup.config, &args, Some(&format!("{password}\n")));
     assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out).lines().last().expect("a hash on the last line").to_string()
+    stdout(&out)
+        .lines()
+        .last()
+        .expect("a hash on the last line")
+        .to_string()
 }
 
 fn doveadm_verifies(hash: &str, password: &str) -> bool {
@@ -22,7 +26,12 @@ fn doveadm_verifies(hash: &str, password: &str) -> bool {
 
 #[test]
 fn every_scheme_verifies_with_doveadm() {
-    let passwords = ["correct horse battery staple", "pässwörd ✓", "a:b$c\\d'e\"f", "x"];
+    let passwords = [
+        "correct horse battery staple",
+        "pässwörd ✓",
+        "a:b$c\\d'e\"f",
+        "x",
+    ];
     for (scheme, prefix) in [
         (None, "{SHA512-CRYPT}$6$"),
         (Some("SHA512-CRYPT"), "{SHA512-CRYPT}$6$"),
@@ -32,8 +41,14 @@ fn every_scheme_verifies_with_doveadm() {
         for password in passwords {
             let h = hash(scheme, password);
             assert!(h.starts_with(prefix), "{scheme:?}: {h}");
-            assert!(doveadm_verifies(&h, password), "doveadm rejects {scheme:?} hash {h} of {password:?}");
-            assert!(!doveadm_verifies(&h, &format!("{password}x")), "doveadm accepts a wrong password for {h}");
+            assert!(
+                doveadm_verifies(&h, password),
+                "doveadm rejects {scheme:?} hash {h} of {password:?}"
+            );
+            assert!(
+                !doveadm_verifies(&h, &format!("{password}x")),
+                "doveadm accepts a wrong password for {h}"
+            );
         }
     }
 }
@@ -58,6 +73,10 @@ fn empty_password_is_refused() {
     let setup = Setup::seed();
     let out = postmaster(&setup.config, &["hash-password"], Some("\n"));
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("the password is empty"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the password is empty"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stdout(&out).is_empty());
 }

@@ -81,19 +81,31 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
             let Some(addresses) = alias_addresses(d, policy, name, key.span()) else {
                 continue;
             };
-            let Some(targets) = tomlwalk::as_str_or_list(d, value, &format!("alias `{name}`")) else {
+            let Some(targets) = tomlwalk::as_str_or_list(d, value, &format!("alias `{name}`"))
+            else {
                 continue;
             };
             let index = alias_keys.len();
-            alias_keys.push((name.to_string(), RawTargets { key_span: key.span(), targets }));
+            alias_keys.push((
+                name.to_string(),
+                RawTargets {
+                    key_span: key.span(),
+                    targets,
+                },
+            ));
             for address in addresses {
                 if mailboxes.contains_key(&address.local) {
                     d.error(
                         key.span(),
-                        format!("`{address}` is the address of mailbox `{}` already", address.local),
+                        format!(
+                            "`{address}` is the address of mailbox `{}` already",
+                            address.local
+                        ),
                         "remove this alias: mail to it reaches the mailbox without one",
                     );
-                } else if let std::collections::btree_map::Entry::Vacant(slot) = aliases.entry(address.clone()) {
+                } else if let std::collections::btree_map::Entry::Vacant(slot) =
+                    aliases.entry(address.clone())
+                {
                     slot.insert(index);
                 } else {
                     d.error(
@@ -113,27 +125,44 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
         for (key, value) in table.iter() {
             let domain = key_str(key);
             if let Err(why) = check_domain(domain) {
-                d.error(key.span(), format!("catch-all domain `{domain}` is not valid: {why}"), "");
+                d.error(
+                    key.span(),
+                    format!("catch-all domain `{domain}` is not valid: {why}"),
+                    "",
+                );
                 continue;
             }
             if !policy.domains.iter().any(|h| h == domain) {
                 d.error(
                     key.span(),
                     format!("`{domain}` is not a hosted domain"),
-                    format!("host it in the configuration (domains = […]) or remove it; hosted: {}", policy.domains.join(", ")),
+                    format!(
+                        "host it in the configuration (domains = […]) or remove it; hosted: {}",
+                        policy.domains.join(", ")
+                    ),
                 );
                 continue;
             }
             let what = format!("catch-all of `{domain}`");
             if let Some(targets) = tomlwalk::as_str_or_list(d, value, &what) {
-                catch_all_raw.insert(domain.to_string(), RawTargets { key_span: key.span(), targets });
+                catch_all_raw.insert(
+                    domain.to_string(),
+                    RawTargets {
+                        key_span: key.span(),
+                        targets,
+                    },
+                );
             }
         }
     }
 
     // Targets can only be resolved once every alias address is known. They do not
     // depend on the alias's own domain, so each key is resolved (and reported) once.
-    let resolver = Resolver { policy, mailboxes: &mailboxes, aliases: &aliases };
+    let resolver = Resolver {
+        policy,
+        mailboxes: &mailboxes,
+        aliases: &aliases,
+    };
     let resolved_keys: Vec<Option<Vec<Target>>> = alias_keys
         .iter()
         .map(|(name, raw)| resolver.resolve(d, raw, &format!("alias `{name}`")))
@@ -151,7 +180,11 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
     }
     report_loops(d, &resolved_aliases, &aliases, &alias_keys);
 
-    Some(Accounts { mailboxes, aliases: resolved_aliases, catch_all })
+    Some(Accounts {
+        mailboxes,
+        aliases: resolved_aliases,
+        catch_all,
+    })
 }
 
 fn parse_mailbox(
@@ -164,7 +197,14 @@ fn parse_mailbox(
     let name_ok = match check_local_part(name) {
         Ok(()) => true,
         Err(why) => {
-            d.error(key_span.clone(), format!("mailbox name `{}` is not valid: {why}", name.escape_default()), "");
+            d.error(
+                key_span.clone(),
+                format!(
+                    "mailbox name `{}` is not valid: {why}",
+                    name.escape_default()
+                ),
+                "",
+            );
             false
         }
     };
@@ -193,7 +233,11 @@ fn parse_mailbox(
                 }
                 Ok(p) => Some(p),
                 Err(refused) => {
-                    d.error(v.span(), format!("mailbox `{name}`: {}", refused.message), refused.hint);
+                    d.error(
+                        v.span(),
+                        format!("mailbox `{name}`: {}", refused.message),
+                        refused.hint,
+                    );
                     None
                 }
             },
@@ -230,13 +274,21 @@ fn parse_quota(d: &mut Diagnostics<'_>, v: &tomlwalk::Value<'_>) -> Option<u64> 
     if let toml::de::DeValue::Integer(_) = v.get_ref() {
         return tomlwalk::as_u64(d, v, "`quota`").filter(|n| {
             if *n == 0 {
-                d.error(v.span(), "`quota` of 0 bytes leaves no room for any mail", "remove the quota for no limit");
+                d.error(
+                    v.span(),
+                    "`quota` of 0 bytes leaves no room for any mail",
+                    "remove the quota for no limit",
+                );
             }
             *n > 0
         });
     }
     let text = tomlwalk::as_str(d, v, "`quota`")?;
-    let (digits, unit) = text.trim().split_at(text.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(text.trim().len()));
+    let (digits, unit) = text.trim().split_at(
+        text.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.trim().len()),
+    );
     let shift = match unit.trim() {
         "" | "B" => 0,
         "K" | "k" | "KiB" => 10,
@@ -244,28 +296,53 @@ fn parse_quota(d: &mut Diagnostics<'_>, v: &tomlwalk::Value<'_>) -> Option<u64> 
         "G" | "GiB" => 30,
         "T" | "TiB" => 40,
         _ => {
-            d.error(v.span(), format!("`quota` has an unknown unit `{}`", unit.escape_default()), HINT);
+            d.error(
+                v.span(),
+                format!("`quota` has an unknown unit `{}`", unit.escape_default()),
+                HINT,
+            );
             return None;
         }
     };
-    match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(1 << shift)) {
+    match digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+    {
         Some(0) => {
-            d.error(v.span(), "`quota` of 0 bytes leaves no room for any mail", "remove the quota for no limit");
+            d.error(
+                v.span(),
+                "`quota` of 0 bytes leaves no room for any mail",
+                "remove the quota for no limit",
+            );
             None
         }
         Some(n) => Some(n),
         None => {
-            d.error(v.span(), format!("`quota` value `{}` is not a size", text.escape_default()), HINT);
+            d.error(
+                v.span(),
+                format!("`quota` value `{}` is not a size", text.escape_default()),
+                HINT,
+            );
             None
         }
     }
 }
 
-fn parse_send_as(d: &mut Diagnostics<'_>, policy: &Policy, span: Range<usize>, entry: &str) -> Option<SendAs> {
+fn parse_send_as(
+    d: &mut Diagnostics<'_>,
+    policy: &Policy,
+    span: Range<usize>,
+    entry: &str,
+) -> Option<SendAs> {
     let hosted_hint = || format!("hosted domains: {}", policy.domains.join(", "));
     if let Some(domain) = entry.strip_prefix('@') {
         if !policy.domains.iter().any(|h| h == domain) {
-            d.error(span, format!("`send_as` entry `{entry}` is not in a hosted domain"), hosted_hint());
+            d.error(
+                span,
+                format!("`send_as` entry `{entry}` is not in a hosted domain"),
+                hosted_hint(),
+            );
             return None;
         }
         return Some(SendAs::Domain(domain.to_string()));
@@ -276,7 +353,11 @@ fn parse_send_as(d: &mut Diagnostics<'_>, policy: &Policy, span: Range<usize>, e
             None
         }
         Ok(a) if !policy.domains.contains(&a.domain) => {
-            d.error(span, format!("`send_as` entry `{a}` is not in a hosted domain"), hosted_hint());
+            d.error(
+                span,
+                format!("`send_as` entry `{a}` is not in a hosted domain"),
+                hosted_hint(),
+            );
             None
         }
         Ok(a) => Some(SendAs::Address(a)),
@@ -285,18 +366,33 @@ fn parse_send_as(d: &mut Diagnostics<'_>, policy: &Policy, span: Range<usize>, e
 
 /// The concrete addresses an alias key stands for: `name@domain` itself, or a bare
 /// `name` in every hosted domain.
-fn alias_addresses(d: &mut Diagnostics<'_>, policy: &Policy, key: &str, span: Range<usize>) -> Option<Vec<Address>> {
+fn alias_addresses(
+    d: &mut Diagnostics<'_>,
+    policy: &Policy,
+    key: &str,
+    span: Range<usize>,
+) -> Option<Vec<Address>> {
     if key.contains('@') {
         match Address::parse(key) {
             Err(why) => {
-                d.error(span, format!("alias `{}` is not a valid address: {why}", key.escape_default()), "");
+                d.error(
+                    span,
+                    format!(
+                        "alias `{}` is not a valid address: {why}",
+                        key.escape_default()
+                    ),
+                    "",
+                );
                 None
             }
             Ok(a) if !policy.domains.contains(&a.domain) => {
                 d.error(
                     span,
                     format!("alias `{a}` is not in a hosted domain"),
-                    format!("only addresses of hosted domains can be aliases; hosted: {}", policy.domains.join(", ")),
+                    format!(
+                        "only addresses of hosted domains can be aliases; hosted: {}",
+                        policy.domains.join(", ")
+                    ),
                 );
                 None
             }
@@ -305,14 +401,21 @@ fn alias_addresses(d: &mut Diagnostics<'_>, policy: &Policy, key: &str, span: Ra
     } else {
         match check_local_part(key) {
             Err(why) => {
-                d.error(span, format!("alias `{}` is not valid: {why}", key.escape_default()), "");
+                d.error(
+                    span,
+                    format!("alias `{}` is not valid: {why}", key.escape_default()),
+                    "",
+                );
                 None
             }
             Ok(()) => Some(
                 policy
                     .domains
                     .iter()
-                    .map(|domain| Address { local: key.to_string(), domain: domain.clone() })
+                    .map(|domain| Address {
+                        local: key.to_string(),
+                        domain: domain.clone(),
+                    })
                     .collect(),
             ),
         }
@@ -326,9 +429,18 @@ struct Resolver<'r> {
 }
 
 impl Resolver<'_> {
-    fn resolve(&self, d: &mut Diagnostics<'_>, raw: &RawTargets<'_>, what: &str) -> Option<Vec<Target>> {
+    fn resolve(
+        &self,
+        d: &mut Diagnostics<'_>,
+        raw: &RawTargets<'_>,
+        what: &str,
+    ) -> Option<Vec<Target>> {
         if raw.targets.is_empty() {
-            d.error(raw.key_span.clone(), format!("{what} delivers to nothing"), "give it at least one mailbox or address");
+            d.error(
+                raw.key_span.clone(),
+                format!("{what} delivers to nothing"),
+                "give it at least one mailbox or address",
+            );
             return None;
         }
         let mut out: Vec<Target> = Vec::new();
@@ -336,7 +448,11 @@ impl Resolver<'_> {
         for (span, text) in &raw.targets {
             match self.target(text) {
                 Ok(t) if out.contains(&t) => {
-                    d.error(span.clone(), format!("{what} lists `{text}` twice"), "remove one");
+                    d.error(
+                        span.clone(),
+                        format!("{what} lists `{text}` twice"),
+                        "remove one",
+                    );
                     ok = false;
                 }
                 Ok(t) => out.push(t),
@@ -355,13 +471,20 @@ impl Resolver<'_> {
                 Ok(Target::Mailbox(text.to_string()))
             } else {
                 Err((
-                    format!("there is no mailbox `{}` to deliver to", text.escape_default()),
+                    format!(
+                        "there is no mailbox `{}` to deliver to",
+                        text.escape_default()
+                    ),
                     "define [mailboxes.NAME], or write a full address".into(),
                 ))
             };
         }
-        let a = Address::parse(text)
-            .map_err(|why| (format!("`{}` is not a valid address: {why}", text.escape_default()), String::new()))?;
+        let a = Address::parse(text).map_err(|why| {
+            (
+                format!("`{}` is not a valid address: {why}", text.escape_default()),
+                String::new(),
+            )
+        })?;
         if !self.policy.domains.contains(&a.domain) {
             return Ok(Target::External(a));
         }

@@ -6,7 +6,10 @@ use crate::diag::Source;
 const HASH: &str = "{SHA512-CRYPT}$6$rounds=5000$tdqH0s.oYduNxOGC$oqHD6xZZTs.LuOSMs.72k2qcgcjFaJ6JcKrH1fyqRSIRAhnoh6CSg/sw3gmR4v8O8x2nuUganwi2dxusIIbnl1";
 
 fn policy() -> Policy {
-    Policy { domains: vec!["example.org".into(), "example.net".into()], allow_plain_passwords: false }
+    Policy {
+        domains: vec!["example.org".into(), "example.net".into()],
+        allow_plain_passwords: false,
+    }
 }
 
 fn parse_text(text: &str) -> Result<Accounts, Vec<String>> {
@@ -46,8 +49,15 @@ postmaster = "thomas"
     )
     .unwrap();
     assert_eq!(a.mailboxes.len(), 1);
-    assert_eq!(a.aliases.len(), 3, "postmaster in two domains and webmaster");
-    assert_eq!(a.catch_all["example.org"], vec![Target::Mailbox("thomas".into())]);
+    assert_eq!(
+        a.aliases.len(),
+        3,
+        "postmaster in two domains and webmaster"
+    );
+    assert_eq!(
+        a.catch_all["example.org"],
+        vec![Target::Mailbox("thomas".into())]
+    );
     assert_eq!(
         a.aliases[&Address::parse("webmaster@example.org").unwrap()],
         vec![Target::Mailbox("thomas".into())],
@@ -75,7 +85,10 @@ quota = 1048576
     assert_eq!(anna.quota, Some(2 << 30));
     assert_eq!(
         anna.send_as,
-        vec![SendAs::Domain("example.net".into()), SendAs::Address(Address::parse("boss@example.org").unwrap())]
+        vec![
+            SendAs::Domain("example.net".into()),
+            SendAs::Address(Address::parse("boss@example.org").unwrap())
+        ]
     );
     assert_eq!(a.mailboxes["bob"].quota, Some(1 << 20));
 }
@@ -90,8 +103,13 @@ fn syntax_errors_point_at_the_mistake() {
 
 #[test]
 fn duplicate_keys_are_syntax_errors() {
-    let e = errors("[mailboxes.thomas]\npassword = \"HASH\"\n[mailboxes.thomas]\npassword = \"HASH\"\n");
-    assert_eq!(e[0], "accounts.toml:3:12: TOML syntax error: duplicate key; fix the syntax (https://toml.io)");
+    let e = errors(
+        "[mailboxes.thomas]\npassword = \"HASH\"\n[mailboxes.thomas]\npassword = \"HASH\"\n",
+    );
+    assert_eq!(
+        e[0],
+        "accounts.toml:3:12: TOML syntax error: duplicate key; fix the syntax (https://toml.io)"
+    );
 }
 
 #[test]
@@ -110,7 +128,9 @@ fn empty_files_are_refused() {
 
 #[test]
 fn unknown_keys_everywhere_are_reported_together() {
-    let e = errors("mailbox = 1\n[mailboxes.thomas]\npasword = \"HASH\"\npassword = \"HASH\"\ncolour = \"red\"\n");
+    let e = errors(
+        "mailbox = 1\n[mailboxes.thomas]\npasword = \"HASH\"\npassword = \"HASH\"\ncolour = \"red\"\n",
+    );
     assert_eq!(
         e,
         vec![

@@ -65,22 +65,38 @@ pub fn generated(config: &Config, accounts: &Accounts) -> Vec<File> {
     vec![
         File {
             path: paths::PASSWD_FILE.into(),
-            content: format!("{}{}", header("dovecot passwd-file: logins and their mailboxes."), passwd::render(config, accounts)),
+            content: format!(
+                "{}{}",
+                header("dovecot passwd-file: logins and their mailboxes."),
+                passwd::render(config, accounts)
+            ),
             kind: Kind::PasswdFile,
         },
         File {
             path: paths::VIRTUAL_ALIAS.into(),
-            content: format!("{}{}", header("postfix virtual_alias_maps: where each address delivers."), maps::virtual_alias(config, accounts)),
+            content: format!(
+                "{}{}",
+                header("postfix virtual_alias_maps: where each address delivers."),
+                maps::virtual_alias(config, accounts)
+            ),
             kind: Kind::PostfixMap,
         },
         File {
             path: paths::VIRTUAL_MAILBOX.into(),
-            content: format!("{}{}", header("postfix virtual_mailbox_maps: the mailbox addresses."), maps::virtual_mailbox(config, accounts)),
+            content: format!(
+                "{}{}",
+                header("postfix virtual_mailbox_maps: the mailbox addresses."),
+                maps::virtual_mailbox(config, accounts)
+            ),
             kind: Kind::PostfixMap,
         },
         File {
             path: paths::SENDER_LOGIN.into(),
-            content: format!("{}{}", header("postfix smtpd_sender_login_maps: which logins may send as an address."), maps::sender_login(config, accounts)),
+            content: format!(
+                "{}{}",
+                header("postfix smtpd_sender_login_maps: which logins may send as an address."),
+                maps::sender_login(config, accounts)
+            ),
             kind: Kind::PostfixMap,
         },
     ]
@@ -91,7 +107,11 @@ pub fn generated(config: &Config, accounts: &Accounts) -> Vec<File> {
 /// for it: passwd-file first. When one is removed, postfix must stop accepting mail
 /// for it before LMTP would refuse that mail (a bounce to a possibly forged sender):
 /// maps first. `previous_passwd_file` is the passwd-file now in place, if any.
-pub fn in_safe_order(mut files: Vec<File>, previous_passwd_file: Option<&str>, accounts: &Accounts) -> Vec<File> {
+pub fn in_safe_order(
+    mut files: Vec<File>,
+    previous_passwd_file: Option<&str>,
+    accounts: &Accounts,
+) -> Vec<File> {
     let removes_a_login = previous_passwd_file.is_some_and(|text| {
         passwd_file_logins(text).any(|login| !accounts.mailboxes.contains_key(login))
     });
@@ -112,8 +132,20 @@ fn passwd_file_logins(text: &str) -> impl Iterator<Item = &str> {
 /// `config_file` is named in the files' headers, so a reader knows where they came from.
 pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec<File> {
     vec![
-        File { path: paths::MAIN_CF.into(), content: postfix_conf::main_cf(config, map_type, config_file), kind: Kind::Config },
-        File { path: paths::MASTER_CF.into(), content: postfix_conf::master_cf(config_file), kind: Kind::Config },
-        File { path: paths::DOVECOT_CONF.into(), content: dovecot_conf::render(config, config_file), kind: Kind::Config },
+        File {
+            path: paths::MAIN_CF.into(),
+            content: postfix_conf::main_cf(config, map_type, config_file),
+            kind: Kind::Config,
+        },
+        File {
+            path: paths::MASTER_CF.into(),
+            content: postfix_conf::master_cf(config_file),
+            kind: Kind::Config,
+        },
+        File {
+            path: paths::DOVECOT_CONF.into(),
+            content: dovecot_conf::render(config, config_file),
+            kind: Kind::Config,
+        },
     ]
 }

@@ -21,7 +21,10 @@ pub fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String 
             ("DOMAINS", config.domains.join(", ")),
             ("MAP_TYPE", map_type.name().to_string()),
             ("GENERATED_DIR", config.generated_dir.display().to_string()),
-            ("MESSAGE_SIZE_LIMIT", config.postfix.message_size_limit.to_string()),
+            (
+                "MESSAGE_SIZE_LIMIT",
+                config.postfix.message_size_limit.to_string(),
+            ),
             ("TLS_PAIR", config.installed_pair().display().to_string()),
             ("SENDER_RESTRICTIONS", sender_restrictions.to_string()),
         ],

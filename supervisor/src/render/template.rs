@@ -18,7 +18,9 @@ pub fn unfilled(text: &str) -> Vec<String> {
     let mut rest = text;
     while let Some(start) = rest.find('@') {
         let after = &rest[start + 1..];
-        let len = after.find(|c: char| !(c.is_ascii_uppercase() || c == '_')).unwrap_or(after.len());
+        let len = after
+            .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .unwrap_or(after.len());
         if len > 0 && after[len..].starts_with('@') {
             found.push(after[..len].to_string());
             rest = &after[len + 1..];

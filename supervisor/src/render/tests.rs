@@ -43,23 +43,38 @@ abuse = "thomas"
 "#;
 
 fn config(extra: &str) -> Config {
-    Config::parse(&Source::new("/etc/postmaster/config.toml", format!("{CONFIG}{extra}"))).unwrap()
+    Config::parse(&Source::new(
+        "/etc/postmaster/config.toml",
+        format!("{CONFIG}{extra}"),
+    ))
+    .unwrap()
 }
 
 fn accounts(config: &Config) -> Accounts {
-    crate::accounts::parse(&Source::new("/etc/postmaster/accounts.toml", ACCOUNTS), &config.accounts_policy()).unwrap()
+    crate::accounts::parse(
+        &Source::new("/etc/postmaster/accounts.toml", ACCOUNTS),
+        &config.accounts_policy(),
+    )
+    .unwrap()
 }
 
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
     if expected != actual {
-        let first = expected.lines().zip(actual.lines()).position(|(a, b)| a != b).unwrap_or(expected.lines().count().min(actual.lines().count()));
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(actual.lines().count()));
         panic!(
             "{name} differs from its golden file at line {}:\n  golden: {:?}\n  actual: {:?}\n(UPDATE_GOLDEN=1 rewrites it)",
             first + 1,
@@ -97,7 +112,12 @@ fn every_placeholder_is_filled() {
     for version in ["2.4", "2.3"] {
         let c = config(&format!("[dovecot]\nversion = \"{version}\"\n"));
         for f in host_config(&c, MapType::Hash, "/x") {
-            assert_eq!(template::unfilled(&f.content), Vec::<String>::new(), "{}", f.path.display());
+            assert_eq!(
+                template::unfilled(&f.content),
+                Vec::<String>::new(),
+                "{}",
+                f.path.display()
+            );
         }
     }
 }
@@ -106,18 +126,35 @@ fn every_placeholder_is_filled() {
 fn main_cf_points_at_the_generated_maps() {
     let c = config("[postfix]\nmap_type = \"hash\"\n");
     let main = &host_config(&c, MapType::Hash, "/x")[0].content;
-    for map in [paths::VIRTUAL_ALIAS, paths::VIRTUAL_MAILBOX, paths::SENDER_LOGIN] {
-        assert!(main.contains(&format!("hash:/var/lib/postmaster/generated/{map}")), "{map}");
+    for map in [
+        paths::VIRTUAL_ALIAS,
+        paths::VIRTUAL_MAILBOX,
+        paths::SENDER_LOGIN,
+    ] {
+        assert!(
+            main.contains(&format!("hash:/var/lib/postmaster/generated/{map}")),
+            "{map}"
+        );
     }
     let dovecot = &host_config(&c, MapType::Hash, "/x")[2].content;
-    assert!(dovecot.contains(&format!("/var/lib/postmaster/generated/{}", paths::PASSWD_FILE)));
+    assert!(dovecot.contains(&format!(
+        "/var/lib/postmaster/generated/{}",
+        paths::PASSWD_FILE
+    )));
 }
 
 #[test]
 fn unknown_sender_domain_check_follows_the_switch() {
     let on = &host_config(&config(""), MapType::Lmdb, "/x")[0].content;
-    assert!(on.contains("\nsmtpd_sender_restrictions = reject_non_fqdn_sender, reject_unknown_sender_domain\n"));
-    let off = &host_config(&config("[postfix]\nreject_unknown_sender_domain = false\n"), MapType::Lmdb, "/x")[0].content;
+    assert!(on.contains(
+        "\nsmtpd_sender_restrictions = reject_non_fqdn_sender, reject_unknown_sender_domain\n"
+    ));
+    let off = &host_config(
+        &config("[postfix]\nreject_unknown_sender_domain = false\n"),
+        MapType::Lmdb,
+        "/x",
+    )[0]
+    .content;
     assert!(off.contains("\nsmtpd_sender_restrictions = reject_non_fqdn_sender\n"));
 }
 
@@ -125,10 +162,16 @@ fn unknown_sender_domain_check_follows_the_switch() {
 fn catch_all_never_shadows_a_mailbox() {
     let c = config("");
     let entries = virtual_alias_entries(&c, &accounts(&c));
-    let catch_all = entries.iter().position(|(k, _)| k == "@example.org").unwrap();
+    let catch_all = entries
+        .iter()
+        .position(|(k, _)| k == "@example.org")
+        .unwrap();
     for name in ["thomas", "anna", "old"] {
         let a = format!("{name}@example.org");
-        let i = entries.iter().position(|(k, v)| *k == a && *v == a).unwrap_or_else(|| panic!("{a} has no identity entry"));
+        let i = entries
+            .iter()
+            .position(|(k, v)| *k == a && *v == a)
+            .unwrap_or_else(|| panic!("{a} has no identity entry"));
         assert!(i < catch_all);
     }
 }
@@ -137,12 +180,24 @@ fn catch_all_never_shadows_a_mailbox() {
 fn sender_rights() {
     let c = config("");
     let owners = sender_owners(&c, &accounts(&c));
-    let who = |a: &str| owners.get(a).map(|s| s.iter().cloned().collect::<Vec<_>>().join(","));
+    let who = |a: &str| {
+        owners
+            .get(a)
+            .map(|s| s.iter().cloned().collect::<Vec<_>>().join(","))
+    };
     assert_eq!(who("thomas@example.net").as_deref(), Some("thomas"));
     assert_eq!(who("postmaster@example.org").as_deref(), Some("thomas"));
     assert_eq!(who("@example.net").as_deref(), Some("thomas"));
-    assert_eq!(who("team@example.org"), None, "shared alias: nobody's sender address");
-    assert_eq!(who("family@example.org"), None, "forwards outside: nobody's sender address");
+    assert_eq!(
+        who("team@example.org"),
+        None,
+        "shared alias: nobody's sender address"
+    );
+    assert_eq!(
+        who("family@example.org"),
+        None,
+        "forwards outside: nobody's sender address"
+    );
     assert_eq!(who("anna@example.org").as_deref(), Some("anna"));
 }
 
@@ -153,9 +208,17 @@ fn adding_writes_the_passwd_file_first_and_removing_writes_it_last() {
     let kinds = |files: Vec<File>| files.into_iter().map(|f| f.kind).collect::<Vec<_>>();
     let first = kinds(in_safe_order(generated(&c, &a), None, &a));
     assert_eq!(first[0], Kind::PasswdFile, "first apply");
-    let adding = kinds(in_safe_order(generated(&c, &a), Some("# header\nthomas:{X}y:1:1::/h::\n"), &a));
+    let adding = kinds(in_safe_order(
+        generated(&c, &a),
+        Some("# header\nthomas:{X}y:1:1::/h::\n"),
+        &a,
+    ));
     assert_eq!(adding[0], Kind::PasswdFile, "adding anna and old");
-    let removing = kinds(in_safe_order(generated(&c, &a), Some("thomas:x\ngone:x\n"), &a));
+    let removing = kinds(in_safe_order(
+        generated(&c, &a),
+        Some("thomas:x\ngone:x\n"),
+        &a,
+    ));
     assert_eq!(removing.last(), Some(&Kind::PasswdFile), "removing gone");
     assert_eq!(removing.len(), 4);
 }

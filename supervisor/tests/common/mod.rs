@@ -3,9 +3,9 @@
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::io::Write;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_postmaster");
 
@@ -29,7 +29,12 @@ pub fn postmaster(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("run postmaster");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
@@ -67,12 +72,18 @@ impl Setup {
         )
         .unwrap();
         std::fs::write(&accounts_path, accounts).unwrap();
-        Setup { dir, config, accounts: accounts_path, generated }
+        Setup {
+            dir,
+            config,
+            accounts: accounts_path,
+            generated,
+        }
     }
 
     pub fn seed() -> Setup {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let accounts = std::fs::read_to_string(manifest.join("../examples/seed/accounts.toml")).unwrap();
+        let accounts =
+            std::fs::read_to_string(manifest.join("../examples/seed/accounts.toml")).unwrap();
         Setup::new("", &accounts)
     }
 }
