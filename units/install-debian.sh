@@ -51,6 +51,10 @@ systemd_version=$(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p')
 getent group dovecot >/dev/null || fail "group dovecot is missing: install dovecot-core first"
 getent passwd postfix >/dev/null || fail "user postfix is missing: install postfix first"
 command -v postmap >/dev/null || fail "postmap is missing: install postfix first"
+# rspamd signs outgoing mail with the DKIM keys postmaster keeps, which it reads
+# through its group (tmpfiles below). With [dkim] enabled = false it is not needed.
+getent group _rspamd >/dev/null ||
+	fail "group _rspamd is missing: install rspamd first (it signs outgoing mail with DKIM)"
 
 changed=no
 # put MODE SOURCE TARGET: installs SOURCE as TARGET, root's, unless it is there

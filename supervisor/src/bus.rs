@@ -5,6 +5,8 @@
 //! - `Status() -> s`: a [`crate::status::Status`].
 //! - `Reload() -> s`: re-read and re-apply everything now; an [`Outcome`].
 //! - `Renew(force: b) -> s`: renew the certificate (ACME); an [`Outcome`].
+//! - `RotateDkim(domain: s) -> s`: make a new DKIM key for the domain (every
+//!   hosted domain when empty), used once DNS shows it; an [`Outcome`].
 //!
 //! Who may call is the D-Bus policy's business (units/): root and the admin group.
 
@@ -34,6 +36,11 @@ pub enum Request {
     Reload(oneshot::Sender<Outcome>),
     Renew {
         force: bool,
+        reply: oneshot::Sender<Outcome>,
+    },
+    RotateDkim {
+        /// Empty: every hosted domain.
+        domain: String,
         reply: oneshot::Sender<Outcome>,
     },
 }
@@ -84,6 +91,18 @@ impl Supervisor {
             .map_err(|_| stopped())?;
         to_json(&outcome.await.map_err(|_| stopped())?)
     }
+
+    async fn rotate_dkim(&self, domain: &str) -> zbus::fdo::Result<String> {
+        let (reply, outcome) = oneshot::channel();
+        self.requests
+            .send(Request::RotateDkim {
+                domain: domain.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        to_json(&outcome.await.map_err(|_| stopped())?)
+    }
 }
 
 /// The client side, for the CLI.
@@ -96,4 +115,5 @@ pub trait SupervisorClient {
     fn status(&self) -> zbus::Result<String>;
     fn reload(&self) -> zbus::Result<String>;
     fn renew(&self, force: bool) -> zbus::Result<String>;
+    fn rotate_dkim(&self, domain: &str) -> zbus::Result<String>;
 }

@@ -91,6 +91,22 @@ pub enum Commands {
         #[arg(long, value_enum, default_value_t = HashScheme::Sha512Crypt)]
         scheme: HashScheme,
     },
+    /// The DNS records this mail host needs, per hosted domain, in zone-file form:
+    /// MX, SPF, DKIM, DMARC, SRV, and the host's address and reverse name.
+    Dns {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Ask DNS and say, per record, ok / missing / different (with what was
+        /// found). Exit 0 only when every required record is right.
+        #[arg(long)]
+        check: bool,
+    },
+    /// DKIM keys: `rotate [DOMAIN]` makes a new key, used once DNS shows it.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// Mailboxes in the accounts file: add, passwd, disable, enable, remove, list.
     Mailbox {
         #[command(subcommand)]
@@ -107,6 +123,15 @@ pub enum Commands {
         #[command(subcommand)]
         command: CatchAllCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DkimCommand {
+    /// Make a new key with a new selector for DOMAIN (every hosted domain when
+    /// none is named). The running daemon keeps signing with the current key until
+    /// DNS shows the new one's record; then it switches, and the old record must
+    /// stay published for [dkim] keep_published_days.
+    Rotate { domain: Option<String> },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -140,6 +165,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Reload => ask(&cli.config, |c| Box::pin(async move { c.reload().await })),
         Commands::Renew { force } => ask(&cli.config, move |c| {
             Box::pin(async move { c.renew(force).await })
+        }),
+        Commands::Dns { json, check } => dns(&cli.config, json, check),
+        Commands::Dkim {
+            command: DkimCommand::Rotate { domain },
+        } => ask(&cli.config, move |c| {
+            Box::pin(async move { c.rotate_dkim(domain.as_deref().unwrap_or("")).await })
         }),
         Commands::HashPassword { scheme } => hash_password(scheme.into()),
         Commands::Mailbox { command } => accounts_cli::mailbox(&cli.config, command),
@@ -284,7 +315,105 @@ fn apply_once(config_path: &Path) -> Result<(), Failure> {
     for p in &report.unchanged {
         println!("unchanged: {}", p.display());
     }
+    // The first DKIM keys, so that rspamd signs from its first start; without DNS
+    // here, a rotation is the daemon's to finish.
+    let dkim = pipeline::apply_dkim(config, &Default::default(), &[])
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    for line in &dkim.done {
+        println!("dkim: {line}");
+    }
     Ok(())
+}
+
+/// `postmaster dns`: what to publish, from the configuration and the DKIM state
+/// (no daemon needed; the daemon makes a domain's first key).
+fn dns(config_path: &Path, json: bool, check: bool) -> Result<(), Failure> {
+    let config = Config::load(config_path)?;
+    let keys = crate::dkim::store::load(&config).map_err(|e| Failure::Failed(e.to_string()))?;
+    let now = crate::dkim::unix_now();
+    if config.dkim.enabled {
+        for d in config.domains.iter().filter(|d| keys.active(d).is_none()) {
+            eprintln!(
+                "postmaster: {d} has no DKIM key yet: the daemon makes one when it runs (or `postmaster apply`)"
+            );
+        }
+    }
+    if !check {
+        let records = crate::dns::records(&config, &keys, now);
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&records).expect("records serialise")
+            );
+        } else {
+            print!("{}", crate::dns::zone_text(&config, &records));
+        }
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    let judged = runtime.block_on(crate::dns::lookup::check(&config, &keys, now));
+    let failing = judged
+        .iter()
+        .filter(|(r, v)| r.required && *v != crate::dns::Verdict::Ok)
+        .count();
+    if json {
+        #[derive(serde::Serialize)]
+        struct Judged<'a> {
+            #[serde(flatten)]
+            record: &'a crate::dns::Record,
+            #[serde(flatten)]
+            verdict: &'a crate::dns::Verdict,
+        }
+        let list: Vec<Judged<'_>> = judged
+            .iter()
+            .map(|(record, verdict)| Judged { record, verdict })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("records serialise")
+        );
+    } else {
+        for (r, v) in &judged {
+            let what = match v {
+                crate::dns::Verdict::Ok => "ok".to_string(),
+                crate::dns::Verdict::Missing => "MISSING".to_string(),
+                crate::dns::Verdict::Different(found) => format!("DIFFERENT, found: {found}"),
+                crate::dns::Verdict::Unknown(why) => format!("UNKNOWN, DNS did not answer: {why}"),
+            };
+            let optional = if r.required { "" } else { " (recommended)" };
+            println!(
+                "{:<9} {} {}{optional}",
+                what.split(',').next().unwrap_or(""),
+                r.rtype.name(),
+                r.name
+            );
+            if *v != crate::dns::Verdict::Ok {
+                println!("          want: {}", r.value);
+                if let Some((_, detail)) = what.split_once(", ") {
+                    println!("          {detail}");
+                }
+            }
+        }
+        println!(
+            "{}",
+            if failing == 0 {
+                "every required record is right".to_string()
+            } else {
+                format!(
+                    "{failing} required record{} not right",
+                    if failing == 1 { " is" } else { "s are" }
+                )
+            }
+        );
+    }
+    if failing == 0 {
+        Ok(())
+    } else {
+        Err(Failure::Reported)
+    }
 }
 
 /// Installs the source pair when it is new and valid, a placeholder when nothing

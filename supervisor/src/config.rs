@@ -45,7 +45,46 @@ pub struct Config {
     pub units: Units,
     pub postfix: Postfix,
     pub dovecot: Dovecot,
+    pub dkim: Dkim,
+    pub dns: Dns,
 }
+
+/// DKIM signing of outgoing mail: rspamd signs as postfix's milter, with keys
+/// postmaster makes and keeps (see [`crate::dkim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dkim {
+    /// Sign what is submitted (587, 465) and what the host itself sends.
+    pub enabled: bool,
+    /// Where postfix reaches rspamd's milter (postfix's `smtpd_milters` syntax).
+    pub milter: String,
+    /// Start a rotation on its own once the key in use is this old; `None`: only
+    /// `postmaster dkim rotate` does.
+    pub rotate_after_days: Option<u32>,
+    /// How long a replaced selector must stay published, so that mail signed with
+    /// it and still on its way verifies.
+    pub keep_published_days: u32,
+    /// How often DNS is asked about the selectors (a new one before it is used,
+    /// the one in use for `postmaster status`).
+    pub dns_check_seconds: u64,
+}
+
+/// What `postmaster dns` prints and checks besides the DKIM keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// The SPF record of every hosted domain.
+    pub spf: String,
+    /// The DMARC record (`_dmarc.<domain>`) of every hosted domain.
+    pub dmarc: String,
+    /// The host's public addresses: its A/AAAA records and the names their PTR
+    /// records must give. Empty: `--check` looks up the host name instead.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The TTL written into the printed records.
+    pub ttl: u32,
+}
+
+pub const DEFAULT_SPF: &str = "v=spf1 mx -all";
+pub const DEFAULT_DMARC: &str = "v=DMARC1; p=quarantine";
+pub const DEFAULT_MILTER: &str = "inet:127.0.0.1:11332";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsSource {
@@ -98,6 +137,8 @@ pub struct Eab {
 pub struct Units {
     pub postfix: String,
     pub dovecot: String,
+    /// rspamd, which signs outgoing mail: reloaded when the keys it signs with change.
+    pub rspamd: String,
     /// The group whose members may call the daemon over D-Bus besides root (its
     /// D-Bus policy and polkit rule name it): named when a call is refused.
     pub admin_group: String,
@@ -166,6 +207,8 @@ const ROOT_KEYS: &[&str] = &[
     "systemd",
     "postfix",
     "dovecot",
+    "dkim",
+    "dns",
 ];
 
 impl Config {
@@ -204,6 +247,17 @@ impl Config {
     /// a broken pair in `tls.cert`/`tls.key` never reaches them.
     pub fn installed_pair(&self) -> PathBuf {
         self.state_dir.join("tls/pair.pem")
+    }
+
+    /// The DKIM private keys: readable by rspamd through the directory's group.
+    pub fn dkim_key_dir(&self) -> PathBuf {
+        self.state_dir.join("dkim")
+    }
+
+    /// Which DKIM key is in which phase; public keys only, readable by anyone
+    /// (`postmaster dns` reads it without the daemon).
+    pub fn dkim_state_file(&self) -> PathBuf {
+        self.state_dir.join("dkim.json")
     }
 
     /// Every name the certificate must cover.
@@ -373,7 +427,10 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
     };
 
     let units = {
-        let mut s = f.section("systemd", &["postfix_unit", "dovecot_unit", "admin_group"]);
+        let mut s = f.section(
+            "systemd",
+            &["postfix_unit", "dovecot_unit", "rspamd_unit", "admin_group"],
+        );
         Units {
             postfix: s
                 .unit("postfix_unit")
@@ -381,6 +438,9 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             dovecot: s
                 .unit("dovecot_unit")
                 .unwrap_or_else(|| "dovecot.service".into()),
+            rspamd: s
+                .unit("rspamd_unit")
+                .unwrap_or_else(|| "rspamd.service".into()),
             admin_group: s
                 .str("admin_group")
                 .unwrap_or_else(|| DEFAULT_ADMIN_GROUP.into()),
@@ -454,6 +514,111 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
         }
     };
 
+    let dkim = {
+        let mut s = f.section(
+            "dkim",
+            &[
+                "enabled",
+                "milter",
+                "rotate_after_days",
+                "keep_published_days",
+                "dns_check_seconds",
+            ],
+        );
+        let milter = s.str("milter").unwrap_or_else(|| DEFAULT_MILTER.into());
+        if !(milter.starts_with("inet:") || milter.starts_with("unix:"))
+            && let Some((span, _)) = s.span_of("milter")
+        {
+            s.d.error(
+                span,
+                format!("`milter` in [dkim] `{}` is not a milter address", milter.escape_default()),
+                "like \"inet:127.0.0.1:11332\" (rspamd's proxy worker) or \"unix:/run/rspamd/milter.sock\"",
+            );
+        }
+        let days = |s: &mut Fields<'_, '_, '_>, key: &str, min: u64| -> Option<u32> {
+            let n = s.u64(key)?;
+            match u32::try_from(n) {
+                Ok(n) if u64::from(n) >= min => Some(n),
+                _ => {
+                    if let Some((span, _)) = s.span_of(key) {
+                        s.d.error(
+                            span,
+                            format!("`{key}` in [dkim] must be at least {min}"),
+                            "it is a number of days",
+                        );
+                    }
+                    None
+                }
+            }
+        };
+        let rotate_after_days = days(&mut s, "rotate_after_days", 1);
+        // Mail may wait in a sender's queue for five days (postfix's
+        // maximal_queue_lifetime) before it is delivered and verified.
+        let keep_published_days = days(&mut s, "keep_published_days", 1).unwrap_or(7);
+        let dns_check_seconds = s.u64("dns_check_seconds").unwrap_or(300);
+        if dns_check_seconds == 0
+            && let Some((span, _)) = s.span_of("dns_check_seconds")
+        {
+            s.d.error(span, "`dns_check_seconds` in [dkim] must be at least 1", "");
+        }
+        Dkim {
+            enabled: s.bool("enabled").unwrap_or(true),
+            milter,
+            rotate_after_days,
+            keep_published_days,
+            dns_check_seconds: dns_check_seconds.max(1),
+        }
+    };
+
+    let dns = {
+        let mut s = f.section("dns", &["spf", "dmarc", "addresses", "ttl"]);
+        let spf = s.str("spf").unwrap_or_else(|| DEFAULT_SPF.into());
+        if !spf.starts_with("v=spf1")
+            && let Some((span, _)) = s.span_of("spf")
+        {
+            s.d.error(
+                span,
+                "`spf` in [dns] must start with `v=spf1`",
+                "like \"v=spf1 mx -all\"",
+            );
+        }
+        let dmarc = s.str("dmarc").unwrap_or_else(|| DEFAULT_DMARC.into());
+        if !dmarc.starts_with("v=DMARC1;")
+            && let Some((span, _)) = s.span_of("dmarc")
+        {
+            s.d.error(
+                span,
+                "`dmarc` in [dns] must start with `v=DMARC1;`",
+                "like \"v=DMARC1; p=quarantine\"",
+            );
+        }
+        let mut addresses = Vec::new();
+        for text in s.str_list("addresses") {
+            match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => addresses.push(ip),
+                Err(_) => {
+                    if let Some((_, v)) = tomlwalk::get(s.table, "addresses") {
+                        s.d.error(
+                            v.span(),
+                            format!(
+                                "`addresses` in [dns]: `{}` is not an IP address",
+                                text.escape_default()
+                            ),
+                            "like \"192.0.2.25\" or \"2001:db8::25\"",
+                        );
+                    }
+                }
+            }
+        }
+        let ttl = s.u64("ttl").unwrap_or(3600);
+        Dns {
+            spf,
+            dmarc,
+            addresses,
+            ttl: u32::try_from(ttl).unwrap_or(u32::MAX),
+        }
+    };
+
     Some(Config {
         host_name: host_name?,
         domains: domains?,
@@ -466,6 +631,8 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
         units,
         postfix,
         dovecot,
+        dkim,
+        dns,
     })
 }
 
@@ -732,7 +899,7 @@ mod tests {
                 "/etc/postmaster/config.toml:2:27: domain `example.org` is listed twice; remove one",
                 "/etc/postmaster/config.toml:2:42: domain `Bad` is not valid: it has uppercase letters; write it in lowercase",
                 "/etc/postmaster/config.toml:3:13: `state_dir` contains ` `, which postfix or dovecot configuration cannot hold in a path; choose a path without spaces, commas, quotes, `<`, `$` or braces",
-                "/etc/postmaster/config.toml:4:1: unknown key `colour` in the configuration; known keys here: host_name, domains, accounts_file, state_dir, generated_dir, insecure_allow_plain_passwords, tls, acme, systemd, postfix, dovecot",
+                "/etc/postmaster/config.toml:4:1: unknown key `colour` in the configuration; known keys here: host_name, domains, accounts_file, state_dir, generated_dir, insecure_allow_plain_passwords, tls, acme, systemd, postfix, dovecot, dkim, dns",
                 "/etc/postmaster/config.toml:6:10: `source` in [tls] cannot be \"file\"; use \"acme\" or \"files\"",
                 "/etc/postmaster/config.toml:8:12: `map_type` in [postfix] cannot be \"btree\"; use \"lmdb\" or \"hash\"",
                 "/etc/postmaster/config.toml:9:22: `message_size_limit` is below 1 MiB: most mail with an attachment would bounce; it is in bytes; 67108864 is 64 MiB",

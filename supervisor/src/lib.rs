@@ -19,6 +19,9 @@
 //! - [`tls`]: certificate pair validation (pure); [`certificate`]: from source files
 //!   to the installed pair, and the decision what to do about it; [`probe`]: what a
 //!   port serves.
+//! - [`dkim`]: the DKIM keys postmaster makes, rotates only once DNS shows the new
+//!   one, and hands to rspamd (which signs as postfix's milter); [`dns`]: the
+//!   records a mail host needs (`postmaster dns`) and what DNS says about them.
 //! - [`acme`]: the ACME client: account, http-01 issuance, renewal planning.
 //! - [`cli`]: the `postmaster` command line.
 
@@ -32,6 +35,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod diag;
+pub mod dkim;
+pub mod dns;
 pub mod logging;
 pub mod password;
 pub mod pipeline;

@@ -1,11 +1,13 @@
 //! The one way from the files a person edits to what the mail host reads, shared by
 //! `postmaster apply` and the daemon: read and validate the accounts file, render,
 //! and write the generated files in an order that is safe at every moment. The
-//! certificate's way is [`crate::certificate`]'s [`decide`](crate::certificate::decide).
+//! certificate's way is [`crate::certificate`]'s [`decide`](crate::certificate::decide);
+//! the DKIM keys' is [`apply_dkim`].
 //!
 //! What the host offers is probed once, here, and travels with the configuration
 //! ([`Resolved`]): the rest of the program never runs `postconf` itself.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -13,6 +15,7 @@ use crate::accounts::{self, Accounts};
 use crate::apply::{self, ApplyError, Report};
 use crate::config::{Config, MapType};
 use crate::diag::Invalid;
+use crate::dkim::{self, store::DkimError};
 use crate::render;
 use crate::tomlwalk;
 
@@ -95,6 +98,47 @@ pub fn apply_accounts(resolved: &Resolved, accounts: &Accounts) -> Result<Report
     apply::apply(&config.generated_dir, &files, &options)
 }
 
+/// What one pass over the DKIM keys did.
+#[derive(Debug, Default)]
+pub struct DkimReport {
+    /// One line per key made or switched to.
+    pub done: Vec<String>,
+    /// rspamd's table of keys changed: rspamd must reload to sign with it.
+    pub table_changed: bool,
+    pub state: dkim::State,
+}
+
+/// The one way to the DKIM keys, for `postmaster apply` and the daemon: makes the
+/// keys the domains lack, switches to a pending key once DNS shows it (`seen`, by
+/// record name), carries out `extra` steps (a rotation asked for), and writes
+/// rspamd's table. With DKIM off, nothing happens.
+pub fn apply_dkim(
+    config: &Config,
+    seen: &BTreeMap<String, dkim::Seen>,
+    extra: &[dkim::Step],
+) -> Result<DkimReport, DkimError> {
+    if !config.dkim.enabled {
+        return Ok(DkimReport::default());
+    }
+    let now = dkim::unix_now();
+    let mut state = dkim::store::load(config)?;
+    let mut done = dkim::store::carry_out(config, &mut state, extra, now)?;
+    let planned = dkim::plan(
+        &state,
+        &config.domains,
+        seen,
+        dkim::Policy::from_config(&config.dkim),
+        now,
+    );
+    done.extend(dkim::store::carry_out(config, &mut state, &planned, now)?);
+    let table_changed = dkim::store::write_rspamd_domains(config, &state)?;
+    Ok(DkimReport {
+        done,
+        table_changed,
+        state,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +155,85 @@ mod tests {
         );
         // A name that merely contains lmdb is not lmdb.
         assert_eq!(map_type_from_postconf("hash\nlmdbx\n"), MapType::Hash);
+    }
+
+    fn dkim_config(state_dir: &Path) -> Config {
+        let text = format!(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\", \"example.net\"]\nstate_dir = \"{}\"\n",
+            state_dir.display()
+        );
+        Config::parse(&crate::diag::Source::new(
+            "/etc/postmaster/config.toml",
+            text,
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn dkim_keys_are_made_once_and_switched_only_when_dns_shows_the_new_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dkim_config(dir.path());
+        // Without the setgid directory rspamd could not read the keys: refused.
+        let err = apply_dkim(&config, &BTreeMap::new(), &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("is not readable by rspamd"),
+            "{err}"
+        );
+        assert!(!config.dkim_state_file().exists());
+
+        let keys = config.dkim_key_dir();
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o2750)).unwrap();
+        let first = apply_dkim(&config, &BTreeMap::new(), &[]).unwrap();
+        assert_eq!(first.done.len(), 2, "{:?}", first.done);
+        assert!(first.table_changed);
+        let org = first.state.active("example.org").unwrap().clone();
+        let key_file = keys.join(org.file_name("example.org"));
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o640);
+        let table = std::fs::read_to_string(config.generated_dir.join(dkim::store::RSPAMD_DOMAINS))
+            .unwrap();
+        assert!(
+            table.contains(&format!("path = \"{}\";", key_file.display())),
+            "{table}"
+        );
+
+        // Nothing new: nothing made, nothing rewritten.
+        let again = apply_dkim(&config, &BTreeMap::new(), &[]).unwrap();
+        assert!(again.done.is_empty() && !again.table_changed);
+
+        // A rotation: the new key waits; rspamd's table keeps the old one.
+        let rotate = [dkim::Step::Generate {
+            domain: "example.org".into(),
+            activate: false,
+        }];
+        let rotated = apply_dkim(&config, &BTreeMap::new(), &rotate).unwrap();
+        let pending = rotated.state.pending("example.org").unwrap().clone();
+        assert!(!rotated.table_changed);
+        assert_eq!(
+            rotated.state.active("example.org").unwrap().selector,
+            org.selector
+        );
+        // DNS shows it: switched, old one retiring, table changed.
+        let seen = BTreeMap::from([(pending.record_name("example.org"), dkim::Seen::Present)]);
+        let switched = apply_dkim(&config, &seen, &[]).unwrap();
+        assert!(switched.table_changed);
+        assert_eq!(
+            switched.state.active("example.org").unwrap().selector,
+            pending.selector
+        );
+        // And it survives a restart: the state file says so.
+        let loaded = dkim::store::load(&config).unwrap();
+        assert_eq!(loaded, switched.state);
+
+        // A damaged state file is never replaced by new keys.
+        std::fs::write(config.dkim_state_file(), "{ not json").unwrap();
+        let err = apply_dkim(&config, &BTreeMap::new(), &[]).unwrap_err();
+        assert!(err.to_string().contains("is damaged"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(config.dkim_state_file()).unwrap(),
+            "{ not json"
+        );
     }
 }

@@ -16,6 +16,49 @@ pub struct Status {
     /// Certificate renewal over ACME, when that is the certificate's source.
     pub acme: Option<AcmeStatus>,
     pub units: Vec<UnitState>,
+    /// DKIM signing, when it is on.
+    #[serde(default)]
+    pub dkim: Option<DkimStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkimStatus {
+    /// The unit that signs (rspamd): while it does not run, submitted mail is
+    /// refused with a temporary error.
+    pub signer_unit: String,
+    pub domains: Vec<DkimDomainStatus>,
+    /// Why keys or rspamd's table could not be made or changed, if so.
+    pub error: Option<String>,
+    /// When DNS was last asked about the selectors (RFC 3339).
+    pub last_dns_check: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkimDomainStatus {
+    pub domain: String,
+    /// Every key whose record should be published, the one in use first.
+    pub keys: Vec<DkimKeyStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkimKeyStatus {
+    pub selector: String,
+    /// RFC 3339.
+    pub created: String,
+    /// "in use since …", "waiting for its DNS record …", "replaced; keep published until …".
+    pub phase: String,
+    pub in_use: bool,
+    /// What DNS said: "present", "missing", "different: …", "unknown: …", or
+    /// "not checked yet".
+    pub record: String,
+}
+
+impl DkimKeyStatus {
+    /// A key in use whose record is missing or wrong: mail signed with it fails
+    /// DKIM at the receiver.
+    pub fn broken(&self) -> bool {
+        self.in_use && (self.record == "missing" || self.record.starts_with("different"))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +127,21 @@ impl Status {
                 .as_ref()
                 .and_then(|a| a.last_attempt.as_ref())
                 .is_none_or(|e| e.ok)
+            && self.dkim.as_ref().is_none_or(|d| {
+                d.error.is_none()
+                    && !d
+                        .domains
+                        .iter()
+                        .flat_map(|x| &x.keys)
+                        .any(DkimKeyStatus::broken)
+                    && self
+                        .units
+                        .iter()
+                        .filter(|u| u.name == d.signer_unit)
+                        .all(|u| {
+                            matches!(u.active_state.as_str(), "active" | "reloading" | "unknown")
+                        })
+            })
     }
 
     /// The one line systemd shows (`systemctl status postmaster`).
@@ -130,6 +188,23 @@ impl Status {
             .filter(|e| !e.ok)
         {
             line.push_str(&format!("; RENEWAL FAILING: {}", e.detail));
+        }
+        if let Some(d) = &self.dkim {
+            if let Some(e) = &d.error {
+                line.push_str(&format!("; DKIM: {e}"));
+            }
+            for (domain, key) in d
+                .domains
+                .iter()
+                .flat_map(|x| x.keys.iter().map(move |k| (&x.domain, k)))
+                .filter(|(_, k)| k.broken())
+            {
+                line.push_str(&format!(
+                    "; DKIM RECORD {} for {}._domainkey.{domain} (see postmaster dns)",
+                    key.record.to_uppercase(),
+                    key.selector
+                ));
+            }
         }
         line
     }
@@ -221,6 +296,26 @@ impl Status {
                 e.detail
             ));
         }
+        if let Some(d) = &self.dkim {
+            line(format!("dkim:       signed by {}", d.signer_unit));
+            for x in &d.domains {
+                if x.keys.is_empty() {
+                    line(format!("            {}: no key yet", x.domain));
+                }
+                for k in &x.keys {
+                    line(format!(
+                        "            {} {}: {}; record {} (made {})",
+                        x.domain, k.selector, k.phase, k.record, k.created
+                    ));
+                }
+            }
+            if let Some(at) = &d.last_dns_check {
+                line(format!("            DNS asked {at}"));
+            }
+            if let Some(e) = &d.error {
+                line(format!("  error:    {e}"));
+            }
+        }
         for u in &self.units {
             line(format!(
                 "unit:       {} {} (main PID {})",
@@ -287,5 +382,50 @@ mod tests {
         );
         assert!(!s.healthy());
         assert!(s.human().contains("  error:    a.toml:4:1: worse\n"));
+    }
+
+    #[test]
+    fn a_dkim_record_that_cannot_verify_is_a_problem_and_an_unknown_one_is_not() {
+        let key = |record: &str| DkimKeyStatus {
+            selector: "pm20261205a".into(),
+            created: "2026-12-05T22:00:00Z".into(),
+            phase: "in use since 2026-12-05 22:00:00 UTC".into(),
+            in_use: true,
+            record: record.into(),
+        };
+        let mut s = Status {
+            domains: vec!["example.org".into()],
+            units: vec![UnitState {
+                name: "rspamd.service".into(),
+                active_state: "active".into(),
+                main_pid: 7,
+            }],
+            dkim: Some(DkimStatus {
+                signer_unit: "rspamd.service".into(),
+                domains: vec![DkimDomainStatus {
+                    domain: "example.org".into(),
+                    keys: vec![key("present")],
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(s.healthy());
+        assert!(s.human().contains("            example.org pm20261205a: in use since 2026-12-05 22:00:00 UTC; record present (made 2026-12-05T22:00:00Z)\n"), "{}", s.human());
+        s.dkim.as_mut().unwrap().domains[0].keys[0] = key("unknown: no answer");
+        assert!(s.healthy());
+        s.dkim.as_mut().unwrap().domains[0].keys[0] = key("missing");
+        assert!(!s.healthy());
+        assert_eq!(
+            s.summary(),
+            "serving 0 mailboxes for example.org; DKIM RECORD MISSING for pm20261205a._domainkey.example.org (see postmaster dns)"
+        );
+        // A key waiting for its record is not a problem: nothing is signed with it.
+        let mut waiting = key("missing");
+        waiting.in_use = false;
+        s.dkim.as_mut().unwrap().domains[0].keys = vec![key("present"), waiting];
+        assert!(s.healthy());
+        s.units[0].active_state = "failed".into();
+        assert!(!s.healthy());
     }
 }

@@ -4,7 +4,7 @@ The units (units/) are installed by bed-setup.sh with units/install-debian.sh; t
 daemon itself is not needed: the tests act as its user `postmaster` (setpriv), and
 run probes inside a copy of its unit, so they hold whether or not the daemon runs.
 
-- polkit: user postmaster may reload and restart postfix.service and dovecot.service,
+- polkit: user postmaster may reload and restart postfix, dovecot and rspamd,
   and is refused everything else, outright (no authentication challenge).
 - D-Bus: only postmaster may own io.postmaster.Supervisor1; root and group
   postmaster-admin may call it; nobody else may send it anything.
@@ -28,7 +28,7 @@ import pytest
 import mailhost
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("postfix.service", "dovecot.service")
+SERVICES = ("postfix.service", "dovecot.service", "rspamd.service")
 UNIT = "/usr/local/lib/systemd/system/postmaster.service"
 SOCKET = "/usr/local/lib/systemd/system/postmaster-acme.socket"
 BUS_NAME = "io.postmaster.Supervisor1"
@@ -134,7 +134,7 @@ def test_install_is_idempotent(host, units):
 # --- polkit: the rule itself, action by action -----------------------------------------------
 
 VERBS = ("reload", "restart", "try-restart", "reload-or-restart", "reload-or-try-restart", "start", "stop", "kill")
-UNITS_ASKED = ("postfix.service", "dovecot.service", "dbus.service", "systemd-journald.service", "postmaster.service")
+UNITS_ASKED = ("postfix.service", "dovecot.service", "rspamd.service", "dbus.service", "systemd-journald.service", "postmaster.service")
 ALLOWED = {(u, v) for u in SERVICES for v in ("reload", "restart", "try-restart", "reload-or-restart")}
 OTHER_ACTIONS = (
     "org.freedesktop.systemd1.reload-daemon",
@@ -614,7 +614,8 @@ def sandboxed_apply(host, units):
     host.bed.run(["sh", "-c", f"""set -e
         install -d -o postmaster -g postmaster -m 0751 {PROBE_STATE} {PROBE_STATE}/generated
         install -d -o postmaster -g postmaster -m 0755 {PROBE_STATE}/generated/postfix
-        install -d -o postmaster -g dovecot -m 2750 {PROBE_STATE}/generated/dovecot"""], check=True)
+        install -d -o postmaster -g dovecot -m 2750 {PROBE_STATE}/generated/dovecot
+        install -d -o postmaster -g _rspamd -m 2750 {PROBE_STATE}/dkim"""], check=True)
     try:
         ok, out = run_in_unit_sandbox(host, "pm-test-apply", "/usr/local/bin/postmaster apply",
                                       f"POSTMASTER_CONFIG={WORK}/apply.toml")
@@ -634,6 +635,13 @@ def test_apply_works_in_the_sandbox(host, sandboxed_apply):
     # The compiled maps answer (postfix's daemons open them as root).
     q = host.bed.run(["postmap", "-q", "thomas@example.org", f"lmdb:{PROBE_STATE}/generated/postfix/virtual_mailbox"])
     assert q.returncode == 0 and q.stdout.strip(), q
+    # The first DKIM keys: readable by rspamd through the directory's group, by nobody else.
+    keys = host.bed.run(["sh", "-c", f"ls {PROBE_STATE}/dkim/*.key"], check=True).stdout.split()
+    assert len(keys) == 2, keys  # example.org and example.net
+    for key in keys:
+        assert host.bed.run(["stat", "-c", "%U:%G %a", key], check=True).stdout.strip() == "postmaster:_rspamd 640"
+        assert host.bed.run(as_user("_rspamd", ["head", "-c1", key])).returncode == 0
+        assert host.bed.run(as_user(STRANGER, ["head", "-c1", key])).returncode != 0
 
 
 def test_maps_compiled_in_the_sandbox_are_readable_by_postfix(host, sandboxed_apply):
@@ -712,19 +720,21 @@ def test_users_groups_and_directories(host, units):
     modes = host.bed.run(["stat", "-c", "%n %U:%G %a",
                           "/var/lib/postmaster", "/var/lib/postmaster/generated", "/var/lib/postmaster/generated/postfix",
                           "/var/lib/postmaster/generated/dovecot", "/var/lib/postmaster/tls",
-                          "/etc/postmaster/accounts.toml"], check=True).stdout.splitlines()
+                          "/var/lib/postmaster/dkim", "/etc/postmaster/accounts.toml"], check=True).stdout.splitlines()
     assert modes == [
         "/var/lib/postmaster postmaster:postmaster 751",
         "/var/lib/postmaster/generated postmaster:postmaster 751",
         "/var/lib/postmaster/generated/postfix postmaster:postmaster 755",
         "/var/lib/postmaster/generated/dovecot postmaster:dovecot 2750",
         "/var/lib/postmaster/tls postmaster:postmaster 750",
+        "/var/lib/postmaster/dkim postmaster:_rspamd 2750",
         "/etc/postmaster/accounts.toml root:postmaster 640",
     ]
     # postfix and dovecot reach what they read; others cannot even list the state.
     generated = "/var/lib/postmaster/generated"
     assert host.bed.run(as_user("postfix", ["ls", f"{generated}/postfix"])).returncode == 0
     assert host.bed.run(as_user("dovecot", ["head", "-c1", f"{generated}/dovecot/users"])).returncode == 0
-    for path in ("/var/lib/postmaster", generated, f"{generated}/dovecot", "/var/lib/postmaster/tls"):
+    for path in ("/var/lib/postmaster", generated, f"{generated}/dovecot", "/var/lib/postmaster/tls",
+                 "/var/lib/postmaster/dkim"):
         assert host.bed.run(as_user(STRANGER, ["ls", path])).returncode != 0, path
     assert host.bed.run(as_user(STRANGER, ["head", "-c1", "/etc/postmaster/accounts.toml"])).returncode != 0

@@ -5,13 +5,14 @@
 //! Two groups of files:
 //! - [`generated`]: what follows the accounts file and changes at run time, written
 //!   into the generated directory by the daemon (postfix maps, dovecot passwd-file);
-//! - [`host_config`]: the mail host's postfix and dovecot configuration for systemd
-//!   hosts that are not NixOS, installed once (`postmaster render`).
+//! - [`host_config`]: the mail host's postfix, dovecot and rspamd configuration for
+//!   systemd hosts that are not NixOS, installed once (`postmaster render`).
 
 mod dovecot_conf;
 mod maps;
 mod passwd;
 mod postfix_conf;
+mod rspamd_conf;
 mod template;
 
 #[cfg(test)]
@@ -52,6 +53,7 @@ pub mod paths {
     pub const MAIN_CF: &str = "postfix/main.cf";
     pub const MASTER_CF: &str = "postfix/master.cf";
     pub const DOVECOT_CONF: &str = "dovecot/dovecot.conf";
+    pub const RSPAMD_DKIM_SIGNING: &str = "rspamd/local.d/dkim_signing.conf";
 }
 
 /// The files that follow the accounts file.
@@ -145,6 +147,11 @@ pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec
         File {
             path: paths::DOVECOT_CONF.into(),
             content: dovecot_conf::render(config, config_file),
+            kind: Kind::Config,
+        },
+        File {
+            path: paths::RSPAMD_DKIM_SIGNING.into(),
+            content: rspamd_conf::dkim_signing(config, config_file),
             kind: Kind::Config,
         },
     ]

@@ -12,6 +12,11 @@ pub fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String 
     } else {
         "reject_non_fqdn_sender"
     };
+    let (milters, internal_classes) = if config.dkim.enabled {
+        (config.dkim.milter.as_str(), "bounce")
+    } else {
+        ("", "")
+    };
     fill(
         MAIN_CF,
         &[
@@ -27,6 +32,8 @@ pub fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String 
             ),
             ("TLS_PAIR", config.installed_pair().display().to_string()),
             ("SENDER_RESTRICTIONS", sender_restrictions.to_string()),
+            ("SUBMISSION_MILTERS", milters.to_string()),
+            ("INTERNAL_FILTER_CLASSES", internal_classes.to_string()),
         ],
     )
 }

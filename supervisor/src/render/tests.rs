@@ -222,3 +222,34 @@ fn adding_writes_the_passwd_file_first_and_removing_writes_it_last() {
     assert_eq!(removing.last(), Some(&Kind::PasswdFile), "removing gone");
     assert_eq!(removing.len(), 4);
 }
+
+#[test]
+fn signing_goes_through_rspamd_only_when_dkim_is_enabled() {
+    let on = config("");
+    let main = postfix_conf::main_cf(&on, MapType::Lmdb, "/x");
+    assert!(main.contains("\nsubmission_milters = inet:127.0.0.1:11332\n"));
+    assert!(main.contains("\ninternal_mail_filter_classes = bounce\n"));
+    // Never unsigned: rspamd away means a temporary refusal, not a pass.
+    assert!(main.contains("\nmilter_default_action = tempfail\n"));
+    let master = postfix_conf::master_cf("/x");
+    assert_eq!(
+        master
+            .matches("-o smtpd_milters=$submission_milters")
+            .count(),
+        2
+    );
+    let rspamd = rspamd_conf::dkim_signing(&on, "/x");
+    assert!(rspamd.contains("enabled = true;"));
+    assert!(rspamd.contains("try_fallback = false;"));
+    assert!(
+        rspamd.contains(
+            ".include(try=true) \"/var/lib/postmaster/generated/rspamd/dkim_domains.conf\""
+        )
+    );
+
+    let off = config("[dkim]\nenabled = false\nmilter = \"unix:/run/rspamd/milter.sock\"\n");
+    let main = postfix_conf::main_cf(&off, MapType::Lmdb, "/x");
+    assert!(main.contains("\nsubmission_milters = \n"));
+    assert!(main.contains("\ninternal_mail_filter_classes = \n"));
+    assert!(rspamd_conf::dkim_signing(&off, "/x").contains("enabled = false;"));
+}

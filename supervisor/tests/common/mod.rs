@@ -72,6 +72,12 @@ impl Setup {
         )
         .unwrap();
         std::fs::write(&accounts_path, accounts).unwrap();
+        // The DKIM key directory as tmpfiles makes it: setgid, so that keys are
+        // the signer's group (here the test's own) from the moment they exist.
+        let keys = dir.path().join("dkim");
+        std::fs::create_dir(&keys).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o2750)).unwrap();
         Setup {
             dir,
             config,

@@ -16,6 +16,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+mod signing;
+
 use crate::acme;
 use crate::apply;
 use crate::bus::{self, Outcome, Request};
@@ -86,6 +88,8 @@ struct Daemon {
     /// is taken once per start (the descriptor cannot be taken twice), and kept
     /// across reloads whatever the configuration says.
     http01: Option<Result<acme::Http01Server, String>>,
+    /// DKIM: what DNS said about each published selector, and when to ask again.
+    signing: signing::Signing,
 }
 
 /// What the daemon keeps for ACME between attempts.
@@ -101,6 +105,7 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
     let (watcher, mut changes) = Watcher::new().map_err(StartError::Watch)?;
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (requests_tx, mut requests) = mpsc::channel::<Request>(8);
+    let (seen_tx, mut seen_rx) = mpsc::channel::<signing::Seen>(1);
 
     let connection = match zbus::Connection::system().await {
         Ok(c) => Some(c),
@@ -133,6 +138,7 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
         settled: None,
         acme: None,
         http01: take_http01_socket(),
+        signing: signing::Signing::new(),
     };
     daemon.acme = acme_setup(&daemon.resolved.config, daemon.http01.as_ref());
     daemon.show_acme();
@@ -198,6 +204,7 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
                 None => std::future::pending().await,
             }
         };
+        let ask_dns = daemon.signing.due(&daemon.resolved.config);
         busy_since.store(0, std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             Some(first) = changes.recv() => {
@@ -244,6 +251,16 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
                 busy(&busy_since);
                 daemon.renew_if_due().await;
             }
+            _ = ask_dns => {
+                daemon.ask_dns(seen_tx.clone());
+            }
+            Some(seen) = seen_rx.recv() => {
+                busy(&busy_since);
+                daemon.dns_answered(seen);
+                // A failure is in the status and the journal.
+                let _ = daemon.check_dkim(&[]).await;
+                daemon.publish();
+            }
             // The bus may refuse the name at boot, before it has re-read its
             // policy: keep asking.
             _ = name_retry.tick(), if !bus_name_owned && connection.is_some() => {
@@ -259,6 +276,10 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
                     }
                     Request::Renew { force, reply } => {
                         let _ = reply.send(daemon.renew(force).await);
+                    }
+                    Request::RotateDkim { domain, reply } => {
+                        let _ = reply.send(daemon.rotate_dkim(&domain).await);
+                        daemon.publish();
                     }
                 }
             }
@@ -294,6 +315,8 @@ impl Daemon {
     async fn check(&mut self, force: bool) {
         self.check_accounts(force).await;
         self.check_certificate(force, false).await;
+        // A failure is in the status and the journal.
+        let _ = self.check_dkim(&[]).await;
         self.publish();
     }
 
@@ -980,9 +1003,12 @@ impl serve::Host for LiveHost<'_> {
 /// the accounts file, and the units whose state the D-Bus status reports (a
 /// reload may change them). Returns whether anything changed.
 fn describe_host(s: &mut Status, config: &Config) -> bool {
-    let units = [&config.units.postfix, &config.units.dovecot];
-    let units_changed =
-        s.units.len() != units.len() || s.units.iter().zip(units).any(|(u, name)| &u.name != name);
+    let mut units = vec![&config.units.postfix, &config.units.dovecot];
+    if config.dkim.enabled {
+        units.push(&config.units.rspamd);
+    }
+    let units_changed = s.units.len() != units.len()
+        || s.units.iter().zip(&units).any(|(u, name)| &u.name != *name);
     let changed = units_changed
         || s.host_name != config.host_name
         || s.domains != config.domains
@@ -1265,7 +1291,10 @@ mod tests {
         let mut status = Status::default();
         assert!(describe_host(&mut status, &config("")));
         let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["postfix.service", "dovecot.service"]);
+        assert_eq!(
+            names,
+            ["postfix.service", "dovecot.service", "rspamd.service"]
+        );
         assert!(
             !describe_host(&mut status, &config("")),
             "the same configuration changes nothing"
@@ -1274,6 +1303,17 @@ mod tests {
         let reloaded = config("[systemd]\npostfix_unit = \"postfix@-.service\"\n");
         assert!(describe_host(&mut status, &reloaded));
         let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["postfix@-.service", "dovecot.service"]);
+        assert_eq!(
+            names,
+            ["postfix@-.service", "dovecot.service", "rspamd.service"]
+        );
+
+        // Without DKIM signing rspamd is none of the mail host's business.
+        assert!(describe_host(
+            &mut status,
+            &config("[dkim]\nenabled = false\n")
+        ));
+        let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["postfix.service", "dovecot.service"]);
     }
 }

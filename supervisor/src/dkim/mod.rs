@@ -1,0 +1,372 @@
+//! DKIM keys that postmaster owns, and that are never ahead of DNS.
+//!
+//! Each hosted domain has one key in use (`Active`). A rotation makes a new key
+//! with a new selector (`Pending`); it is used only once DNS shows its record with
+//! exactly that key, and the key it replaces is then `Retiring`: no longer used,
+//! but it must stay published until mail signed with it has arrived everywhere. A
+//! domain's first key is used at once, since nothing can have been published for
+//! it before it existed; `postmaster status` says its record is missing until it
+//! is there.
+//!
+//! Everything here is pure: the [`State`] (persisted as JSON, public keys only),
+//! what DNS was seen to say ([`Seen`]), the decision what to do next ([`plan`]),
+//! the DNS record text and rspamd's configuration. Making keys and keeping the
+//! files is [`store`]'s.
+
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// What is known about every domain's keys. Survives restarts (`dkim.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub domains: BTreeMap<String, Vec<Key>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    /// The DNS label under `_domainkey.<domain>`; new for every key.
+    pub selector: String,
+    pub algorithm: Algorithm,
+    /// Unix seconds.
+    pub created: i64,
+    /// Base64 of the DER SubjectPublicKeyInfo: the `p=` of the DNS record.
+    pub public_key: String,
+    pub phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Algorithm {
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+}
+
+impl Algorithm {
+    /// The `k=` tag of the DNS record.
+    pub fn dns_tag(self) -> &'static str {
+        match self {
+            Algorithm::Rsa2048 => "rsa",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum Phase {
+    /// Made by a rotation; used once DNS shows it.
+    Pending,
+    /// The key mail is signed with (one per domain). `since`: Unix seconds.
+    Active { since: i64 },
+    /// Replaced at `since`; keep its record published until `until`, then it may
+    /// be removed.
+    Retiring { since: i64, until: i64 },
+}
+
+impl Key {
+    /// The record's name, without the trailing dot.
+    pub fn record_name(&self, domain: &str) -> String {
+        format!("{}._domainkey.{domain}", self.selector)
+    }
+
+    /// The TXT record's text (before it is split into strings).
+    pub fn record_text(&self) -> String {
+        format!(
+            "v=DKIM1; k={}; p={}",
+            self.algorithm.dns_tag(),
+            self.public_key
+        )
+    }
+
+    /// The private key's file name in the key directory.
+    pub fn file_name(&self, domain: &str) -> String {
+        format!("{domain}.{}.key", self.selector)
+    }
+}
+
+impl State {
+    pub fn keys(&self, domain: &str) -> &[Key] {
+        self.domains.get(domain).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn active(&self, domain: &str) -> Option<&Key> {
+        self.keys(domain)
+            .iter()
+            .find(|k| matches!(k.phase, Phase::Active { .. }))
+    }
+
+    pub fn pending(&self, domain: &str) -> Option<&Key> {
+        self.keys(domain).iter().find(|k| k.phase == Phase::Pending)
+    }
+
+    /// Puts a new key in; `activate` makes it the one in use at once (a domain's
+    /// first key), else it waits for DNS.
+    pub fn add(&mut self, domain: &str, mut key: Key, activate: bool, now: i64) {
+        key.phase = if activate {
+            Phase::Active { since: now }
+        } else {
+            Phase::Pending
+        };
+        self.domains
+            .entry(domain.to_string())
+            .or_default()
+            .push(key);
+    }
+
+    /// The pending key becomes the one in use; the one it replaces must stay
+    /// published for `keep_published` more seconds. Returns false when there is
+    /// no such pending key.
+    pub fn activate(
+        &mut self,
+        domain: &str,
+        selector: &str,
+        now: i64,
+        keep_published: i64,
+    ) -> bool {
+        let Some(keys) = self.domains.get_mut(domain) else {
+            return false;
+        };
+        if !keys
+            .iter()
+            .any(|k| k.selector == selector && k.phase == Phase::Pending)
+        {
+            return false;
+        }
+        for k in keys.iter_mut() {
+            if k.selector == selector {
+                k.phase = Phase::Active { since: now };
+            } else if matches!(k.phase, Phase::Active { .. }) {
+                k.phase = Phase::Retiring {
+                    since: now,
+                    until: now + keep_published,
+                };
+            }
+        }
+        true
+    }
+
+    /// A selector no key of `domain` has had: `pm` and the date, then a letter.
+    pub fn new_selector(&self, domain: &str, now: i64) -> String {
+        let date: String = crate::tls::format_rfc3339(unix_time(now))[..10]
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let taken = |s: &str| self.keys(domain).iter().any(|k| k.selector == s);
+        for letter in 'a'..='z' {
+            let candidate = format!("pm{date}{letter}");
+            if !taken(&candidate) {
+                return candidate;
+            }
+        }
+        // 26 keys in a day: count on.
+        (1..)
+            .map(|n| format!("pm{date}z{n}"))
+            .find(|c| !taken(c))
+            .expect("an unused selector")
+    }
+}
+
+/// What DNS was seen to say about one selector's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "record", content = "detail", rename_all = "kebab-case")]
+pub enum Seen {
+    /// A TXT record with exactly this key.
+    Present,
+    /// No DKIM record at that name.
+    Missing,
+    /// A DKIM record with another key (or a broken one): what was found.
+    Different(String),
+    /// DNS could not be asked (no answer, server failure): why.
+    Unknown(String),
+}
+
+/// Judges the TXT records found at a selector's name (each record's strings
+/// already joined) against the key.
+pub fn judge(key: &Key, found: &[String]) -> Seen {
+    let dkim: Vec<&String> = found
+        .iter()
+        .filter(|t| {
+            let t = t.trim_start();
+            t.starts_with("v=DKIM1") || t.contains("p=")
+        })
+        .collect();
+    if dkim.is_empty() {
+        return Seen::Missing;
+    }
+    for text in &dkim {
+        let tags = tags(text);
+        let k = tags.get("k").map_or("rsa", String::as_str);
+        if tags.get("p").is_some_and(|p| *p == key.public_key) && k == key.algorithm.dns_tag() {
+            return Seen::Present;
+        }
+    }
+    Seen::Different(dkim[0].to_string())
+}
+
+/// A tag=value list (RFC 6376 3.2); white space inside values is dropped, since
+/// base64 in DNS is often wrapped.
+fn tags(text: &str) -> BTreeMap<String, String> {
+    text.split(';')
+        .filter_map(|t| t.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.trim().to_string(),
+                v.chars().filter(|c| !c.is_whitespace()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// The next thing to do for one domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Make a key; `activate`: use it at once (the domain has none in use).
+    Generate { domain: String, activate: bool },
+    /// DNS shows the pending key: use it.
+    Activate { domain: String, selector: String },
+}
+
+/// When keys are replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Seconds after which the key in use is rotated on its own.
+    pub rotate_after: Option<i64>,
+    /// Seconds a replaced key stays published.
+    pub keep_published: i64,
+}
+
+impl Policy {
+    pub fn from_config(dkim: &crate::config::Dkim) -> Policy {
+        const DAY: i64 = 86_400;
+        Policy {
+            rotate_after: dkim.rotate_after_days.map(|d| i64::from(d) * DAY),
+            keep_published: i64::from(dkim.keep_published_days) * DAY,
+        }
+    }
+}
+
+/// What to do for `domains`, given the keys and what DNS said about them
+/// (`seen`, by record name).
+pub fn plan(
+    state: &State,
+    domains: &[String],
+    seen: &BTreeMap<String, Seen>,
+    policy: Policy,
+    now: i64,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for domain in domains {
+        let active = state.active(domain);
+        let pending = state.pending(domain);
+        match (active, pending) {
+            (None, None) => steps.push(Step::Generate {
+                domain: domain.clone(),
+                activate: true,
+            }),
+            // A pending key without one in use (its predecessor was lost): nothing
+            // signs for the domain, so waiting for DNS gains nothing.
+            (None, Some(p)) => steps.push(Step::Activate {
+                domain: domain.clone(),
+                selector: p.selector.clone(),
+            }),
+            (Some(_), Some(p)) => {
+                if seen.get(&p.record_name(domain)) == Some(&Seen::Present) {
+                    steps.push(Step::Activate {
+                        domain: domain.clone(),
+                        selector: p.selector.clone(),
+                    });
+                }
+            }
+            (Some(a), None) => {
+                let since = match a.phase {
+                    Phase::Active { since } => since,
+                    _ => a.created,
+                };
+                if policy.rotate_after.is_some_and(|r| now >= since + r) {
+                    steps.push(Step::Generate {
+                        domain: domain.clone(),
+                        activate: false,
+                    });
+                }
+            }
+        }
+    }
+    steps
+}
+
+/// The selectors whose records should be in DNS now (in use, waiting to be used,
+/// or replaced but still needed), per domain: what the daemon asks DNS about and
+/// `postmaster dns` prints.
+pub fn published(state: &State, domain: &str, now: i64) -> Vec<Key> {
+    state
+        .keys(domain)
+        .iter()
+        .filter(|k| match k.phase {
+            Phase::Retiring { until, .. } => now < until,
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
+/// One line about a key, for `postmaster status`.
+pub fn describe_phase(key: &Key, now: i64) -> String {
+    match key.phase {
+        Phase::Active { since } => format!("in use since {}", fmt_time(since)),
+        Phase::Pending => "waiting for its DNS record before it is used".into(),
+        Phase::Retiring { until, .. } if now < until => {
+            format!("replaced; keep published until {}", fmt_time(until))
+        }
+        Phase::Retiring { .. } => "replaced; its record may be removed".into(),
+    }
+}
+
+pub fn fmt_time(secs: i64) -> String {
+    crate::tls::format_utc(unix_time(secs))
+}
+
+pub fn unix_time(secs: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64)
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// rspamd's `dkim_signing` domain table: the key in use for each of `domains`.
+/// A domain without one is absent, so rspamd does not sign for it (the static
+/// part of the configuration turns off every fallback key).
+pub fn rspamd_domains(state: &State, domains: &[String], key_dir: &Path) -> String {
+    let mut out = String::from(
+        "# rspamd dkim_signing: the key each hosted domain is signed with.\n\
+         # Generated by postmaster; it changes when a rotation completes.\n\
+         domain {\n",
+    );
+    for domain in domains {
+        if let Some(key) = state.active(domain) {
+            out.push_str(&format!(
+                "  \"{domain}\" {{\n    selectors [\n      {{\n        path = \"{}\";\n        selector = \"{}\";\n      }}\n    ];\n  }}\n",
+                key_dir.join(key.file_name(domain)).display(),
+                key.selector
+            ));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// A TXT record's text as zone-file strings of at most 255 bytes each (RFC 1035
+/// 3.3.14; a DKIM record of an RSA-2048 key is longer than one string).
+pub fn txt_strings(text: &str) -> Vec<String> {
+    text.as_bytes()
+        .chunks(255)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
