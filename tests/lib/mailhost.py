@@ -196,3 +196,29 @@ def boot(host: MailHost, name: str = "pmscen", net: str = "10.231.1") -> Bed:
     bed.start()
     host.bed = bed
     return bed
+
+
+def dns_zones(host: MailHost) -> dict[str, str]:
+    """What `postmaster dns` tells the user to publish, split by domain: zone-file
+    text for each hosted domain (and the host name, when addresses are configured)."""
+    out = host.bed.run(["postmaster", "dns"], check=True).stdout
+    zones: dict[str, str] = {}
+    current = None
+    for line in out.splitlines():
+        if line.startswith("; ---- ") and line.endswith(" ----"):
+            current = line[len("; ---- "):-len(" ----")]
+            zones[current] = ""
+        elif current is not None and line.strip():
+            zones[current] += line + "\n"
+    return zones
+
+
+def publish_dns(host: MailHost, world) -> dict[str, str]:
+    """Publishes what `postmaster dns` prints in the bed's DNS, as a user enters it
+    at their provider; returns what was published, by zone."""
+    published = {}
+    for zone, records in dns_zones(host).items():
+        if zone in world.zones:
+            world.publish(zone, records)
+            published[zone] = records
+    return published
