@@ -37,6 +37,9 @@ from typing import Iterable, Mapping, Sequence
 HERE = Path(__file__).resolve().parent
 STATE_ROOT = Path("/run/postmaster-bed")
 CGROUP_PREFIX = "postmaster-bed-"
+# Host bridges that beds create (Bed(own_bridge=True)) carry this prefix: cleanup.sh
+# deletes any such bridge that no live bed records.
+BRIDGE_PREFIX = "pmbr-"
 # The host's PID 1 is not systemd: nspawn must be given a cgroup of its own in the
 # named v1 hierarchy and in the unified one, or it falls back to /payload at the
 # root, which the next run then trips over.
@@ -77,9 +80,11 @@ def cleanup(*names: str, quiet: bool = False) -> None:
     subprocess.run(cmd, check=False)
 
 
-def leftovers(name: str, rootfs: Path | None = None, veth: str | None = None) -> list[str]:
+def leftovers(name: str, rootfs: Path | None = None, veth: str | None = None,
+              bridge: str | None = None) -> list[str]:
     """What of bed `name` is still on the host (empty list: nothing). Pass the
-    rootfs to look for mounts below it, and the veth if nspawn shortened its name."""
+    rootfs to look for mounts below it, the veth if nspawn shortened its name, and
+    the bridge the bed created, if it did (once cleaned up, nothing records it)."""
     found = []
     for pid, argv in _processes():
         if argv and argv[0].endswith("systemd-nspawn") and f"--machine={name}" in argv:
@@ -92,6 +97,11 @@ def leftovers(name: str, rootfs: Path | None = None, veth: str | None = None) ->
         veth = veth_file.read_text().strip() if veth_file.exists() else _default_veth(name)
     if Path("/sys/class/net", veth).exists():
         found.append(f"interface {veth}")
+    bridge_file = STATE_ROOT / name / "bridge"
+    if bridge is None and bridge_file.exists():
+        bridge = bridge_file.read_text().strip()
+    if bridge and Path("/sys/class/net", bridge).exists():
+        found.append(f"bridge {bridge}")
     for d in (STATE_ROOT / name, Path("/run/systemd/nspawn/propagate", name)):
         if d.exists():
             found.append(f"directory {d}")
@@ -103,11 +113,11 @@ def leftovers(name: str, rootfs: Path | None = None, veth: str | None = None) ->
     return found
 
 
-def _default_veth(name: str) -> str:
-    # nspawn names the host side "ve-" + machine name; Linux caps names at 15 bytes,
-    # and nspawn shortens longer ones (with a hash), so the real name is looked up
-    # after boot and this is only the guess used before that.
-    return f"ve-{name}"[:15]
+def _default_veth(name: str, bridged: bool = False) -> str:
+    # nspawn names the host side "ve-" + machine name ("vb-" when it joins a bridge);
+    # Linux caps names at 15 bytes, and nspawn shortens longer ones (with a hash), so
+    # the real name is looked up after boot and this is only the guess before that.
+    return f"{'vb' if bridged else 've'}-{name}"[:15]
 
 
 def _processes() -> Iterable[tuple[int, list[str]]]:
@@ -148,28 +158,52 @@ class Bed:
         name: str = "pmbed",
         *,
         net: str = "10.231.0",
+        host_id: int = 2,
+        bridge: str | None = None,
+        own_bridge: bool = False,
+        dns: str | None = None,
         rootfs: str | os.PathLike | None = None,
         wait_ports: Sequence[int] = (25,),
         boot_timeout: float = 90.0,
         nspawn_args: Sequence[str] = (),
+        init_args: Sequence[str] = (),
     ):
         """
         bed_input_dir: host directory bound read-only at /bed (setup.sh and whatever
             it installs); None binds nothing and the setup unit is skipped.
         name: machine name; also names the cgroups, the veth (ve-NAME) and the state
             dir /run/postmaster-bed/NAME. Two beds at once need two names and nets.
-        net: first three octets of the /24 on the veth: host NET.1, container NET.2.
+        net: first three octets of the bed's /24: host NET.1, container NET.host_id.
+        host_id: last octet of the container's address (2 unless beds share a bridge).
+        bridge: join this host bridge (nspawn --network-bridge) instead of getting a
+            veth of its own; the host's address NET.1 is on the bridge, and every bed
+            on it reaches the others directly (layer 2, no IP forwarding).
+        own_bridge: create `bridge` (named pmbr-...) with NET.1/24 before booting and
+            delete it at teardown; the bed that does must be the last one to stop.
+        dns: the container's resolver (written to /etc/resolv.conf at sysinit);
+            default: nameserver 127.0.0.1, where nothing answers.
         rootfs: an unpacked rootfs directory; default: ensure_rootfs().
         wait_ports: container TCP ports that must accept connections from the host
             before start() returns.
         nspawn_args: extra systemd-nspawn arguments (e.g. more --bind-ro=).
+        init_args: arguments for the container's systemd, which reads them like a
+            kernel command line (e.g. systemd.mask=rspamd.service).
         """
         if not name or len(name) > 64 or not all(c.isalnum() or c == "-" for c in name):
             raise ValueError(f"bad machine name {name!r}")
         self.name = name
         self.bed_input_dir = Path(bed_input_dir).resolve() if bed_input_dir else None
+        if own_bridge and not (bridge and bridge.startswith(BRIDGE_PREFIX) and len(bridge) <= 15):
+            raise ValueError(f"an own bridge needs a name {BRIDGE_PREFIX}... of at most 15 bytes, not {bridge!r}")
+        if not 2 <= host_id <= 254:
+            raise ValueError(f"bad host_id {host_id}")
+        self.net = net
         self.host_ip = f"{net}.1"
-        self.ip = f"{net}.2"
+        self.ip = f"{net}.{host_id}"
+        self.bridge = bridge
+        self.own_bridge = own_bridge
+        self.dns = dns
+        self.init_args = tuple(init_args)
         self.rootfs = Path(rootfs) if rootfs else None
         self.wait_ports = tuple(wait_ports)
         self.boot_timeout = boot_timeout
@@ -178,7 +212,7 @@ class Bed:
         # Beside the state dir, not in it: kept after teardown for post-mortems,
         # overwritten by the next boot of the same name.
         self.log_path = STATE_ROOT / f"{name}.console.log"
-        self.veth = _default_veth(name)
+        self.veth = _default_veth(name, bridged=bridge is not None)
         self.pid: int | None = None  # systemd-nspawn on the host
         self.pid1: int | None = None  # the container's systemd, as the host sees it
         self._proc: subprocess.Popen | None = None
@@ -239,6 +273,8 @@ class Bed:
         t_rootfs = time.monotonic()
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.own_bridge:
+            self._create_bridge()
         cgroups = [h / f"{CGROUP_PREFIX}{self.name}" for h in CGROUP_HIERARCHIES]
         for cg in cgroups:
             cg.mkdir(exist_ok=True)
@@ -262,8 +298,9 @@ class Bed:
             f"--machine={self.name}",
             # A fresh tmpfs layer over the shared, read-only-in-practice rootfs.
             "--volatile=overlay",
-            "--network-veth",
+            *([f"--network-bridge={self.bridge}"] if self.bridge else ["--network-veth"]),
             f"--set-credential=pmbed.addr:{self.ip}/24",
+            *([f"--set-credential=pmbed.dns:{self.dns}"] if self.dns else []),
             # provision.sh wrote resolv.conf (nameserver 127.0.0.1): keep it, never
             # the host's resolver. Keep the rootfs' UTC and journal to itself too.
             "--resolv-conf=off",
@@ -273,6 +310,8 @@ class Bed:
             "--setenv=SYSTEMD_COLORS=0",  # a readable console log
             *([f"--bind-ro={self.bed_input_dir}:/bed"] if self.bed_input_dir else []),
             *self.nspawn_args,
+            # Positional, after every option: nspawn hands them to the container's init.
+            *self.init_args,
         ]
         with open(self.log_path, "wb") as console:
             self._proc = subprocess.Popen(
@@ -324,7 +363,7 @@ class Bed:
             if self._proc is not None:
                 self._power_off()
             cleanup(self.name, quiet=True)
-            left = leftovers(self.name, self.rootfs, self.veth)
+            left = leftovers(self.name, self.rootfs, self.veth, self.bridge if self.own_bridge else None)
             if left:
                 log(f"{self.name}: teardown left: {', '.join(left)}")
         finally:
@@ -377,6 +416,7 @@ class Bed:
         yield self.state_dir.exists()
         yield any((h / f"{CGROUP_PREFIX}{self.name}").exists() for h in CGROUP_HIERARCHIES)
         yield Path("/sys/class/net", self.veth).exists()
+        yield self.own_bridge and Path("/sys/class/net", self.bridge).exists()
 
     def _find_pid1(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -396,8 +436,27 @@ class Bed:
         hosts = json.loads(_host(["ip", "-j", "link", "show"]).stdout)
         self.veth = next(i["ifname"] for i in hosts if i["ifindex"] == peer)
         (self.state_dir / "veth").write_text(f"{self.veth}\n")
-        _host(["ip", "addr", "replace", f"{self.host_ip}/24", "dev", self.veth])
+        if self.bridge is None:
+            _host(["ip", "addr", "replace", f"{self.host_ip}/24", "dev", self.veth])
+        # On a bridge, nspawn enslaved the veth; the host's address is the bridge's.
         _host(["ip", "link", "set", self.veth, "up"])
+
+    def _create_bridge(self) -> None:
+        # A second test session on the same /24 would make the host's routes to the
+        # beds ambiguous: refuse rather than collide.
+        prefix = f"{self.net}."
+        for iface in json.loads(_host(["ip", "-j", "-4", "addr", "show"]).stdout):
+            for a in iface.get("addr_info", []):
+                if a.get("local", "").startswith(prefix):
+                    raise BedError(f"{self.net}.0/24 is already in use on the host ({iface['ifname']} {a['local']})")
+        # Recorded first, so that cleanup.sh deletes it even if the rest fails.
+        (self.state_dir / "bridge").write_text(f"{self.bridge}\n")
+        # nf_call_*tables 0: the host's firewall (br_netfilter) never filters traffic
+        # between the beds on this bridge. No STP: ports forward at once.
+        _host(["ip", "link", "add", self.bridge, "type", "bridge", "stp_state", "0",
+               "nf_call_iptables", "0", "nf_call_ip6tables", "0", "nf_call_arptables", "0"])
+        _host(["ip", "addr", "add", f"{self.host_ip}/24", "dev", self.bridge])
+        _host(["ip", "link", "set", self.bridge, "up"])
 
     def _check_nspawn(self) -> None:
         if self._proc is not None and self._proc.poll() is not None:

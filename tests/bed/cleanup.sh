@@ -1,7 +1,8 @@
 #!/bin/bash
 # Remove everything a test bed leaves on the host: its systemd-nspawn (and every
-# process in its cgroups), the cgroups themselves, the host side of its veth, stray
-# mounts under the rootfs cache and its state directory.
+# process in its cgroups), the cgroups themselves, the host side of its veth, the
+# host bridge it created (pmbr-*), stray mounts under the rootfs cache and its state
+# directory.
 #
 #   tests/bed/cleanup.sh            # every bed (after an interrupted run, in CI)
 #   tests/bed/cleanup.sh NAME...    # only these machine names
@@ -9,7 +10,8 @@
 # Bed.stop() runs it after shutting its container down, so this is the one place
 # that knows what a bed leaves behind. Idempotent; safe when nothing is left.
 # Only touches what is provably ours: nspawn processes booted from the bed cache,
-# cgroups named postmaster-bed-*, veths recorded in /run/postmaster-bed/NAME/.
+# cgroups named postmaster-bed-*, veths and bridges recorded in
+# /run/postmaster-bed/NAME/, and (in a sweep) pmbr-* bridges no live bed records.
 set -uo pipefail
 
 cache=${POSTMASTER_BED_CACHE:-/var/cache/postmaster-bed}
@@ -89,16 +91,36 @@ for name in "${names[@]}"; do
 
 	# 3. The veth normally dies with the container's network namespace; delete the
 	#    host side if anything kept that namespace alive.
-	veth=$(cat "$state/$name/veth" 2>/dev/null || echo "ve-$name")
-	if ip link show dev "$veth" >/dev/null 2>&1; then
-		ip link delete dev "$veth" && say "$name: deleted $veth"
+	#    (ve-NAME of its own, vb-NAME when it joined a bridge.)
+	veths=$(cat "$state/$name/veth" 2>/dev/null || printf '%s\n' "ve-$name" "vb-$name" | cut -c1-15)
+	for veth in $veths; do
+		if ip link show dev "$veth" >/dev/null 2>&1; then
+			ip link delete dev "$veth" && say "$name: deleted $veth"
+		fi
+	done
+
+	# 4. The host bridge this bed created (the last bed on it to stop).
+	bridge=$(cat "$state/$name/bridge" 2>/dev/null)
+	if [ -n "$bridge" ] && ip link show dev "$bridge" >/dev/null 2>&1; then
+		ip link delete dev "$bridge" type bridge && say "$name: deleted bridge $bridge"
 	fi
 
 	# nspawn's mount-propagation dir survives a SIGKILLed nspawn.
 	rm -rf --one-file-system "$state/$name" "/run/systemd/nspawn/propagate/$name"
 done
 
-# 4. nspawn mounts in a namespace of its own, so nothing should ever be mounted on
+# 5. A sweep also deletes every bed bridge (pmbr-*) that no remaining bed records:
+#    what is left in $state now belongs to live beds.
+if [ $# = 0 ]; then
+	for dev in /sys/class/net/pmbr-*; do
+		[ -e "$dev" ] || continue
+		bridge=${dev##*/}
+		grep -qsxF "$bridge" "$state"/*/bridge && continue
+		ip link delete dev "$bridge" type bridge && say "deleted orphaned bridge $bridge"
+	done
+fi
+
+# 6. nspawn mounts in a namespace of its own, so nothing should ever be mounted on
 #    the host under the cache; an interrupted rootfs build can leave proc/sys below
 #    build-KEY. Build dirs only while no build holds the lock (a live one needs them).
 targets="$cache/rootfs-"

@@ -65,15 +65,22 @@ systemctl mask apt-daily.timer apt-daily-upgrade.timer apt-daily.service \
 
 # --- Network: host0 gets a static address, nothing else --------------------------
 # No DHCP and deliberately no default route: the only reachable peers are loopback
-# and the host side of the veth. Bed passes the address as the system credential
-# pmbed.addr (nspawn --set-credential), so two beds can use different subnets.
+# and the bed's own /24 (the host, and the other beds on the same bridge). Bed passes
+# the address as the system credential pmbed.addr (nspawn --set-credential), so two
+# beds can use different subnets, and the resolver as pmbed.dns: a bed of the
+# outside world (tests/lib/world.py) asks its DNS server, on that same /24. It is
+# written here, at sysinit, so it is in place before any service starts.
 install -d /usr/local/sbin
 cat >/usr/local/sbin/postmaster-bed-net <<'EOF'
 #!/bin/sh
 set -eu
 addr=10.231.0.2/24
-cred="${CREDENTIALS_DIRECTORY:-/nonexistent}/pmbed.addr"
-if [ -r "$cred" ]; then addr=$(cat "$cred"); fi
+creds="${CREDENTIALS_DIRECTORY:-/nonexistent}"
+if [ -r "$creds/pmbed.addr" ]; then addr=$(cat "$creds/pmbed.addr"); fi
+if [ -r "$creds/pmbed.dns" ]; then
+	echo "nameserver $(cat "$creds/pmbed.dns")" >/etc/resolv.conf.new
+	mv /etc/resolv.conf.new /etc/resolv.conf
+fi
 ip link set lo up
 ip link set host0 up
 ip addr replace "$addr" dev host0
@@ -101,14 +108,16 @@ EOF
 
 # --- Per-boot setup hook -----------------------------------------------------------
 # /bed is a read-only bind mount chosen per boot by Bed(bed_input_dir=...). setup.sh
-# writes the configuration a scenario needs before postfix and dovecot start. It must
+# writes the configuration a scenario needs before postfix, dovecot, rspamd, valkey,
+# unbound and knot start. It must
 # be executable (its shebang picks the interpreter); it runs with /bed as cwd.
 cat >/etc/systemd/system/postmaster-bed-setup.service <<'EOF'
 [Unit]
 Description=postmaster test bed: per-boot setup from /bed/setup.sh
 ConditionPathExists=/bed/setup.sh
 After=postmaster-bed-net.service
-Before=postfix.service postfix@-.service dovecot.service
+Before=postfix.service postfix@-.service dovecot.service rspamd.service
+Before=valkey-server.service unbound.service knot.service
 
 [Service]
 Type=oneshot
@@ -125,6 +134,10 @@ EOF
 
 systemctl enable postfix.service dovecot.service postmaster-bed-net.service \
 	postmaster-bed-setup.service
+# rspamd stays enabled: it is the mail host's DKIM signer (the outside world's host
+# masks it on its kernel command line). valkey, unbound and knot start only where a
+# /bed/setup.sh asks for them (the mail host's inbound checks, the world's DNS).
+systemctl disable valkey-server.service unbound.service knot.service
 
 # --- Slimming ----------------------------------------------------------------------
 apt-get clean

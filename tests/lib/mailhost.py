@@ -190,9 +190,12 @@ def wait_for_acme_certificate(host: MailHost, timeout: float = 60.0) -> dict:
         time.sleep(0.2)
 
 
-def boot(host: MailHost, name: str = "pmscen", net: str = "10.231.1") -> Bed:
-    """Boots the prepared host. Beds of other names and nets can run beside it."""
-    bed = Bed(bed_input_dir=host.dir, name=name, net=net, wait_ports=PORTS)
+def boot(host: MailHost, name: str = "pmscen", net: str = "10.231.1", world=None) -> Bed:
+    """Boots the prepared host. Beds of other names and nets can run beside it.
+    With a running world.World, the host joins its network (its net, not `net`)
+    and resolves names with the world's DNS server."""
+    network = world.mail_host_bed_args() if world is not None else {"net": net}
+    bed = Bed(bed_input_dir=host.dir, name=name, wait_ports=PORTS, **network)
     bed.start()
     host.bed = bed
     return bed

@@ -13,14 +13,23 @@ sys.path.insert(0, str(HERE.parent / "lib"))
 sys.path.insert(0, str(HERE))
 
 import mailhost  # noqa: E402
+import world as outside_world  # noqa: E402
 from mailclient import Server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def host():
+def world():
+    """The outside world (tests/lib/world.py): DNS for the bed's zones and
+    mx.example.com. Booted before the mail host, so its resolver answers from the start."""
+    with outside_world.World() as w:
+        yield w
+
+
+@pytest.fixture(scope="session")
+def host(world):
     with tempfile.TemporaryDirectory(prefix="postmaster-bed-") as tmp:
         h = mailhost.prepare(Path(tmp) / "bed")
-        bed = mailhost.boot(h)
+        bed = mailhost.boot(h, world=world)
         try:
             failed = bed.failed_units()
             assert not failed, f"units failed in the bed: {failed}\n{bed.journal(lines=80)}"
@@ -54,3 +63,11 @@ def pytest_runtest_makereport(item, call):
             except Exception as e:  # the bed itself may be what failed
                 tail = f"(journal unavailable: {e})"
             item.add_report_section("call", "bed journal", tail)
+    if call.when == "call" and call.excinfo is not None and "world" in item.fixturenames:
+        w = item.funcargs.get("world")
+        if w is not None and w.bed is not None:
+            try:
+                tail = w.journal(lines=40)
+            except Exception as e:
+                tail = f"(journal unavailable: {e})"
+            item.add_report_section("call", "outside world journal", tail)
