@@ -214,14 +214,3 @@ def dns_zones(host: MailHost) -> dict[str, str]:
         elif current is not None and line.strip():
             zones[current] += line + "\n"
     return zones
-
-
-def publish_dns(host: MailHost, world) -> dict[str, str]:
-    """Publishes what `postmaster dns` prints in the bed's DNS, as a user enters it
-    at their provider; returns what was published, by zone."""
-    published = {}
-    for zone, records in dns_zones(host).items():
-        if zone in world.zones:
-            world.publish(zone, records)
-            published[zone] = records
-    return published

@@ -91,6 +91,9 @@ class World:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._serial = 1
         self._published: dict[str, str] = {}  # zone -> the test's records
+        # zone -> what the session's mail host told its user to publish: what every
+        # test starts from and unpublish() returns to (set_baseline).
+        self._baseline: dict[str, str] = {}
 
     # ---- lifecycle --------------------------------------------------------------
 
@@ -224,15 +227,28 @@ zone:
         os.chmod(tmp, 0o644)
         os.replace(tmp, final)  # knot never reads half a file
 
+    def set_baseline(self, zone: str, records: str) -> None:
+        """Publishes `records` as what `zone` holds between tests (e.g. what
+        `postmaster dns` printed for the session's mail host): unpublish() comes back
+        to them."""
+        self._baseline[zone] = records.strip("\n")
+        self.publish(zone, records)
+
+    def baseline(self, zone: str) -> str:
+        """The records set_baseline() gave `zone` ("" if none)."""
+        return self._baseline.get(zone, "")
+
     def unpublish(self, zone: str) -> None:
-        """Back to the base records of `zone`."""
-        if zone in self._published:
+        """Back to the zone's baseline (set_baseline), or to its base records."""
+        if self._baseline.get(zone):
+            self.publish(zone, self._baseline[zone])
+        elif zone in self._published:
             self._published.pop(zone)
             self.publish(zone, "")
             self._published.pop(zone)
 
     def reset(self) -> None:
-        """Every zone back to its base records."""
+        """Every zone back to its baseline or base records."""
         for zone in list(self._published):
             self.unpublish(zone)
 

@@ -33,9 +33,22 @@ def host(world):
         try:
             failed = bed.failed_units()
             assert not failed, f"units failed in the bed: {failed}\n{bed.journal(lines=80)}"
+            # What a user does after setting up: publish what `postmaster dns` prints.
+            h.extra["dns"] = {}
+            for zone, records in mailhost.dns_zones(h).items():
+                if zone in world.zones:
+                    world.set_baseline(zone, records)
+                    h.extra["dns"][zone] = records
             yield h
         finally:
             bed.stop()
+
+
+@pytest.fixture
+def dns_published(host, world) -> dict:
+    """The records `postmaster dns` printed, by zone, published in the bed's DNS
+    for the session. A test that changes them puts them back (world.unpublish)."""
+    return host.extra["dns"]
 
 
 @pytest.fixture(scope="session")

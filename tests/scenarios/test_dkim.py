@@ -121,7 +121,7 @@ def test_dns_check_says_exactly_what_is_missing_and_is_clean_once_fixed(host, wo
         bad = {(r["name"], r["verdict"]) for r in as_json if r["verdict"] != "ok"}
         assert bad == {("example.net", "different"), ("_dmarc.example.net", "missing")}, bad
     finally:
-        world.publish("example.net", records)
+        world.unpublish("example.net")
     fixed = host.bed.run(["postmaster", "dns", "--check"])
     assert fixed.returncode == 0, fixed.stdout
 
@@ -155,7 +155,7 @@ def test_rotation_waits_for_dns_then_switches_and_the_old_key_still_verifies(
     # The user publishes what `postmaster dns` prints now (both selectors).
     zone = mailhost.dns_zones(host)["example.org"]
     assert f"{new['selector']}._domainkey.example.org." in zone and f"{old}._domainkey.example.org." in zone
-    world.publish("example.org", zone)
+    world.set_baseline("example.org", zone)
     dns_published["example.org"] = zone
     mc.wait_for("the switch to the new key", lambda: in_use(host, "example.org")["selector"] == new["selector"], 20)
     keys = {k["selector"]: k for k in dkim_keys(host, "example.org")}
