@@ -1,6 +1,6 @@
-# Stub of nixpkgs' nixos/modules/services/mail/dovecot.nix as on NixOS/nixpkgs
-# master of June 2026 (nixos-unstable, the coming 26.11; git blob
-# a9dd9531fadfc756b4dadee636299a5e556c3571): settings is a submodule with typed
+# Stub of nixpkgs' nixos/modules/services/mail/dovecot.nix in its newest
+# NixOS/nixpkgs version at hand in June 2026 (master, so nixos-unstable and the
+# coming 26.11; git blob a9dd9531fadfc756b4dadee636299a5e556c3571): settings is a submodule with typed
 # top-level settings (default_internal_user and default_internal_group among
 # them) and a free rest; services.dovecot2.user and .group are gone; the auth
 # service is no longer made root (it runs as default_internal_user, whose primary

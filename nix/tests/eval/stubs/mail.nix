@@ -1,5 +1,5 @@
-# Stub of nixpkgs' nixos/modules/services/mail/mail.nix (NixOS/nixpkgs master of
-# June 2026, git blob b8aaad7aa363f094ac18d08538deec7081c4e634; the same in 26.05):
+# Stub of nixpkgs' nixos/modules/services/mail/mail.nix (the newest NixOS/nixpkgs
+# version at hand in June 2026, git blob b8aaad7aa363f094ac18d08538deec7081c4e634):
 # its one option, typed like an element of security.wrappers.
 {
   config,

@@ -1,8 +1,9 @@
 # Stub of nixpkgs' nixos/modules/services/mail/postfix.nix: its option
 # declarations (names, types, defaults) and the parts of its configuration that
 # services.postmaster relies on (settings.main.queue_directory, the users). Mirrors
-# NixOS/nixpkgs master of June 2026 (git blob 0e738ab14de4f7efee2988260517dfcf081d8b7c,
-# the module since its options were sorted; the same declarations as NixOS 26.05).
+# the newest NixOS/nixpkgs version at hand in June 2026 (git blob
+# 0e738ab14de4f7efee2988260517dfcf081d8b7c, the module with its options sorted by
+# name; not compared with the nixos-26.05 branch's).
 # No freeform type but settings.main's: an option the real module lacks is an error
 # here too.
 {
