@@ -8,11 +8,14 @@
 # /var/lib/postmaster and is kept up to date by the postmaster daemon, which
 # reloads postfix and dovecot through systemd when they need it.
 #
-# nixpkgs options this module relies on (NixOS 26.05):
-#   services.postfix: enable, package, user, group, enableSubmission(s),
-#     submission(s)Options, settings.main (freeform), settings.main.queue_directory
-#   services.dovecot2: enable, package, group, enablePAM, settings (freeform,
-#     "type name" section keys); its unit is dovecot.service
+# nixpkgs options this module relies on (NixOS 26.05 and nixos-unstable of June
+# 2026; nix/tests/eval/stubs mirrors their declarations):
+#   services.postfix: enable, package, user, group, enableSmtp, enableSubmission(s),
+#     submission(s)Options, settings.main (freeform; queue_directory is set by
+#     nixpkgs' module with mkDefault)
+#   services.dovecot2: enable, package, enablePAM, settings (freeform, "type name"
+#     section keys), and group where declared (26.05) or
+#     settings.default_internal_group where not (newer); its unit is dovecot.service
 #   security.acme.certs.<name>: directory, group
 #   security.polkit.extraConfig, services.dbus.packages, systemd.{services,sockets}
 {
@@ -62,18 +65,14 @@ let
 
   postfixCfg = config.services.postfix;
   dovecotCfg = config.services.dovecot2;
-  # nixpkgs' dovecot module as the 2.4 rewrite first landed (NixOS/nixpkgs#500271)
-  # declares services.dovecot2.group; the newer one dropped it and takes dovecot's
-  # internal group (the auth process's, which reads the passwd-file) from
-  # settings.default_internal_group. Decided by what is declared, not by version.
-  # (A single submodule option, as the project's stubs declare it, holds its options
-  # in its type.)
-  dovecotOptions =
-    let
-      o = options.services.dovecot2;
-    in
-    if lib.isOption o then o.type.getSubOptions [ ] else o;
-  dovecotHasGroup = dovecotOptions ? group;
+  # nixpkgs' dovecot module as the 2.4 rewrite first landed (NixOS/nixpkgs#500271,
+  # NixOS 26.05) declares services.dovecot2.group and runs dovecot's auth service
+  # as root; the newer one (nixos-unstable, June 2026) dropped user and group,
+  # takes the internal group from settings.default_internal_group (the primary
+  # group of its internal user, dovecot2) and runs the auth service as that user.
+  # Either way the group is `dovecot`, which may read the passwd-file. Decided by
+  # what the module declares, not by version.
+  dovecotHasGroup = options.services.dovecot2 ? group;
   dovecotEffectiveGroup =
     if dovecotHasGroup then dovecotCfg.group else dovecotCfg.settings.default_internal_group;
   queueDir = postfixCfg.settings.main.queue_directory;
@@ -136,7 +135,9 @@ let
         webroot
         ;
       extra_names = cfg.acme.extraNames;
-      trust_root = if cfg.acme.trustRoot == null then null else toString cfg.acme.trustRoot;
+      # Interpolated, not toString: a Nix path is copied into the store, so the
+      # system's closure has it.
+      trust_root = if cfg.acme.trustRoot == null then null else "${cfg.acme.trustRoot}";
       eab_kid = cfg.acme.eab.kid;
       # Read from the credential systemd copies in for the daemon (LoadCredential),
       # so the key file itself can stay readable by root only.

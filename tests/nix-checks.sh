@@ -4,18 +4,30 @@
 # no dead code (deadnix); the files they name exist; the builtins-only helpers in
 # nix/lib pass their tests and the accounts file they render is filled, parsed and
 # (with a build of postmaster at hand) accepted by `postmaster check`; the flake has
-# its outputs; the VM tests' Python scripts pass pyflakes.
+# its outputs; the VM tests' Python scripts pass pyflakes and mypy (as the NixOS test
+# driver checks them).
 #
 # NixOS VM tests need nixpkgs and KVM: they run with `nix flake check` elsewhere.
 #
-# Installs what it needs itself, and only once: nix-bin (nix-instantiate) and
-# python3-pyflakes from Debian; nixfmt (crates.io: nixfmt_rs) and deadnix
+# Installs what it needs itself, and only once: nix-bin (nix-instantiate),
+# python3-pyflakes and python3-mypy from Debian; nixfmt (crates.io: nixfmt_rs) and deadnix
 # (crates.io) into /var/cache/postmaster-tools (POSTMASTER_TOOLS_CACHE). Never uses
 # a Nix binary cache or the network for Nix.
 #
-# Optional: POSTMASTER_NIXPKGS_LIB=/path/to/nixpkgs.lib (a checkout of
-# nix-community/nixpkgs.lib or nixpkgs) also evaluates nix/module.nix with
-# lib.evalModules against stubbed NixOS options (nix/tests/module-eval.nix).
+# Optional (a developer's machine; CI has no nixpkgs):
+#   POSTMASTER_NIXPKGS_LIB=/path/to/nixpkgs.lib (a checkout of nix-community/nixpkgs.lib
+#     or nixpkgs) also evaluates nix/module.nix with lib.evalModules
+#     (nix/tests/module-eval.nix): every VM test's mail node, every NixOS example of
+#     README.md and the module's own checks, against the project's stubs of nixpkgs'
+#     postfix, mail and dovecot modules (nix/tests/eval/stubs), for both generations
+#     of the dovecot module;
+#   POSTMASTER_NIXPKGS_MODULES=DIR, with POSTMASTER_NIXPKGS_LIB, does it once more
+#     against nixpkgs' real modules: each subdirectory of DIR is one generation and
+#     holds nixos/modules/services/mail/{postfix,mail,dovecot}.nix (never commit them);
+#   POSTMASTER_NIX_INSTANTIATE: the command for those two evaluations, when the
+#     nix-instantiate here is too old for current nixpkgs lib (it needs Nix 2.18 or
+#     newer; Debian 12 has 2.8), e.g. "chroot /srv/trixie nix-instantiate" with this
+#     tree, the lib and DIR mounted at the same paths inside.
 #
 # Ends with the line `nix checks: N passed, M failed`; exits 1 when M > 0.
 set -euo pipefail
@@ -48,13 +60,14 @@ if ! command -v nix-instantiate >/dev/null; then
          && apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends nix-bin; }
 fi
 nix-instantiate --version
-# pyflakes, for the VM tests' Python scripts (the NixOS test driver lints them).
-if ! "$python" -c 'import pyflakes' 2>/dev/null; then
-  echo "installing python3-pyflakes from Debian"
+# pyflakes and mypy, for the VM tests' Python scripts (the NixOS test driver runs
+# both on them before it boots anything).
+if ! "$python" -c 'import pyflakes, mypy' 2>/dev/null; then
+  echo "installing python3-pyflakes and python3-mypy from Debian"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends python3-pyflakes \
+  apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends python3-pyflakes python3-mypy \
     || { apt-get -o DPkg::Lock::Timeout=300 update -q \
-         && apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends python3-pyflakes; }
+         && apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends python3-pyflakes python3-mypy; }
 fi
 
 mkdir -p "$cache"
@@ -216,29 +229,57 @@ check "flake.nix: outputs for both systems, nixosModules.default exists" \
     assert builtins.isString flake.inputs.nixpkgs.url;
     "ok"'
 
-step "the VM tests' Python: test scripts pass pyflakes (as the NixOS test driver checks them)"
-# The driver declares the machines and its functions before the script; so do we.
-pyflakes_scripts() {
+step "the VM tests' Python: test scripts pass pyflakes and mypy (as the NixOS test driver checks them)"
+# The driver declares its functions and the machines before the script, with
+# types (nixos/lib/test-script-prepend.py); so does this prelude, for the part of
+# the driver's Machine the scripts use. mypy runs as the driver runs it.
+check_scripts() {
   local dir=$work/scripts
   mkdir -p "$dir" || return 1
   nix-instantiate --eval --strict --json nix/tests/test-scripts.nix >"$dir/scripts.json" || return 1
   "$python" - "$dir" <<'EOF' || return 1
 import json, pathlib, subprocess, sys
 d = pathlib.Path(sys.argv[1])
-prelude = "start_all = subtest = None\nmail = client = acme = None\n"
+prelude = """\
+from typing import Callable, ContextManager, Optional
+
+
+class Machine:
+    def start(self, allow_reboot: bool = False) -> None: raise NotImplementedError
+    def succeed(self, *commands: str, timeout: Optional[int] = None) -> str: raise NotImplementedError
+    def fail(self, *commands: str, timeout: Optional[int] = None) -> str: raise NotImplementedError
+    def wait_until_succeeds(self, command: str, timeout: int = 900) -> str: raise NotImplementedError
+    def wait_until_fails(self, command: str, timeout: int = 900) -> str: raise NotImplementedError
+    def wait_for_unit(self, unit: str, user: Optional[str] = None, timeout: int = 900) -> None: raise NotImplementedError
+    def wait_for_open_port(self, port: int, addr: str = "localhost", timeout: int = 900) -> None: raise NotImplementedError
+    def wait_for_file(self, filename: str, timeout: int = 900) -> None: raise NotImplementedError
+    def systemctl(self, q: str, user: Optional[str] = None) -> tuple[int, str]: raise NotImplementedError
+    def execute(self, command: str, check_return: bool = True, check_output: bool = True, timeout: Optional[int] = 900) -> tuple[int, str]: raise NotImplementedError
+    def shutdown(self) -> None: raise NotImplementedError
+
+
+start_all: Callable[[], None]
+subtest: Callable[[str], ContextManager[None]]
+"""
 bad = 0
-for name, text in sorted(json.loads((d / "scripts.json").read_text()).items()):
-    script = d / f"{name}.py"
-    script.write_text(prelude + text)
-    r = subprocess.run([sys.executable, "-m", "pyflakes", str(script)], capture_output=True, text=True)
-    print(f"{name}: {'ok' if r.returncode == 0 else 'FAILED'}")
-    if r.returncode != 0:
-        bad = 1
-        print(r.stdout + r.stderr)
+mypy = ["mypy", "--no-implicit-optional", "--pretty", "--no-color-output", "--no-error-summary",
+        "--cache-dir", str(d / ".mypy_cache")]
+for name, test in sorted(json.loads((d / "scripts.json").read_text()).items()):
+    # pyflakes wants values; mypy, types.
+    untyped = "start_all = subtest = None\n" + "".join(f"{m} = None\n" for m in test["machines"])
+    typed = prelude + "".join(f"{m}: Machine\n" for m in test["machines"])
+    for tool, head in ((["pyflakes"], untyped), (mypy, typed)):
+        script = d / f"{name}.{tool[0]}.py"
+        script.write_text(head + test["script"])
+        r = subprocess.run([sys.executable, "-m", *tool, str(script)], capture_output=True, text=True)
+        print(f"{name}: {tool[0]}: {'ok' if r.returncode == 0 else 'FAILED'}")
+        if r.returncode != 0:
+            bad = 1
+            print(r.stdout + r.stderr)
 sys.exit(bad)
 EOF
 }
-check "nix/tests/*.nix test scripts (pyflakes)" pyflakes_scripts
+check "nix/tests/*.nix test scripts (pyflakes, mypy)" check_scripts
 
 step "the VM tests' Python (compiles; probe.py runs against the bed's mailclient.py)"
 for f in nix/tests/scenarios/*.py; do
@@ -247,11 +288,26 @@ done
 check "nix/tests/scenarios/probe.py --help" env PYTHONPATH=tests/scenarios "$python" nix/tests/scenarios/probe.py --help
 
 if [ -n "${POSTMASTER_NIXPKGS_LIB:-}" ]; then
-  step "nix/module.nix with lib.evalModules ($POSTMASTER_NIXPKGS_LIB)"
   lib=$POSTMASTER_NIXPKGS_LIB
   [ -e "$lib/lib/default.nix" ] && lib=$lib/lib
-  check "nix/tests/module-eval.nix" nix-instantiate --eval --strict nix/tests/module-eval.nix \
-    --arg lib "import $(realpath "$lib")" -A summary
+  lib=$(realpath "$lib")
+  read -r -a nixi <<<"${POSTMASTER_NIX_INSTANTIATE:-nix-instantiate}"
+  # Read-write, with a store of its own: the README's examples are written into
+  # the store to be imported (builtins.toFile).
+  module_eval() {
+    "${nixi[@]}" --version
+    "${nixi[@]}" --read-write-mode --option store "$work/store" --eval --strict \
+      "$PWD/nix/tests/module-eval.nix" --arg lib "import $lib" -A summary "$@"
+  }
+  step "nix/module.nix with lib.evalModules ($lib): stubs of nixpkgs' mail modules"
+  check "nix/tests/module-eval.nix (stubs, both dovecot generations)" module_eval
+  if [ -n "${POSTMASTER_NIXPKGS_MODULES:-}" ]; then
+    step "nix/module.nix with lib.evalModules: nixpkgs' real mail modules ($POSTMASTER_NIXPKGS_MODULES)"
+    check "nix/tests/module-eval.nix (nixpkgs' modules: $(ls "$POSTMASTER_NIXPKGS_MODULES" | tr '\n' ' '))" \
+      module_eval --argstr mailModulesDir "$(realpath "$POSTMASTER_NIXPKGS_MODULES")"
+  else
+    step "nixpkgs' real mail modules: skipped (set POSTMASTER_NIXPKGS_MODULES)"
+  fi
 else
   step "nix/module.nix with lib.evalModules: skipped (set POSTMASTER_NIXPKGS_LIB to a nixpkgs.lib checkout)"
 fi

@@ -13,6 +13,8 @@
 #                     without restarting postfix or dovecot
 #   broken-accounts   a broken accounts file is refused, the last good accounts keep
 #                     being served, and `postmaster status` names file:line:column
+#   dovecot23         the same mail host on Dovecot 2.3 (system.stateVersion 25.11,
+#                     so nixpkgs keeps dovecot_2_3): the bed's scenario suite again
 { pkgs, module }:
 
 let
@@ -25,14 +27,28 @@ in
   accounts-live = test ./accounts-live.nix;
   acme = test ./acme.nix;
   broken-accounts = test ./broken-accounts.nix;
+  dovecot23 = test ./dovecot23.nix;
 
   # Evaluation only, no VM: the builtins-only helpers (nix/tests/lib-eval.nix) and
-  # the module against stubbed NixOS options (nix/tests/module-eval.nix); both throw
-  # on a mismatch. tests/nix-checks.sh evaluates the same files without nixpkgs.
+  # the module with lib.evalModules (nix/tests/module-eval.nix: the VM tests' mail
+  # nodes, README.md's NixOS examples, the module's checks) against the project's
+  # stubs of nixpkgs' mail modules (both dovecot generations) and against this
+  # nixpkgs' real ones; they throw on a mismatch. tests/nix-checks.sh evaluates the
+  # same files (module-eval.nix only when given a nixpkgs lib).
   lib-eval = pkgs.runCommand "postmaster-nix-lib-eval" { } ''
     echo ${lib.escapeShellArg (import ./lib-eval.nix { }).summary} > $out
   '';
   module-eval = pkgs.runCommand "postmaster-module-eval" { } ''
     echo ${lib.escapeShellArg (import ./module-eval.nix { inherit lib; }).summary} > $out
+  '';
+  # The same checks against this nixpkgs' own postfix, mail and dovecot modules.
+  module-eval-nixpkgs = pkgs.runCommand "postmaster-module-eval-nixpkgs" { } ''
+    echo ${
+      lib.escapeShellArg
+        (import ./module-eval.nix {
+          inherit lib;
+          nixpkgs = pkgs.path;
+        }).summary
+    } > $out
   '';
 }

@@ -1,7 +1,8 @@
 # The Python test scripts of the NixOS VM tests, without nixpkgs: each test file
-# evaluated with stand-ins for what only a NixOS evaluation has (pkgs, nodes).
-# The scripts need neither. tests/nix-checks.sh runs pyflakes over them, as the
-# NixOS test driver does before it boots anything.
+# evaluated with stand-ins for what only a NixOS evaluation has (pkgs, nodes),
+# with the names of its machines. The scripts need neither. tests/nix-checks.sh
+# runs pyflakes and mypy over them, as the NixOS test driver does before it boots
+# anything.
 #
 #   nix-instantiate --eval --strict --json nix/tests/test-scripts.nix
 let
@@ -19,11 +20,16 @@ let
         pkgs.path = "/nixpkgs";
       };
     in
-    if builtins.isFunction test.testScript then test.testScript { inherit nodes; } else test.testScript;
+    {
+      machines = builtins.attrNames test.nodes;
+      script =
+        if builtins.isFunction test.testScript then test.testScript { inherit nodes; } else test.testScript;
+    };
 in
 {
   mail-flow = script ./mail-flow.nix;
   accounts-live = script ./accounts-live.nix;
   broken-accounts = script ./broken-accounts.nix;
   acme = script ./acme.nix;
+  dovecot23 = script ./dovecot23.nix;
 }
