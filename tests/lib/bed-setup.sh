@@ -56,7 +56,8 @@ install -m 0644 "$out/postfix/main.cf" /etc/postfix/main.cf
 install -m 0644 "$out/postfix/master.cf" /etc/postfix/master.cf
 install -m 0644 "$out/dovecot/dovecot.conf" /etc/dovecot/dovecot.conf
 # rspamd signs submitted mail (DKIM) with the keys postmaster keeps; it reads the
-# table of keys from postmaster's generated directory when it (re)starts.
+# table of keys from postmaster's generated directory when it (re)starts. (This
+# script runs before rspamd starts: provision.sh orders it so.)
 install -d -m 0755 /etc/rspamd/local.d
 install -m 0644 "$out/rspamd/local.d/dkim_signing.conf" /etc/rspamd/local.d/dkim_signing.conf
 rm -rf "$out"
@@ -69,5 +70,3 @@ postfix check
 # and dovecot find them when they start; made by the daemon's user, which keeps
 # them up to date from then on.
 setpriv --reuid=postmaster --regid=postmaster --init-groups postmaster apply
-# rspamd may have started before this script wrote its configuration.
-systemctl --no-block try-restart rspamd.service

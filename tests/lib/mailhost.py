@@ -198,7 +198,21 @@ def boot(host: MailHost, name: str = "pmscen", net: str = "10.231.1", world=None
     bed = Bed(bed_input_dir=host.dir, name=name, wait_ports=PORTS, **network)
     bed.start()
     host.bed = bed
+    wait_for_signer(bed)
     return bed
+
+
+def wait_for_signer(bed: Bed, timeout: float = 60.0) -> None:
+    """Waits until rspamd's milter (127.0.0.1:11332 inside the bed) accepts: until
+    then postfix refuses submissions for later (451 4.7.1), and rspamd takes a few
+    seconds to load its rules after boot."""
+    import time
+    deadline = time.monotonic() + timeout
+    while bed.run(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/11332"]).returncode != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rspamd's milter not listening after {timeout:.0f} s:\n"
+                               + bed.journal("rspamd.service", lines=30))
+        time.sleep(0.2)
 
 
 def dns_zones(host: MailHost) -> dict[str, str]:

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use hickory_resolver::Resolver;
+use hickory_resolver::config::ResolveHosts;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
@@ -20,8 +21,12 @@ pub struct Dns {
 impl Dns {
     /// A resolver configured as the host's.
     pub fn system() -> Result<Dns, String> {
-        let resolver = Resolver::builder_tokio()
-            .map_err(|e| format!("cannot read the resolver configuration: {e}"))?
+        let mut builder = Resolver::builder_tokio()
+            .map_err(|e| format!("cannot read the resolver configuration: {e}"))?;
+        // What the world sees is in DNS: /etc/hosts often names this very host
+        // (127.0.1.1) and must not answer for it.
+        builder.options_mut().use_hosts_file = ResolveHosts::Never;
+        let resolver = builder
             .build()
             .map_err(|e| format!("cannot set up a resolver: {e}"))?;
         Ok(Dns { resolver })
