@@ -156,6 +156,7 @@ sys.path.insert(0, str(REPO / "tests" / "scenarios"))
 
 import mailclient as mc  # noqa: E402
 import mailhost  # noqa: E402
+import world as outside_world  # noqa: E402
 from bed import CONTAINER_ENV, Bed, BedError, _processes  # noqa: E402
 
 ACCOUNTS = "/etc/postmaster/accounts.toml"
@@ -173,6 +174,9 @@ TARGETS = {
     "certificate_p99_ms": 400.0,
     "rss_mib": 16.0,
     "idle_cpu_ms_per_min": 10.0,
+    # Issue 12: what DKIM signing (rspamd as milter) adds to submission -> delivered
+    # at the outside host.
+    "signing_added_p50_ms": 20.0,
 }
 
 GATE_POLL_S = 0.005
@@ -181,7 +185,7 @@ CERT_POLL_S = 0.020
 MAX_IN_FLIGHT = 16  # handshakes under way per port; more are not started
 STALL_MS = 1000.0
 TRIAL_GAP_S = 1.1  # idle series: more than dovecot's one second since the last login
-PARTS = ("accounts", "busy", "certificate", "idle", "issuance", "scale")
+PARTS = ("accounts", "busy", "certificate", "idle", "issuance", "scale", "signing")
 SOURCE_HOSTS = range(10, 251)  # NET.10 - NET.250 as login source addresses
 BUSY_SOURCE_HOST = 9
 
@@ -1298,6 +1302,88 @@ def run_issuance(dir: Path, args) -> dict:
             bed.stop()
 
 
+# ---- signing: DKIM on the way out, and rspamd's memory ---------------------------------------
+
+SIGNING_POLL_S = 0.002
+
+
+def rspamd_memory(bed: Bed) -> dict:
+    """RSS and PSS (MiB) summed over rspamd's processes (main and workers)."""
+    out = bed.run(["sh", "-c", "for p in $(pgrep -x rspamd); do cat /proc/$p/smaps_rollup; done"], check=True).stdout
+    rss = sum(int(l.split()[1]) for l in out.splitlines() if l.startswith("Rss:")) / 1024
+    pss = sum(int(l.split()[1]) for l in out.splitlines() if l.startswith("Pss:")) / 1024
+    procs = len(bed.run(["pgrep", "-x", "rspamd"]).stdout.split())
+    return {"rss_mib": rss, "pss_mib": pss, "processes": procs}
+
+
+def submit_and_time(world, server, login, subject: str, timeout: float = 20.0) -> tuple[float, bytes]:
+    """ms from the start of the submission on 587 to the message in the outside
+    host's Maildir (watched on disk from here)."""
+    maildir = world.bed.path("/home/someone/Maildir/new")
+    before = set(os.listdir(maildir)) if maildir.is_dir() else set()
+    t = time.monotonic()
+    mc.submit(server, 587, *login, "thomas@example.org", ["someone@example.com"], subject)
+    deadline = t + timeout
+    while time.monotonic() < deadline:
+        for name in (set(os.listdir(maildir)) if maildir.is_dir() else set()) - before:
+            raw = (maildir / name).read_bytes()
+            if subject.encode() in raw:
+                return (time.monotonic() - t) * 1000, raw
+        time.sleep(SIGNING_POLL_S)
+    raise TimeoutError(f"{subject!r} not delivered at the outside host within {timeout:.0f} s")
+
+
+def run_signing(dir: Path, args) -> dict:
+    """The mail host beside the outside world (tests/lib/world.py): `trials` mails
+    from thomas to someone@example.com with signing on, then as many with postfix's
+    milter off (submission_milters emptied and postfix reloaded), interleaved in
+    blocks so that drift hits both alike; every signed one is checked to carry a
+    DKIM-Signature. rspamd's memory at rest and after the trials."""
+    host = mailhost.prepare(dir)
+    login = ("thomas", mailhost.PASSWORDS["thomas"])
+    result: dict = {"trials": args.trials}
+    with outside_world.World(name=args.signing_name, net=args.signing_net) as world:
+        bed = None
+        try:
+            bed = mailhost.boot(host, name=f"{args.signing_name}m", world=world)
+            for zone, records in mailhost.dns_zones(host).items():
+                if zone in world.zones:
+                    world.set_baseline(zone, records)
+            server = mc.Server(address=host.ip, ca_file=str(host.ca.cert))
+            time.sleep(5)  # rspamd's workers settle after their start
+            result["rspamd_at_rest"] = rspamd_memory(bed)
+            say(f"signing: rspamd at rest {result['rspamd_at_rest']['rss_mib']:.0f} MiB RSS")
+            # One of each first, unmeasured: connections, caches, rspamd's first scan.
+            submit_and_time(world, server, login, mc.unique_subject("warm-up signed"))
+            samples: dict[str, list[float]] = {"signed": [], "unsigned": []}
+            block = 5
+            milter = bed.run(["postconf", "-h", "submission_milters"], check=True).stdout.strip()
+            for start in range(0, args.trials, block):
+                for mode in ("signed", "unsigned"):
+                    value = milter if mode == "signed" else ""
+                    bed.run(["postconf", "-e", f"submission_milters = {value}"], check=True)
+                    bed.run(["postfix", "reload"], check=True)
+                    time.sleep(1.5)  # the old smtpd processes go; the first new one starts
+                    for i in range(start, min(start + block, args.trials)):
+                        ms, raw = submit_and_time(world, server, login, mc.unique_subject(f"{mode} {i}"))
+                        signed = b"DKIM-Signature:" in raw
+                        if signed != (mode == "signed"):
+                            raise BedError(f"a {mode} trial arrived {'with' if signed else 'without'} a signature")
+                        samples[mode].append(ms)
+            bed.run(["postconf", "-e", f"submission_milters = {milter}"], check=True)
+            bed.run(["postfix", "reload"], check=True)
+            result["signed"] = summary(samples["signed"])
+            result["unsigned"] = summary(samples["unsigned"])
+            result["added_p50_ms"] = result["signed"]["p50"] - result["unsigned"]["p50"]
+            result["added_p99_ms"] = result["signed"]["p99"] - result["unsigned"]["p99"]
+            result["rspamd_after"] = rspamd_memory(bed)
+            result["samples"] = samples
+        finally:
+            if bed is not None:
+                bed.stop()
+    return result
+
+
 # ---- scale: a large accounts file, on the host ---------------------------------------------
 
 SCALE_MAILBOXES = 10_000
@@ -1450,6 +1536,16 @@ def print_report(r: dict) -> None:
         print(f"  ({'; '.join(notes)})")
     if r.get("scale"):
         print_scale(r["scale"])
+    sg = r.get("signing")
+    if sg:
+        t = TARGETS["signing_added_p50_ms"]
+        row("submission on 587 -> delivered at the outside, signed (ms)", sg["signed"],
+            f"added p50 {sg['added_p50_ms']:.1f} ms <= {t:.0f} ms: {verdict(sg['added_p50_ms'], t + 1e-9)}")
+        row("  the same with the milter off, unsigned (ms)", sg["unsigned"])
+        for when in ("rspamd_at_rest", "rspamd_after"):
+            m = sg[when]
+            print(f"  rspamd {'at rest' if when == 'rspamd_at_rest' else 'after the trials'}: "
+                  f"{m['rss_mib']:.0f} MiB RSS, {m['pss_mib']:.0f} MiB PSS in {m['processes']} processes")
     c = r.get("certificate")
     if c:
         s = c["both_ms"]
@@ -1571,6 +1667,9 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="also write every figure and sample as JSON")
     ap.add_argument("--name", default="pmbench", help="bed machine name (default pmbench)")
     ap.add_argument("--net", default="10.231.6", help="bed network, first three octets (default 10.231.6)")
+    ap.add_argument("--signing-name", default="pmbsign", help="machine name of the outside world for "
+                    "the signing part (its mail host gets this name + 'm'; default pmbsign)")
+    ap.add_argument("--signing-net", default="10.231.9", help="the signing part's network (default 10.231.9)")
     ap.add_argument("--issuance-name", default="pmbiss", help="machine name of the ACME bed (default pmbiss)")
     ap.add_argument("--issuance-net", default="10.231.8",
                     help="network of the ACME bed, first three octets (default 10.231.8)")
@@ -1597,7 +1696,7 @@ def main() -> int:
         "args": vars(args),
     }, "targets": TARGETS}
     t_start = time.monotonic()
-    main_parts = parts - {"issuance", "scale"}
+    main_parts = parts - {"issuance", "scale", "signing"}
     with tempfile.TemporaryDirectory(prefix="postmaster-bench-") as tmp:
         if main_parts:
             host = mailhost.prepare(Path(tmp) / "bed")
@@ -1643,6 +1742,11 @@ def main() -> int:
             t = time.monotonic()
             report["scale"] = run_scale(Path(tmp) / "scale")
             report["env"]["phase_s"]["scale"] = time.monotonic() - t
+        if "signing" in parts:
+            cpu, t = host_cpu_sample(), time.monotonic()
+            report["signing"] = run_signing(Path(tmp) / "signing", args)
+            report["env"]["host_busy_pct"]["signing"] = host_busy_pct(cpu, host_cpu_sample())
+            report["env"]["phase_s"]["signing"] = time.monotonic() - t
         if "issuance" in parts:
             cpu, t = host_cpu_sample(), time.monotonic()
             report["issuance"] = run_issuance(Path(tmp) / "issuance", args)
