@@ -59,7 +59,7 @@ install -m 0644 "$out/dovecot/dovecot.conf" /etc/dovecot/dovecot.conf
 # table of keys from postmaster's generated directory when it (re)starts. (This
 # script runs before rspamd starts: provision.sh orders it so.)
 install -d -m 0755 /etc/rspamd/local.d
-install -m 0644 "$out/rspamd/local.d/dkim_signing.conf" /etc/rspamd/local.d/dkim_signing.conf
+install -m 0644 "$out/rspamd/local.d/dkim_signing.conf" "$out/rspamd/local.d/settings.conf" /etc/rspamd/local.d/
 rm -rf "$out"
 
 # dovecot puts its LMTP and auth sockets into postfix's private spool directory,

@@ -54,6 +54,7 @@ pub mod paths {
     pub const MASTER_CF: &str = "postfix/master.cf";
     pub const DOVECOT_CONF: &str = "dovecot/dovecot.conf";
     pub const RSPAMD_DKIM_SIGNING: &str = "rspamd/local.d/dkim_signing.conf";
+    pub const RSPAMD_SETTINGS: &str = "rspamd/local.d/settings.conf";
 }
 
 /// The files that follow the accounts file.
@@ -152,6 +153,11 @@ pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec
         File {
             path: paths::RSPAMD_DKIM_SIGNING.into(),
             content: rspamd_conf::dkim_signing(config, config_file),
+            kind: Kind::Config,
+        },
+        File {
+            path: paths::RSPAMD_SETTINGS.into(),
+            content: rspamd_conf::settings(config_file),
             kind: Kind::Config,
         },
     ]

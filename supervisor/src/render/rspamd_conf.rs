@@ -7,6 +7,12 @@ use crate::config::Config;
 use crate::dkim::store::RSPAMD_DOMAINS;
 
 const DKIM_SIGNING: &str = include_str!("templates/rspamd-dkim_signing.conf");
+const SETTINGS: &str = include_str!("templates/rspamd-settings.conf");
+
+/// rspamd's `local.d/settings.conf`: outgoing mail is signed, not scanned.
+pub fn settings(config_file: &str) -> String {
+    fill(SETTINGS, &[("CONFIG_FILE", config_file.to_string())])
+}
 
 pub fn dkim_signing(config: &Config, config_file: &str) -> String {
     fill(
