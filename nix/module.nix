@@ -16,6 +16,11 @@
 #   services.dovecot2: enable, package, enablePAM, settings (freeform, "type name"
 #     section keys), and group where declared (26.05) or
 #     settings.default_internal_group where not (newer); its unit is dovecot.service
+#   services.rspamd (with DKIM signing): enable, user, group, workers.<name>.
+#     {bindSockets, extraConfig} (its own `rspamd_proxy` worker, milter on a
+#     socket of postfix's group), locals.<file>.text; its unit is rspamd.service,
+#     and its PrivateUsers (set from services.rspamd.postfix.enable, which this
+#     module does not use) is overridden
 #   security.acme.certs.<name>: directory, group
 #   security.polkit.extraConfig, services.dbus.packages, systemd.{services,sockets}
 {
@@ -43,6 +48,7 @@ let
 
   cfg = config.services.postmaster;
   accountsLib = import ./lib/accounts.nix;
+  dkimLib = import ./lib/dkim.nix;
   settingsFormat = pkgs.formats.toml { };
 
   stateDir = "/var/lib/postmaster";
@@ -62,6 +68,16 @@ let
   dovecotGroup = "dovecot";
   postfixUnit = "postfix.service";
   dovecotUnit = "dovecot.service";
+  rspamdUnit = "rspamd.service";
+
+  # DKIM: rspamd signs as postfix's milter, through its proxy worker on a unix
+  # socket of postfix's group. Only postfix (and rspamd) may connect: a milter on
+  # 127.0.0.1 would sign for any local user who speaks the milter protocol. As
+  # services.rspamd.postfix.enable does, without its main.cf settings, which
+  # would put the milter on every smtpd, port 25 included.
+  milterSocket = "/run/rspamd/rspamd-milter.sock";
+  milter = "unix:${milterSocket}";
+  rspamdCfg = config.services.rspamd;
 
   postfixCfg = config.services.postfix;
   dovecotCfg = config.services.dovecot2;
@@ -111,7 +127,29 @@ let
     systemd = {
       postfix_unit = postfixUnit;
       dovecot_unit = dovecotUnit;
+      rspamd_unit = rspamdUnit;
       admin_group = cfg.adminGroup;
+    };
+    dkim =
+      if cfg.dkim.enable then
+        {
+          enabled = true;
+          inherit milter;
+          keep_published_days = cfg.dkim.keepPublishedDays;
+          dns_check_seconds = cfg.dkim.dnsCheckSeconds;
+        }
+        // optionalAttrs (cfg.dkim.rotateAfterDays != null) {
+          rotate_after_days = cfg.dkim.rotateAfterDays;
+        }
+      else
+        { enabled = false; };
+    dns = {
+      inherit (cfg.dns)
+        spf
+        dmarc
+        addresses
+        ttl
+        ;
     };
     postfix = {
       map_type = mapType;
@@ -163,7 +201,9 @@ let
     generated_dir = "fixed at ${generatedDir}";
     tls = "set services.postmaster.tls instead";
     acme = "set services.postmaster.acme instead";
-    systemd = "fixed: the units of services.postfix and services.dovecot2";
+    systemd = "fixed: the units of services.postfix, services.dovecot2 and services.rspamd";
+    dkim = "set services.postmaster.dkim instead (the milter is the rspamd socket the module sets up)";
+    dns = "set services.postmaster.dns instead";
     dovecot = "set services.postmaster.mailRoot, .vmail or services.dovecot2.package instead";
     "postfix.map_type" = "fixed at hash (nixpkgs' postfix has no lmdb)";
     "postfix.message_size_limit" = "set services.postmaster.messageSizeLimit instead";
@@ -206,9 +246,30 @@ let
     )
   );
 
-  # User postmaster may reload (and restart) postfix.service and dovecot.service,
-  # nothing else. The unit names are the same on NixOS as on Debian.
-  polkitRule = builtins.readFile (unitsDir + "/polkit-postmaster.rules");
+  # User postmaster may reload (and restart) postfix.service, dovecot.service and
+  # rspamd.service, nothing else. The unit names are the same on NixOS as on
+  # Debian. Without DKIM signing there is no rspamd to reload: the rule then
+  # names postfix and dovecot only.
+  polkitRuleShared = builtins.readFile (unitsDir + "/polkit-postmaster.rules");
+  polkitUnits = units: "var UNITS = [${concatStringsSep ", " (map (u: ''"${u}"'') units)}];";
+  polkitUnitsShared = polkitUnits [
+    postfixUnit
+    dovecotUnit
+    rspamdUnit
+  ];
+  polkitRule =
+    if cfg.dkim.enable then
+      polkitRuleShared
+    else
+      builtins.replaceStrings
+        [ polkitUnitsShared ]
+        [
+          (polkitUnits [
+            postfixUnit
+            dovecotUnit
+          ])
+        ]
+        polkitRuleShared;
 
   # ---- postfix and dovecot --------------------------------------------------------
 
@@ -223,8 +284,10 @@ let
     smtpd_sender_restrictions = "$mua_sender_restrictions";
     smtpd_relay_restrictions = "$mua_relay_restrictions";
     smtpd_recipient_restrictions = "$mua_recipient_restrictions";
-    milter_macro_daemon_name = "ORIGINATING";
-  };
+  }
+  # smtpd_milters=$submission_milters (empty without DKIM signing) and
+  # milter_macro_daemon_name=ORIGINATING.
+  // dkimLib.submissionOptions;
 
   specialUse = lib.genAttrs [ "Drafts" "Junk" "Sent" "Trash" ] (name: {
     special_use = "\\${name}";
@@ -787,6 +850,82 @@ in
       '';
     };
 
+    dkim = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Sign every message submitted on 587/465 and every message the host
+          itself sends (bounces, `sendmail`) with DKIM, for the domain of its From
+          address. rspamd ({option}`services.rspamd`, enabled by this) signs as
+          postfix's milter, with keys postmaster makes (RSA-2048, one selector per
+          domain and key) in `/var/lib/postmaster/dkim`, readable by rspamd's
+          group only. While rspamd does not answer, such mail is refused with a
+          temporary error (451 4.7.1), never sent unsigned. Mail arriving on port
+          25 does not pass through rspamd. `postmaster dns` prints the records
+          to publish.
+        '';
+      };
+      rotateAfterDays = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        example = 180;
+        description = ''
+          Start a key rotation on its own once the key in use is this many days
+          old; `null`: only `postmaster dkim rotate` does. A new key is used only
+          once DNS shows its record.
+        '';
+      };
+      keepPublishedDays = mkOption {
+        type = types.ints.positive;
+        default = 7;
+        description = ''
+          How long a replaced selector must stay published, so that mail signed
+          with it and still on its way verifies.
+        '';
+      };
+      dnsCheckSeconds = mkOption {
+        type = types.ints.positive;
+        default = 300;
+        description = "How often DNS is asked about the selectors, in seconds.";
+      };
+    };
+
+    dns = {
+      spf = mkOption {
+        type = types.strMatching "v=spf1.*";
+        default = "v=spf1 mx -all";
+        description = ''
+          The SPF record `postmaster dns` prints (and `--check` expects) for every
+          hosted domain.
+        '';
+      };
+      dmarc = mkOption {
+        type = types.strMatching "v=DMARC1;.*";
+        default = "v=DMARC1; p=quarantine";
+        example = "v=DMARC1; p=none";
+        description = "The DMARC record (`_dmarc.<domain>`) of every hosted domain.";
+      };
+      addresses = mkOption {
+        type = types.listOf (types.strMatching "[0-9a-fA-F:.]+");
+        default = [ ];
+        example = [
+          "192.0.2.25"
+          "2001:db8::25"
+        ];
+        description = ''
+          The host's public IP addresses: printed as A/AAAA records of
+          {option}`hostName`, and their reverse names (PTR) checked. Empty: `postmaster
+          dns --check` looks the host name up instead.
+        '';
+      };
+      ttl = mkOption {
+        type = types.ints.positive;
+        default = 3600;
+        description = "The TTL of the records `postmaster dns` prints.";
+      };
+    };
+
     extraConfig = mkOption {
       type = settingsFormat.type;
       default = { };
@@ -963,9 +1102,17 @@ in
         }
         {
           # units/polkit-postmaster.rules is shared with Debian; its unit names must
-          # stay those of nixpkgs' postfix and dovecot modules.
-          assertion = lib.hasInfix ''["${postfixUnit}", "${dovecotUnit}"]'' polkitRule;
-          message = "units/polkit-postmaster.rules no longer allows reloading exactly [\"${postfixUnit}\", \"${dovecotUnit}\"], the units of services.postfix and services.dovecot2: give the NixOS module a rule of its own.";
+          # stay those of nixpkgs' postfix, dovecot and rspamd modules.
+          assertion = lib.hasInfix polkitUnitsShared polkitRuleShared;
+          message = "units/polkit-postmaster.rules no longer says exactly `${polkitUnitsShared}`, the units of services.postfix, services.dovecot2 and services.rspamd: give the NixOS module a rule of its own.";
+        }
+        {
+          assertion = !(cfg.dkim.enable && rspamdCfg.postfix.enable);
+          message = ''
+            services.rspamd.postfix.enable puts rspamd's milter on every smtpd, port 25 included, and beside the one
+            services.postmaster sets up (for submitted and local mail only): leave it off. services.postmaster.dkim
+            configures rspamd and postfix for DKIM signing itself.
+          '';
         }
         {
           assertion = dovecotEffectiveGroup == dovecotGroup;
@@ -1022,6 +1169,14 @@ in
         # The installed pair: postfix and dovecot read it as root.
         "d ${stateDir}/tls 0750 postmaster postmaster - -"
         "d ${cfg.mailRoot} 0750 ${cfg.vmail.user} ${cfg.vmail.user} - -"
+      ]
+      ++ optionals cfg.dkim.enable [
+        # rspamd's table of DKIM keys (which key signs which domain): no secret in it.
+        "d ${generatedDir}/rspamd 0755 postmaster postmaster - -"
+        # The DKIM private keys: rspamd reads them as its group. setgid: every key
+        # is rspamd's group from the moment it exists, without postmaster being a
+        # member.
+        "d ${stateDir}/dkim 2750 postmaster ${rspamdCfg.group} - -"
       ]
       ++ optionals (!declared && cfg.accountsFile != null) [
         # Created once, with a first step for the admin (an empty file is refused:
@@ -1158,6 +1313,11 @@ in
             "reject_non_fqdn_recipient"
             "reject_unlisted_recipient"
           ];
+        }
+        # DKIM signing (as templates/main.cf): submission_milters and the rest.
+        // dkimLib.postfixMain {
+          enabled = cfg.dkim.enable;
+          inherit milter;
         };
       };
 
@@ -1279,6 +1439,62 @@ in
       systemd.services.postmaster = {
         wants = [ "postmaster-accounts.service" ];
         after = [ "postmaster-accounts.service" ];
+      };
+    })
+
+    (mkIf cfg.dkim.enable {
+      # rspamd signs what postfix hands its milter: submitted mail and what the
+      # host sends itself (main.cf: submission_milters, non_smtpd_milters).
+      services.rspamd = {
+        enable = true;
+        # Defining workers replaces nixpkgs' default set (normal, controller):
+        # the controller stays (rspamc stat, the web interface); the proxy scans
+        # by itself, so the normal worker is not needed, as with
+        # services.rspamd.postfix.enable.
+        workers.controller = { };
+        workers.rspamd_proxy = {
+          bindSockets = [
+            {
+              socket = milterSocket;
+              mode = "0660";
+              owner = rspamdCfg.user;
+              group = postfixCfg.group;
+            }
+          ];
+          # rspamd's own worker-proxy.inc hands the mail to a normal worker on
+          # localhost:11333, which NixOS does not have: scan here instead.
+          extraConfig = ''
+            milter = yes;
+            timeout = 120s;
+            upstream "local" {
+              default = yes;
+              self_scan = yes;
+            }
+          '';
+        };
+        # The signing policy, as `postmaster render` writes it on Debian; it
+        # includes the table of keys the daemon keeps.
+        locals."dkim_signing.conf".text = dkimLib.signingConf {
+          configFile = configPath;
+          # (null only with a failing assertion, which says so)
+          hostName = toString cfg.hostName;
+          inherit generatedDir;
+        };
+      };
+
+      systemd.services.rspamd = {
+        # It reads the table of keys when it starts: the setup unit writes it first.
+        wants = [ "postmaster-setup.service" ];
+        after = [ "postmaster-setup.service" ];
+        serviceConfig = {
+          # The daemon reloads rspamd when the key a domain is signed with changes
+          # (as Debian's rspamd.service, which has this).
+          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+          # To give the milter socket to postfix's group (nixpkgs' module does the
+          # same with services.rspamd.postfix.enable).
+          SupplementaryGroups = [ postfixCfg.group ];
+          PrivateUsers = lib.mkForce false;
+        };
       };
     })
 

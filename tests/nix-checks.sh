@@ -19,11 +19,12 @@
 #     or nixpkgs) also evaluates nix/module.nix with lib.evalModules
 #     (nix/tests/module-eval.nix): every VM test's mail node, every NixOS example of
 #     README.md and the module's own checks, against the project's stubs of nixpkgs'
-#     postfix, mail and dovecot modules (nix/tests/eval/stubs), for both generations
-#     of the dovecot module;
+#     postfix, mail, dovecot and rspamd modules (nix/tests/eval/stubs), for both
+#     generations of the dovecot module;
 #   POSTMASTER_NIXPKGS_MODULES=DIR, with POSTMASTER_NIXPKGS_LIB, does it once more
 #     against nixpkgs' real modules: each subdirectory of DIR is one generation and
-#     holds nixos/modules/services/mail/{postfix,mail,dovecot}.nix (never commit them);
+#     holds nixos/modules/services/mail/{postfix,mail,dovecot,rspamd}.nix (never
+#     commit them);
 #   POSTMASTER_NIX_INSTANTIATE: the command for those two evaluations, when the
 #     nix-instantiate here is too old for current nixpkgs lib (it needs Nix 2.18 or
 #     newer; Debian 12 has 2.8), e.g. "chroot /srv/trixie nix-instantiate" with this
@@ -211,6 +212,69 @@ EOF
   "$pm" --config "$dir/config.toml" check || return 1
 }
 check "declared accounts: rendered, filled from hash files, parsed" fill_accounts
+
+# DKIM on NixOS as on Debian: what nix/lib/dkim.nix gives the module (rspamd's
+# local.d/dkim_signing.conf, main.cf's milter settings, the submission services'
+# options) against what `postmaster render` writes, with DKIM on and off, when a
+# build of postmaster is at hand.
+dkim_as_render() {
+  local dir=$work/dkim pm="" hash enabled
+  mkdir -p "$dir" || return 1
+  nix-instantiate --eval --strict --json nix/tests/lib-eval.nix --argstr workDir "$dir" -A dkim >"$dir/dkim.json" || return 1
+  for candidate in target/release/postmaster target/debug/postmaster; do
+    if [ -x "$candidate" ]; then
+      pm=$candidate
+      break
+    fi
+  done
+  if [ -z "$pm" ]; then
+    echo "(no build of postmaster in target/: not compared with postmaster render)"
+    return 0
+  fi
+  hash=$(sed -n 's/^password = "\(.*\)"$/\1/p' examples/seed/accounts.toml | head -n1)
+  printf '[mailboxes.thomas]\npassword = "%s"\n' "$hash" >"$dir/accounts.toml"
+  for enabled in true false; do
+    printf '%s\n' 'host_name = "mail.example.org"' 'domains = ["example.org", "example.net"]' \
+      "accounts_file = \"$dir/accounts.toml\"" "state_dir = \"$dir/state\"" \
+      "generated_dir = \"$dir/state/generated\"" '[tls]' 'source = "files"' \
+      'cert = "/etc/ssl/mail/fullchain.pem"' 'key = "/etc/ssl/mail/key.pem"' \
+      '[dkim]' "enabled = $enabled" >"$dir/config.toml"
+    rm -rf "$dir/out-$enabled"
+    "$pm" --config "$dir/config.toml" render --out "$dir/out-$enabled" >/dev/null || return 1
+  done
+  "$python" - "$dir" <<'EOF' || return 1
+import json, pathlib, sys
+d = pathlib.Path(sys.argv[1])
+nix = json.loads((d / "dkim.json").read_text())
+bad = []
+rendered = (d / "out-true/rspamd/local.d/dkim_signing.conf").read_text()
+if rendered != nix["signingConf"]:
+    bad.append(f"dkim_signing.conf differs:\n--- postmaster render\n{rendered}--- nix/lib/dkim.nix\n{nix['signingConf']}")
+for enabled, values in (("true", nix["postfixMain"]), ("false", nix["postfixMainOff"])):
+    main = (d / f"out-{enabled}/postfix/main.cf").read_text().splitlines()
+    for key, value in values.items():
+        line = f"{key} = {value}".rstrip()
+        if not any(l.rstrip() == line for l in main):
+            found = [l for l in main if l.startswith(f"{key} ")]
+            bad.append(f"main.cf (dkim enabled = {enabled}): no `{line}` (render has {found})")
+# master.cf: the -o options of each service.
+services: dict[str, list[str]] = {}
+current = None
+for l in (d / "out-true/postfix/master.cf").read_text().splitlines():
+    if l and not l[0].isspace() and not l.startswith("#"):
+        current = l.split()[0]
+        services[current] = []
+    elif current and l.strip().startswith("-o "):
+        services[current].append(l.strip()[3:])
+for svc in ("submission", "submissions"):
+    for key, value in nix["submissionOptions"].items():
+        if f"{key}={value}" not in services.get(svc, []):
+            bad.append(f"master.cf: {svc} has no -o {key}={value} ({services.get(svc)})")
+print("\n".join(bad) or "nix/lib/dkim.nix gives what postmaster render writes (DKIM on and off)")
+sys.exit(1 if bad else 0)
+EOF
+}
+check "DKIM: nix/lib/dkim.nix as postmaster render (dkim_signing.conf, main.cf, master.cf)" dkim_as_render
 
 # The flake's outputs, without nixpkgs: a stub with just what the outputs
 # function touches before any value is asked for.

@@ -245,7 +245,8 @@ let
       users.users.root.openssh.authorizedKeys.keys = [ sshKeys.snakeOilPublicKey ];
 
       environment.systemPackages = [ pkgs.jq ];
-      virtualisation.memorySize = 1024;
+      # rspamd (DKIM signing) takes a few hundred MiB beside postfix and dovecot.
+      virtualisation.memorySize = 1536;
     };
 
   client =
@@ -269,11 +270,13 @@ let
 
 
     def wait_for_mail_host(machine):
-        """postmaster, postfix and dovecot up, every mail port open."""
-        for unit in ("postmaster.service", "postfix.service", "dovecot.service"):
+        """postmaster, postfix, dovecot and rspamd up, every mail port open, and
+        rspamd's milter there: until then submitted mail is refused for later (451)."""
+        for unit in ("postmaster.service", "postfix.service", "dovecot.service", "rspamd.service"):
             machine.wait_for_unit(unit)
         for port in MAIL_PORTS:
             machine.wait_for_open_port(port)
+        machine.wait_for_file("/run/rspamd/rspamd-milter.sock")
 
 
     def main_pids(machine, units=("postfix.service", "dovecot.service")):

@@ -4,7 +4,9 @@
 #   mail-flow         the bed's scenario suite (tests/scenarios/test_mail_flow.py,
 #                     unchanged) against the seed's mail host with accounts declared
 #                     in Nix: submission -> IMAPS/POP3S, catch-all, no open relay,
-#                     TLS 1.2+ on every port, no forged senders, quota, disabled login
+#                     TLS 1.2+ on every port, no forged senders, quota, disabled login;
+#                     then DKIM: submitted and local mail delivered signed by rspamd
+#                     (d=example.org, the selector in use), mail from port 25 unsigned
 #   accounts-live     the admin edits the accounts file (in place, and by rename as
 #                     editors do): new mailbox, new alias, removal, all live; postfix
 #                     and dovecot keep their main PIDs

@@ -1,5 +1,7 @@
 # The bed's scenario suite against the seed's mail host on NixOS, with the
-# accounts declared in Nix (hashes from files in /run/secrets).
+# accounts declared in Nix (hashes from files in /run/secrets); then DKIM: what is
+# submitted and what the host sends itself leaves signed by rspamd with the key
+# postmaster keeps.
 { common, ... }:
 
 {
@@ -11,6 +13,10 @@
   };
 
   testScript = ''
+    import email
+    import email.message
+    import shlex
+
     ${common.testLib}
 
     start_all()
@@ -45,6 +51,50 @@
 
     with subtest("the bed's scenarios (tests/scenarios/test_mail_flow.py) pass"):
         client.succeed("postmaster-scenarios >&2")
+
+    with subtest("DKIM: submitted and local mail leaves signed for its From domain, mail from port 25 passes unsigned"):
+        mail.succeed("test \"$(stat -c '%U:%G %a' /var/lib/postmaster/dkim)\" = 'postmaster:rspamd 2750'")
+        mail.succeed("test \"$(stat -c '%U:%G %a' /run/rspamd/rspamd-milter.sock)\" = 'rspamd:postfix 660'")
+        selector = mail.succeed(
+            "postmaster status --json | jq -r '.dkim.domains[] | select(.domain == \"example.org\")"
+            " | .keys[] | select(.in_use) | .selector'"
+        ).strip()
+        assert selector, "no DKIM key in use for example.org"
+        mail.succeed(f"grep -qF '{selector}' /var/lib/postmaster/generated/rspamd/dkim_domains.conf")
+
+        def delivered(mailbox: str, subject: str) -> email.message.Message:
+            path = mail.wait_until_succeeds(
+                f"grep -rlF {shlex.quote(subject)} /var/vmail/{mailbox}/Maildir | head -n1 | grep .", timeout=60
+            ).strip()
+            return email.message_from_string(mail.succeed(f"cat {shlex.quote(path)}"))
+
+        def dkim_tags(message: email.message.Message) -> dict[str, str]:
+            header = message.get("DKIM-Signature")
+            assert header is not None, f"not signed:\n{message}"
+            tags = (t.split("=", 1) for t in "".join(str(header).split()).split(";") if "=" in t)
+            return {k: v for k, v in tags}
+
+        # Submitted on 587 by thomas, delivered to anna.
+        subject = client.succeed(
+            "postmaster-probe submit thomas thomas-secret-1 --from thomas@example.org"
+            " --to anna@example.org --read anna:anna-secret-2"
+        ).strip()
+        tags = dkim_tags(delivered("anna", subject))
+        assert (tags["d"], tags["s"]) == ("example.org", selector), tags
+
+        # Sent by the host itself (sendmail: pickup, non_smtpd_milters).
+        mail.succeed(
+            "printf 'From: root@example.org\\nTo: thomas@example.org\\nSubject: dkim-local-mail\\n\\nsigned\\n'"
+            " | sendmail -f root@example.org thomas@example.org"
+        )
+        tags = dkim_tags(delivered("thomas", "dkim-local-mail"))
+        assert (tags["d"], tags["s"]) == ("example.org", selector), tags
+
+        # From outside on port 25: no milter there (inbound checks are another issue's).
+        subject = client.succeed(
+            "postmaster-probe inbound --to thomas@example.org --read thomas:thomas-secret-1"
+        ).strip()
+        assert delivered("thomas", subject).get("DKIM-Signature") is None, "mail from port 25 was signed"
 
     with subtest("no scenario restarted postfix or dovecot"):
         for unit in ("postfix.service", "dovecot.service"):

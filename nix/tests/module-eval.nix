@@ -37,6 +37,7 @@ let
       "postfix"
       "mail"
       "dovecot"
+      "rspamd"
     ];
   generations =
     if nixpkgs != null then
@@ -47,11 +48,13 @@ let
           ./eval/stubs/postfix.nix
           ./eval/stubs/mail.nix
           ./eval/stubs/dovecot-500271.nix
+          ./eval/stubs/rspamd.nix
         ];
         dovecot-unstable = [
           ./eval/stubs/postfix.nix
           ./eval/stubs/mail.nix
           ./eval/stubs/dovecot-unstable.nix
+          ./eval/stubs/rspamd.nix
         ];
       }
     else
@@ -162,6 +165,14 @@ let
       c.services.postfix.submissionsOptions
       c.services.dovecot2.settings
       c.services.dovecot2.package
+      # Not services.rspamd whole either (renamed and removed options).
+      c.services.rspamd.enable
+      (lib.mapAttrs (_: w: [
+        w.type
+        w.bindSockets
+        w.extraConfig
+      ]) c.services.rspamd.workers)
+      (lib.mapAttrs (_: f: f.text) c.services.rspamd.locals)
       (authReader c)
     ] true;
 
@@ -262,6 +273,21 @@ let
       };
 
       tomlOf = config: config.environment.etc."postmaster/config.toml".source.value;
+      # What services.rspamd puts into /etc/rspamd, by name: local.d/…, rspamd.conf.
+      rspamdEtc =
+        config:
+        builtins.listToAttrs (
+          map (e: lib.nameValuePair e.name e.path) config.environment.etc.rspamd.source.entries
+        );
+      # rspamd's local.d/dkim_signing.conf as `postmaster render` writes it, with
+      # the NixOS module's paths (tests/nix-checks.sh compares nix/lib/dkim.nix
+      # with postmaster render itself).
+      dkimSigningConf = (import ../lib/dkim.nix).signingConf {
+        configFile = "/etc/postmaster/config.toml";
+        hostName = "mail.example.org";
+        generatedDir = "/var/lib/postmaster/generated";
+      };
+      milter = "unix:/run/rspamd/rspamd-milter.sock";
       noSection = lib.flip builtins.removeAttrs [ "_section" ];
 
       full = eval {
@@ -275,6 +301,14 @@ let
       fullUnit = full.systemd.services.postmaster;
 
       adminFile = eval base;
+
+      noDkim = eval {
+        imports = [ base ];
+        services.postmaster.dkim.enable = false;
+      };
+      noDkimMain = noDkim.services.postfix.settings.main;
+      rspamdUnit = full.systemd.services.rspamd;
+      proxy = full.services.rspamd.workers.rspamd_proxy;
 
       # Before NixOS 26.05, nixpkgs' dovecot module picks Dovecot 2.3.
       dovecot23 = eval {
@@ -605,7 +639,20 @@ let
         systemd = {
           postfix_unit = "postfix.service";
           dovecot_unit = "dovecot.service";
+          rspamd_unit = "rspamd.service";
           admin_group = "postmaster-admin";
+        };
+        dkim = {
+          enabled = true;
+          milter = "unix:/run/rspamd/rspamd-milter.sock";
+          keep_published_days = 7;
+          dns_check_seconds = 300;
+        };
+        dns = {
+          spf = "v=spf1 mx -all";
+          dmarc = "v=DMARC1; p=quarantine";
+          addresses = [ ];
+          ttl = 3600;
         };
         postfix = {
           map_type = "hash";
@@ -646,10 +693,246 @@ let
           "http-01"
         ]
       )
-      (check "polkit: only postfix and dovecot, only for postmaster" (
-        lib.hasInfix ''var USER = "postmaster";'' acme.security.polkit.extraConfig
-        && lib.hasInfix ''var UNITS = ["postfix.service", "dovecot.service"];'' acme.security.polkit.extraConfig
-      ) true)
+      (check
+        "polkit: only postfix, dovecot and rspamd, only for postmaster; without DKIM, postfix and dovecot only"
+        [
+          (lib.hasInfix ''var USER = "postmaster";'' acme.security.polkit.extraConfig)
+          (lib.hasInfix ''var UNITS = ["postfix.service", "dovecot.service", "rspamd.service"];'' acme.security.polkit.extraConfig)
+          (lib.hasInfix ''var UNITS = ["postfix.service", "dovecot.service"];'' noDkim.security.polkit.extraConfig)
+          (lib.hasInfix ''"rspamd.service"'' noDkim.security.polkit.extraConfig)
+        ]
+        [
+          true
+          true
+          true
+          false
+        ]
+      )
+      (check
+        "DKIM: main.cf as on Debian: submission and local mail through rspamd's milter, 451 while it is away, port 25 without"
+        [
+          fullMain.submission_milters
+          fullMain.non_smtpd_milters
+          fullMain.internal_mail_filter_classes
+          fullMain.milter_default_action
+          fullMain.milter_protocol
+          fullMain.milter_mail_macros
+          (fullMain.smtpd_milters or null)
+          (tomlOf full).dkim.milter
+        ]
+        [
+          milter
+          "$submission_milters"
+          "bounce"
+          "tempfail"
+          6
+          "i {mail_addr} {client_addr} {client_name} {auth_authen}"
+          null
+          milter
+        ]
+      )
+      (check "DKIM: master.cf: submission and submissions with smtpd_milters=$submission_milters"
+        [
+          full.services.postfix.submissionOptions.smtpd_milters
+          full.services.postfix.submissionsOptions.smtpd_milters
+          full.services.postfix.submissionOptions.milter_macro_daemon_name
+          # nixpkgs' real module writes them into master.cf (the stub does not).
+          (builtins.all
+            (
+              svc:
+              let
+                master = full.services.postfix.settings.master;
+              in
+              !(master ? ${svc}) || builtins.elem "smtpd_milters=$submission_milters" master.${svc}.args
+            )
+            [
+              "submission"
+              "submissions"
+            ]
+          )
+        ]
+        [
+          "$submission_milters"
+          "$submission_milters"
+          "ORIGINATING"
+          true
+        ]
+      )
+      (check
+        "DKIM: rspamd's proxy worker is the milter, on a socket of postfix's group, scanning by itself"
+        [
+          full.services.rspamd.enable
+          full.services.rspamd.postfix.enable
+          (builtins.attrNames full.services.rspamd.workers)
+          proxy.type
+          (map (s: s.rawEntry) proxy.bindSockets)
+          (lib.hasInfix "self_scan = yes;" proxy.extraConfig)
+          (lib.hasInfix "milter = yes;" proxy.extraConfig)
+          (lib.hasInfix
+            ''bind_socket = "/run/rspamd/rspamd-milter.sock mode=0660 owner=rspamd group=postfix";''
+            (rspamdEtc full)."rspamd.conf".text
+          )
+          (lib.hasInfix "self_scan = yes;" (rspamdEtc full)."override.d/worker-proxy.inc".text)
+        ]
+        [
+          true
+          false
+          [
+            "controller"
+            "rspamd_proxy"
+          ]
+          "rspamd_proxy"
+          [ "/run/rspamd/rspamd-milter.sock mode=0660 owner=rspamd group=postfix" ]
+          true
+          true
+          true
+          true
+        ]
+      )
+      (check
+        "DKIM: rspamd's local.d/dkim_signing.conf is what postmaster render writes, with the NixOS paths"
+        [
+          full.services.rspamd.locals."dkim_signing.conf".text
+          (rspamdEtc full)."local.d/dkim_signing.conf".text
+          (lib.hasInfix ''.include(try=true) "/var/lib/postmaster/generated/rspamd/dkim_domains.conf"'' dkimSigningConf)
+          (lib.hasInfix "sign_inbound = false;" dkimSigningConf)
+          (lib.hasInfix "try_fallback = false;" dkimSigningConf)
+        ]
+        [
+          dkimSigningConf
+          dkimSigningConf
+          true
+          true
+          true
+        ]
+      )
+      (check "DKIM: rspamd starts after the setup unit, reloads on SIGHUP, may give its socket to postfix"
+        [
+          (builtins.elem "postmaster-setup.service" rspamdUnit.after)
+          (builtins.elem "postmaster-setup.service" rspamdUnit.wants)
+          (lib.hasInfix "kill -HUP $MAINPID" rspamdUnit.serviceConfig.ExecReload)
+          rspamdUnit.serviceConfig.SupplementaryGroups
+          rspamdUnit.serviceConfig.PrivateUsers
+          rspamdUnit.serviceConfig.User
+          full.users.users.rspamd.group
+        ]
+        [
+          true
+          true
+          true
+          [ "postfix" ]
+          false
+          "rspamd"
+          "rspamd"
+        ]
+      )
+      (check "DKIM: key directory setgid, rspamd's group; rspamd's table readable"
+        [
+          (builtins.elem "d /var/lib/postmaster/dkim 2750 postmaster rspamd - -" full.systemd.tmpfiles.rules)
+          (builtins.elem "d /var/lib/postmaster/generated/rspamd 0755 postmaster postmaster - -" full.systemd.tmpfiles.rules)
+          # rspamd passes through to both (o+x).
+          (builtins.elem "d /var/lib/postmaster 0751 postmaster postmaster - -" full.systemd.tmpfiles.rules)
+          (builtins.elem "d /var/lib/postmaster/generated 0751 postmaster postmaster - -" full.systemd.tmpfiles.rules)
+        ]
+        [
+          true
+          true
+          true
+          true
+        ]
+      )
+      (check "DKIM off: no rspamd, no milter, no key directory, [dkim] enabled = false"
+        [
+          noDkim.services.rspamd.enable
+          noDkimMain.submission_milters
+          noDkimMain.non_smtpd_milters
+          noDkimMain.internal_mail_filter_classes
+          noDkim.services.postfix.submissionOptions.smtpd_milters
+          (tomlOf noDkim).dkim
+          (builtins.any (lib.hasInfix "/dkim ") noDkim.systemd.tmpfiles.rules)
+          (noDkim.systemd.services ? rspamd)
+        ]
+        [
+          false
+          ""
+          "$submission_milters"
+          ""
+          "$submission_milters"
+          { enabled = false; }
+          false
+          false
+        ]
+      )
+      (check "DKIM and DNS options into config.toml"
+        (
+          let
+            c = tomlOf (eval {
+              imports = [ base ];
+              services.postmaster.dkim = {
+                rotateAfterDays = 180;
+                keepPublishedDays = 10;
+                dnsCheckSeconds = 60;
+              };
+              services.postmaster.dns = {
+                spf = "v=spf1 mx a -all";
+                dmarc = "v=DMARC1; p=none";
+                addresses = [
+                  "192.0.2.25"
+                  "2001:db8::25"
+                ];
+                ttl = 300;
+              };
+            });
+          in
+          [
+            c.dkim
+            c.dns
+          ]
+        )
+        [
+          {
+            enabled = true;
+            inherit milter;
+            rotate_after_days = 180;
+            keep_published_days = 10;
+            dns_check_seconds = 60;
+          }
+          {
+            spf = "v=spf1 mx a -all";
+            dmarc = "v=DMARC1; p=none";
+            addresses = [
+              "192.0.2.25"
+              "2001:db8::25"
+            ];
+            ttl = 300;
+          }
+        ]
+      )
+      (check "DNS options: an SPF record without v=spf1, or a host name as address, is refused"
+        (map
+          (
+            dns:
+            (builtins.tryEval (
+              builtins.deepSeq
+                (tomlOf (eval {
+                  imports = [ base ];
+                  services.postmaster.dns = dns;
+                })).dns
+                true
+            )).success
+          )
+          [
+            { spf = "mx -all"; }
+            { addresses = [ "mail.example.org" ]; }
+            { dmarc = "p=none"; }
+          ]
+        )
+        [
+          false
+          false
+          false
+        ]
+      )
       (refuses "refuses: no domains" (eval {
         imports = [ base ];
         services.postmaster.domains = lib.mkForce [ ];
@@ -685,6 +968,14 @@ let
         imports = [ base ];
         services.postmaster.extraConfig.dovecot.mail_root = "/srv/mail";
       }) "dovecot: set services.postmaster.mailRoot")
+      (refuses "refuses: the DKIM milter in extraConfig" (eval {
+        imports = [ base ];
+        services.postmaster.extraConfig.dkim.milter = "inet:127.0.0.1:11332";
+      }) "dkim: set services.postmaster.dkim")
+      (refuses "refuses: services.rspamd.postfix.enable (a milter on port 25 too)" (eval {
+        imports = [ base ];
+        services.rspamd.postfix.enable = true;
+      }) "services.rspamd.postfix.enable puts rspamd's milter on every smtpd")
     ];
 
   results = lib.concatLists (lib.mapAttrsToList checksFor generations);

@@ -1,5 +1,5 @@
 # The rest of NixOS, as far as services.postmaster and nixpkgs' mail modules
-# (postfix.nix, dovecot.nix, mail.nix) touch it: loosely typed declarations that
+# (postfix.nix, dovecot.nix, mail.nix, rspamd.nix) touch it: loosely typed declarations that
 # accept any value, for lib.evalModules without nixpkgs' module tree. Used by
 # nix/tests/module-eval.nix, both with the project's stubs of the mail modules
 # (nix/tests/eval/stubs) and with nixpkgs' real ones.
@@ -61,12 +61,14 @@ in
           dovecot2 = 96;
           dovenull2 = 47;
           postfix = 29;
+          rspamd = 225;
         };
         gids = {
           dovecot2 = 96;
           dovenull2 = 47;
           postfix = 29;
           postdrop = 63;
+          rspamd = 225;
         };
       };
     };

@@ -37,7 +37,8 @@ rec {
   writeShellScript = name: text: fakeDrv name // { inherit text; };
   writeShellScriptBin = name: text: fakeDrv name // { inherit text; };
   writeTextDir = path: text: fakeDrv (baseNameOf path) // { inherit text; };
-  linkFarm = name: _: fakeDrv name;
+  # The entries ride along (rspamd's /etc/rspamd: its local.d files, rspamd.conf).
+  linkFarm = name: entries: fakeDrv name // { inherit entries; };
   runCommand =
     name: _: _:
     fakeDrv name;
@@ -47,6 +48,9 @@ rec {
   postfix = fakePackage "postfix" "3.10.4" { };
   dovecot = fakePackage "dovecot" "2.4.1" dovecotPassthru;
   dovecot_2_3 = fakePackage "dovecot" "2.3.21.1" dovecotPassthru;
+  # (its version does not matter here)
+  rspamd = fakePackage "rspamd" "3.12.1" { };
+  coreutils = fakeDrv "coreutils";
   openssl = fakeDrv "openssl";
   openssh = fakeDrv "openssh";
   jq = fakeDrv "jq";

@@ -1,0 +1,67 @@
+# DKIM signing as on Debian: rspamd's local.d/dkim_signing.conf and postfix's
+# milter settings, from postmaster's own templates (supervisor/src/render), so the
+# NixOS module and `postmaster render` cannot drift apart.
+#
+# Builtins only (no nixpkgs), so that tests/nix-checks.sh can evaluate it with
+# nothing but `nix-instantiate` and compare it with what `postmaster render`
+# writes. The NixOS module (../module.nix) uses it.
+let
+  templates = ../../supervisor/src/render/templates;
+
+  # Like supervisor/src/render/template.rs's fill: every @NAME@ replaced, and a
+  # placeholder left over is an error (the template gained one this file does not
+  # know).
+  fill =
+    file: values:
+    let
+      text = builtins.replaceStrings (map (name: "@${name}@") (
+        builtins.attrNames values
+      )) (builtins.attrValues values) (builtins.readFile (templates + "/${file}"));
+      left = builtins.filter builtins.isList (builtins.split "@([A-Z_]+)@" text);
+    in
+    if left == [ ] then
+      text
+    else
+      throw "nix/lib/dkim.nix: supervisor/src/render/templates/${file} has placeholders this file does not fill: ${builtins.concatStringsSep ", " (map builtins.head left)}";
+in
+{
+  # rspamd's local.d/dkim_signing.conf, as supervisor/src/render/rspamd_conf.rs
+  # fills it: the signing policy, and the table of keys the daemon writes into
+  # `generatedDir` included.
+  signingConf =
+    {
+      configFile,
+      hostName,
+      generatedDir,
+      enabled ? true,
+    }:
+    fill "rspamd-dkim_signing.conf" {
+      CONFIG_FILE = configFile;
+      ENABLED = if enabled then "true" else "false";
+      HOST_NAME = hostName;
+      # supervisor/src/dkim/store.rs: RSPAMD_DOMAINS
+      RSPAMD_DOMAINS = "${generatedDir}/rspamd/dkim_domains.conf";
+    };
+
+  # main.cf's "DKIM signing" block (templates/main.cf, as postfix_conf.rs fills
+  # it): what is submitted and what postfix makes itself (sendmail, bounces) goes
+  # through the milter; while it does not answer, such mail is refused with a
+  # temporary error (451 4.7.1), never sent unsigned. Port 25 gets no milter.
+  postfixMain =
+    { enabled, milter }:
+    {
+      submission_milters = if enabled then milter else "";
+      non_smtpd_milters = "$submission_milters";
+      internal_mail_filter_classes = if enabled then "bounce" else "";
+      milter_default_action = "tempfail";
+      milter_protocol = 6;
+      milter_mail_macros = "i {mail_addr} {client_addr} {client_name} {auth_authen}";
+    };
+
+  # master.cf: the options submission (587) and submissions (465) get, as in
+  # templates/master.cf.
+  submissionOptions = {
+    smtpd_milters = "$submission_milters";
+    milter_macro_daemon_name = "ORIGINATING";
+  };
+}
