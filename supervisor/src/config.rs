@@ -84,7 +84,11 @@ pub struct Dns {
 
 pub const DEFAULT_SPF: &str = "v=spf1 mx -all";
 pub const DEFAULT_DMARC: &str = "v=DMARC1; p=quarantine";
-pub const DEFAULT_MILTER: &str = "inet:127.0.0.1:11332";
+/// rspamd's milter socket, relative to postfix's queue directory (its smtpd and
+/// cleanup run chrooted there); `postmaster render` has rspamd listen on it.
+pub const DEFAULT_MILTER: &str = "unix:rspamd/milter.sock";
+/// Where postfix's queue directory is on Debian.
+pub const DEBIAN_QUEUE_DIRECTORY: &str = "/var/spool/postfix";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsSource {
@@ -532,7 +536,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             s.d.error(
                 span,
                 format!("`milter` in [dkim] `{}` is not a milter address", milter.escape_default()),
-                "like \"inet:127.0.0.1:11332\" (rspamd's proxy worker) or \"unix:/run/rspamd/milter.sock\"",
+                "like \"unix:rspamd/milter.sock\" (relative to postfix's queue directory) or \"inet:127.0.0.1:11332\"",
             );
         }
         let days = |s: &mut Fields<'_, '_, '_>, key: &str, min: u64| -> Option<u32> {

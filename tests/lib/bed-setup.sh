@@ -60,6 +60,8 @@ install -m 0644 "$out/dovecot/dovecot.conf" /etc/dovecot/dovecot.conf
 # script runs before rspamd starts: provision.sh orders it so.)
 install -d -m 0755 /etc/rspamd/local.d
 install -m 0644 "$out/rspamd/local.d/dkim_signing.conf" "$out/rspamd/local.d/settings.conf" /etc/rspamd/local.d/
+install -d -m 0755 /etc/rspamd/override.d
+install -m 0644 "$out/rspamd/override.d/worker-proxy.inc" /etc/rspamd/override.d/
 rm -rf "$out"
 
 # dovecot puts its LMTP and auth sockets into postfix's private spool directory,

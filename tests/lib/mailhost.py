@@ -203,12 +203,13 @@ def boot(host: MailHost, name: str = "pmscen", net: str = "10.231.1", world=None
 
 
 def wait_for_signer(bed: Bed, timeout: float = 60.0) -> None:
-    """Waits until rspamd's milter (127.0.0.1:11332 inside the bed) accepts: until
+    """Waits until rspamd's milter (its socket in postfix's queue directory) accepts: until
     then postfix refuses submissions for later (451 4.7.1), and rspamd takes a few
     seconds to load its rules after boot."""
     import time
     deadline = time.monotonic() + timeout
-    while bed.run(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/11332"]).returncode != 0:
+    probe = "import socket; socket.socket(socket.AF_UNIX).connect('/var/spool/postfix/rspamd/milter.sock')"
+    while bed.run(["python3", "-c", probe]).returncode != 0:
         if time.monotonic() > deadline:
             raise TimeoutError(f"rspamd's milter not listening after {timeout:.0f} s:\n"
                                + bed.journal("rspamd.service", lines=30))

@@ -39,7 +39,7 @@ pub enum DkimError {
     #[error(transparent)]
     Write(#[from] ApplyError),
     #[error(
-        "{} is not readable by rspamd: it must be group rspamd's and setgid (chgrp _rspamd {0}; chmod 2750 {0})",
+        "{} is not readable by rspamd: it must be group rspamd's and setgid (on Debian: chgrp _rspamd {0}; chmod 2750 {0})",
         path.display()
     )]
     KeyDirectory { path: PathBuf },

@@ -55,6 +55,7 @@ pub mod paths {
     pub const DOVECOT_CONF: &str = "dovecot/dovecot.conf";
     pub const RSPAMD_DKIM_SIGNING: &str = "rspamd/local.d/dkim_signing.conf";
     pub const RSPAMD_SETTINGS: &str = "rspamd/local.d/settings.conf";
+    pub const RSPAMD_WORKER_PROXY: &str = "rspamd/override.d/worker-proxy.inc";
 }
 
 /// The files that follow the accounts file.
@@ -134,7 +135,7 @@ fn passwd_file_logins(text: &str) -> impl Iterator<Item = &str> {
 ///
 /// `config_file` is named in the files' headers, so a reader knows where they came from.
 pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec<File> {
-    vec![
+    let mut files = vec![
         File {
             path: paths::MAIN_CF.into(),
             content: postfix_conf::main_cf(config, map_type, config_file),
@@ -160,5 +161,13 @@ pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec
             content: rspamd_conf::settings(config_file),
             kind: Kind::Config,
         },
-    ]
+    ];
+    if let Some(content) = rspamd_conf::worker_proxy(config, config_file) {
+        files.push(File {
+            path: paths::RSPAMD_WORKER_PROXY.into(),
+            content,
+            kind: Kind::Config,
+        });
+    }
+    files
 }

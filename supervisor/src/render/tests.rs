@@ -227,7 +227,10 @@ fn adding_writes_the_passwd_file_first_and_removing_writes_it_last() {
 fn signing_goes_through_rspamd_only_when_dkim_is_enabled() {
     let on = config("");
     let main = postfix_conf::main_cf(&on, MapType::Lmdb, "/x");
-    assert!(main.contains("\nsubmission_milters = inet:127.0.0.1:11332\n"));
+    assert!(main.contains("\nsubmission_milters = unix:rspamd/milter.sock\n"));
+    // rspamd listens where postfix looks, inside its queue directory, for group postfix only.
+    let proxy = rspamd_conf::worker_proxy(&on, "/x").unwrap();
+    assert!(proxy.contains("bind_socket = \"/var/spool/postfix/rspamd/milter.sock mode=0660 owner=_rspamd group=postfix\";"), "{proxy}");
     assert!(main.contains("\ninternal_mail_filter_classes = bounce\n"));
     // Never unsigned: rspamd away means a temporary refusal, not a pass.
     assert!(main.contains("\nmilter_default_action = tempfail\n"));
@@ -252,4 +255,6 @@ fn signing_goes_through_rspamd_only_when_dkim_is_enabled() {
     assert!(main.contains("\nsubmission_milters = \n"));
     assert!(main.contains("\ninternal_mail_filter_classes = \n"));
     assert!(rspamd_conf::dkim_signing(&off, "/x").contains("enabled = false;"));
+    let inet = config("[dkim]\nmilter = \"inet:127.0.0.1:11332\"\n");
+    assert_eq!(rspamd_conf::worker_proxy(&inet, "/x"), None);
 }
