@@ -12,6 +12,8 @@ packages=(
   debootstrap systemd-container zstd iproute2 util-linux
   # the scenario tests: real mail clients
   python3 python3-pytest swaks
+  # the TLS profile's judge (tests/scenarios/test_tls_profile.py)
+  testssl.sh
 )
 
 missing=()

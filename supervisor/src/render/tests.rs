@@ -258,3 +258,61 @@ fn signing_goes_through_rspamd_only_when_dkim_is_enabled() {
     let inet = config("[dkim]\nmilter = \"inet:127.0.0.1:11332\"\n");
     assert_eq!(rspamd_conf::worker_proxy(&inet, "/x"), None);
 }
+
+/// Mozilla's "intermediate" TLS 1.2 suites (guidelines 6.0), in its order.
+const MOZILLA_INTERMEDIATE: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
+ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+
+fn setting<'a>(file: &'a str, name: &str) -> Vec<&'a str> {
+    file.lines()
+        .filter_map(|l| l.strip_prefix(name)?.trim_start().strip_prefix('='))
+        .map(str::trim)
+        .collect()
+}
+
+#[test]
+fn password_ports_get_the_intermediate_profile_and_port_25_no_anonymous_suites() {
+    // Only forward-secret AEAD suites, whatever the list is edited to later.
+    for suite in MOZILLA_INTERMEDIATE.split(':') {
+        assert!(suite.starts_with("ECDHE-"), "{suite}: no forward secrecy");
+        assert!(
+            suite.contains("-GCM-") || suite.ends_with("-CHACHA20-POLY1305"),
+            "{suite}: not AEAD"
+        );
+    }
+    for version in ["2.4", "2.3"] {
+        let c = config(&format!("[dovecot]\nversion = \"{version}\"\n"));
+        let files = host_config(&c, MapType::Lmdb, "/x");
+        let file = |n: &str| {
+            &files
+                .iter()
+                .find(|f| f.path.file_name().unwrap() == n)
+                .unwrap()
+                .content
+        };
+        let (main, master, dovecot) = (file("main.cf"), file("master.cf"), file("dovecot.conf"));
+        // 587 and 465: postfix's mandatory-TLS settings, which master.cf must not override.
+        assert_eq!(setting(main, "smtpd_tls_mandatory_protocols"), [">=TLSv1.2"]);
+        assert_eq!(setting(main, "smtpd_tls_mandatory_ciphers"), ["high"]);
+        assert_eq!(setting(main, "tls_high_cipherlist"), [MOZILLA_INTERMEDIATE]);
+        for service in ["submission", "submissions"] {
+            let block: String = master
+                .lines()
+                .skip_while(|l| !l.starts_with(&format!("{service} ")))
+                .skip(1)
+                .take_while(|l| l.starts_with("  -o "))
+                .collect();
+            assert!(block.contains("smtpd_sasl_auth_enable=yes"), "{service}: {block}");
+            assert!(!block.contains("cipher") && !block.contains("protocols"), "{service}: {block}");
+        }
+        assert!(master.contains("  -o smtpd_tls_wrappermode=yes\n"));
+        // 25: opportunistic, but never anonymous, NULL or export.
+        assert_eq!(setting(main, "smtpd_tls_protocols"), [">=TLSv1.2"]);
+        assert_eq!(setting(main, "smtpd_tls_ciphers"), ["medium"]);
+        assert_eq!(setting(main, "smtpd_tls_exclude_ciphers"), ["aNULL, eNULL, EXPORT"]);
+        // 993, 995, 143, 110
+        assert_eq!(setting(dovecot, "ssl_min_protocol"), ["TLSv1.2"], "{version}");
+        assert_eq!(setting(dovecot, "ssl_cipher_list"), [MOZILLA_INTERMEDIATE], "{version}");
+    }
+}
