@@ -326,12 +326,18 @@ let
     };
   };
 
+  # Mozilla's "intermediate" profile (guidelines 6.0): forward-secret AEAD suites
+  # for TLS 1.2 (TLS 1.3's are all such), as supervisor/src/render/templates has it.
+  mozillaIntermediate = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+
   dovecotCommon = {
     hostname = cfg.hostName;
     postmaster_address = "postmaster@${primaryDomain}";
     auth_verbose = true;
     ssl = "required";
     ssl_min_protocol = "TLSv1.2";
+    # Mozilla's "intermediate" TLS 1.2 suites (guidelines 6.0), as on Debian.
+    ssl_cipher_list = mozillaIntermediate;
     first_valid_uid = cfg.vmail.uid;
     last_valid_uid = cfg.vmail.uid;
     first_valid_gid = cfg.vmail.gid;
@@ -1267,6 +1273,22 @@ in
           smtpd_tls_auth_only = true;
           smtpd_tls_protocols = ">=TLSv1.2";
           smtpd_tls_mandatory_protocols = ">=TLSv1.2";
+          # Port 25: what the world's MTAs speak, but no anonymous, NULL or export
+          # suite; 587/465 (mandatory TLS, wrapper mode included): Mozilla's
+          # intermediate suites only.
+          smtpd_tls_ciphers = "medium";
+          smtpd_tls_exclude_ciphers = [
+            "aNULL"
+            "eNULL"
+            "EXPORT"
+          ];
+          smtpd_tls_mandatory_ciphers = "high";
+          smtpd_tls_mandatory_exclude_ciphers = [
+            "aNULL"
+            "eNULL"
+            "EXPORT"
+          ];
+          tls_high_cipherlist = mozillaIntermediate;
           smtpd_tls_loglevel = 1;
 
           smtp_tls_protocols = ">=TLSv1.2";
@@ -1474,6 +1496,7 @@ in
         };
         # The signing policy, as `postmaster render` writes it on Debian; it
         # includes the table of keys the daemon keeps.
+        locals."settings.conf".text = dkimLib.settingsConf { configFile = configPath; };
         locals."dkim_signing.conf".text = dkimLib.signingConf {
           configFile = configPath;
           # (null only with a failing assertion, which says so)

@@ -250,6 +250,9 @@ bad = []
 rendered = (d / "out-true/rspamd/local.d/dkim_signing.conf").read_text()
 if rendered != nix["signingConf"]:
     bad.append(f"dkim_signing.conf differs:\n--- postmaster render\n{rendered}--- nix/lib/dkim.nix\n{nix['signingConf']}")
+rendered = (d / "out-true/rspamd/local.d/settings.conf").read_text()
+if rendered != nix["settingsConf"]:
+    bad.append(f"settings.conf differs:\n--- postmaster render\n{rendered}--- nix/lib/dkim.nix\n{nix['settingsConf']}")
 for enabled, values in (("true", nix["postfixMain"]), ("false", nix["postfixMainOff"])):
     main = (d / f"out-{enabled}/postfix/main.cf").read_text().splitlines()
     for key, value in values.items():
@@ -274,7 +277,7 @@ print("\n".join(bad) or "nix/lib/dkim.nix gives what postmaster render writes (D
 sys.exit(1 if bad else 0)
 EOF
 }
-check "DKIM: nix/lib/dkim.nix as postmaster render (dkim_signing.conf, main.cf, master.cf)" dkim_as_render
+check "DKIM: nix/lib/dkim.nix as postmaster render (dkim_signing.conf, settings.conf, main.cf, master.cf)" dkim_as_render
 
 # The flake's outputs, without nixpkgs: a stub with just what the outputs
 # function touches before any value is asked for.

@@ -43,6 +43,10 @@ in
       RSPAMD_DOMAINS = "${generatedDir}/rspamd/dkim_domains.conf";
     };
 
+  # rspamd's local.d/settings.conf: what logged-in users submit and what the host
+  # sends itself is signed, not scanned.
+  settingsConf = { configFile }: fill "rspamd-settings.conf" { CONFIG_FILE = configFile; };
+
   # main.cf's "DKIM signing" block (templates/main.cf, as postfix_conf.rs fills
   # it): what is submitted and what postfix makes itself (sendmail, bounces) goes
   # through the milter; while it does not answer, such mail is refused with a

@@ -189,12 +189,13 @@ in
     };
     postfixMain = dkim.postfixMain {
       enabled = true;
-      milter = "inet:127.0.0.1:11332";
+      milter = "unix:rspamd/milter.sock";
     };
     postfixMainOff = dkim.postfixMain {
       enabled = false;
-      milter = "inet:127.0.0.1:11332";
+      milter = "unix:rspamd/milter.sock";
     };
+    settingsConf = dkim.settingsConf { configFile = "${workDir}/config.toml"; };
     inherit (dkim) submissionOptions;
   };
 }
