@@ -89,9 +89,12 @@ impl Daemon {
                             seen.insert(key.record_name(domain), dns.seen(domain, key).await);
                         }
                     }
-                    Err(why) => {
+                    Err(e) => {
                         for (domain, key) in &wanted {
-                            seen.insert(key.record_name(domain), dkim::Seen::Unknown(why.clone()));
+                            seen.insert(
+                                key.record_name(domain),
+                                dkim::Seen::Unknown(e.to_string()),
+                            );
                         }
                     }
                 }

@@ -18,17 +18,27 @@ pub struct Dns {
     resolver: Resolver<TokioRuntimeProvider>,
 }
 
+/// Why DNS cannot be asked at all (as opposed to a question without an answer,
+/// which is a [`Found`] error).
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("cannot read the resolver configuration (/etc/resolv.conf): {0}")]
+    Configuration(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot set up a resolver: {0}")]
+    Setup(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
 impl Dns {
     /// A resolver configured as the host's.
-    pub fn system() -> Result<Dns, String> {
-        let mut builder = Resolver::builder_tokio()
-            .map_err(|e| format!("cannot read the resolver configuration: {e}"))?;
+    pub fn system() -> Result<Dns, LookupError> {
+        let mut builder =
+            Resolver::builder_tokio().map_err(|e| LookupError::Configuration(Box::new(e)))?;
         // What the world sees is in DNS: /etc/hosts often names this very host
         // (127.0.1.1) and must not answer for it.
         builder.options_mut().use_hosts_file = ResolveHosts::Never;
         let resolver = builder
             .build()
-            .map_err(|e| format!("cannot set up a resolver: {e}"))?;
+            .map_err(|e| LookupError::Setup(Box::new(e)))?;
         Ok(Dns { resolver })
     }
 
@@ -104,7 +114,8 @@ pub async fn check(config: &Config, keys: &dkim::State, now: i64) -> Vec<(Record
     let mut records = super::records(config, keys, now);
     let dns = match Dns::system() {
         Ok(dns) => dns,
-        Err(why) => {
+        Err(e) => {
+            let why = e.to_string();
             return records
                 .into_iter()
                 .map(|r| (r, Verdict::Unknown(why.clone())))

@@ -253,3 +253,17 @@ fn what_dns_says_is_judged_exactly() {
         Verdict::Unknown("no answer from 127.0.0.1:53".into())
     );
 }
+
+#[test]
+fn a_resolver_that_cannot_be_set_up_says_why() {
+    let e = lookup::LookupError::Configuration(Box::new(std::io::Error::from_raw_os_error(2)));
+    assert_eq!(
+        e.to_string(),
+        "cannot read the resolver configuration (/etc/resolv.conf): No such file or directory (os error 2)"
+    );
+    let e = lookup::LookupError::Setup(Box::new(std::io::Error::from_raw_os_error(24)));
+    assert_eq!(
+        e.to_string(),
+        "cannot set up a resolver: Too many open files (os error 24)"
+    );
+}

@@ -293,7 +293,10 @@ fn password_ports_get_the_intermediate_profile_and_port_25_no_anonymous_suites()
         };
         let (main, master, dovecot) = (file("main.cf"), file("master.cf"), file("dovecot.conf"));
         // 587 and 465: postfix's mandatory-TLS settings, which master.cf must not override.
-        assert_eq!(setting(main, "smtpd_tls_mandatory_protocols"), [">=TLSv1.2"]);
+        assert_eq!(
+            setting(main, "smtpd_tls_mandatory_protocols"),
+            [">=TLSv1.2"]
+        );
         assert_eq!(setting(main, "smtpd_tls_mandatory_ciphers"), ["high"]);
         assert_eq!(setting(main, "tls_high_cipherlist"), [MOZILLA_INTERMEDIATE]);
         for service in ["submission", "submissions"] {
@@ -303,16 +306,33 @@ fn password_ports_get_the_intermediate_profile_and_port_25_no_anonymous_suites()
                 .skip(1)
                 .take_while(|l| l.starts_with("  -o "))
                 .collect();
-            assert!(block.contains("smtpd_sasl_auth_enable=yes"), "{service}: {block}");
-            assert!(!block.contains("cipher") && !block.contains("protocols"), "{service}: {block}");
+            assert!(
+                block.contains("smtpd_sasl_auth_enable=yes"),
+                "{service}: {block}"
+            );
+            assert!(
+                !block.contains("cipher") && !block.contains("protocols"),
+                "{service}: {block}"
+            );
         }
         assert!(master.contains("  -o smtpd_tls_wrappermode=yes\n"));
         // 25: opportunistic, but never anonymous, NULL or export.
         assert_eq!(setting(main, "smtpd_tls_protocols"), [">=TLSv1.2"]);
         assert_eq!(setting(main, "smtpd_tls_ciphers"), ["medium"]);
-        assert_eq!(setting(main, "smtpd_tls_exclude_ciphers"), ["aNULL, eNULL, EXPORT"]);
+        assert_eq!(
+            setting(main, "smtpd_tls_exclude_ciphers"),
+            ["aNULL, eNULL, EXPORT"]
+        );
         // 993, 995, 143, 110
-        assert_eq!(setting(dovecot, "ssl_min_protocol"), ["TLSv1.2"], "{version}");
-        assert_eq!(setting(dovecot, "ssl_cipher_list"), [MOZILLA_INTERMEDIATE], "{version}");
+        assert_eq!(
+            setting(dovecot, "ssl_min_protocol"),
+            ["TLSv1.2"],
+            "{version}"
+        );
+        assert_eq!(
+            setting(dovecot, "ssl_cipher_list"),
+            [MOZILLA_INTERMEDIATE],
+            "{version}"
+        );
     }
 }
