@@ -100,28 +100,8 @@ def is_anonymous(s: dict) -> bool:
     return s["name"].startswith(("ADH", "AECDH")) or "_anon_" in s["iana"]
 
 
-def weak_on_password_port(s: dict) -> list[str]:
-    """What a suite on a password port breaks of the profile."""
-    why = []
-    if s["proto"] not in ("tls1_2", "tls1_3"):
-        why.append("below TLS 1.2")
-    if is_anonymous(s):
-        why.append("anonymous")
-    if "NULL" in s["name"] or "_NULL_" in s["iana"]:
-        why.append("NULL")
-    if "EXP" in s["name"] or "EXPORT" in s["iana"]:
-        why.append("export")
-    if s["enc"].lower() not in AEAD:
-        why.append(f"not AEAD ({s['enc']})")
-    kx = s["kx"].strip()
-    if s["proto"] != "tls1_3" and not kx.startswith(("ECDH", "DH")):
-        why.append(f"no forward secrecy ({kx})")
-    if (bits := dh_bits(kx)) is not None and bits < 2048:
-        why.append(f"DH {bits}")
-    return why
-
-
 def weak_on_mx(s: dict) -> list[str]:
+    """What a suite on port 25 breaks of the floor every port keeps."""
     why = []
     if s["proto"] not in ("tls1_2", "tls1_3"):
         why.append("below TLS 1.2")
@@ -133,6 +113,18 @@ def weak_on_mx(s: dict) -> list[str]:
         why.append("export")
     if (bits := dh_bits(s["kx"])) is not None and bits < 2048:
         why.append(f"DH {bits}")
+    return why
+
+
+def weak_on_password_port(s: dict) -> list[str]:
+    """What a suite on a password port breaks of the profile: the floor, and AEAD
+    with forward secrecy only."""
+    why = weak_on_mx(s)
+    if s["enc"].lower() not in AEAD:
+        why.append(f"not AEAD ({s['enc']})")
+    kx = s["kx"].strip()
+    if s["proto"] != "tls1_3" and not kx.startswith(("ECDH", "DH")):
+        why.append(f"no forward secrecy ({kx})")
     return why
 
 
