@@ -74,6 +74,9 @@ def wait_mail_host_up(host) -> None:
         host.bed.wait_active(unit)
     for port in mailhost.PORTS:
         host.bed.wait_port(port)
+    # rspamd runs (Type=simple) seconds before it has loaded its rules and set up
+    # its signal handlers: a SIGHUP (its reload) before that ends it.
+    mailhost.wait_for_signer(host.bed)
 
 
 def journal_cursor(host) -> str:
