@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use super::Daemon;
 use crate::bus::Outcome;
 use crate::config::Config;
+use crate::dkim::store::DkimError;
 use crate::dkim::{self, Step};
 use crate::dns::lookup::Dns;
 use crate::pipeline;
@@ -113,7 +114,7 @@ impl Daemon {
     pub(super) fn dns_answered(&mut self, seen: Seen) {
         for (name, what) in &seen {
             if self.signing.seen.get(name) != Some(what) {
-                info!(record = %name, seen = ?what, "DKIM record in DNS");
+                info!(record = %name, found = %what, "DKIM record {name} in DNS: {what}");
             }
         }
         self.signing.seen = seen;
@@ -123,7 +124,7 @@ impl Daemon {
 
     /// Makes missing keys, switches to a pending key DNS shows, carries out
     /// `extra` (a rotation), and reloads rspamd when its table changed.
-    pub(super) async fn check_dkim(&mut self, extra: &[Step]) -> Result<Vec<String>, String> {
+    pub(super) async fn check_dkim(&mut self, extra: &[Step]) -> Result<Vec<String>, DkimError> {
         let config = self.resolved.config.clone();
         if !config.dkim.enabled {
             self.status.send_if_modified(|s| s.dkim.take().is_some());
@@ -156,7 +157,7 @@ impl Daemon {
                 if let Ok(state) = dkim::store::load(&config) {
                     self.show_dkim(&state);
                 }
-                Err(e.to_string())
+                Err(e)
             }
         };
         if outcome.is_err() {
@@ -243,7 +244,7 @@ impl Daemon {
                     errors: Vec::new(),
                 }
             }
-            Err(e) => refuse(e),
+            Err(e) => refuse(e.to_string()),
         }
     }
 
@@ -261,13 +262,11 @@ impl Daemon {
                         created: tls::format_rfc3339(dkim::unix_time(k.created)),
                         phase: dkim::describe_phase(k, now),
                         in_use: matches!(k.phase, dkim::Phase::Active { .. }),
-                        record: match self.signing.seen.get(&k.record_name(d)) {
-                            None => "not checked yet".into(),
-                            Some(dkim::Seen::Present) => "present".into(),
-                            Some(dkim::Seen::Missing) => "missing".into(),
-                            Some(dkim::Seen::Different(found)) => format!("different: {found}"),
-                            Some(dkim::Seen::Unknown(why)) => format!("unknown: {why}"),
-                        },
+                        record: self
+                            .signing
+                            .seen
+                            .get(&k.record_name(d))
+                            .map_or_else(|| "not checked yet".into(), ToString::to_string),
                     })
                     .collect();
                 keys.sort_by_key(|k| !k.in_use);

@@ -182,6 +182,19 @@ pub enum Seen {
     Unknown(String),
 }
 
+/// How `postmaster status` and the journal say it; [`crate::status::DkimKeyStatus`]
+/// reads the words "missing" and "different".
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Seen::Present => write!(f, "present"),
+            Seen::Missing => write!(f, "missing"),
+            Seen::Different(found) => write!(f, "different: {found}"),
+            Seen::Unknown(why) => write!(f, "unknown: {why}"),
+        }
+    }
+}
+
 /// Judges the TXT records found at a selector's name (each record's strings
 /// already joined) against the key.
 pub fn judge(key: &Key, found: &[String]) -> Seen {

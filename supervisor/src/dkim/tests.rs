@@ -268,3 +268,17 @@ fn made_keys_are_rsa_2048_and_their_record_matches() {
     };
     assert_eq!(judge(&k, &[k.record_text()]), Seen::Present);
 }
+
+#[test]
+fn what_dns_said_reads_as_the_status_shows_it() {
+    assert_eq!(Seen::Present.to_string(), "present");
+    assert_eq!(Seen::Missing.to_string(), "missing");
+    assert_eq!(
+        Seen::Different("v=DKIM1; p=X".into()).to_string(),
+        "different: v=DKIM1; p=X"
+    );
+    assert_eq!(
+        Seen::Unknown("timed out".into()).to_string(),
+        "unknown: timed out"
+    );
+}
