@@ -24,7 +24,7 @@
 //!   records a mail host needs (`postmaster dns`) and what DNS says about them.
 //! - [`acme`]: the ACME client, a module each: `account` (the account at the CA,
 //!   stored in the state directory), `order` (ordering, validation, download),
-//!   `http01` (the answers: the port 80 server, or a webroot), `schedule`
+//!   `http01` (the answers: the port 80 server on hyper, or a webroot), `schedule`
 //!   (when to renew: plan, back-off, the CA's renewal information).
 //! - [`cli`]: the `postmaster` command line.
 
