@@ -22,7 +22,10 @@
 //! - [`dkim`]: the DKIM keys postmaster makes, rotates only once DNS shows the new
 //!   one, and hands to rspamd (which signs as postfix's milter); [`dns`]: the
 //!   records a mail host needs (`postmaster dns`) and what DNS says about them.
-//! - [`acme`]: the ACME client: account, http-01 issuance, renewal planning.
+//! - [`acme`]: the ACME client, a module each: `account` (the account at the CA,
+//!   stored in the state directory), `order` (ordering, validation, download),
+//!   `http01` (the answers: the port 80 server on hyper, or a webroot), `schedule`
+//!   (when to renew: plan, back-off, the CA's renewal information).
 //! - [`cli`]: the `postmaster` command line.
 
 pub mod accounts;

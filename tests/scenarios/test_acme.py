@@ -8,7 +8,12 @@ A bed of its own (the other scenarios use a certificate from files).
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -169,6 +174,147 @@ def test_once_the_ca_is_back_the_next_retry_renews(acme_host, tmp_path):
     root = tmp_path / "root.pem"
     root.write_text(pebble_root(acme_host))
     assert set(served(acme_host, root).values()) == {s["certificate"]["fingerprint"]}
+
+
+# An attacker on port 80: holds N connections, each with half a request line sent,
+# and reopens those the daemon closes (every 0.2 s). Prints what it holds (after
+# reopening) and how many it opened in all, each second.
+FLOODER = r"""
+import select, socket, sys, time
+host, n = sys.argv[1], int(sys.argv[2])
+def open_one():
+    try:
+        s = socket.create_connection((host, 80), timeout=2)
+        s.sendall(b"GET /.well-known/acme-chall")
+        s.setblocking(False)
+        return s
+    except OSError:
+        return None
+held, reopened, printed = [], 0, 0.0
+while True:
+    held = [s for s in held if s is not None]
+    while len(held) < n:
+        s = open_one()
+        if s is None:
+            break
+        held.append(s)
+        reopened += 1
+    if time.monotonic() - printed >= 1:
+        printed = time.monotonic()
+        print(f"held={len(held)} opened={reopened}", flush=True)
+    readable, _, _ = select.select(held, [], [], 0.2)
+    for s in readable:  # closed by the daemon (EOF or reset): drop it, reopen next round
+        try:
+            if s.recv(1024):
+                continue
+        except OSError:
+            pass
+        s.close()
+        held.remove(s)
+"""
+FLOOD_EACH = 300
+
+
+def daemon_memory(bed, pid: int) -> dict:
+    """VmRSS and VmHWM of `pid` in the bed, in KiB."""
+    text = bed.run(["cat", f"/proc/{pid}/status"], check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M)}
+
+
+def daemon_cpu_seconds(bed, pid: int) -> float:
+    """User + system CPU time of `pid` in the bed so far."""
+    fields = bed.run(["cat", f"/proc/{pid}/stat"], check=True).stdout.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def port80_connections(bed) -> int:
+    """Established connections on port 80, daemon's side (accepted or queued)."""
+    out = bed.run(["ss", "-Htn", "state", "established", "( sport = :80 )"]).stdout
+    return len(out.splitlines())
+
+
+def test_a_flood_of_idle_connections_on_port_80_does_not_keep_the_ca_out(acme_host, tmp_path):
+    # FLOOD_EACH connections from inside the bed to 127.0.0.1:80 (the address pebble
+    # validates from and on), as many from the test host to the bed's address: more
+    # than the daemon keeps (512), each half a request, reopened when closed.
+    b = acme_host.bed
+    before = wait_obtained(acme_host)["certificate"]["fingerprint"]
+    pid = b.main_pid("postmaster.service")
+    restarts = b.systemctl("show", "-p", "NRestarts", "--value", "postmaster.service").strip()
+    t0 = time.monotonic()
+    quiet = b.run(["postmaster", "renew", "--force"], timeout=120)
+    quiet_took = time.monotonic() - t0
+    assert quiet.returncode == 0, quiet
+    before = wait_obtained(acme_host, previous=before)["certificate"]["fingerprint"]
+    mem_before = daemon_memory(b, pid)
+    cpu_before, flood_started = daemon_cpu_seconds(b, pid), time.monotonic()
+
+    b.run(["systemd-run", "--unit=flood80", "python3", "-c", FLOODER, "127.0.0.1", str(FLOOD_EACH)], check=True)
+    outside_log = tmp_path / "outside.log"
+    with open(outside_log, "w") as log:
+        outside = subprocess.Popen([sys.executable, "-c", FLOODER, b.ip, str(FLOOD_EACH)], stdout=log)
+    samples: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append((port80_connections(b), daemon_memory(b, pid)["VmRSS"]))
+            stop.wait(0.2)
+
+    try:
+        held = mc.wait_for("the flood on port 80", lambda: (n := port80_connections(b)) >= 400 and n, timeout=30)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        # Past the 5 s head deadline: the daemon closes the first wave, the flooders
+        # reopen, as an attacker who keeps at it would.
+        time.sleep(7)
+        t0 = time.monotonic()
+        out = b.run(["postmaster", "renew", "--force"], timeout=120)
+        took = time.monotonic() - t0
+        assert out.returncode == 0, (out, b.journal("postmaster.service", lines=30))
+        stop.set()
+        sampler.join()
+        mem_during = daemon_memory(b, pid)
+        cpu = daemon_cpu_seconds(b, pid) - cpu_before
+        flood_lasted = time.monotonic() - flood_started
+        inside = [line.split(": ")[-1] for line in b.journal("flood80.service").splitlines() if "held=" in line]
+        assert outside.poll() is None, outside_log.read_text()
+    finally:
+        stop.set()
+        outside.terminate()
+        outside.wait(timeout=10)
+        b.run(["systemctl", "stop", "flood80.service"])
+    s = wait_obtained(acme_host, previous=before)
+    root = tmp_path / "root.pem"
+    root.write_text(pebble_root(acme_host))
+    assert set(served(acme_host, root).values()) == {s["certificate"]["fingerprint"]}
+    # The flood was there and bigger than the daemon's limit: it closed idle ones.
+    assert "holds its limit of connections" in b.journal("postmaster.service")
+    # The daemon neither restarted nor grew without bound.
+    assert (b.main_pid("postmaster.service"), restarts) == (
+        pid, b.systemctl("show", "-p", "NRestarts", "--value", "postmaster.service").strip())
+    time.sleep(6)  # the flood's last connections reach their deadline
+    mem_after = daemon_memory(b, pid)
+    rss_peak = max(r for _, r in samples)
+    opened = sum(int(log[-1].split("opened=")[1]) for log in (inside, outside_log.read_text().splitlines()))
+    figures = {
+        "connections on :80 (daemon's side)": f"{held} when the flood was up, "
+        f"{min(n for n, _ in samples)}..{max(n for n, _ in samples)} from then until the renewal ended",
+        "flooders (last line)": f"inside {inside[-1] if inside else '?'}, "
+        f"outside {outside_log.read_text().splitlines()[-1]}",
+        "renew --force": f"{took:.2f} s during the flood, {quiet_took:.2f} s before it",
+        "daemon VmRSS KiB": f"before {mem_before['VmRSS']}, during max {rss_peak} "
+        f"(HWM {mem_during['VmHWM']}), after {mem_after['VmRSS']}",
+        "connections the flooders opened in all": opened,
+        "daemon CPU during the flood": f"{cpu:.2f} s in {flood_lasted:.1f} s",
+        "port 80 now": port80_connections(b),
+    }
+    print("\nflood figures:", json.dumps(figures, indent=1))
+    assert took < 30, figures
+    # The flood went on past the daemon's deadlines: the flooders had to reopen.
+    assert opened > 2 * FLOOD_EACH + 100, figures
+    # 512 connections at ~10 KiB each while reading a head: 5 MiB; 16 MiB is the bound.
+    assert rss_peak - mem_before["VmRSS"] < 16 * 1024, figures
 
 
 def test_issuance_through_a_webroot_another_web_server_serves(acme_host, tmp_path):
