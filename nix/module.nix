@@ -1532,7 +1532,8 @@ in
         socketConfig = {
           FileDescriptorName = "acme-http";
           Service = "postmaster.service";
-          Backlog = 64;
+          Backlog = 512; # as units/postmaster-acme.socket
+
         };
       };
     })
