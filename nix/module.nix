@@ -1533,7 +1533,6 @@ in
           FileDescriptorName = "acme-http";
           Service = "postmaster.service";
           Backlog = 512; # as units/postmaster-acme.socket
-
         };
       };
     })
