@@ -137,6 +137,7 @@ let
           inherit milter;
           keep_published_days = cfg.dkim.keepPublishedDays;
           dns_check_seconds = cfg.dkim.dnsCheckSeconds;
+          inherit (cfg.dkim) ed25519;
         }
         // optionalAttrs (cfg.dkim.rotateAfterDays != null) {
           rotate_after_days = cfg.dkim.rotateAfterDays;
@@ -894,6 +895,14 @@ in
         type = types.ints.positive;
         default = 300;
         description = "How often DNS is asked about the selectors, in seconds.";
+      };
+      ed25519 = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Also sign with an Ed25519 key (RFC 8463), a second signature beside the
+          RSA one; `postmaster dns` then lists its record too.
+        '';
       };
     };
 

@@ -66,6 +66,8 @@ pub struct Dkim {
     /// How often DNS is asked about the selectors (a new one before it is used,
     /// the one in use for `postmaster status`).
     pub dns_check_seconds: u64,
+    /// Also sign with an Ed25519 key (RFC 8463), beside the RSA signature.
+    pub ed25519: bool,
 }
 
 /// What `postmaster dns` prints and checks besides the DKIM keys.
@@ -527,6 +529,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
                 "rotate_after_days",
                 "keep_published_days",
                 "dns_check_seconds",
+                "ed25519",
             ],
         );
         let milter = s.str("milter").unwrap_or_else(|| DEFAULT_MILTER.into());
@@ -571,6 +574,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             rotate_after_days,
             keep_published_days,
             dns_check_seconds: dns_check_seconds.max(1),
+            ed25519: s.bool("ed25519").unwrap_or(false),
         }
     };
 

@@ -127,7 +127,7 @@ pub fn apply_dkim(
         &state,
         &config.domains,
         seen,
-        dkim::Policy::from_config(&config.dkim),
+        &dkim::Policy::from_config(&config.dkim),
         now,
     );
     done.extend(dkim::store::carry_out(config, &mut state, &planned, now)?);
@@ -206,6 +206,7 @@ mod tests {
         // A rotation: the new key waits; rspamd's table keeps the old one.
         let rotate = [dkim::Step::Generate {
             domain: "example.org".into(),
+            algorithm: dkim::Algorithm::Rsa2048,
             activate: false,
         }];
         let rotated = apply_dkim(&config, &BTreeMap::new(), &rotate).unwrap();

@@ -162,8 +162,7 @@ def test_rotation_waits_for_dns_then_switches_and_the_old_key_still_verifies(
     # The user publishes what `postmaster dns` prints now (both selectors).
     zone = mailhost.dns_zones(host)["example.org"]
     assert f"{new['selector']}._domainkey.example.org." in zone and f"{old}._domainkey.example.org." in zone
-    world.set_baseline("example.org", zone)
-    dns_published["example.org"] = zone
+    publish_what_postmaster_prints(host, world, dns_published)
     mc.wait_for("the switch to the new key", lambda: in_use(host, "example.org")["selector"] == new["selector"], 20)
     keys = {k["selector"]: k for k in dkim_keys(host, "example.org")}
     assert keys[old]["phase"].startswith("replaced; keep published until "), keys
@@ -215,3 +214,55 @@ def test_rspamd_stopped_submission_is_refused_for_later_and_nothing_leaves_unsig
     verdict = world.verify(world.wait_message(lambda m: m["Subject"] == subject))
     assert verdict["dkim"] == "pass", verdict
     assert host.bed.run(["postmaster", "status"]).returncode == 0
+
+
+def signed_with(world, server, thomas, what: str, want: set[str], timeout: float = 60) -> dict:
+    """Sends until the message arrives signed with exactly the selectors `want`
+    (rspamd's reloaded workers take seconds); every message must verify."""
+    deadline = time.monotonic() + timeout
+    while True:
+        subject = send_out(server, thomas, "thomas@example.org", what)
+        verdict = world.verify(world.wait_message(lambda m: m["Subject"] == subject))
+        assert all(s["result"] == "pass" for s in verdict["dkim_signatures"]), verdict
+        if {s["s"] for s in verdict["dkim_signatures"]} == want:
+            return verdict
+        assert time.monotonic() < deadline, verdict
+        time.sleep(1)
+
+
+def publish_what_postmaster_prints(host, world, dns_published: dict) -> None:
+    for zone, records in mailhost.dns_zones(host).items():
+        if zone in world.zones:
+            world.set_baseline(zone, records)
+            dns_published[zone] = records
+
+
+def test_ed25519_on_request_adds_a_second_signature(host, world, server, thomas, dns_published):
+    config = host.bed.path("/etc/postmaster/config.toml")
+    before = config.read_text()
+    assert before.rstrip().splitlines()[-1].startswith("dns_check_seconds"), "[dkim] is the last table"
+    rsa = in_use(host, "example.org")["selector"]
+    try:
+        config.write_text(before + "ed25519 = true\n")
+        out = host.bed.run(["postmaster", "reload"])
+        assert out.returncode == 0, out.stdout + out.stderr
+        keys = dkim_keys(host, "example.org")
+        ed = [k for k in keys if k["in_use"] and k["selector"] != rsa]
+        assert len(ed) == 1, keys
+        # Published as `postmaster dns` prints it: k=ed25519 and the raw key.
+        publish_what_postmaster_prints(host, world, dns_published)
+        zone = dns_published["example.org"]
+        assert f'{ed[0]["selector"]}._domainkey.example.org. 3600 IN TXT "v=DKIM1; k=ed25519; p=' in zone, zone
+        verdict = signed_with(world, server, thomas, "with ed25519", {rsa, ed[0]["selector"]})
+        assert verdict["dkim"] == "pass" and verdict["dmarc_aligned"], verdict
+        assert host.bed.run(["postmaster", "dns", "--check"]).returncode == 0
+    finally:
+        config.write_text(before)
+        host.bed.run(["postmaster", "reload"], check=True)
+        publish_what_postmaster_prints(host, world, dns_published)
+    # Off again: RSA alone; the Ed25519 record is still listed, to be kept while
+    # mail signed with it may be on its way.
+    signed_with(world, server, thomas, "ed25519 off again", {rsa})
+    retiring = next(k for k in dkim_keys(host, "example.org") if k["selector"] == ed[0]["selector"])
+    assert retiring["phase"].startswith("replaced; keep published until "), retiring
+    assert host.bed.run(["postmaster", "dns", "--check"]).returncode == 0

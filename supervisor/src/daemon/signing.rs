@@ -71,11 +71,12 @@ impl Daemon {
             }
         };
         let now = dkim::unix_now();
+        let algorithms = dkim::Algorithm::enabled(&config.dkim);
         let wanted: Vec<(String, dkim::Key)> = config
             .domains
             .iter()
             .flat_map(|d| {
-                dkim::published(&state, d, now)
+                dkim::published(&state, d, now, &algorithms)
                     .into_iter()
                     .map(move |k| (d.clone(), k))
             })
@@ -193,10 +194,12 @@ impl Daemon {
             Ok(state) => state,
             Err(e) => return refuse(e.to_string()),
         };
+        let algorithms = dkim::Algorithm::enabled(&config.dkim);
         let waiting: Vec<String> = domains
             .iter()
-            .filter_map(|d| {
-                state.pending(d).map(|k| {
+            .flat_map(|d| algorithms.iter().map(move |a| (d, *a)))
+            .filter_map(|(d, a)| {
+                state.pending_of(d, a).map(|k| {
                     format!(
                         "{d}: key {} is still waiting for its DNS record {}; publish it (postmaster dns prints it)",
                         k.selector,
@@ -214,9 +217,11 @@ impl Daemon {
         }
         let steps: Vec<Step> = domains
             .iter()
-            .map(|d| Step::Generate {
+            .flat_map(|d| algorithms.iter().map(move |a| (d, *a)))
+            .map(|(d, algorithm)| Step::Generate {
                 domain: d.clone(),
-                activate: state.active(d).is_none(),
+                algorithm,
+                activate: state.active_of(d, algorithm).is_none(),
             })
             .collect();
         match self.check_dkim(&steps).await {
@@ -224,7 +229,8 @@ impl Daemon {
                 let state = dkim::store::load(&config).unwrap_or_default();
                 let publish: Vec<String> = domains
                     .iter()
-                    .filter_map(|d| state.pending(d).map(|k| (d, k)))
+                    .flat_map(|d| algorithms.iter().map(move |a| (d, *a)))
+                    .filter_map(|(d, a)| state.pending_of(d, a).map(|k| (d, k)))
                     .map(|(d, k)| {
                         format!("publish {}. TXT \"{}\"", k.record_name(d), k.record_text())
                     })
@@ -251,11 +257,12 @@ impl Daemon {
     fn show_dkim(&mut self, state: &dkim::State) {
         let config = &self.resolved.config;
         let now = dkim::unix_now();
+        let algorithms = dkim::Algorithm::enabled(&config.dkim);
         let domains = config
             .domains
             .iter()
             .map(|d| {
-                let mut keys: Vec<DkimKeyStatus> = dkim::published(state, d, now)
+                let mut keys: Vec<DkimKeyStatus> = dkim::published(state, d, now, &algorithms)
                     .iter()
                     .map(|k| DkimKeyStatus {
                         selector: k.selector.clone(),

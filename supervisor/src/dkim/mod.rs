@@ -42,6 +42,10 @@ pub struct Key {
 pub enum Algorithm {
     #[serde(rename = "rsa-2048")]
     Rsa2048,
+    /// A second signature beside the RSA one (RFC 8463), on request: receivers
+    /// that do not know Ed25519 ignore it and verify the RSA signature.
+    #[serde(rename = "ed25519")]
+    Ed25519,
 }
 
 impl Algorithm {
@@ -49,7 +53,18 @@ impl Algorithm {
     pub fn dns_tag(self) -> &'static str {
         match self {
             Algorithm::Rsa2048 => "rsa",
+            Algorithm::Ed25519 => "ed25519",
         }
+    }
+
+    /// The algorithms the configuration signs with: RSA always, Ed25519 too
+    /// when asked for.
+    pub fn enabled(dkim: &crate::config::Dkim) -> Vec<Algorithm> {
+        let mut algorithms = vec![Algorithm::Rsa2048];
+        if dkim.ed25519 {
+            algorithms.push(Algorithm::Ed25519);
+        }
+        algorithms
     }
 }
 
@@ -91,14 +106,25 @@ impl State {
         self.domains.get(domain).map_or(&[], Vec::as_slice)
     }
 
+    /// The RSA key in use (every domain has one once postmaster made it).
     pub fn active(&self, domain: &str) -> Option<&Key> {
-        self.keys(domain)
-            .iter()
-            .find(|k| matches!(k.phase, Phase::Active { .. }))
+        self.active_of(domain, Algorithm::Rsa2048)
     }
 
     pub fn pending(&self, domain: &str) -> Option<&Key> {
-        self.keys(domain).iter().find(|k| k.phase == Phase::Pending)
+        self.pending_of(domain, Algorithm::Rsa2048)
+    }
+
+    pub fn active_of(&self, domain: &str, algorithm: Algorithm) -> Option<&Key> {
+        self.keys(domain)
+            .iter()
+            .find(|k| k.algorithm == algorithm && matches!(k.phase, Phase::Active { .. }))
+    }
+
+    pub fn pending_of(&self, domain: &str, algorithm: Algorithm) -> Option<&Key> {
+        self.keys(domain)
+            .iter()
+            .find(|k| k.algorithm == algorithm && k.phase == Phase::Pending)
     }
 
     /// Puts a new key in; `activate` makes it the one in use at once (a domain's
@@ -128,16 +154,17 @@ impl State {
         let Some(keys) = self.domains.get_mut(domain) else {
             return false;
         };
-        if !keys
+        let Some(algorithm) = keys
             .iter()
-            .any(|k| k.selector == selector && k.phase == Phase::Pending)
-        {
+            .find(|k| k.selector == selector && k.phase == Phase::Pending)
+            .map(|k| k.algorithm)
+        else {
             return false;
-        }
+        };
         for k in keys.iter_mut() {
             if k.selector == selector {
                 k.phase = Phase::Active { since: now };
-            } else if matches!(k.phase, Phase::Active { .. }) {
+            } else if k.algorithm == algorithm && matches!(k.phase, Phase::Active { .. }) {
                 k.phase = Phase::Retiring {
                     since: now,
                     until: now + keep_published,
@@ -145,6 +172,26 @@ impl State {
             }
         }
         true
+    }
+
+    /// A key no longer used: its record must stay published for `keep_published`
+    /// more seconds. Returns false when there is no such key in use or waiting.
+    pub fn retire(&mut self, domain: &str, selector: &str, now: i64, keep_published: i64) -> bool {
+        let key = self
+            .domains
+            .get_mut(domain)
+            .and_then(|keys| keys.iter_mut().find(|k| k.selector == selector))
+            .filter(|k| !matches!(k.phase, Phase::Retiring { .. }));
+        match key {
+            Some(k) => {
+                k.phase = Phase::Retiring {
+                    since: now,
+                    until: now + keep_published,
+                };
+                true
+            }
+            None => false,
+        }
     }
 
     /// A selector no key of `domain` has had: `pm` and the date, then a letter.
@@ -235,19 +282,29 @@ fn tags(text: &str) -> BTreeMap<String, String> {
 /// The next thing to do for one domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// Make a key; `activate`: use it at once (the domain has none in use).
-    Generate { domain: String, activate: bool },
+    /// Make a key; `activate`: use it at once (the domain has none of that
+    /// algorithm in use).
+    Generate {
+        domain: String,
+        algorithm: Algorithm,
+        activate: bool,
+    },
     /// DNS shows the pending key: use it.
     Activate { domain: String, selector: String },
+    /// A key of an algorithm no longer signed with (Ed25519 turned off): no longer
+    /// used, its record kept published while mail signed with it is on its way.
+    Retire { domain: String, selector: String },
 }
 
 /// When keys are replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Seconds after which the key in use is rotated on its own.
     pub rotate_after: Option<i64>,
     /// Seconds a replaced key stays published.
     pub keep_published: i64,
+    /// What mail is signed with.
+    pub algorithms: Vec<Algorithm>,
 }
 
 impl Policy {
@@ -256,6 +313,7 @@ impl Policy {
         Policy {
             rotate_after: dkim.rotate_after_days.map(|d| i64::from(d) * DAY),
             keep_published: i64::from(dkim.keep_published_days) * DAY,
+            algorithms: Algorithm::enabled(dkim),
         }
     }
 }
@@ -266,56 +324,86 @@ pub fn plan(
     state: &State,
     domains: &[String],
     seen: &BTreeMap<String, Seen>,
-    policy: Policy,
+    policy: &Policy,
     now: i64,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     for domain in domains {
-        let active = state.active(domain);
-        let pending = state.pending(domain);
-        match (active, pending) {
-            (None, None) => steps.push(Step::Generate {
-                domain: domain.clone(),
-                activate: true,
-            }),
-            // A pending key without one in use (its predecessor was lost): nothing
-            // signs for the domain, so waiting for DNS gains nothing.
-            (None, Some(p)) => steps.push(Step::Activate {
-                domain: domain.clone(),
-                selector: p.selector.clone(),
-            }),
-            (Some(_), Some(p)) => {
-                if seen.get(&p.record_name(domain)) == Some(&Seen::Present) {
-                    steps.push(Step::Activate {
-                        domain: domain.clone(),
-                        selector: p.selector.clone(),
-                    });
-                }
-            }
-            (Some(a), None) => {
-                let since = match a.phase {
-                    Phase::Active { since } => since,
-                    _ => a.created,
-                };
-                if policy.rotate_after.is_some_and(|r| now >= since + r) {
-                    steps.push(Step::Generate {
-                        domain: domain.clone(),
-                        activate: false,
-                    });
-                }
-            }
+        for &algorithm in &policy.algorithms {
+            steps.extend(plan_key(state, domain, algorithm, seen, policy, now));
         }
+        steps.extend(
+            state
+                .keys(domain)
+                .iter()
+                .filter(|k| !policy.algorithms.contains(&k.algorithm))
+                .filter(|k| !matches!(k.phase, Phase::Retiring { .. }))
+                .map(|k| Step::Retire {
+                    domain: domain.clone(),
+                    selector: k.selector.clone(),
+                }),
+        );
     }
     steps
 }
 
+/// What to do for one domain's keys of one algorithm.
+fn plan_key(
+    state: &State,
+    domain: &str,
+    algorithm: Algorithm,
+    seen: &BTreeMap<String, Seen>,
+    policy: &Policy,
+    now: i64,
+) -> Option<Step> {
+    let active = state.active_of(domain, algorithm);
+    let pending = state.pending_of(domain, algorithm);
+    let domain = domain.to_string();
+    match (active, pending) {
+        (None, None) => Some(Step::Generate {
+            domain,
+            algorithm,
+            activate: true,
+        }),
+        // A pending key without one in use (its predecessor was lost): nothing
+        // signs for the domain, so waiting for DNS gains nothing.
+        (None, Some(p)) => Some(Step::Activate {
+            selector: p.selector.clone(),
+            domain,
+        }),
+        (Some(_), Some(p)) => {
+            (seen.get(&p.record_name(&domain)) == Some(&Seen::Present)).then(|| Step::Activate {
+                selector: p.selector.clone(),
+                domain,
+            })
+        }
+        (Some(a), None) => {
+            let since = match a.phase {
+                Phase::Active { since } => since,
+                _ => a.created,
+            };
+            policy
+                .rotate_after
+                .is_some_and(|r| now >= since + r)
+                .then_some(Step::Generate {
+                    domain,
+                    algorithm,
+                    activate: false,
+                })
+        }
+    }
+}
+
 /// The selectors whose records should be in DNS now (in use, waiting to be used,
-/// or replaced but still needed), per domain: what the daemon asks DNS about and
-/// `postmaster dns` prints.
-pub fn published(state: &State, domain: &str, now: i64) -> Vec<Key> {
+/// or replaced but still needed), of the algorithms signed with, per domain: what
+/// the daemon asks DNS about and `postmaster dns` prints.
+pub fn published(state: &State, domain: &str, now: i64, algorithms: &[Algorithm]) -> Vec<Key> {
     state
         .keys(domain)
         .iter()
+        // A retiring key stays listed whatever signs now: mail signed with it is
+        // still on its way.
+        .filter(|k| algorithms.contains(&k.algorithm) || matches!(k.phase, Phase::Retiring { .. }))
         .filter(|k| match k.phase {
             Phase::Retiring { until, .. } => now < until,
             _ => true,
@@ -350,23 +438,38 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// rspamd's `dkim_signing` domain table: the key in use for each of `domains`.
-/// A domain without one is absent, so rspamd does not sign for it (the static
-/// part of the configuration turns off every fallback key).
-pub fn rspamd_domains(state: &State, domains: &[String], key_dir: &Path) -> String {
+/// rspamd's `dkim_signing` domain table: the keys in use for each of `domains`,
+/// one per algorithm signed with (RSA first). A domain without one is absent, so
+/// rspamd does not sign for it (the static part of the configuration turns off
+/// every fallback key).
+pub fn rspamd_domains(
+    state: &State,
+    domains: &[String],
+    key_dir: &Path,
+    algorithms: &[Algorithm],
+) -> String {
     let mut out = String::from(
         "# rspamd dkim_signing: the key each hosted domain is signed with.\n\
          # Generated by postmaster; it changes when a rotation completes.\n\
          domain {\n",
     );
     for domain in domains {
-        if let Some(key) = state.active(domain) {
+        let keys: Vec<&Key> = algorithms
+            .iter()
+            .filter_map(|a| state.active_of(domain, *a))
+            .collect();
+        if keys.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("  \"{domain}\" {{\n    selectors [\n"));
+        for key in keys {
             out.push_str(&format!(
-                "  \"{domain}\" {{\n    selectors [\n      {{\n        path = \"{}\";\n        selector = \"{}\";\n      }}\n    ];\n  }}\n",
+                "      {{\n        path = \"{}\";\n        selector = \"{}\";\n      }}\n",
                 key_dir.join(key.file_name(domain)).display(),
                 key.selector
             ));
         }
+        out.push_str("    ];\n  }\n");
     }
     out.push_str("}\n");
     out

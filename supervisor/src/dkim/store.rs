@@ -65,9 +65,25 @@ fn save(config: &Config, state: &State) -> Result<(), DkimError> {
     Ok(())
 }
 
-/// A new RSA-2048 key: (private key PEM, PKCS#8; public key for DNS, base64 DER).
+/// A new key: (the private key file's content as rspamd reads it; the public key
+/// for DNS). RSA: PKCS#8 PEM, and base64 of the DER SubjectPublicKeyInfo. Ed25519
+/// (RFC 8463): base64 of the 32-byte seed followed by the 32-byte public key,
+/// rspamd's format, and base64 of the raw public key.
 pub fn generate(algorithm: Algorithm) -> Result<(String, String), DkimError> {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     match algorithm {
+        Algorithm::Ed25519 => {
+            let mut seed = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
+            let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+                .map_err(|e| DkimError::KeyGeneration(e.to_string()))?;
+            let public = ring::signature::KeyPair::public_key(&pair)
+                .as_ref()
+                .to_vec();
+            let mut secret = seed.to_vec();
+            secret.extend_from_slice(&public);
+            Ok((format!("{}\n", b64(&secret)), b64(&public)))
+        }
         Algorithm::Rsa2048 => {
             let mut rng = rsa::rand_core::OsRng;
             let private = rsa::RsaPrivateKey::new(&mut rng, 2048)
@@ -79,10 +95,7 @@ pub fn generate(algorithm: Algorithm) -> Result<(String, String), DkimError> {
                 .to_public_key()
                 .to_public_key_der()
                 .map_err(|e| DkimError::KeyGeneration(e.to_string()))?;
-            Ok((
-                pem.to_string(),
-                base64::engine::general_purpose::STANDARD.encode(der.as_bytes()),
-            ))
+            Ok((pem.to_string(), b64(der.as_bytes())))
         }
     }
 }
@@ -100,12 +113,16 @@ pub fn carry_out(
     let mut done = Vec::new();
     for step in steps {
         match step {
-            Step::Generate { domain, activate } => {
+            Step::Generate {
+                domain,
+                algorithm,
+                activate,
+            } => {
                 // Made by tmpfiles (or the NixOS module) as root: postmaster
                 // cannot give a directory rspamd's group itself.
                 let dir = config.dkim_key_dir();
                 check_key_directory(&dir)?;
-                let algorithm = Algorithm::Rsa2048;
+                let algorithm = *algorithm;
                 let (pem, public_key) = generate(algorithm)?;
                 let key = Key {
                     selector: state.new_selector(domain, now),
@@ -136,6 +153,14 @@ pub fn carry_out(
                     done.push(format!("{domain}: switched to key {selector}"));
                 }
             }
+            Step::Retire { domain, selector } => {
+                if state.retire(domain, selector, now, policy.keep_published) {
+                    done.push(format!(
+                        "{domain}: key {selector} no longer used; keep its record published until {}",
+                        super::fmt_time(now + policy.keep_published)
+                    ));
+                }
+            }
         }
         save(config, state)?;
     }
@@ -154,7 +179,12 @@ pub fn write_rspamd_domains(config: &Config, state: &State) -> Result<bool, Dkim
             source,
         })
     })?;
-    let text = super::rspamd_domains(state, &config.domains, &config.dkim_key_dir());
+    let text = super::rspamd_domains(
+        state,
+        &config.domains,
+        &config.dkim_key_dir(),
+        &Algorithm::enabled(&config.dkim),
+    );
     Ok(apply::write_atomic(&path, text.as_bytes(), 0o644, None)?)
 }
 

@@ -20,6 +20,7 @@ fn policy(rotate_after_days: Option<i64>) -> Policy {
     Policy {
         rotate_after: rotate_after_days.map(|d| d * DAY),
         keep_published: 7 * DAY,
+        algorithms: vec![Algorithm::Rsa2048],
     }
 }
 
@@ -40,9 +41,10 @@ fn a_domain_without_a_key_gets_one_in_use_at_once() {
         vec![key("pm1", "AAA", Phase::Active { since: NOW - DAY })],
     );
     assert_eq!(
-        plan(&s, &domains(), &BTreeMap::new(), policy(None), NOW),
+        plan(&s, &domains(), &BTreeMap::new(), &policy(None), NOW),
         vec![Step::Generate {
             domain: "example.net".into(),
+            algorithm: Algorithm::Rsa2048,
             activate: true
         }]
     );
@@ -67,14 +69,14 @@ fn a_pending_key_is_used_only_once_dns_shows_exactly_it() {
     ] {
         let seen: BTreeMap<String, Seen> = seen.into_iter().map(|s| (name.clone(), s)).collect();
         assert_eq!(
-            plan(&s, &domains, &seen, policy(None), NOW),
+            plan(&s, &domains, &seen, &policy(None), NOW),
             vec![],
             "{seen:?}"
         );
     }
     let seen = BTreeMap::from([(name, Seen::Present)]);
     assert_eq!(
-        plan(&s, &domains, &seen, policy(None), NOW),
+        plan(&s, &domains, &seen, &policy(None), NOW),
         vec![Step::Activate {
             domain: "example.org".into(),
             selector: "pm2".into()
@@ -103,7 +105,7 @@ fn activating_retires_the_old_key_for_the_time_mail_is_in_flight() {
     );
     // Published while needed, then no longer listed.
     let listed = |now| -> Vec<String> {
-        published(&s, "example.org", now)
+        published(&s, "example.org", now, &[Algorithm::Rsa2048])
             .into_iter()
             .map(|k| k.selector)
             .collect()
@@ -134,17 +136,18 @@ fn rotation_on_a_schedule_starts_when_the_key_is_old_enough() {
     );
     let domains = vec!["example.org".to_string()];
     assert_eq!(
-        plan(&s, &domains, &BTreeMap::new(), policy(None), NOW),
+        plan(&s, &domains, &BTreeMap::new(), &policy(None), NOW),
         vec![]
     );
     assert_eq!(
-        plan(&s, &domains, &BTreeMap::new(), policy(Some(31)), NOW),
+        plan(&s, &domains, &BTreeMap::new(), &policy(Some(31)), NOW),
         vec![]
     );
     assert_eq!(
-        plan(&s, &domains, &BTreeMap::new(), policy(Some(30)), NOW),
+        plan(&s, &domains, &BTreeMap::new(), &policy(Some(30)), NOW),
         vec![Step::Generate {
             domain: "example.org".into(),
+            algorithm: Algorithm::Rsa2048,
             activate: false
         }]
     );
@@ -218,7 +221,12 @@ fn rspamd_signs_each_domain_with_its_key_in_use_only() {
         "gone.example".into(),
         vec![key("pm1", "X", Phase::Active { since: NOW })],
     );
-    let text = rspamd_domains(&s, &domains(), Path::new("/var/lib/postmaster/dkim"));
+    let text = rspamd_domains(
+        &s,
+        &domains(),
+        Path::new("/var/lib/postmaster/dkim"),
+        &[Algorithm::Rsa2048, Algorithm::Ed25519],
+    );
     assert_eq!(
         text,
         "# rspamd dkim_signing: the key each hosted domain is signed with.\n\
@@ -281,4 +289,112 @@ fn what_dns_said_reads_as_the_status_shows_it() {
         Seen::Unknown("timed out".into()).to_string(),
         "unknown: timed out"
     );
+}
+
+fn ed(selector: &str, public_key: &str, phase: Phase) -> Key {
+    Key {
+        algorithm: Algorithm::Ed25519,
+        ..key(selector, public_key, phase)
+    }
+}
+
+#[test]
+fn ed25519_on_request_is_a_second_key_with_a_life_of_its_own() {
+    let s = state_with(
+        "example.org",
+        vec![key("pm1", "RSA", Phase::Active { since: NOW - DAY })],
+    );
+    let both = Policy {
+        algorithms: vec![Algorithm::Rsa2048, Algorithm::Ed25519],
+        ..policy(None)
+    };
+    let domains = vec!["example.org".to_string()];
+    // Asked for: a first Ed25519 key, in use at once, beside the RSA one.
+    assert_eq!(
+        plan(&s, &domains, &BTreeMap::new(), &both, NOW),
+        vec![Step::Generate {
+            domain: "example.org".into(),
+            algorithm: Algorithm::Ed25519,
+            activate: true
+        }]
+    );
+    // Its rotation replaces the Ed25519 key only.
+    let mut s = state_with(
+        "example.org",
+        vec![
+            key("pm1", "RSA", Phase::Active { since: NOW - DAY }),
+            ed("pm2", "ED", Phase::Active { since: NOW - DAY }),
+            ed("pm3", "ED2", Phase::Pending),
+        ],
+    );
+    assert!(s.activate("example.org", "pm3", NOW, 7 * DAY));
+    assert_eq!(s.active("example.org").unwrap().selector, "pm1");
+    assert_eq!(
+        s.active_of("example.org", Algorithm::Ed25519)
+            .unwrap()
+            .selector,
+        "pm3"
+    );
+    assert!(matches!(
+        s.keys("example.org")[1].phase,
+        Phase::Retiring { .. }
+    ));
+    // rspamd signs with both keys in use, RSA first; without Ed25519 asked for,
+    // only the RSA one, and its record is no longer listed.
+    let text = rspamd_domains(&s, &domains, Path::new("/k"), &both.algorithms);
+    assert!(text.contains("selector = \"pm1\";\n      }\n      {\n        path = \"/k/example.org.pm3.key\";\n        selector = \"pm3\";"), "{text}");
+    let rsa_only = rspamd_domains(&s, &domains, Path::new("/k"), &[Algorithm::Rsa2048]);
+    assert!(!rsa_only.contains("pm3"), "{rsa_only}");
+    // Turned off: the Ed25519 key in use retires (its record stays listed while
+    // mail signed with it may be on its way), the RSA one is untouched.
+    let rsa = Policy {
+        algorithms: vec![Algorithm::Rsa2048],
+        ..policy(None)
+    };
+    let steps = plan(&s, &domains, &BTreeMap::new(), &rsa, NOW);
+    assert_eq!(
+        steps,
+        vec![Step::Retire {
+            domain: "example.org".into(),
+            selector: "pm3".into()
+        }]
+    );
+    assert!(s.retire("example.org", "pm3", NOW, 7 * DAY));
+    assert!(
+        !s.retire("example.org", "pm3", NOW, 7 * DAY),
+        "retired once"
+    );
+    assert_eq!(plan(&s, &domains, &BTreeMap::new(), &rsa, NOW), vec![]);
+    let listed = |now| -> Vec<String> {
+        published(&s, "example.org", now, &[Algorithm::Rsa2048])
+            .into_iter()
+            .map(|k| k.selector)
+            .collect()
+    };
+    assert_eq!(listed(NOW), vec!["pm1", "pm2", "pm3"]);
+    assert_eq!(listed(NOW + 7 * DAY), vec!["pm1"]);
+}
+
+#[test]
+fn made_ed25519_keys_are_what_rspamd_and_dns_expect() {
+    use base64::Engine;
+    let (secret, public) = store::generate(Algorithm::Ed25519).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    // rspamd: one base64 line, the 32-byte seed and the 32-byte public key.
+    let raw = b64.decode(secret.trim_end()).unwrap();
+    assert_eq!(raw.len(), 64);
+    assert!(secret.ends_with('\n') && !secret.trim_end().contains('\n'));
+    // DNS (RFC 8463): p= is the raw 32-byte public key, the second half of it.
+    assert_eq!(b64.decode(&public).unwrap(), raw[32..]);
+    let k = Key {
+        public_key: public.clone(),
+        ..ed("pm1", "", Phase::Pending)
+    };
+    assert_eq!(k.record_text(), format!("v=DKIM1; k=ed25519; p={public}"));
+    assert_eq!(judge(&k, &[k.record_text()]), Seen::Present);
+    // The same key published as RSA is not it.
+    assert!(matches!(
+        judge(&k, &[format!("v=DKIM1; k=rsa; p={public}")]),
+        Seen::Different(_)
+    ));
 }

@@ -110,7 +110,8 @@ pub fn records(config: &Config, keys: &dkim::State, now: i64) -> Vec<Record> {
             comment: "SPF: which hosts may send mail from this domain".into(),
         });
         if config.dkim.enabled {
-            for key in dkim::published(keys, domain, now) {
+            let algorithms = dkim::Algorithm::enabled(&config.dkim);
+            for key in dkim::published(keys, domain, now, &algorithms) {
                 out.push(Record {
                     domain: domain.clone(),
                     name: key.record_name(domain),
