@@ -293,7 +293,10 @@ fn password_ports_get_the_intermediate_profile_and_port_25_no_anonymous_suites()
         };
         let (main, master, dovecot) = (file("main.cf"), file("master.cf"), file("dovecot.conf"));
         // 587 and 465: postfix's mandatory-TLS settings, which master.cf must not override.
-        assert_eq!(setting(main, "smtpd_tls_mandatory_protocols"), [">=TLSv1.2"]);
+        assert_eq!(
+            setting(main, "smtpd_tls_mandatory_protocols"),
+            [">=TLSv1.2"]
+        );
         assert_eq!(setting(main, "smtpd_tls_mandatory_ciphers"), ["high"]);
         assert_eq!(setting(main, "tls_high_cipherlist"), [MOZILLA_INTERMEDIATE]);
         for service in ["submission", "submissions"] {
@@ -303,16 +306,91 @@ fn password_ports_get_the_intermediate_profile_and_port_25_no_anonymous_suites()
                 .skip(1)
                 .take_while(|l| l.starts_with("  -o "))
                 .collect();
-            assert!(block.contains("smtpd_sasl_auth_enable=yes"), "{service}: {block}");
-            assert!(!block.contains("cipher") && !block.contains("protocols"), "{service}: {block}");
+            assert!(
+                block.contains("smtpd_sasl_auth_enable=yes"),
+                "{service}: {block}"
+            );
+            assert!(
+                !block.contains("cipher") && !block.contains("protocols"),
+                "{service}: {block}"
+            );
         }
         assert!(master.contains("  -o smtpd_tls_wrappermode=yes\n"));
         // 25: opportunistic, but never anonymous, NULL or export.
         assert_eq!(setting(main, "smtpd_tls_protocols"), [">=TLSv1.2"]);
         assert_eq!(setting(main, "smtpd_tls_ciphers"), ["medium"]);
-        assert_eq!(setting(main, "smtpd_tls_exclude_ciphers"), ["aNULL, eNULL, EXPORT"]);
+        assert_eq!(
+            setting(main, "smtpd_tls_exclude_ciphers"),
+            ["aNULL, eNULL, EXPORT"]
+        );
         // 993, 995, 143, 110
-        assert_eq!(setting(dovecot, "ssl_min_protocol"), ["TLSv1.2"], "{version}");
-        assert_eq!(setting(dovecot, "ssl_cipher_list"), [MOZILLA_INTERMEDIATE], "{version}");
+        assert_eq!(
+            setting(dovecot, "ssl_min_protocol"),
+            ["TLSv1.2"],
+            "{version}"
+        );
+        assert_eq!(
+            setting(dovecot, "ssl_cipher_list"),
+            [MOZILLA_INTERMEDIATE],
+            "{version}"
+        );
     }
+}
+
+#[test]
+fn port_25_goes_through_rspamd_only_when_inbound_checks_are_on() {
+    let on = config("");
+    let main = postfix_conf::main_cf(&on, MapType::Lmdb, "/x");
+    assert_eq!(
+        setting(&main, "inbound_milters"),
+        ["unix:rspamd/milter.sock"]
+    );
+    // rspamd away: a temporary refusal, so the sending server retries.
+    assert_eq!(setting(&main, "milter_default_action"), ["tempfail"]);
+    let master = postfix_conf::master_cf("/x");
+    let smtp: Vec<&str> = master
+        .lines()
+        .skip_while(|l| !l.starts_with("smtp      inet"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  -o "))
+        .collect();
+    assert_eq!(smtp, ["  -o smtpd_milters=$inbound_milters"]);
+
+    let off = config("[inbound]\nenabled = false\n");
+    let main = postfix_conf::main_cf(&off, MapType::Lmdb, "/x");
+    assert_eq!(setting(&main, "inbound_milters"), [""]);
+    // Signing is independent of the inbound checks.
+    assert_eq!(
+        setting(&main, "submission_milters"),
+        ["unix:rspamd/milter.sock"]
+    );
+}
+
+#[test]
+fn rspamd_acts_by_the_configured_scores_and_knows_the_hosted_domains() {
+    let c = config("[inbound]\nreject_score = 20\nadd_header_score = 7.5\n");
+    let files = rspamd_conf::inbound(&c, "/x");
+    let file = |p: &str| &files.iter().find(|(path, _)| *path == p).unwrap().1;
+    let actions = file(paths::RSPAMD_ACTIONS);
+    assert_eq!(setting(actions, "reject"), ["20;"]);
+    assert_eq!(setting(actions, "add_header"), ["7.5;"]);
+    assert_eq!(setting(actions, "greylist"), ["null;"]);
+    let hosted: Vec<&str> = file(paths::RSPAMD_HOSTED_DOMAINS)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    assert_eq!(hosted, ["example.org", "example.net"]);
+    // The multimap reads the map postmaster renders next to it.
+    assert!(file(paths::RSPAMD_MULTIMAP).contains(&format!(
+        "map = \"$LOCAL_CONFDIR/local.d/{}\";",
+        std::path::Path::new(paths::RSPAMD_HOSTED_DOMAINS)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+    )));
+    // Only this host is local: rspamd skips the checks of local senders and signs for them.
+    assert_eq!(
+        setting(file(paths::RSPAMD_OPTIONS), "local_addrs"),
+        ["[127.0.0.0/8, ::1];"]
+    );
 }
