@@ -17,6 +17,7 @@ import time
 import pytest
 
 import mailclient as mc
+import mailhost
 
 SOMEONE = "someone@example.com"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -115,3 +116,33 @@ def test_mail_signed_by_the_outside_domain_passes_dkim_spf_and_dmarc(host, world
     for verdict in ("dkim=pass", "spf=pass", "dmarc=pass"):
         assert verdict in results, results
     assert "header.d=example.com" in results, results
+
+
+def test_dmarc_quarantine_of_the_sender_domain_marks_the_message(host, world, server, thomas, example_com):
+    example_com('@ TXT "v=spf1 -all"\n_dmarc TXT "v=DMARC1; p=quarantine"')
+    subject, result = send(world, SOMEONE, "thomas@example.org", "dmarc quarantine")
+    assert result == {"refused": {}}, f"{result}\n{rspamd_log(host)}"
+    got = mc.imap_find(server, *thomas, subject)
+    assert got["X-Spam"] == "Yes", f"{got}\n{rspamd_log(host)}"
+    results = " ".join(" ".join(got.get_all("Authentication-Results") or []).split())
+    assert "dmarc=fail" in results and "spf=fail" in results, results
+
+
+def test_while_rspamd_is_down_mail_on_25_is_deferred_not_lost(host, world, server, thomas):
+    # The sending server gets a temporary error and keeps the message; once rspamd
+    # is back, the same message is accepted and checked.
+    host.bed.run(["systemctl", "stop", "rspamd"], check=True)
+    try:
+        subject = mc.unique_subject("while rspamd is down")
+        msg = mc.make_message(SOMEONE, ["thomas@example.org"], subject, "Retry me.\n")
+        result = world.send(SOMEONE, "thomas@example.org", msg)
+        assert "error" in result, result
+        # Refused at MAIL FROM (the error's code) or at every RCPT (theirs).
+        codes = [c for c, _ in result["refused"].values()] if result.get("refused") else [result["error"][0]]
+        assert codes and all(400 <= c < 500 for c in codes), result
+    finally:
+        host.bed.run(["systemctl", "start", "rspamd"], check=True)
+        mailhost.wait_for_signer(host.bed)
+    assert world.send(SOMEONE, "thomas@example.org", msg) == {"refused": {}}
+    got = mc.imap_find(server, *thomas, subject)
+    assert got.get_all("Authentication-Results"), got
