@@ -5,9 +5,11 @@ mx.example.com (tests/lib/world.py) plays the other servers; each test that chan
 example.com's zone puts it back (world.unpublish), so every test passes alone.
 What is checked here, and decided by rspamd as `postmaster render` configures it:
 - GTUBE (a "clear spam" pattern) is refused at SMTP time, with a 5xx;
-- mail From a hosted domain that does not pass DMARC is refused;
-- a sender domain's DMARC p=reject is honoured at SMTP time;
-- clean mail arrives with an Authentication-Results header.
+- mail From a hosted domain that does not pass DMARC is refused, and such mail
+  that this host signed and that comes back intact (a forward) is accepted;
+- a sender domain's DMARC p=reject is honoured at SMTP time, p=quarantine marks;
+- clean mail arrives with an Authentication-Results header;
+- while rspamd is stopped, mail on 25 is deferred (4xx), not lost.
 """
 
 from __future__ import annotations
@@ -146,3 +148,16 @@ def test_while_rspamd_is_down_mail_on_25_is_deferred_not_lost(host, world, serve
     assert world.send(SOMEONE, "thomas@example.org", msg) == {"refused": {}}
     got = mc.imap_find(server, *thomas, subject)
     assert got.get_all("Authentication-Results"), got
+
+
+def test_own_mail_coming_back_signed_is_accepted(host, world, server, thomas, anna, dns_published):
+    # thomas writes to someone@example.com, who forwards it as it is to anna: From a
+    # hosted domain, arriving on 25 from the outside host, but with this host's DKIM
+    # signature intact, so DMARC passes and the forgery rule lets it through.
+    subject = mc.unique_subject("signed here, forwarded back")
+    mc.submit(server, 587, *thomas, "thomas@example.org", [SOMEONE], subject)
+    raw = world.wait_message(lambda m: m["Subject"] == subject)
+    assert world.send(SOMEONE, "anna@example.org", raw) == {"refused": {}}
+    got = mc.imap_find(server, *anna, subject)
+    results = " ".join(" ".join(got.get_all("Authentication-Results") or []).split())
+    assert "dkim=pass header.d=example.org" in results and "dmarc=pass" in results, results
