@@ -27,7 +27,7 @@ pub const DEFAULT_PATH: &str = "/etc/postmaster/config.toml";
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The mail host's own name: HELO, TLS certificate, clients' server setting.
     pub host_name: String,
@@ -47,7 +47,23 @@ pub struct Config {
     pub dovecot: Dovecot,
     pub dkim: Dkim,
     pub dns: Dns,
+    pub inbound: Inbound,
 }
+
+/// Checks of the mail arriving on port 25 by the same rspamd that signs: SPF,
+/// DKIM, DMARC and spam scoring, through its milter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    /// Mail on 25 goes through rspamd; off: it is accepted unchecked.
+    pub enabled: bool,
+    /// From this score on, a message is refused at SMTP time (5xx, no bounce).
+    pub reject_score: f64,
+    /// From this score on, a message gets an `X-Spam: Yes` header.
+    pub add_header_score: f64,
+}
+
+pub const DEFAULT_REJECT_SCORE: f64 = 15.0;
+pub const DEFAULT_ADD_HEADER_SCORE: f64 = 6.0;
 
 /// DKIM signing of outgoing mail: rspamd signs as postfix's milter, with keys
 /// postmaster makes and keeps (see [`crate::dkim`]).
@@ -215,6 +231,7 @@ const ROOT_KEYS: &[&str] = &[
     "dovecot",
     "dkim",
     "dns",
+    "inbound",
 ];
 
 impl Config {
@@ -627,6 +644,49 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
         }
     };
 
+    let inbound = {
+        let mut s = f.section("inbound", &["enabled", "reject_score", "add_header_score"]);
+        let enabled = s.bool("enabled").unwrap_or(true);
+        // A score that is given but wrong is reported once, and not compared.
+        let score = |s: &mut Fields<'_, '_, '_>, key: &str, default: f64| -> Option<f64> {
+            if tomlwalk::get(s.table, key).is_none() {
+                return Some(default);
+            }
+            let n = s.f64(key)?;
+            if n <= 0.0 {
+                if let Some((_, v)) = tomlwalk::get(s.table, key) {
+                    s.d.error(
+                        v.span(),
+                        format!("`{key}` in [inbound] must be above 0"),
+                        "rspamd gives ordinary mail a score around 0; the defaults are 15 (refuse) and 6 (header)",
+                    );
+                }
+                return None;
+            }
+            Some(n)
+        };
+        let reject_score = score(&mut s, "reject_score", DEFAULT_REJECT_SCORE);
+        let add_header_score = score(&mut s, "add_header_score", DEFAULT_ADD_HEADER_SCORE);
+        if let (Some(reject), Some(header)) = (reject_score, add_header_score)
+            && header >= reject
+            && let Some((_, v)) = tomlwalk::get(s.table, "add_header_score")
+                .or_else(|| tomlwalk::get(s.table, "reject_score"))
+        {
+            s.d.error(
+                v.span(),
+                format!("`add_header_score` ({header}) in [inbound] must be below `reject_score` ({reject})"),
+                "mail is marked as probable spam before it scores high enough to be refused",
+            );
+        }
+        let reject_score = reject_score.unwrap_or(DEFAULT_REJECT_SCORE);
+        let add_header_score = add_header_score.unwrap_or(DEFAULT_ADD_HEADER_SCORE);
+        Inbound {
+            enabled,
+            reject_score,
+            add_header_score,
+        }
+    };
+
     Some(Config {
         host_name: host_name?,
         domains: domains?,
@@ -641,6 +701,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
         dovecot,
         dkim,
         dns,
+        inbound,
     })
 }
 
@@ -711,6 +772,11 @@ impl<'d, 's, 't> Fields<'d, 's, 't> {
     fn bool(&mut self, key: &str) -> Option<bool> {
         let (_, v) = tomlwalk::get(self.table, key)?;
         tomlwalk::as_bool(self.d, v, &self.name(key))
+    }
+
+    fn f64(&mut self, key: &str) -> Option<f64> {
+        let (_, v) = tomlwalk::get(self.table, key)?;
+        tomlwalk::as_f64(self.d, v, &self.name(key))
     }
 
     fn u64(&mut self, key: &str) -> Option<u64> {
@@ -907,7 +973,7 @@ mod tests {
                 "/etc/postmaster/config.toml:2:27: domain `example.org` is listed twice; remove one",
                 "/etc/postmaster/config.toml:2:42: domain `Bad` is not valid: it has uppercase letters; write it in lowercase",
                 "/etc/postmaster/config.toml:3:13: `state_dir` contains ` `, which postfix or dovecot configuration cannot hold in a path; choose a path without spaces, commas, quotes, `<`, `$` or braces",
-                "/etc/postmaster/config.toml:4:1: unknown key `colour` in the configuration; known keys here: host_name, domains, accounts_file, state_dir, generated_dir, insecure_allow_plain_passwords, tls, acme, systemd, postfix, dovecot, dkim, dns",
+                "/etc/postmaster/config.toml:4:1: unknown key `colour` in the configuration; known keys here: host_name, domains, accounts_file, state_dir, generated_dir, insecure_allow_plain_passwords, tls, acme, systemd, postfix, dovecot, dkim, dns, inbound",
                 "/etc/postmaster/config.toml:6:10: `source` in [tls] cannot be \"file\"; use \"acme\" or \"files\"",
                 "/etc/postmaster/config.toml:8:12: `map_type` in [postfix] cannot be \"btree\"; use \"lmdb\" or \"hash\"",
                 "/etc/postmaster/config.toml:9:22: `message_size_limit` is below 1 MiB: most mail with an attachment would bounce; it is in bytes; 67108864 is 64 MiB",
@@ -935,6 +1001,59 @@ mod tests {
                 "/etc/postmaster/config.toml:2:11: `domains` is empty; list at least one mail domain",
                 "/etc/postmaster/config.toml:4:1: `cert` in [tls] is missing; with source = \"files\", say where the certificate chain is",
                 "/etc/postmaster/config.toml:4:1: `key` in [tls] is missing; with source = \"files\", say where the private key is",
+            ]
+        );
+    }
+
+    #[test]
+    fn inbound_checks_are_on_with_default_thresholds() {
+        let c = parse("host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n").unwrap();
+        assert_eq!(
+            c.inbound,
+            Inbound {
+                enabled: true,
+                reject_score: 15.0,
+                add_header_score: 6.0
+            }
+        );
+        let c = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nenabled = false\nreject_score = 20\nadd_header_score = 5.5\n",
+        )
+        .unwrap();
+        assert!(!c.inbound.enabled);
+        assert_eq!(
+            (c.inbound.reject_score, c.inbound.add_header_score),
+            (20.0, 5.5)
+        );
+        let e = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nreject_score = 0\ngreylist = true\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:4:16: `reject_score` in [inbound] must be above 0; rspamd gives ordinary mail a score around 0; the defaults are 15 (refuse) and 6 (header)",
+                "/etc/postmaster/config.toml:5:1: unknown key `greylist` in [inbound]; known keys here: enabled, reject_score, add_header_score",
+            ]
+        );
+        let e = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nreject_score = 5\nadd_header_score = \"6\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:5:20: `add_header_score` in [inbound] must be a number, not a string",
+            ]
+        );
+        let e = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nreject_score = 5\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:4:16: `add_header_score` (6) in [inbound] must be below `reject_score` (5); mail is marked as probable spam before it scores high enough to be refused",
             ]
         );
     }

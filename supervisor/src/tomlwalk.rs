@@ -141,6 +141,27 @@ pub fn as_u64(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<u64>
     }
 }
 
+/// A number, whole or not (`15`, `5.5`); finite only.
+pub fn as_f64(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<f64> {
+    let parsed = match v.get_ref() {
+        DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+            .ok()
+            .map(|n| n as f64),
+        DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+        _ => {
+            type_error(d, v, what, "a number");
+            return None;
+        }
+    };
+    match parsed {
+        Some(n) if n.is_finite() => Some(n),
+        _ => {
+            d.error(v.span(), format!("{what} must be a finite number"), "");
+            None
+        }
+    }
+}
+
 pub fn as_table<'v, 'i>(
     d: &mut Diagnostics<'_>,
     v: &'v Value<'i>,

@@ -56,12 +56,18 @@ install -m 0644 "$out/postfix/main.cf" /etc/postfix/main.cf
 install -m 0644 "$out/postfix/master.cf" /etc/postfix/master.cf
 install -m 0644 "$out/dovecot/dovecot.conf" /etc/dovecot/dovecot.conf
 # rspamd signs submitted mail (DKIM) with the keys postmaster keeps; it reads the
-# table of keys from postmaster's generated directory when it (re)starts. (This
-# script runs before rspamd starts: provision.sh orders it so.)
+# table of keys from postmaster's generated directory when it (re)starts. It also
+# checks what arrives on port 25 (actions, DMARC, Authentication-Results, the
+# hosted-domain forgery rule). (This script runs before rspamd starts:
+# provision.sh orders it so.)
 install -d -m 0755 /etc/rspamd/local.d
-install -m 0644 "$out/rspamd/local.d/dkim_signing.conf" "$out/rspamd/local.d/settings.conf" /etc/rspamd/local.d/
+install -m 0644 "$out"/rspamd/local.d/* /etc/rspamd/local.d/
+# The bed only: the tests change a domain's SPF record from one test to the next
+# (TTL 1 s); rspamd would keep an SPF record for at least 5 minutes.
+printf '%s\n' '# The test bed (tests/lib/bed-setup.sh): SPF records as long as their TTL.' \
+	'min_cache_ttl = 1s;' > /etc/rspamd/local.d/spf.conf
 install -d -m 0755 /etc/rspamd/override.d
-install -m 0644 "$out/rspamd/override.d/worker-proxy.inc" /etc/rspamd/override.d/
+install -m 0644 "$out"/rspamd/override.d/* /etc/rspamd/override.d/
 rm -rf "$out"
 
 # dovecot puts its LMTP and auth sockets into postfix's private spool directory,

@@ -56,6 +56,13 @@ pub mod paths {
     pub const RSPAMD_DKIM_SIGNING: &str = "rspamd/local.d/dkim_signing.conf";
     pub const RSPAMD_SETTINGS: &str = "rspamd/local.d/settings.conf";
     pub const RSPAMD_WORKER_PROXY: &str = "rspamd/override.d/worker-proxy.inc";
+    pub const RSPAMD_OPTIONS: &str = "rspamd/override.d/options.inc";
+    pub const RSPAMD_ACTIONS: &str = "rspamd/local.d/actions.conf";
+    pub const RSPAMD_MILTER_HEADERS: &str = "rspamd/local.d/milter_headers.conf";
+    pub const RSPAMD_DMARC: &str = "rspamd/local.d/dmarc.conf";
+    pub const RSPAMD_MULTIMAP: &str = "rspamd/local.d/multimap.conf";
+    pub const RSPAMD_HOSTED_DOMAINS: &str = "rspamd/local.d/postmaster_hosted_domains.map";
+    pub const RSPAMD_FORCE_ACTIONS: &str = "rspamd/local.d/force_actions.conf";
 }
 
 /// The files that follow the accounts file.
@@ -162,6 +169,13 @@ pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec
             kind: Kind::Config,
         },
     ];
+    for (path, content) in rspamd_conf::inbound(config, config_file) {
+        files.push(File {
+            path: path.into(),
+            content,
+            kind: Kind::Config,
+        });
+    }
     if let Some(content) = rspamd_conf::worker_proxy(config, config_file) {
         files.push(File {
             path: paths::RSPAMD_WORKER_PROXY.into(),

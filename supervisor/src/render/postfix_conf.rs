@@ -17,6 +17,11 @@ pub fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String 
     } else {
         ("", "")
     };
+    let inbound_milters = if config.inbound.enabled {
+        config.dkim.milter.as_str()
+    } else {
+        ""
+    };
     fill(
         MAIN_CF,
         &[
@@ -34,6 +39,7 @@ pub fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String 
             ("SENDER_RESTRICTIONS", sender_restrictions.to_string()),
             ("SUBMISSION_MILTERS", milters.to_string()),
             ("INTERNAL_FILTER_CLASSES", internal_classes.to_string()),
+            ("INBOUND_MILTERS", inbound_milters.to_string()),
         ],
     )
 }

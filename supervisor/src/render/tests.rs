@@ -336,3 +336,61 @@ fn password_ports_get_the_intermediate_profile_and_port_25_no_anonymous_suites()
         );
     }
 }
+
+#[test]
+fn port_25_goes_through_rspamd_only_when_inbound_checks_are_on() {
+    let on = config("");
+    let main = postfix_conf::main_cf(&on, MapType::Lmdb, "/x");
+    assert_eq!(
+        setting(&main, "inbound_milters"),
+        ["unix:rspamd/milter.sock"]
+    );
+    // rspamd away: a temporary refusal, so the sending server retries.
+    assert_eq!(setting(&main, "milter_default_action"), ["tempfail"]);
+    let master = postfix_conf::master_cf("/x");
+    let smtp: Vec<&str> = master
+        .lines()
+        .skip_while(|l| !l.starts_with("smtp      inet"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  -o "))
+        .collect();
+    assert_eq!(smtp, ["  -o smtpd_milters=$inbound_milters"]);
+
+    let off = config("[inbound]\nenabled = false\n");
+    let main = postfix_conf::main_cf(&off, MapType::Lmdb, "/x");
+    assert_eq!(setting(&main, "inbound_milters"), [""]);
+    // Signing is independent of the inbound checks.
+    assert_eq!(
+        setting(&main, "submission_milters"),
+        ["unix:rspamd/milter.sock"]
+    );
+}
+
+#[test]
+fn rspamd_acts_by_the_configured_scores_and_knows_the_hosted_domains() {
+    let c = config("[inbound]\nreject_score = 20\nadd_header_score = 7.5\n");
+    let files = rspamd_conf::inbound(&c, "/x");
+    let file = |p: &str| &files.iter().find(|(path, _)| *path == p).unwrap().1;
+    let actions = file(paths::RSPAMD_ACTIONS);
+    assert_eq!(setting(actions, "reject"), ["20;"]);
+    assert_eq!(setting(actions, "add_header"), ["7.5;"]);
+    assert_eq!(setting(actions, "greylist"), ["null;"]);
+    let hosted: Vec<&str> = file(paths::RSPAMD_HOSTED_DOMAINS)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    assert_eq!(hosted, ["example.org", "example.net"]);
+    // The multimap reads the map postmaster renders next to it.
+    assert!(file(paths::RSPAMD_MULTIMAP).contains(&format!(
+        "map = \"$LOCAL_CONFDIR/local.d/{}\";",
+        std::path::Path::new(paths::RSPAMD_HOSTED_DOMAINS)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+    )));
+    // Only this host is local: rspamd skips the checks of local senders and signs for them.
+    assert_eq!(
+        setting(file(paths::RSPAMD_OPTIONS), "local_addrs"),
+        ["[127.0.0.0/8, ::1];"]
+    );
+}
