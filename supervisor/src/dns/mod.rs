@@ -302,26 +302,24 @@ pub fn judge(record: &Record, found: &Found, keys: &dkim::State) -> Verdict {
                 };
                 (port, host)
             };
-            let want = target(&record.value);
-            if found.iter().any(|f| target(f) == want) {
-                Verdict::Ok
-            } else if found.is_empty() {
-                Verdict::Missing
-            } else {
-                Verdict::Different(found.join(", "))
-            }
+            any_of(found, &record.value, target)
         }
-        Purpose::Address | Purpose::ReverseName => {
-            let norm = |v: &str| v.trim_end_matches('.').to_ascii_lowercase();
-            let want = norm(&record.value);
-            if found.iter().any(|f| norm(f) == want) {
-                Verdict::Ok
-            } else if found.is_empty() {
-                Verdict::Missing
-            } else {
-                Verdict::Different(found.join(", "))
-            }
-        }
+        Purpose::Address | Purpose::ReverseName => any_of(found, &record.value, |v| {
+            v.trim_end_matches('.').to_ascii_lowercase()
+        }),
+    }
+}
+
+/// One of the records found is `want` once both are normalised (a name may have
+/// several MX, SRV, address or PTR records besides ours).
+fn any_of<T: PartialEq>(found: &[String], want: &str, norm: impl Fn(&str) -> T) -> Verdict {
+    let want = norm(want);
+    if found.iter().any(|f| norm(f) == want) {
+        Verdict::Ok
+    } else if found.is_empty() {
+        Verdict::Missing
+    } else {
+        Verdict::Different(found.join(", "))
     }
 }
 
