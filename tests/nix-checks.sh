@@ -157,6 +157,17 @@ check "nix/tests/lib-eval.nix" nix-instantiate --eval --strict nix/tests/lib-eva
 # The accounts file for declared accounts: rendered by Nix, filled by the unit's
 # script from hash files (here: the seed's public example hash), parsed as TOML.
 # (`check` runs it inside an `if`, where `set -e` does not apply: hence `|| return 1`.)
+# A build of postmaster in target/ (release first), or nothing.
+postmaster_build() {
+  local candidate
+  for candidate in target/release/postmaster target/debug/postmaster; do
+    if [ -x "$candidate" ]; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+}
+
 fill_accounts() {
   local dir=$work/fill hash pm=""
   mkdir -p "$dir/credentials" || return 1
@@ -197,12 +208,7 @@ EOF
   printf '%s\n' "$hash" >"$dir/credentials/hash-anna"
   CREDENTIALS_DIRECTORY=$dir/credentials bash "$dir/fill.sh" || return 1
   # With a build of postmaster at hand, it must accept the result as well.
-  for candidate in target/release/postmaster target/debug/postmaster; do
-    if [ -x "$candidate" ]; then
-      pm=$candidate
-      break
-    fi
-  done
+  pm=$(postmaster_build)
   if [ -z "$pm" ]; then
     echo "(no build of postmaster in target/: postmaster check not run)"
     return 0
@@ -221,12 +227,7 @@ dkim_as_render() {
   local dir=$work/dkim pm="" hash enabled
   mkdir -p "$dir" || return 1
   nix-instantiate --eval --strict --json nix/tests/lib-eval.nix --argstr workDir "$dir" -A dkim >"$dir/dkim.json" || return 1
-  for candidate in target/release/postmaster target/debug/postmaster; do
-    if [ -x "$candidate" ]; then
-      pm=$candidate
-      break
-    fi
-  done
+  pm=$(postmaster_build)
   if [ -z "$pm" ]; then
     echo "(no build of postmaster in target/: not compared with postmaster render)"
     return 0
