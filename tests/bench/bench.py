@@ -177,6 +177,10 @@ TARGETS = {
     # Issue 12: what DKIM signing (rspamd as milter) adds to submission -> delivered
     # at the outside host.
     "signing_added_p50_ms": 20.0,
+    # Issue 9: `postmaster renew --force` against pebble, and pebble's own span from
+    # the new order to the certificate's download.
+    "issuance_command_p50_ms": 600.0,
+    "issuance_span_p50_ms": 350.0,
 }
 
 GATE_POLL_S = 0.005
@@ -1433,6 +1437,9 @@ cert = "{dir / 'none' / 'fullchain.pem'}"
 key = "{dir / 'none' / 'privkey.pem'}"
 [postfix]
 map_type = "lmdb"
+[dkim]
+# This part measures the accounts pipeline; signing keys are measured by "signing".
+enabled = false
 """)
     size_mib = accounts.stat().st_size / 2**20
     say(f"scale: {SCALE_MAILBOXES} mailboxes, {SCALE_ALIASES} aliases, {size_mib:.1f} MiB")
@@ -1611,12 +1618,18 @@ def print_report(r: dict) -> None:
             c = cl.get(client)
             if not c:
                 continue
-            row(labels[client], c["wall_ms"])
-            if client == "postmaster":
+            ours = client == "postmaster"
+            p50 = lambda s: (s or {}).get("p50")  # noqa: E731
+            row(labels[client], c["wall_ms"],
+                f"p50 <= {TARGETS['issuance_command_p50_ms']:.0f}: "
+                f"{verdict(p50(c['wall_ms']), TARGETS['issuance_command_p50_ms'])}" if ours else "")
+            if ours:
                 row("  start -> daemon logged \"certificate installed\"", c["installed_ms"])
                 row("  \"installed\" -> \"served on every port\"", c["served_ms"])
                 row("  \"served on every port\" -> command exited", c["reply_ms"])
-            row("  pebble logged: new order -> certificate download", c["pebble_ms"])
+            row("  pebble logged: new order -> certificate download", c["pebble_ms"],
+                f"p50 <= {TARGETS['issuance_span_p50_ms']:.0f}: "
+                f"{verdict(p50(c['pebble_ms']), TARGETS['issuance_span_p50_ms'])}" if ours else "")
         ratio = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
         rp, rpp = iss["ratios_p50"], iss["ratios_pebble_p50"]
         print(f"  ratio of p50s: certbot/postmaster {ratio(rp['certbot/postmaster'])}, lego/postmaster "
