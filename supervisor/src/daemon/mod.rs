@@ -35,9 +35,12 @@ use crate::watch::{Change, Input, Watcher};
 /// Quiet time after the last file event before looking: editors and certbot write
 /// in bursts, and a cp of a pair is two writes.
 const DEBOUNCE: Duration = Duration::from_millis(300);
-/// Quiet time after an event that left the accounts file complete: only what
-/// arrives at the same moment is coalesced.
-const QUICK: Duration = Duration::from_millis(20);
+/// Quiet time after an event that left a file complete (renamed into place, or
+/// closed by its writer): only what arrives at the same moment is coalesced. It is
+/// the whole of the wait a person sees before a new mailbox can log in; a later
+/// event is simply looked at again (an apply of what is already applied changes
+/// nothing).
+const QUICK: Duration = Duration::from_millis(5);
 /// Re-check a pair that did not match this soon: the second half may be on its way.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Look at everything this often even without events (lost events, expiry).
