@@ -443,7 +443,7 @@ impl Resolver<'_> {
             );
             return None;
         }
-        let mut out: Vec<Target> = Vec::new();
+        let mut out: Vec<Target> = Vec::with_capacity(raw.targets.len());
         let mut ok = true;
         for (span, text) in &raw.targets {
             match self.target(text) {
