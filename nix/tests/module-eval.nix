@@ -647,6 +647,7 @@ let
           milter = "unix:/run/rspamd/rspamd-milter.sock";
           keep_published_days = 7;
           dns_check_seconds = 300;
+          ed25519 = false;
         };
         dns = {
           spf = "v=spf1 mx -all";
@@ -896,6 +897,7 @@ let
             rotate_after_days = 180;
             keep_published_days = 10;
             dns_check_seconds = 60;
+            ed25519 = false;
           }
           {
             spf = "v=spf1 mx a -all";
