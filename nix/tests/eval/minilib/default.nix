@@ -98,7 +98,7 @@ let
       s = toString arg;
     in
     if match "[[:alnum:],._+:@%/-]+" s == null then "'${replaceStrings [ "'" ] [ "'\\''" ] s}'" else s;
-  escapeNixString = s: builtins.toJSON s;
+  escapeNixString = s: replaceStrings [ "$" ] [ "\\$" ] (builtins.toJSON s);
   isStringLike = x: isString x || isPath x || x ? outPath || x ? __toString;
   boolToString = b: if b then "true" else "false";
   boolToYesNo = b: if b then "yes" else "no";
@@ -248,13 +248,29 @@ let
     inherit text;
   };
   # How nixpkgs prints an option's path: identifiers as they are, other names
-  # quoted.
+  # (and keywords) quoted, placeholders (<name>, *) bare.
+  keywords = [
+    "assert"
+    "else"
+    "if"
+    "in"
+    "inherit"
+    "let"
+    "or"
+    "rec"
+    "then"
+    "with"
+  ];
   showOption =
     parts:
     concatStringsSep "." (
       map (
         part:
-        if part == "*" || match "<.*>" part != null || match "[a-zA-Z_][a-zA-Z0-9_'-]*" part != null then
+        if
+          part == "*"
+          || match "<.*>" part != null
+          || (match "[a-zA-Z_][a-zA-Z0-9_'-]*" part != null && !builtins.elem part keywords)
+        then
           part
         else
           escapeNixString part
