@@ -1,6 +1,7 @@
 # services.postmaster evaluated with lib.evalModules against nixpkgs' mail
-# modules, both generations of the dovecot one, without the rest of nixpkgs:
-# nixpkgs' lib (e.g. the nix-community/nixpkgs.lib repository), the rest of NixOS
+# modules, both generations of the dovecot one, without the rest of nixpkgs: a lib
+# (minilib, the project's own builtins-only one in nix/tests/eval/minilib, or
+# nixpkgs' lib, e.g. the nix-community/nixpkgs.lib repository), the rest of NixOS
 # stubbed loosely (nix/tests/eval/nixos.nix) and a fake pkgs (eval/pkgs.nix).
 #
 # By default the mail modules are the project's stubs (nix/tests/eval/stubs),
@@ -9,18 +10,22 @@
 # declare nothing more, so an option the real modules lack fails here too:
 #
 #   nix-instantiate --eval --strict nix/tests/module-eval.nix \
-#     --arg lib 'import /path/to/nixpkgs.lib/lib' -A summary
+#     --arg lib 'import ./nix/tests/eval/minilib' -A summary
+#   (or --arg lib 'import /path/to/nixpkgs.lib/lib', with Nix 2.18 or newer)
 #
-# With --argstr mailModulesDir DIR they are nixpkgs' real modules instead: every
-# subdirectory of DIR is one generation, holding
-# nixos/modules/services/mail/{postfix,mail,dovecot}.nix as read from nixpkgs. With
-# nixpkgs = a nixpkgs tree, they are that tree's (`nix flake check` does this with
-# the flake's nixpkgs).
+# With --argstr mailModulesDir DIR they are nixpkgs' real modules instead (with
+# nixpkgs' lib: they use far more of it than minilib has): every subdirectory of
+# DIR is one generation, holding nixos/modules/services/mail/{postfix,mail,
+# dovecot,rspamd}.nix as read from nixpkgs. With nixpkgs = a nixpkgs tree, they
+# are that tree's (`nix flake check` does this with the flake's nixpkgs).
 #
 # Every generation evaluates: the VM tests' mail nodes, the NixOS examples of
 # README.md exactly as written, and configurations of the checks below (their
-# values, their assertions). Throws on the first mismatch. tests/nix-checks.sh
-# runs it when POSTMASTER_NIXPKGS_LIB (and POSTMASTER_NIXPKGS_MODULES) are set.
+# values, their assertions), and the configurations the module system must refuse
+# (an undeclared option, a wrong type). Throws on the first mismatch.
+# tests/nix-checks.sh runs it with minilib always, and with nixpkgs' lib when
+# POSTMASTER_NIXPKGS_LIB (and POSTMASTER_NIXPKGS_MODULES) are set, comparing the
+# two libs' `snapshot`s.
 {
   lib,
   mailModulesDir ? null,
