@@ -31,6 +31,19 @@ let
     options.assertions = opt (types.listOf types.unspecified) [ ];
     options.warnings = opt (types.listOf types.str) [ ];
   };
+  # Values each option type of "types that take …" below takes as it is.
+  taken = {
+    either = [ "s" ];
+    oneOf = "str";
+    nullOr = null;
+    enum = "b";
+    positive = 7;
+    port = 587;
+    path = "/etc/ssl/cert.pem";
+    pattern = "v=12";
+    package = fakePackage "q";
+    nonEmpty = [ 2 ];
+  };
   fakePackage = name: {
     type = "derivation";
     inherit name;
@@ -419,21 +432,7 @@ let
             raw = opt types.attrs { };
           };
         }
-        {
-          either = [ "s" ];
-          oneOf = "str";
-          nullOr = null;
-          enum = "b";
-          positive = 7;
-          port = 587;
-          path = "/etc/ssl/cert.pem";
-          pattern = "v=12";
-          package = fakePackage "q";
-          nonEmpty = [ 2 ];
-          raw = {
-            x = 1;
-          };
-        }
+        (taken // { raw.x = 1; })
         {
           nonEmpty = [ 3 ];
           raw = {
@@ -441,16 +440,8 @@ let
           };
         }
       ];
-      expected = {
-        either = [ "s" ];
-        oneOf = "str";
-        nullOr = null;
-        enum = "b";
-        positive = 7;
-        port = 587;
-        path = "/etc/ssl/cert.pem";
-        pattern = "v=12";
-        package = fakePackage "q";
+      # Two definitions of nonEmpty and raw: concatenated, joined.
+      expected = taken // {
         nonEmpty = [
           3
           2

@@ -79,6 +79,14 @@ let
   nounOr = classes: class: class == "noun" || elem class classes;
 
   addCheck = t: extra: t // { check = x: t.check x && extra x; };
+  # A type of single values: several definitions must agree.
+  plain =
+    name: description: check:
+    mkOptionType {
+      inherit name description check;
+      descriptionClass = "noun";
+      merge = mergeEqualOption;
+    };
 
   isStorePath =
     x:
@@ -306,21 +314,9 @@ let
       descriptionClass = "noun";
     };
 
-    bool = mkOptionType {
-      name = "bool";
-      description = "boolean";
-      descriptionClass = "noun";
-      check = isBool;
-      merge = mergeEqualOption;
-    };
+    bool = plain "bool" "boolean" isBool;
 
-    int = mkOptionType {
-      name = "int";
-      description = "signed integer";
-      descriptionClass = "noun";
-      check = isInt;
-      merge = mergeEqualOption;
-    };
+    int = plain "int" "signed integer" isInt;
 
     ints = {
       inherit between;
@@ -338,21 +334,9 @@ let
     };
     port = types.ints.u16;
 
-    str = mkOptionType {
-      name = "str";
-      description = "string";
-      descriptionClass = "noun";
-      check = isString;
-      merge = mergeEqualOption;
-    };
+    str = plain "str" "string" isString;
 
-    nonEmptyStr = mkOptionType {
-      name = "nonEmptyStr";
-      description = "non-empty string";
-      descriptionClass = "noun";
-      check = x: isString x && match "[ \t\n]*" x == null;
-      merge = mergeEqualOption;
-    };
+    nonEmptyStr = plain "nonEmptyStr" "non-empty string" (x: isString x && match "[ \t\n]*" x == null);
 
     strMatching =
       pattern:
