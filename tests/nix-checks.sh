@@ -25,7 +25,8 @@
 #     too (the same values, the same errors), and compares a JSON snapshot of every
 #     configuration's rendered values under both libs: any drift of minilib fails;
 #   POSTMASTER_NIXPKGS_MODULES=DIR, with POSTMASTER_NIXPKGS_LIB, evaluates
-#     module-eval.nix once more with nixpkgs' lib against nixpkgs' real modules:
+#     module-eval.nix once more against nixpkgs' real modules, with nixpkgs' lib
+#     and with minilib, and compares the two snapshots and refusals there too:
 #     each subdirectory of DIR is one generation and holds
 #     nixos/modules/services/mail/{postfix,mail,dovecot,rspamd}.nix (never commit
 #     them);
@@ -388,16 +389,18 @@ module_eval() {  # LIB ARGS...
   nix_with "$which" --read-write-mode --option store "$work/store" --eval --strict \
     "$PWD/nix/tests/module-eval.nix" "$@"
 }
-# expected_errors LIB FILE: every {attr, expected} of FILE's expectedErrors fails
-# to evaluate, with an error that contains `expected` (nixpkgs' wording).
+# expected_errors LIB FILE [ARGS...]: every {attr, expected} of FILE's
+# expectedErrors fails to evaluate, with an error that contains `expected`
+# (nixpkgs' wording).
 expected_errors() {
   local which=$1 file=$2 attr expected n=0 bad=0
+  shift 2
   nix_with "$which" --read-write-mode --option store "$work/store" --eval --strict --json \
-    "$file" -A expectedErrors >"$work/errors.json" || return 1
+    "$file" "$@" -A expectedErrors >"$work/errors.json" || return 1
   while IFS=$'\t' read -r attr expected; do
     n=$((n + 1))
     if nix_with "$which" --read-write-mode --option store "$work/store" --eval --strict \
-      "$file" -A "$attr" >/dev/null 2>"$work/error.txt"; then
+      "$file" "$@" -A "$attr" >/dev/null 2>"$work/error.txt"; then
       echo "$attr: evaluated, but must fail with: $expected"
       bad=1
     elif ! grep -qF -- "$expected" "$work/error.txt"; then
@@ -441,9 +444,9 @@ if [ -n "${POSTMASTER_NIXPKGS_LIB:-}" ]; then
   # settings, dovecot's settings, rspamd's workers and files, systemd units,
   # tmpfiles, users, polkit, D-Bus, assertions, warnings) and every check's
   # observed value: minilib must give exactly what nixpkgs' lib gives.
-  same_snapshot() {
-    module_eval minilib --json -A snapshot >"$work/snapshot-minilib.json" || return 1
-    module_eval nixpkgs --json -A snapshot >"$work/snapshot-nixpkgs.json" || return 1
+  same_snapshot() {  # [ARGS...] for module-eval.nix
+    module_eval minilib --json -A snapshot "$@" >"$work/snapshot-minilib.json" || return 1
+    module_eval nixpkgs --json -A snapshot "$@" >"$work/snapshot-nixpkgs.json" || return 1
     "$python" - "$work/snapshot-minilib.json" "$work/snapshot-nixpkgs.json" <<'EOF' || return 1
 import json, sys
 mini, real = (json.load(open(p)) for p in sys.argv[1:3])
@@ -466,9 +469,19 @@ EOF
   }
   check "minilib and nixpkgs' lib: every configuration renders the same (JSON snapshot)" same_snapshot
   if [ -n "${POSTMASTER_NIXPKGS_MODULES:-}" ]; then
-    step "nix/module.nix with nixpkgs' lib: nixpkgs' real mail modules ($POSTMASTER_NIXPKGS_MODULES)"
-    check "nix/tests/module-eval.nix (nixpkgs' lib and modules: $(ls "$POSTMASTER_NIXPKGS_MODULES" | tr '\n' ' '))" \
-      module_eval nixpkgs -A summary --argstr mailModulesDir "$(realpath "$POSTMASTER_NIXPKGS_MODULES")"
+    modules=(--argstr mailModulesDir "$(realpath "$POSTMASTER_NIXPKGS_MODULES")")
+    generations=$(ls "$POSTMASTER_NIXPKGS_MODULES" | paste -sd ' ')
+    step "nix/module.nix against nixpkgs' real mail modules ($POSTMASTER_NIXPKGS_MODULES: $generations)"
+    check "nix/tests/module-eval.nix (nixpkgs' lib, nixpkgs' modules)" module_eval nixpkgs -A summary "${modules[@]}"
+    check "nix/tests/module-eval.nix (nixpkgs' lib, nixpkgs' modules): refusals" \
+      expected_errors nixpkgs "$PWD/nix/tests/module-eval.nix" "${modules[@]}"
+    # minilib on nixpkgs' own modules (which use more of lib than the stubs):
+    # the same values, the same refusals.
+    check "nix/tests/module-eval.nix (minilib, nixpkgs' modules)" module_eval minilib -A summary "${modules[@]}"
+    check "nix/tests/module-eval.nix (minilib, nixpkgs' modules): refusals" \
+      expected_errors minilib "$PWD/nix/tests/module-eval.nix" "${modules[@]}"
+    check "minilib and nixpkgs' lib on nixpkgs' modules: every configuration renders the same (JSON snapshot)" \
+      same_snapshot "${modules[@]}"
   else
     step "nixpkgs' real mail modules: skipped (set POSTMASTER_NIXPKGS_MODULES)"
   fi

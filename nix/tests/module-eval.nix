@@ -14,9 +14,10 @@
 #   (or --arg lib 'import /path/to/nixpkgs.lib/lib', with Nix 2.18 or newer)
 #
 # With --argstr mailModulesDir DIR they are nixpkgs' real modules instead (with
-# nixpkgs' lib: they use far more of it than minilib has): every subdirectory of
-# DIR is one generation, holding nixos/modules/services/mail/{postfix,mail,
-# dovecot,rspamd}.nix as read from nixpkgs. With nixpkgs = a nixpkgs tree, they
+# either lib; minilib has the few more functions they take from `with lib;`):
+# every subdirectory of DIR is one generation, holding
+# nixos/modules/services/mail/{postfix,mail,dovecot,rspamd}.nix as read from
+# nixpkgs. With nixpkgs = a nixpkgs tree, they
 # are that tree's (`nix flake check` does this with the flake's nixpkgs).
 #
 # Every generation evaluates: the VM tests' mail nodes, the NixOS examples of

@@ -366,7 +366,74 @@ let
     else
       throw "Cannot merge definitions of `${showOption loc}'. Definition values:${showDefs defs}";
 
-  self = {
+  # Used by nixpkgs' real mail modules (the opt-in evaluation against them on a
+  # developer's machine, tests/nix-checks.sh's POSTMASTER_NIXPKGS_MODULES), which
+  # take them from `with lib;`.
+  forRealModules = {
+    inherit (builtins)
+      baseNameOf
+      elemAt
+      genList
+      getAttr
+      isAttrs
+      isBool
+      isInt
+      isList
+      isPath
+      isString
+      length
+      listToAttrs
+      map
+      match
+      removeAttrs
+      replaceStrings
+      split
+      stringLength
+      toString
+      trace
+      unsafeDiscardStringContext
+      ;
+    and = a: b: a && b;
+    or = a: b: a || b;
+    add = a: b: a + b;
+    const = x: _: x;
+    max = a: b: if a > b then a else b;
+    foldr =
+      op: nul: list:
+      let
+        go = i: if i == length list then nul else op (elemAt list i) (go (i + 1));
+      in
+      go 0;
+    imap = imap1;
+    singleton = x: [ x ];
+    escape = chars: replaceStrings chars (map (c: "\\${c}") chars);
+    escapeShellArgs = concatMapStringsSep " " escapeShellArg;
+    attrsToList = mapAttrsToList nameValuePair;
+    filterAttrsRecursive =
+      pred: set:
+      listToAttrs (
+        concatMap (
+          name:
+          let
+            v = set.${name};
+          in
+          if pred name v then
+            [ (nameValuePair name (if isAttrs v then self.filterAttrsRecursive pred v else v)) ]
+          else
+            [ ]
+        ) (attrNames set)
+      );
+    fixedWidthString =
+      width: filler: s:
+      if stringLength s >= width then s else self.fixedWidthString width filler (filler + s);
+    pipe = foldl' (x: f: f x);
+    zipListsWith =
+      f: a: b:
+      genList (i: f (elemAt a i) (elemAt b i)) (min (length a) (length b));
+    traceSeq = x: y: builtins.trace (builtins.deepSeq x x) y;
+  };
+
+  self = forRealModules // {
     inherit
       all
       any
