@@ -3,8 +3,9 @@
 # services.postmaster with evalModules although it can neither fetch nor commit
 # nixpkgs. It holds what nix/module.nix, the stubs of nixpkgs' mail modules
 # (nix/tests/eval/stubs), nix/tests/eval/*.nix, the VM tests' nodes and
-# nix/tests/module-eval.nix use, and nothing more: a function missing here is an
-# evaluation error, never a silent default.
+# nix/tests/module-eval.nix use, and the few more that nixpkgs' real mail modules
+# take from `with lib;` (for the opt-in evaluation against them), and nothing
+# more: a function missing here is an evaluation error, never a silent default.
 #
 # The module system (modules.nix) and the option types (types.nix) follow the
 # behaviour of nixpkgs' lib where this project's checks depend on it: undeclared
