@@ -202,32 +202,46 @@ let
       __toString = _: showOption loc;
     };
 
-  # One declaration, or several that can be one: a type and a default from at
-  # most one each, submodules joined.
+  # One declaration, or several that can be one: default, example, description
+  # and apply from at most one, the same type twice, or submodules, whose
+  # modules are joined. (nixpkgs merges more types, e.g. enums' values, with
+  # their functors: minilib refuses those.)
   mergeOptionDecls =
     loc: decls:
     let
+      sameType =
+        t: u:
+        if t.name == "submodule" && u.name == "submodule" then
+          lib.types.submoduleWith {
+            shorthandOnlyDefinesConfig = true;
+            modules = t.getSubModules ++ u.getSubModules;
+          }
+        else if t.name == u.name && t.description == u.description then
+          t
+        else
+          null;
       join =
         acc: decl:
         let
           o = decl.options;
-          bothTyped = acc ? type && o ? type;
-          submodules = bothTyped && acc.type.name == "submodule" && o.type.name == "submodule";
+          bothHave = k: acc ? ${k} && o ? ${k};
+          type = if bothHave "type" then sameType acc.type o.type else acc.type or o.type or null;
         in
-        if (acc ? default && o ? default) || (bothTyped && !submodules) then
+        if
+          bothHave "default"
+          || bothHave "example"
+          || bothHave "description"
+          || bothHave "apply"
+          || (bothHave "type" && type == null)
+        then
           throw "The option `${showOption loc}' in `${decl._file}' is already declared in ${showFiles acc.declarations}."
         else
-          acc
-          // o
+          o
+          // acc
           // {
             declarations = acc.declarations ++ [ decl._file ];
           }
-          // optionalAttrs submodules {
-            type = lib.types.submoduleWith {
-              shorthandOnlyDefinesConfig = true;
-              modules = acc.type.getSubModules ++ o.type.getSubModules;
-            };
-          };
+          // optionalAttrs (type != null) { inherit type; };
       merged = foldl' join {
         _type = "option";
         declarations = [ ];

@@ -514,6 +514,21 @@ let
         ];
       };
     };
+    "one option declared in two modules: one type, one default, submodules joined" = {
+      actual = eval [
+        { options.a = mkOption { type = types.str; }; }
+        { options.a = opt types.str "default"; }
+        { options.s = opt (types.submodule { options.x = opt types.int 1; }) { }; }
+        { options.s = mkOption { type = types.submodule { options.y = opt types.int 2; }; }; }
+      ];
+      expected = {
+        a = "default";
+        s = {
+          x = 1;
+          y = 2;
+        };
+      };
+    };
     "mkPackageOption: the package of that name in pkgs" = {
       actual =
         (eval [
@@ -639,6 +654,30 @@ let
             (declared types.package)
             { a = fakePackage "one"; }
             { a = fakePackage "two"; }
+          ]).a;
+      declaredTwice =
+        fails "The option `a' in `two.nix' is already declared in `one.nix'."
+          (eval [
+            {
+              _file = "one.nix";
+              options.a = opt types.int 1;
+            }
+            {
+              _file = "two.nix";
+              options.a = opt types.int 2;
+            }
+          ]).a;
+      declaredTwiceOtherType =
+        fails "The option `a' in `two.nix' is already declared in `one.nix'."
+          (eval [
+            {
+              _file = "one.nix";
+              options.a = mkOption { type = types.int; };
+            }
+            {
+              _file = "two.nix";
+              options.a = mkOption { type = types.str; };
+            }
           ]).a;
       removedIsRead =
         fails "The option `gone' can no longer be used since it's been removed."
