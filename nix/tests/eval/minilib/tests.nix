@@ -656,7 +656,7 @@ let
             { a = fakePackage "two"; }
           ]).a;
       declaredTwice =
-        fails "The option `a' in `two.nix' is already declared in `one.nix'."
+        fails "The option `a' in `one.nix' is already declared in `two.nix'."
           (eval [
             {
               _file = "one.nix";
@@ -668,7 +668,7 @@ let
             }
           ]).a;
       declaredTwiceOtherType =
-        fails "The option `a' in `two.nix' is already declared in `one.nix'."
+        fails "The option `a' in `one.nix' is already declared in `two.nix'."
           (eval [
             {
               _file = "one.nix";
