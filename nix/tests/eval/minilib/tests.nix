@@ -613,6 +613,9 @@ let
           "string matching the pattern v=spf1.*";
       package = wrongType types.package "hello" "package";
       submodule = wrongType (types.submodule { }) "x" "submodule";
+      freeformSubmodule = wrongType (types.submodule {
+        freeformType = types.attrsOf types.str;
+      }) "x" "open submodule of attribute set of string";
       conflicting =
         fails "The option `a' has conflicting definition values:"
           (eval [

@@ -229,7 +229,7 @@ let
         if description != null then
           description
         else if freeform != null then
-          freeform.description
+          "open submodule of ${phrase (nounOr [ "composite" ]) freeform}"
         else
           "submodule";
       descriptionClass = "noun";
