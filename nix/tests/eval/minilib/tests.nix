@@ -529,6 +529,103 @@ let
         };
       };
     };
+    "descriptions of types, as error messages quote them" = {
+      actual =
+        with types;
+        map (t: t.description) [
+          str
+          bool
+          int
+          ints.positive
+          ints.unsigned
+          port
+          ints.u8
+          ints.u32
+          (ints.between 1 5)
+          path
+          package
+          lines
+          commas
+          (separatedString " ")
+          attrs
+          anything
+          unspecified
+          raw
+          nonEmptyStr
+          (strMatching "v=.*")
+          (enum [
+            "a"
+            "b"
+          ])
+          (enum [ "a" ])
+          (enum [ ])
+          (listOf str)
+          (listOf (nullOr str))
+          (attrsOf (listOf str))
+          (lazyAttrsOf int)
+          (nullOr (listOf str))
+          (either str int)
+          (oneOf [
+            str
+            int
+            bool
+          ])
+          (nonEmptyListOf str)
+          (submodule { })
+          (nullOr (either str int))
+          (listOf (either str int))
+          (attrsOf (submodule { }))
+          (either (listOf str) (attrsOf str))
+          (nullOr (enum [
+            "x"
+            "y"
+          ]))
+          (listOf (enum [
+            "x"
+            "y"
+          ]))
+        ];
+      expected = [
+        "string"
+        "boolean"
+        "signed integer"
+        "positive integer, meaning >0"
+        "unsigned integer, meaning >=0"
+        "16 bit unsigned integer; between 0 and 65535 (both inclusive)"
+        "8 bit unsigned integer; between 0 and 255 (both inclusive)"
+        "32 bit unsigned integer; between 0 and 4294967295 (both inclusive)"
+        "integer between 1 and 5 (both inclusive)"
+        "absolute path"
+        "package"
+        "strings concatenated with \"\\n\""
+        "strings concatenated with \",\""
+        "strings concatenated with \" \""
+        "attribute set"
+        "anything"
+        "unspecified value"
+        "raw value"
+        "non-empty string"
+        "string matching the pattern v=.*"
+        "one of \"a\", \"b\""
+        "value \"a\" (singular enum)"
+        "impossible (empty enum)"
+        "list of string"
+        "list of (null or string)"
+        "attribute set of list of string"
+        "lazy attribute set of signed integer"
+        "null or (list of string)"
+        "string or signed integer"
+        "string or signed integer or boolean"
+        "non-empty (list of string)"
+        "submodule"
+        "null or string or signed integer"
+        "list of (string or signed integer)"
+        "attribute set of (submodule)"
+        "(list of string) or attribute set of string"
+        "null or one of \"x\", \"y\""
+        "list of (one of \"x\", \"y\")"
+      ];
+    };
     "mkPackageOption: the package of that name in pkgs" = {
       actual =
         (eval [

@@ -232,7 +232,7 @@ let
           "open submodule of ${phrase (nounOr [ "composite" ]) freeform}"
         else
           "submodule";
-      descriptionClass = "noun";
+      # No class: "attribute set of (submodule)", as nixpkgs words it.
       check = x: isAttrs x || isFunction x || types.path.check x;
       merge =
         loc: defs:
