@@ -392,6 +392,9 @@ let
           wrongTypeInStub = reject { services.postfix.settings.main.message_size_limit = "big"; } (
             wrongType "services.postfix.settings.main.message_size_limit" "null or signed integer"
           );
+          wrongTypeDovecotSetting = reject { services.dovecot2.settings.auth_verbose = 1.5; } (
+            wrongType "services.dovecot2.settings.auth_verbose" "Dovecot config value"
+          );
           wrongTypeInSubmodule = reject {
             imports = [ declaredAccounts ];
             services.postmaster.accounts.mailboxes.anna.passwordHashFile = lib.mkForce 5;
