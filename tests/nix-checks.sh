@@ -26,7 +26,9 @@
 #     configuration's rendered values under both libs: any drift of minilib fails;
 #   POSTMASTER_NIXPKGS_MODULES=DIR, with POSTMASTER_NIXPKGS_LIB, evaluates
 #     module-eval.nix once more against nixpkgs' real modules, with nixpkgs' lib
-#     and with minilib, and compares the two snapshots and refusals there too:
+#     and with minilib, and compares the two snapshots and refusals there too, and
+#     checks that the stubs declare exactly the real modules' options (paths and
+#     types, nix/tests/eval/option-tree.nix):
 #     each subdirectory of DIR is one generation and holds
 #     nixos/modules/services/mail/{postfix,mail,dovecot,rspamd}.nix (never commit
 #     them);
@@ -482,6 +484,39 @@ EOF
       expected_errors minilib "$PWD/nix/tests/module-eval.nix" "${modules[@]}"
     check "minilib and nixpkgs' lib on nixpkgs' modules: every configuration renders the same (JSON snapshot)" \
       same_snapshot "${modules[@]}"
+    # The stubs declare what nixpkgs' modules declare, no more and no less
+    # (every option's path and type, submodules' options included), and minilib
+    # reads the same tree from them as nixpkgs' lib.
+    same_option_trees() {
+      local dir g f stubs real
+      for dir in "$POSTMASTER_NIXPKGS_MODULES"/*/; do
+        g=$(basename "$dir")
+        [ -e "nix/tests/eval/stubs/$g.nix" ] || { echo "no stub nix/tests/eval/stubs/$g.nix for $dir"; return 1; }
+        stubs="[" real="["
+        for f in postfix mail dovecot rspamd; do
+          real+=" $(realpath "$dir")/nixos/modules/services/mail/$f.nix"
+          [ "$f" = dovecot ] && f=$g
+          stubs+=" $PWD/nix/tests/eval/stubs/$f.nix"
+        done
+        nix_with nixpkgs --eval --strict --json "$PWD/nix/tests/eval/option-tree.nix" \
+          --arg mailModules "$real ]" >"$work/tree-nixpkgs.json" || return 1
+        nix_with nixpkgs --eval --strict --json "$PWD/nix/tests/eval/option-tree.nix" \
+          --arg mailModules "$stubs ]" >"$work/tree-stubs.json" || return 1
+        nix_with minilib --eval --strict --json "$PWD/nix/tests/eval/option-tree.nix" \
+          --arg mailModules "$stubs ]" >"$work/tree-stubs-minilib.json" || return 1
+        "$python" - "$g" "$work" <<'EOF' || return 1
+import json, sys
+g, w = sys.argv[1], sys.argv[2]
+real, stubs, mini = (set(json.load(open(f"{w}/tree-{k}.json"))) for k in ("nixpkgs", "stubs", "stubs-minilib"))
+bad = [f"{g}: the stubs declare {o}, nixpkgs does not" for o in sorted(stubs - real)]
+bad += [f"{g}: nixpkgs declares {o}, the stubs do not" for o in sorted(real - stubs)]
+bad += [f"{g}: minilib reads {o} from the stubs, nixpkgs' lib does not" for o in sorted(mini ^ stubs)]
+print("\n".join(bad) or f"{g}: the same {len(real)} options (paths and types) in the stubs and nixpkgs' modules; the same under minilib")
+sys.exit(1 if bad else 0)
+EOF
+      done
+    }
+    check "the stubs declare exactly nixpkgs' options, paths and types (both generations)" same_option_trees
   else
     step "nixpkgs' real mail modules: skipped (set POSTMASTER_NIXPKGS_MODULES)"
   fi
