@@ -5,7 +5,12 @@
 # nix/lib pass their tests and the accounts file they render is filled, parsed and
 # (with a build of postmaster at hand) accepted by `postmaster check`; the flake has
 # its outputs; the VM tests' Python scripts pass pyflakes and mypy (as the NixOS test
-# driver checks them).
+# driver checks them); and nix/module.nix is evaluated with evalModules
+# (nix/tests/module-eval.nix) by minilib, the project's own builtins-only module
+# system (nix/tests/eval/minilib, with its unit tests): every VM test's mail node,
+# every NixOS example of README.md and the module's own checks and refusals,
+# against the project's stubs of nixpkgs' postfix, mail, dovecot and rspamd modules
+# (nix/tests/eval/stubs), for both generations of the dovecot module.
 #
 # NixOS VM tests need nixpkgs and KVM: they run with `nix flake check` elsewhere.
 #
@@ -16,19 +21,22 @@
 #
 # Optional (a developer's machine; CI has no nixpkgs):
 #   POSTMASTER_NIXPKGS_LIB=/path/to/nixpkgs.lib (a checkout of nix-community/nixpkgs.lib
-#     or nixpkgs) also evaluates nix/module.nix with lib.evalModules
-#     (nix/tests/module-eval.nix): every VM test's mail node, every NixOS example of
-#     README.md and the module's own checks, against the project's stubs of nixpkgs'
-#     postfix, mail, dovecot and rspamd modules (nix/tests/eval/stubs), for both
-#     generations of the dovecot module;
-#   POSTMASTER_NIXPKGS_MODULES=DIR, with POSTMASTER_NIXPKGS_LIB, does it once more
-#     against nixpkgs' real modules: each subdirectory of DIR is one generation and
-#     holds nixos/modules/services/mail/{postfix,mail,dovecot,rspamd}.nix (never
-#     commit them);
-#   POSTMASTER_NIX_INSTANTIATE: the command for those two evaluations, when the
-#     nix-instantiate here is too old for current nixpkgs lib (it needs Nix 2.18 or
-#     newer; Debian 12 has 2.8), e.g. "chroot /srv/trixie nix-instantiate" with this
-#     tree, the lib and DIR mounted at the same paths inside.
+#     or nixpkgs) runs minilib's unit tests and module-eval.nix under nixpkgs' lib
+#     too (the same values, the same errors), and compares a JSON snapshot of every
+#     configuration's rendered values under both libs: any drift of minilib fails;
+#   POSTMASTER_NIXPKGS_MODULES=DIR, with POSTMASTER_NIXPKGS_LIB, evaluates
+#     module-eval.nix once more against nixpkgs' real modules, with nixpkgs' lib
+#     and with minilib, and compares the two snapshots and refusals there too, and
+#     checks that the stubs declare exactly the real modules' options (paths and
+#     types, nix/tests/eval/option-tree.nix):
+#     each subdirectory of DIR is one generation and holds
+#     nixos/modules/services/mail/{postfix,mail,dovecot,rspamd}.nix (never commit
+#     them);
+#   POSTMASTER_NIX_INSTANTIATE: the command for the evaluations with nixpkgs' lib,
+#     when the nix-instantiate here is too old for it (it needs Nix 2.18 or newer;
+#     Debian 12 has 2.8; minilib's always run with the one here), e.g.
+#     "chroot /srv/trixie nix-instantiate" with this tree, the lib and DIR mounted
+#     at the same paths inside (and /proc).
 #
 # Ends with the line `nix checks: N passed, M failed`; exits 1 when M > 0.
 set -euo pipefail
@@ -355,29 +363,165 @@ for f in nix/tests/scenarios/*.py; do
 done
 check "nix/tests/scenarios/probe.py --help" env PYTHONPATH=tests/scenarios "$python" nix/tests/scenarios/probe.py --help
 
+# ---- the module with evalModules ----------------------------------------------------
+# minilib (nix/tests/eval/minilib) is the project's own builtins-only module system
+# and lib, so this runs everywhere; with POSTMASTER_NIXPKGS_LIB the same files run
+# under nixpkgs' lib as well, and what they see is compared.
+
+minilib=$PWD/nix/tests/eval/minilib
+real_nixi=(nix-instantiate)
+[ -n "${POSTMASTER_NIX_INSTANTIATE:-}" ] && read -r -a real_nixi <<<"$POSTMASTER_NIX_INSTANTIATE"
+nixpkgs_lib=""
+# nix_with LIB ARGS...: nix-instantiate with `lib` given: minilib with the
+# nix-instantiate here, nixpkgs' lib with POSTMASTER_NIX_INSTANTIATE's.
+nix_with() {
+  local which=$1
+  shift
+  if [ "$which" = minilib ]; then
+    nix-instantiate --arg lib "import $minilib" "$@"
+  else
+    "${real_nixi[@]}" --arg lib "import $nixpkgs_lib" "$@"
+  fi
+}
+# Read-write, with a store of its own: the README's examples are written into
+# the store to be imported (builtins.toFile).
+module_eval() {  # LIB ARGS...
+  local which=$1
+  shift
+  nix_with "$which" --read-write-mode --option store "$work/store" --eval --strict \
+    "$PWD/nix/tests/module-eval.nix" "$@"
+}
+# expected_errors LIB FILE [ARGS...]: every {attr, expected} of FILE's
+# expectedErrors fails to evaluate, with an error that contains `expected`
+# (nixpkgs' wording).
+expected_errors() {
+  local which=$1 file=$2 attr expected n=0 bad=0
+  shift 2
+  nix_with "$which" --read-write-mode --option store "$work/store" --eval --strict --json \
+    "$file" "$@" -A expectedErrors >"$work/errors.json" || return 1
+  while IFS=$'\t' read -r attr expected; do
+    n=$((n + 1))
+    if nix_with "$which" --read-write-mode --option store "$work/store" --eval --strict \
+      "$file" "$@" -A "$attr" >/dev/null 2>"$work/error.txt"; then
+      echo "$attr: evaluated, but must fail with: $expected"
+      bad=1
+    elif ! grep -qF -- "$expected" "$work/error.txt"; then
+      echo "$attr: failed, but not with: $expected"
+      tail -n 5 "$work/error.txt" | sed 's/^/    /'
+      bad=1
+    fi
+  done < <("$python" -c 'import json, sys
+for e in json.load(open(sys.argv[1])): print(e["attr"] + "\t" + e["expected"])' "$work/errors.json")
+  [ "$bad" -eq 0 ] && echo "$n evaluations failed, each with nixpkgs' message"
+  [ "$n" -gt 0 ] && [ "$bad" -eq 0 ]
+}
+
+step "minilib: its unit tests (nix/tests/eval/minilib/tests.nix)"
+check "minilib: the values nixpkgs' lib gives" \
+  nix-instantiate --eval --strict nix/tests/eval/minilib/tests.nix -A summary
+check "minilib: the errors nixpkgs' lib gives (undeclared options, wrong types, conflicts, ...)" \
+  expected_errors minilib "$PWD/nix/tests/eval/minilib/tests.nix"
+
+step "nix/module.nix with minilib's evalModules: stubs of nixpkgs' mail modules"
+check "nix/tests/module-eval.nix with minilib (stubs, both dovecot generations)" \
+  module_eval minilib -A summary
+check "nix/tests/module-eval.nix with minilib: undeclared options and wrong types are refused" \
+  expected_errors minilib "$PWD/nix/tests/module-eval.nix"
+
 if [ -n "${POSTMASTER_NIXPKGS_LIB:-}" ]; then
-  lib=$POSTMASTER_NIXPKGS_LIB
-  [ -e "$lib/lib/default.nix" ] && lib=$lib/lib
-  lib=$(realpath "$lib")
-  read -r -a nixi <<<"${POSTMASTER_NIX_INSTANTIATE:-nix-instantiate}"
-  # Read-write, with a store of its own: the README's examples are written into
-  # the store to be imported (builtins.toFile).
-  module_eval() {
-    "${nixi[@]}" --version
-    "${nixi[@]}" --read-write-mode --option store "$work/store" --eval --strict \
-      "$PWD/nix/tests/module-eval.nix" --arg lib "import $lib" -A summary "$@"
+  nixpkgs_lib=$POSTMASTER_NIXPKGS_LIB
+  [ -e "$nixpkgs_lib/lib/default.nix" ] && nixpkgs_lib=$nixpkgs_lib/lib
+  nixpkgs_lib=$(realpath "$nixpkgs_lib")
+  "${real_nixi[@]}" --version
+  step "minilib against nixpkgs' lib ($nixpkgs_lib): the same tests, the same results"
+  check "minilib's unit tests under nixpkgs' lib: its values" \
+    nix_with nixpkgs --eval --strict "$PWD/nix/tests/eval/minilib/tests.nix" -A summary
+  check "minilib's unit tests under nixpkgs' lib: its errors" \
+    expected_errors nixpkgs "$PWD/nix/tests/eval/minilib/tests.nix"
+  check "nix/tests/module-eval.nix with nixpkgs' lib (stubs, both dovecot generations)" \
+    module_eval nixpkgs -A summary
+  check "nix/tests/module-eval.nix with nixpkgs' lib: undeclared options and wrong types are refused" \
+    expected_errors nixpkgs "$PWD/nix/tests/module-eval.nix"
+  # Every configuration's rendered values (config.toml, main.cf and master.cf
+  # settings, dovecot's settings, rspamd's workers and files, systemd units,
+  # tmpfiles, users, polkit, D-Bus, assertions, warnings) and every check's
+  # observed value: minilib must give exactly what nixpkgs' lib gives.
+  same_snapshot() {  # [ARGS...] for module-eval.nix
+    module_eval minilib --json -A snapshot "$@" >"$work/snapshot-minilib.json" || return 1
+    module_eval nixpkgs --json -A snapshot "$@" >"$work/snapshot-nixpkgs.json" || return 1
+    "$python" - "$work/snapshot-minilib.json" "$work/snapshot-nixpkgs.json" <<'EOF' || return 1
+import json, sys
+mini, real = (json.load(open(p)) for p in sys.argv[1:3])
+diffs = []
+def walk(path, a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                diffs.append(f"{path}/{k}: only under {'nixpkgs' if k not in a else 'minilib'}'s lib")
+            else:
+                walk(f"{path}/{k}", a[k], b[k])
+    elif a != b:
+        diffs.append(f"{path}:\n    minilib: {json.dumps(a)[:300]}\n    nixpkgs: {json.dumps(b)[:300]}")
+walk("", mini, real)
+n = sum(len(g["configurations"]) for g in real.values())
+c = sum(len(g["checks"]) for g in real.values())
+print("\n".join(diffs[:20]) or f"identical: {n} configurations and {c} checks' values in {len(real)} generations ({len(json.dumps(real))} bytes of JSON)")
+sys.exit(1 if diffs else 0)
+EOF
   }
-  step "nix/module.nix with lib.evalModules ($lib): stubs of nixpkgs' mail modules"
-  check "nix/tests/module-eval.nix (stubs, both dovecot generations)" module_eval
+  check "minilib and nixpkgs' lib: every configuration renders the same (JSON snapshot)" same_snapshot
   if [ -n "${POSTMASTER_NIXPKGS_MODULES:-}" ]; then
-    step "nix/module.nix with lib.evalModules: nixpkgs' real mail modules ($POSTMASTER_NIXPKGS_MODULES)"
-    check "nix/tests/module-eval.nix (nixpkgs' modules: $(ls "$POSTMASTER_NIXPKGS_MODULES" | tr '\n' ' '))" \
-      module_eval --argstr mailModulesDir "$(realpath "$POSTMASTER_NIXPKGS_MODULES")"
+    modules=(--argstr mailModulesDir "$(realpath "$POSTMASTER_NIXPKGS_MODULES")")
+    generations=$(ls "$POSTMASTER_NIXPKGS_MODULES" | paste -sd ' ')
+    step "nix/module.nix against nixpkgs' real mail modules ($POSTMASTER_NIXPKGS_MODULES: $generations)"
+    check "nix/tests/module-eval.nix (nixpkgs' lib, nixpkgs' modules)" module_eval nixpkgs -A summary "${modules[@]}"
+    check "nix/tests/module-eval.nix (nixpkgs' lib, nixpkgs' modules): refusals" \
+      expected_errors nixpkgs "$PWD/nix/tests/module-eval.nix" "${modules[@]}"
+    # minilib on nixpkgs' own modules (which use more of lib than the stubs):
+    # the same values, the same refusals.
+    check "nix/tests/module-eval.nix (minilib, nixpkgs' modules)" module_eval minilib -A summary "${modules[@]}"
+    check "nix/tests/module-eval.nix (minilib, nixpkgs' modules): refusals" \
+      expected_errors minilib "$PWD/nix/tests/module-eval.nix" "${modules[@]}"
+    check "minilib and nixpkgs' lib on nixpkgs' modules: every configuration renders the same (JSON snapshot)" \
+      same_snapshot "${modules[@]}"
+    # The stubs declare what nixpkgs' modules declare, no more and no less
+    # (every option's path and type, submodules' options included), and minilib
+    # reads the same tree from them as nixpkgs' lib.
+    same_option_trees() {
+      local dir g f stubs real
+      for dir in "$POSTMASTER_NIXPKGS_MODULES"/*/; do
+        g=$(basename "$dir")
+        [ -e "nix/tests/eval/stubs/$g.nix" ] || { echo "no stub nix/tests/eval/stubs/$g.nix for $dir"; return 1; }
+        stubs="[" real="["
+        for f in postfix mail dovecot rspamd; do
+          real+=" $(realpath "$dir")/nixos/modules/services/mail/$f.nix"
+          [ "$f" = dovecot ] && f=$g
+          stubs+=" $PWD/nix/tests/eval/stubs/$f.nix"
+        done
+        nix_with nixpkgs --eval --strict --json "$PWD/nix/tests/eval/option-tree.nix" \
+          --arg mailModules "$real ]" >"$work/tree-nixpkgs.json" || return 1
+        nix_with nixpkgs --eval --strict --json "$PWD/nix/tests/eval/option-tree.nix" \
+          --arg mailModules "$stubs ]" >"$work/tree-stubs.json" || return 1
+        nix_with minilib --eval --strict --json "$PWD/nix/tests/eval/option-tree.nix" \
+          --arg mailModules "$stubs ]" >"$work/tree-stubs-minilib.json" || return 1
+        "$python" - "$g" "$work" <<'EOF' || return 1
+import json, sys
+g, w = sys.argv[1], sys.argv[2]
+real, stubs, mini = (set(json.load(open(f"{w}/tree-{k}.json"))) for k in ("nixpkgs", "stubs", "stubs-minilib"))
+bad = [f"{g}: the stubs declare {o}, nixpkgs does not" for o in sorted(stubs - real)]
+bad += [f"{g}: nixpkgs declares {o}, the stubs do not" for o in sorted(real - stubs)]
+bad += [f"{g}: minilib reads {o} from the stubs, nixpkgs' lib does not" for o in sorted(mini ^ stubs)]
+print("\n".join(bad) or f"{g}: the same {len(real)} options (paths and types) in the stubs and nixpkgs' modules; the same under minilib")
+sys.exit(1 if bad else 0)
+EOF
+      done
+    }
+    check "the stubs declare exactly nixpkgs' options, paths and types (both generations)" same_option_trees
   else
     step "nixpkgs' real mail modules: skipped (set POSTMASTER_NIXPKGS_MODULES)"
   fi
 else
-  step "nix/module.nix with lib.evalModules: skipped (set POSTMASTER_NIXPKGS_LIB to a nixpkgs.lib checkout)"
+  step "minilib against nixpkgs' lib: skipped (set POSTMASTER_NIXPKGS_LIB to a nixpkgs.lib checkout)"
 fi
 
 printf '\n'

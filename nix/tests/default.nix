@@ -36,13 +36,28 @@ in
   # nodes, README.md's NixOS examples, the module's checks) against the project's
   # stubs of nixpkgs' mail modules (both dovecot generations) and against this
   # nixpkgs' real ones; they throw on a mismatch. tests/nix-checks.sh evaluates the
-  # same files (module-eval.nix only when given a nixpkgs lib).
+  # same files (module-eval.nix with minilib, and with a nixpkgs lib when given one).
   lib-eval = pkgs.runCommand "postmaster-nix-lib-eval" { } ''
     echo ${lib.escapeShellArg (import ./lib-eval.nix { }).summary} > $out
   '';
   module-eval = pkgs.runCommand "postmaster-module-eval" { } ''
     echo ${lib.escapeShellArg (import ./module-eval.nix { inherit lib; }).summary} > $out
   '';
+  # minilib (nix/tests/eval/minilib), the module system CI evaluates with, against
+  # this nixpkgs' lib: its unit tests give nixpkgs' values, and module-eval.nix
+  # sees exactly the same under both (every configuration's snapshot).
+  module-eval-minilib =
+    let
+      underMinilib = import ./module-eval.nix { lib = import ./eval/minilib; };
+      underNixpkgs = import ./module-eval.nix { inherit lib; };
+      unitTests = import ./eval/minilib/tests.nix { inherit lib; };
+    in
+    if builtins.toJSON underMinilib.snapshot != builtins.toJSON underNixpkgs.snapshot then
+      throw "nix/tests/eval/minilib: module-eval.nix sees other values than under nixpkgs' lib (tests/nix-checks.sh with POSTMASTER_NIXPKGS_LIB shows where)"
+    else
+      pkgs.runCommand "postmaster-module-eval-minilib" { } ''
+        echo ${lib.escapeShellArg "${underMinilib.summary}; ${unitTests.summary}"} > $out
+      '';
   # The same checks against this nixpkgs' own postfix, mail and dovecot modules.
   module-eval-nixpkgs = pkgs.runCommand "postmaster-module-eval-nixpkgs" { } ''
     echo ${

@@ -44,12 +44,18 @@ let
     types.path
     (types.submodule (sectionModule false))
   ];
-  valueType = types.nullOr (
-    types.oneOf [
-      primitive
-      (types.nonEmptyListOf primitive)
-    ]
-  );
+  # Named, as nixpkgs names it: its description would otherwise contain itself
+  # (a section's freeform type is made of valueType) and never end.
+  valueType =
+    types.nullOr (
+      types.oneOf [
+        primitive
+        (types.nonEmptyListOf primitive)
+      ]
+    )
+    // {
+      description = "Dovecot config value";
+    };
 
   pluginList = types.submodule { options.enable = opt (types.listOf types.str) [ ]; };
 in
