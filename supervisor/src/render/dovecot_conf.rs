@@ -49,9 +49,10 @@ pub fn render(config: &Config, config_file: &str) -> String {
 }
 
 /// The Sieve scripts dovecot.conf names, and the programs the learning scripts
-/// pipe messages to. Rendered whether or not learning is on (dovecot.conf decides
-/// whether they run), so an installation is the same set of files either way.
-pub fn sieve(_config: &Config, config_file: &str) -> Vec<(&'static str, String, Kind)> {
+/// pipe messages to. The learning ones only with `[inbound] learning`: they need
+/// the pipe extension, which dovecot.conf enables only then (sievec refuses them
+/// without it).
+pub fn sieve(config: &Config, config_file: &str) -> Vec<(&'static str, String, Kind)> {
     let file = |template: &str, class: &str| {
         fill(
             template,
@@ -64,23 +65,26 @@ pub fn sieve(_config: &Config, config_file: &str) -> Vec<(&'static str, String, 
             ],
         )
     };
-    vec![
-        (
-            paths::SIEVE_SPAM_TO_JUNK,
-            file(SPAM_TO_JUNK, ""),
-            Kind::Config,
-        ),
-        (paths::SIEVE_LEARN_SPAM, file(LEARN_SPAM, ""), Kind::Config),
-        (paths::SIEVE_LEARN_HAM, file(LEARN_HAM, ""), Kind::Config),
-        (
-            paths::SIEVE_PIPE_LEARN_SPAM,
-            file(PIPE_LEARN, "spam"),
-            Kind::Program,
-        ),
-        (
-            paths::SIEVE_PIPE_LEARN_HAM,
-            file(PIPE_LEARN, "ham"),
-            Kind::Program,
-        ),
-    ]
+    let mut files = vec![(
+        paths::SIEVE_SPAM_TO_JUNK,
+        file(SPAM_TO_JUNK, ""),
+        Kind::Config,
+    )];
+    if config.inbound.learning {
+        files.extend([
+            (paths::SIEVE_LEARN_SPAM, file(LEARN_SPAM, ""), Kind::Config),
+            (paths::SIEVE_LEARN_HAM, file(LEARN_HAM, ""), Kind::Config),
+            (
+                paths::SIEVE_PIPE_LEARN_SPAM,
+                file(PIPE_LEARN, "spam"),
+                Kind::Program,
+            ),
+            (
+                paths::SIEVE_PIPE_LEARN_HAM,
+                file(PIPE_LEARN, "ham"),
+                Kind::Program,
+            ),
+        ]);
+    }
+    files
 }

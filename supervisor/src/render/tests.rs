@@ -508,6 +508,24 @@ fn spam_goes_to_junk_always_and_junk_teaches_rspamd_only_with_learning_on() {
         .unwrap()
         .content;
     assert!(setting(bayes, "servers").is_empty(), "{bayes}");
+    // No learning scripts or programs: they need the pipe extension, which
+    // dovecot.conf enables only for learning, and would not compile.
+    for path in [
+        paths::SIEVE_LEARN_SPAM,
+        paths::SIEVE_LEARN_HAM,
+        paths::SIEVE_PIPE_LEARN_SPAM,
+        paths::SIEVE_PIPE_LEARN_HAM,
+    ] {
+        assert!(
+            !files.iter().any(|f| f.path == std::path::Path::new(path)),
+            "{path}"
+        );
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.path == std::path::Path::new(paths::SIEVE_SPAM_TO_JUNK))
+    );
     // The controller stays off TCP either way: Debian's trusts every local user.
     assert!(
         files
