@@ -58,9 +58,13 @@ install -m 0644 "$out/dovecot/dovecot.conf" /etc/dovecot/dovecot.conf
 # dovecot's Sieve scripts (Junk filing, learning), compiled here: dovecot runs them
 # as the mail user, who cannot write the compiled files next to them. The programs
 # the learning scripts pipe messages to, executable.
-install -d -m 0755 /etc/dovecot/sieve /etc/dovecot/sieve-pipe
+# (The learning ones only with [inbound] learning, as `postmaster render` writes them.)
+install -d -m 0755 /etc/dovecot/sieve
 install -m 0644 "$out"/dovecot/sieve/*.sieve /etc/dovecot/sieve/
-install -m 0755 "$out"/dovecot/sieve-pipe/* /etc/dovecot/sieve-pipe/
+if [ -d "$out/dovecot/sieve-pipe" ]; then
+	install -d -m 0755 /etc/dovecot/sieve-pipe
+	install -m 0755 "$out"/dovecot/sieve-pipe/* /etc/dovecot/sieve-pipe/
+fi
 for script in /etc/dovecot/sieve/*.sieve; do sievec "$script"; done
 # The directory of rspamd's controller socket (learning), for rspamd and group vmail.
 install -m 0644 "$out/tmpfiles.d/postmaster-learning.conf" /etc/tmpfiles.d/
