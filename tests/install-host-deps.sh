@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # the real tools the integration tests check generated output with
   postfix postfix-lmdb dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd openssl
+  # dovecot.conf names Sieve's settings and ManageSieve's service
+  dovecot-sieve dovecot-managesieved
   # the ACME client's tests run against a real pebble on loopback
   pebble
   # the test bed: a rootfs, booted with systemd-nspawn

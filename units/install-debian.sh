@@ -56,6 +56,13 @@ command -v postmap >/dev/null || fail "postmap is missing: install postfix first
 getent group _rspamd >/dev/null ||
 	fail "group _rspamd is missing: install rspamd first (it signs outgoing mail with DKIM)"
 
+# dovecot.conf as `postmaster render` writes it files spam into Junk with Sieve and
+# serves ManageSieve (4190): dovecot refuses to start without their modules.
+[ -e /usr/lib/dovecot/modules/lib90_sieve_plugin.so ] ||
+	fail "dovecot's Sieve plugin is missing: install dovecot-sieve first"
+[ -x /usr/lib/dovecot/managesieve-login ] ||
+	fail "dovecot's ManageSieve server is missing: install dovecot-managesieved first"
+
 changed=no
 # put MODE SOURCE TARGET: installs SOURCE as TARGET, root's, unless it is there
 # already. Renamed into place: dbus-daemon, polkitd and a running postmaster never

@@ -95,6 +95,7 @@ pub fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Report, Ap
                 };
                 write_atomic(&path, file.content.as_bytes(), mode, gid)?
             }
+            (Kind::Program, _) => write_atomic(&path, file.content.as_bytes(), 0o755, None)?,
             _ => write_atomic(&path, file.content.as_bytes(), 0o644, None)?,
         };
         if changed {

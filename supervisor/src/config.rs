@@ -58,8 +58,12 @@ pub struct Inbound {
     pub enabled: bool,
     /// From this score on, a message is refused at SMTP time (5xx, no bounce).
     pub reject_score: f64,
-    /// From this score on, a message gets an `X-Spam: Yes` header.
+    /// From this score on, a message gets an `X-Spam: Yes` header (and dovecot
+    /// files it into the recipient's Junk folder).
     pub add_header_score: f64,
+    /// Moving a message into Junk teaches rspamd's Bayes filter "spam", moving
+    /// it out "ham" (IMAPSieve); Bayes keeps what it learned in valkey.
+    pub learning: bool,
 }
 
 pub const DEFAULT_REJECT_SCORE: f64 = 15.0;
@@ -161,6 +165,9 @@ pub struct Units {
     pub dovecot: String,
     /// rspamd, which signs outgoing mail: reloaded when the keys it signs with change.
     pub rspamd: String,
+    /// The Redis-compatible store of rspamd's Bayes filter (valkey on Debian 13),
+    /// watched while `[inbound] learning` is on.
+    pub valkey: String,
     /// The group whose members may call the daemon over D-Bus besides root (its
     /// D-Bus policy and polkit rule name it): named when a call is refused.
     pub admin_group: String,
@@ -452,7 +459,13 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
     let units = {
         let mut s = f.section(
             "systemd",
-            &["postfix_unit", "dovecot_unit", "rspamd_unit", "admin_group"],
+            &[
+                "postfix_unit",
+                "dovecot_unit",
+                "rspamd_unit",
+                "valkey_unit",
+                "admin_group",
+            ],
         );
         Units {
             postfix: s
@@ -464,6 +477,9 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             rspamd: s
                 .unit("rspamd_unit")
                 .unwrap_or_else(|| "rspamd.service".into()),
+            valkey: s
+                .unit("valkey_unit")
+                .unwrap_or_else(|| "valkey-server.service".into()),
             admin_group: s
                 .str("admin_group")
                 .unwrap_or_else(|| DEFAULT_ADMIN_GROUP.into()),
@@ -645,8 +661,24 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
     };
 
     let inbound = {
-        let mut s = f.section("inbound", &["enabled", "reject_score", "add_header_score"]);
+        let mut s = f.section(
+            "inbound",
+            &["enabled", "reject_score", "add_header_score", "learning"],
+        );
         let enabled = s.bool("enabled").unwrap_or(true);
+        // Learning teaches the filter of port 25: without the checks there is
+        // nothing to teach. On by default with them (see postmaster.example.toml).
+        let learning = s.bool("learning").unwrap_or(enabled);
+        if learning
+            && !enabled
+            && let Some((_, v)) = tomlwalk::get(s.table, "learning")
+        {
+            s.d.error(
+                v.span(),
+                "`learning` in [inbound] needs `enabled = true`",
+                "what Junk teaches is rspamd's filter of the mail arriving on port 25, which is off",
+            );
+        }
         // A score that is given but wrong is reported once, and not compared.
         let score = |s: &mut Fields<'_, '_, '_>, key: &str, default: f64| -> Option<f64> {
             if tomlwalk::get(s.table, key).is_none() {
@@ -684,6 +716,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             enabled,
             reject_score,
             add_header_score,
+            learning,
         }
     };
 
@@ -1013,7 +1046,8 @@ mod tests {
             Inbound {
                 enabled: true,
                 reject_score: 15.0,
-                add_header_score: 6.0
+                add_header_score: 6.0,
+                learning: true,
             }
         );
         let c = parse(
@@ -1025,6 +1059,22 @@ mod tests {
             (c.inbound.reject_score, c.inbound.add_header_score),
             (20.0, 5.5)
         );
+        assert!(!c.inbound.learning, "no learning without the checks");
+        let c = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nlearning = false\n",
+        )
+        .unwrap();
+        assert!(c.inbound.enabled && !c.inbound.learning);
+        let e = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nenabled = false\nlearning = true\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:5:12: `learning` in [inbound] needs `enabled = true`; what Junk teaches is rspamd's filter of the mail arriving on port 25, which is off",
+            ]
+        );
         let e = parse(
             "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nreject_score = 0\ngreylist = true\n",
         )
@@ -1033,7 +1083,7 @@ mod tests {
             e,
             vec![
                 "/etc/postmaster/config.toml:4:16: `reject_score` in [inbound] must be above 0; rspamd gives ordinary mail a score around 0; the defaults are 15 (refuse) and 6 (header)",
-                "/etc/postmaster/config.toml:5:1: unknown key `greylist` in [inbound]; known keys here: enabled, reject_score, add_header_score",
+                "/etc/postmaster/config.toml:5:1: unknown key `greylist` in [inbound]; known keys here: enabled, reject_score, add_header_score, learning",
             ]
         );
         let e = parse(

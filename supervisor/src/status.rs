@@ -19,6 +19,24 @@ pub struct Status {
     /// DKIM signing, when it is on.
     #[serde(default)]
     pub dkim: Option<DkimStatus>,
+    /// The checks of mail arriving on port 25, when they are on.
+    #[serde(default)]
+    pub inbound: Option<InboundStatus>,
+}
+
+/// Which units the checks of port 25 depend on; their state is in `units`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundStatus {
+    /// rspamd: while it does not run, mail on 25 is deferred (4xx).
+    pub checker_unit: String,
+    /// valkey, while learning is on: while it does not run, mail still flows, but
+    /// rspamd's Bayes filter neither classifies nor learns.
+    pub bayes_unit: Option<String>,
+}
+
+/// Whether a unit is running, as far as is known ("unknown": not asked yet).
+fn running(u: &UnitState) -> bool {
+    matches!(u.active_state.as_str(), "active" | "reloading" | "unknown")
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,10 +156,34 @@ impl Status {
                         .units
                         .iter()
                         .filter(|u| u.name == d.signer_unit)
-                        .all(|u| {
-                            matches!(u.active_state.as_str(), "active" | "reloading" | "unknown")
-                        })
+                        .all(running)
             })
+            && self
+                .units
+                .iter()
+                .all(|u| running(u) || self.stopped(u).is_empty())
+    }
+
+    /// What it means for the mail that `unit` does not run: one sentence per role
+    /// it has (rspamd signs and checks); empty for units without such a role here.
+    pub fn stopped(&self, unit: &UnitState) -> Vec<&'static str> {
+        let mut what = Vec::new();
+        if let Some(i) = &self.inbound {
+            if i.checker_unit == unit.name {
+                what.push("mail arriving on port 25 is deferred (4xx): sending servers keep it and retry, nothing is lost and nothing arrives unchecked");
+            }
+            if i.bayes_unit.as_deref() == Some(unit.name.as_str()) {
+                what.push("mail still flows and is checked, but rspamd's Bayes filter neither classifies nor learns: moving mail into or out of Junk teaches nothing meanwhile");
+            }
+        }
+        if self
+            .dkim
+            .as_ref()
+            .is_some_and(|d| d.signer_unit == unit.name)
+        {
+            what.push("submitted mail is refused with a temporary error (451 4.7.1) and the host's own mail waits in the queue: nothing leaves unsigned, nothing is lost");
+        }
+        what
     }
 
     /// The one line systemd shows (`systemctl status postmaster`).
@@ -188,6 +230,17 @@ impl Status {
             .filter(|e| !e.ok)
         {
             line.push_str(&format!("; RENEWAL FAILING: {}", e.detail));
+        }
+        for u in self.units.iter().filter(|u| !running(u)) {
+            let what = self.stopped(u);
+            if !what.is_empty() {
+                line.push_str(&format!(
+                    "; {} {}: {}",
+                    u.name,
+                    u.active_state.to_uppercase(),
+                    what.join("; ")
+                ));
+            }
         }
         if let Some(d) = &self.dkim {
             if let Some(e) = &d.error {
@@ -316,11 +369,24 @@ impl Status {
                 line(format!("  error:    {e}"));
             }
         }
+        if let Some(i) = &self.inbound {
+            line(format!("inbound:    port 25 checked by {}", i.checker_unit));
+            if let Some(bayes) = &i.bayes_unit {
+                line(format!(
+                    "            learning from Junk, Bayes kept by {bayes}"
+                ));
+            }
+        }
         for u in &self.units {
             line(format!(
                 "unit:       {} {} (main PID {})",
                 u.name, u.active_state, u.main_pid
             ));
+            if !running(u) {
+                for what in self.stopped(u) {
+                    line(format!("            not running: {what}"));
+                }
+            }
         }
         out
     }
@@ -427,5 +493,53 @@ mod tests {
         assert!(s.healthy());
         s.units[0].active_state = "failed".into();
         assert!(!s.healthy());
+    }
+
+    #[test]
+    fn a_stopped_rspamd_or_valkey_says_what_happens_to_mail() {
+        let unit = |name: &str, state: &str| UnitState {
+            name: name.into(),
+            active_state: state.into(),
+            main_pid: 0,
+        };
+        let mut s = Status {
+            domains: vec!["example.org".into()],
+            units: vec![
+                unit("rspamd.service", "active"),
+                unit("valkey-server.service", "active"),
+            ],
+            inbound: Some(InboundStatus {
+                checker_unit: "rspamd.service".into(),
+                bayes_unit: Some("valkey-server.service".into()),
+            }),
+            ..Default::default()
+        };
+        assert!(s.healthy());
+        assert!(s.human().contains("inbound:    port 25 checked by rspamd.service\n            learning from Junk, Bayes kept by valkey-server.service\n"), "{}", s.human());
+        assert!(!s.human().contains("not running"));
+
+        s.units[1] = unit("valkey-server.service", "inactive");
+        assert!(!s.healthy());
+        assert_eq!(
+            s.summary(),
+            "serving 0 mailboxes for example.org; valkey-server.service INACTIVE: mail still flows and is checked, but rspamd's Bayes filter neither classifies nor learns: moving mail into or out of Junk teaches nothing meanwhile"
+        );
+        assert!(s.human().contains("unit:       valkey-server.service inactive (main PID 0)\n            not running: mail still flows and is checked, but rspamd's Bayes filter neither classifies nor learns"), "{}", s.human());
+
+        s.units = vec![
+            unit("rspamd.service", "failed"),
+            unit("valkey-server.service", "active"),
+        ];
+        s.dkim = Some(DkimStatus {
+            signer_unit: "rspamd.service".into(),
+            ..Default::default()
+        });
+        assert!(!s.healthy());
+        let human = s.human();
+        assert!(human.contains("unit:       rspamd.service failed (main PID 0)\n            not running: mail arriving on port 25 is deferred (4xx): sending servers keep it and retry, nothing is lost and nothing arrives unchecked\n            not running: submitted mail is refused with a temporary error (451 4.7.1)"), "{human}");
+
+        // A unit with no role in mail checks says nothing more than its state.
+        s.units = vec![unit("dovecot.service", "inactive")];
+        assert!(s.stopped(&s.units[0]).is_empty());
     }
 }

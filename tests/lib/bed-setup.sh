@@ -55,6 +55,20 @@ postmaster render --out "$out" >/dev/null
 install -m 0644 "$out/postfix/main.cf" /etc/postfix/main.cf
 install -m 0644 "$out/postfix/master.cf" /etc/postfix/master.cf
 install -m 0644 "$out/dovecot/dovecot.conf" /etc/dovecot/dovecot.conf
+# dovecot's Sieve scripts (Junk filing, learning), compiled here: dovecot runs them
+# as the mail user, who cannot write the compiled files next to them. The programs
+# the learning scripts pipe messages to, executable.
+# (The learning ones only with [inbound] learning, as `postmaster render` writes them.)
+install -d -m 0755 /etc/dovecot/sieve
+install -m 0644 "$out"/dovecot/sieve/*.sieve /etc/dovecot/sieve/
+if [ -d "$out/dovecot/sieve-pipe" ]; then
+	install -d -m 0755 /etc/dovecot/sieve-pipe
+	install -m 0755 "$out"/dovecot/sieve-pipe/* /etc/dovecot/sieve-pipe/
+fi
+for script in /etc/dovecot/sieve/*.sieve; do sievec "$script"; done
+# The directory of rspamd's controller socket (learning), for rspamd and group vmail.
+install -m 0644 "$out/tmpfiles.d/postmaster-learning.conf" /etc/tmpfiles.d/
+systemd-tmpfiles --create /etc/tmpfiles.d/postmaster-learning.conf
 # rspamd signs submitted mail (DKIM) with the keys postmaster keeps; it reads the
 # table of keys from postmaster's generated directory when it (re)starts. It also
 # checks what arrives on port 25 (actions, DMARC, Authentication-Results, the
@@ -66,9 +80,44 @@ install -m 0644 "$out"/rspamd/local.d/* /etc/rspamd/local.d/
 # (TTL 1 s); rspamd would keep an SPF record for at least 5 minutes.
 printf '%s\n' '# The test bed (tests/lib/bed-setup.sh): SPF records as long as their TTL.' \
 	'min_cache_ttl = 1s;' > /etc/rspamd/local.d/spf.conf
+# The bed only: a message whose Subject carries BED-PROBABLE-SPAM scores 10, between
+# add_header_score (6) and reject_score (15): probable spam, reliably, for the tests
+# of Junk filing (tests/scenarios/test_junk.py). rspamd runs this file if it exists.
+# And mail from the test runner itself (the bed network's .1: mailclient.py's
+# send_inbound, as "someone@elsewhere.example" from a host with no DNS at all) would
+# score about 8 (no reverse name, unresolvable HELO and sender domain) and be filed
+# into Junk; the tests that send it check routing, not scoring: it gets -6.
+cat > /etc/rspamd/rspamd.local.lua <<'LUA'
+rspamd_config.BED_TEST_RUNNER = {
+  callback = function(task)
+    local ip = task:get_from_ip()
+    return ip ~= nil and ip:is_valid() and ip:to_string():match('^10%.231%.%d+%.1$') ~= nil
+  end,
+  score = -6.0,
+  description = 'test bed: mail from the test runner on the bed network',
+}
+rspamd_config.BED_PROBABLE_SPAM = {
+  callback = function(task)
+    local subject = task:get_subject()
+    return subject ~= nil and subject:find('BED-PROBABLE-SPAM', 1, true) ~= nil
+  end,
+  score = 10.0,
+  description = 'test bed: marked to score as probable spam',
+}
+LUA
 install -d -m 0755 /etc/rspamd/override.d
 install -m 0644 "$out"/rspamd/override.d/* /etc/rspamd/override.d/
+# The bed only: rspamd counts what Bayes learned (`rspamc stat`) every
+# monitor_timeout, 30 s by default; the tests of learning read those counts.
+printf '%s\n' '# The test bed (tests/lib/bed-setup.sh): Bayes learn counts every second.' \
+	'monitor_timeout = 1s;' > /etc/rspamd/override.d/classifier-bayes.conf
 rm -rf "$out"
+# Bayes's store for learning ([inbound] learning, on by default): valkey, as Debian
+# configures it (127.0.0.1 only). Started without waiting: this script runs before it.
+if grep -q '^servers' /etc/rspamd/local.d/classifier-bayes.conf; then
+	systemctl enable valkey-server.service
+	systemctl start --no-block valkey-server.service
+fi
 
 # dovecot puts its LMTP and auth sockets into postfix's private spool directory,
 # which postfix creates at its first start; this rootfs never started it yet.

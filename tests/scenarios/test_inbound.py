@@ -7,7 +7,8 @@ What is checked here, and decided by rspamd as `postmaster render` configures it
 - GTUBE (a "clear spam" pattern) is refused at SMTP time, with a 5xx;
 - mail From a hosted domain that does not pass DMARC is refused, and such mail
   that this host signed and that comes back intact (a forward) is accepted;
-- a sender domain's DMARC p=reject is honoured at SMTP time, p=quarantine marks;
+- a sender domain's DMARC p=reject is honoured at SMTP time, p=quarantine marks
+  (and so files into Junk);
 - clean mail arrives with an Authentication-Results header;
 - while rspamd is stopped, mail on 25 is deferred (4xx), not lost.
 """
@@ -124,8 +125,10 @@ def test_dmarc_quarantine_of_the_sender_domain_marks_the_message(host, world, se
     example_com('@ TXT "v=spf1 -all"\n_dmarc TXT "v=DMARC1; p=quarantine"')
     subject, result = send(world, SOMEONE, "thomas@example.org", "dmarc quarantine")
     assert result == {"refused": {}}, f"{result}\n{rspamd_log(host)}"
-    got = mc.imap_find(server, *thomas, subject)
+    # Marked, and so filed into Junk (the Sieve script before the user's).
+    got = mc.imap_find(server, *thomas, subject, mailbox="Junk")
     assert got["X-Spam"] == "Yes", f"{got}\n{rspamd_log(host)}"
+    assert mc.imap_absent(server, *thomas, subject)
     results = " ".join(" ".join(got.get_all("Authentication-Results") or []).split())
     assert "dmarc=fail" in results and "spf=fail" in results, results
 

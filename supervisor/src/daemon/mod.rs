@@ -1007,16 +1007,28 @@ impl serve::Host for LiveHost<'_> {
 /// reload may change them). Returns whether anything changed.
 fn describe_host(s: &mut Status, config: &Config) -> bool {
     let mut units = vec![&config.units.postfix, &config.units.dovecot];
-    if config.dkim.enabled {
+    if config.dkim.enabled || config.inbound.enabled {
         units.push(&config.units.rspamd);
     }
+    if config.inbound.learning {
+        units.push(&config.units.valkey);
+    }
+    let inbound = config
+        .inbound
+        .enabled
+        .then(|| crate::status::InboundStatus {
+            checker_unit: config.units.rspamd.clone(),
+            bayes_unit: config.inbound.learning.then(|| config.units.valkey.clone()),
+        });
     let units_changed = s.units.len() != units.len()
         || s.units.iter().zip(&units).any(|(u, name)| &u.name != *name);
     let changed = units_changed
+        || s.inbound != inbound
         || s.host_name != config.host_name
         || s.domains != config.domains
         || s.accounts.file != config.accounts_file.display().to_string();
     s.host_name = config.host_name.clone();
+    s.inbound = inbound;
     s.domains = config.domains.clone();
     s.accounts.file = config.accounts_file.display().to_string();
     if units_changed {
@@ -1292,31 +1304,50 @@ mod tests {
     #[test]
     fn the_status_follows_the_units_a_reload_configures() {
         let mut status = Status::default();
-        assert!(describe_host(&mut status, &config("")));
-        let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
+        // Describes the host as configured by `extra`; the units' names, whether
+        // anything changed.
+        let mut describe = |extra: &str| {
+            let changed = describe_host(&mut status, &config(extra));
+            let names: Vec<String> = status.units.iter().map(|u| u.name.clone()).collect();
+            (names, changed, status.inbound.clone())
+        };
+        let all = [
+            "postfix.service",
+            "dovecot.service",
+            "rspamd.service",
+            "valkey-server.service",
+        ];
+        assert_eq!(describe("").0, all);
+        assert!(!describe("").1, "the same configuration changes nothing");
+
+        let (names, changed, _) = describe(
+            "[systemd]\npostfix_unit = \"postfix@-.service\"\nvalkey_unit = \"redis-rspamd.service\"\n",
+        );
+        assert!(changed);
         assert_eq!(
             names,
-            ["postfix.service", "dovecot.service", "rspamd.service"]
-        );
-        assert!(
-            !describe_host(&mut status, &config("")),
-            "the same configuration changes nothing"
-        );
-
-        let reloaded = config("[systemd]\npostfix_unit = \"postfix@-.service\"\n");
-        assert!(describe_host(&mut status, &reloaded));
-        let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["postfix@-.service", "dovecot.service", "rspamd.service"]
+            [
+                "postfix@-.service",
+                "dovecot.service",
+                "rspamd.service",
+                "redis-rspamd.service"
+            ]
         );
 
-        // Without DKIM signing rspamd is none of the mail host's business.
-        assert!(describe_host(
-            &mut status,
-            &config("[dkim]\nenabled = false\n")
-        ));
-        let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
+        // Without DKIM signing and inbound checks rspamd is none of the mail
+        // host's business, and valkey only matters while Junk teaches Bayes.
+        let (names, _, inbound) = describe("[dkim]\nenabled = false\n[inbound]\nenabled = false\n");
         assert_eq!(names, ["postfix.service", "dovecot.service"]);
+        assert_eq!(inbound, None);
+        assert_eq!(describe("[dkim]\nenabled = false\n").0, all);
+        let (names, _, inbound) = describe("[inbound]\nlearning = false\n");
+        assert_eq!(names, all[..3]);
+        assert_eq!(
+            inbound,
+            Some(crate::status::InboundStatus {
+                checker_unit: "rspamd.service".into(),
+                bayes_unit: None
+            })
+        );
     }
 }

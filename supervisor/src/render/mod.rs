@@ -34,6 +34,8 @@ pub enum Kind {
     PasswdFile,
     /// A configuration file for postfix or dovecot.
     Config,
+    /// A program another service runs (dovecot's Sieve pipe): executable.
+    Program,
 }
 
 /// One rendered file, named relative to the directory it goes in.
@@ -63,6 +65,26 @@ pub mod paths {
     pub const RSPAMD_MULTIMAP: &str = "rspamd/local.d/multimap.conf";
     pub const RSPAMD_HOSTED_DOMAINS: &str = "rspamd/local.d/postmaster_hosted_domains.map";
     pub const RSPAMD_FORCE_ACTIONS: &str = "rspamd/local.d/force_actions.conf";
+    pub const RSPAMD_CLASSIFIER_BAYES: &str = "rspamd/local.d/classifier-bayes.conf";
+    pub const RSPAMD_WORKER_CONTROLLER: &str = "rspamd/override.d/worker-controller.inc";
+    pub const SIEVE_SPAM_TO_JUNK: &str = "dovecot/sieve/spam-to-junk.sieve";
+    pub const SIEVE_LEARN_SPAM: &str = "dovecot/sieve/learn-spam.sieve";
+    pub const SIEVE_LEARN_HAM: &str = "dovecot/sieve/learn-ham.sieve";
+    pub const SIEVE_PIPE_LEARN_SPAM: &str = "dovecot/sieve-pipe/rspamd-learn-spam";
+    pub const SIEVE_PIPE_LEARN_HAM: &str = "dovecot/sieve-pipe/rspamd-learn-ham";
+    pub const TMPFILES_LEARNING: &str = "tmpfiles.d/postmaster-learning.conf";
+}
+
+/// Where the rendered files are installed (their paths above, under `/etc`), for
+/// the files that name each other.
+pub mod installed {
+    pub const SIEVE_DIR: &str = "/etc/dovecot/sieve";
+    pub const SIEVE_PIPE_DIR: &str = "/etc/dovecot/sieve-pipe";
+    /// rspamd's controller socket and its directory (tmpfiles.d).
+    pub const CONTROLLER_DIR: &str = "/run/rspamd-learn";
+    pub const CONTROLLER_SOCKET: &str = "/run/rspamd-learn/controller.sock";
+    /// valkey as Debian configures it: 127.0.0.1 only.
+    pub const BAYES_SERVERS: &str = "127.0.0.1:6379";
 }
 
 /// The files that follow the accounts file.
@@ -174,6 +196,13 @@ pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec
             path: path.into(),
             content,
             kind: Kind::Config,
+        });
+    }
+    for (path, content, kind) in dovecot_conf::sieve(config, config_file) {
+        files.push(File {
+            path: path.into(),
+            content,
+            kind,
         });
     }
     if let Some(content) = rspamd_conf::worker_proxy(config, config_file) {

@@ -2,8 +2,8 @@
 //! table of which key signs which domain changes at run time and is the daemon's
 //! ([`crate::dkim::store`]); this file includes it.
 
-use super::paths;
 use super::template::fill;
+use super::{installed, paths};
 use crate::config::Config;
 use crate::dkim::store::RSPAMD_DOMAINS;
 
@@ -16,6 +16,10 @@ const MILTER_HEADERS: &str = include_str!("templates/rspamd-milter_headers.conf"
 const DMARC: &str = include_str!("templates/rspamd-dmarc.conf");
 const MULTIMAP: &str = include_str!("templates/rspamd-multimap.conf");
 const FORCE_ACTIONS: &str = include_str!("templates/rspamd-force_actions.conf");
+const CLASSIFIER_BAYES: &str = include_str!("templates/rspamd-classifier-bayes.conf");
+const CLASSIFIER_BAYES_OFF: &str = include_str!("templates/rspamd-classifier-bayes-off.conf");
+const WORKER_CONTROLLER: &str = include_str!("templates/rspamd-worker-controller.inc");
+const TMPFILES_LEARNING: &str = include_str!("templates/tmpfiles-learning.conf");
 
 /// The checks of mail arriving on port 25 (`[inbound]`): rspamd's `local.d` files
 /// by path. Rendered whether or not the checks are on: postfix decides whether
@@ -28,6 +32,14 @@ pub fn inbound(config: &Config, config_file: &str) -> Vec<(&'static str, String)
                 ("CONFIG_FILE", config_file.to_string()),
                 ("REJECT_SCORE", score(config.inbound.reject_score)),
                 ("ADD_HEADER_SCORE", score(config.inbound.add_header_score)),
+                ("BAYES_SERVERS", installed::BAYES_SERVERS.to_string()),
+                ("CONTROLLER_DIR", installed::CONTROLLER_DIR.to_string()),
+                (
+                    "CONTROLLER_SOCKET",
+                    installed::CONTROLLER_SOCKET.to_string(),
+                ),
+                ("VMAIL_USER", config.dovecot.vmail_user.clone()),
+                ("VMAIL_GID", config.dovecot.vmail_gid.to_string()),
             ],
         )
     };
@@ -43,6 +55,17 @@ pub fn inbound(config: &Config, config_file: &str) -> Vec<(&'static str, String)
         (paths::RSPAMD_MULTIMAP, file(MULTIMAP)),
         (paths::RSPAMD_HOSTED_DOMAINS, hosted),
         (paths::RSPAMD_FORCE_ACTIONS, file(FORCE_ACTIONS)),
+        (
+            paths::RSPAMD_CLASSIFIER_BAYES,
+            file(if config.inbound.learning {
+                CLASSIFIER_BAYES
+            } else {
+                CLASSIFIER_BAYES_OFF
+            }),
+        ),
+        // Always: Debian's controller on localhost:11334 trusts every local user.
+        (paths::RSPAMD_WORKER_CONTROLLER, file(WORKER_CONTROLLER)),
+        (paths::TMPFILES_LEARNING, file(TMPFILES_LEARNING)),
     ]
 }
 

@@ -394,3 +394,142 @@ fn rspamd_acts_by_the_configured_scores_and_knows_the_hosted_domains() {
         ["[127.0.0.0/8, ::1];"]
     );
 }
+
+#[test]
+fn spam_goes_to_junk_always_and_junk_teaches_rspamd_only_with_learning_on() {
+    for version in ["2.4", "2.3"] {
+        let on = config(&format!("[dovecot]\nversion = \"{version}\"\n"));
+        let off = config(&format!(
+            "[dovecot]\nversion = \"{version}\"\n[inbound]\nlearning = false\n"
+        ));
+        let (with, without) = (
+            dovecot_conf::render(&on, "/etc/postmaster/config.toml"),
+            dovecot_conf::render(&off, "/etc/postmaster/config.toml"),
+        );
+        golden(&format!("dovecot-{version}-no-learning.conf"), &without);
+        for d in [&with, &without] {
+            assert_eq!(
+                setting(d, "protocols"),
+                ["imap pop3 lmtp sieve"],
+                "{version}"
+            );
+            assert!(
+                d.contains("/etc/dovecot/sieve/spam-to-junk.sieve"),
+                "{version}"
+            );
+            // ManageSieve on 4190, behind dovecot's ssl = required like IMAP.
+            assert!(
+                d.contains(
+                    "service managesieve-login {\n  inet_listener sieve {\n    port = 4190\n"
+                ),
+                "{version}"
+            );
+            assert_eq!(setting(d, "ssl"), ["required"]);
+        }
+        for script in ["learn-spam.sieve", "learn-ham.sieve"] {
+            assert!(
+                with.contains(&format!("/etc/dovecot/sieve/{script}")),
+                "{version}"
+            );
+            assert!(!without.contains(script), "{version}");
+        }
+        assert!(with.contains("imap_sieve"), "{version}");
+        assert!(
+            !without.contains("imap_sieve = yes") && !without.contains(" imap_sieve\n"),
+            "{version}"
+        );
+    }
+
+    let c = config("");
+    let files = host_config(&c, MapType::Lmdb, "/x");
+    let file = |p: &str| {
+        files
+            .iter()
+            .find(|f| f.path == std::path::Path::new(p))
+            .unwrap()
+    };
+    let junk = &file(paths::SIEVE_SPAM_TO_JUNK).content;
+    assert!(
+        junk.contains("if header :is \"X-Spam\" \"Yes\" {\n  fileinto \"Junk\";\n}"),
+        "{junk}"
+    );
+    // Deleting spam out of Junk teaches nothing.
+    assert!(
+        file(paths::SIEVE_LEARN_HAM)
+            .content
+            .contains("if string \"${mailbox}\" \"Trash\" {\n  stop;\n}")
+    );
+    // The programs learn through the controller socket rspamd binds, in the directory
+    // tmpfiles makes for rspamd and the mail user's group only.
+    let controller = &file(paths::RSPAMD_WORKER_CONTROLLER).content;
+    assert_eq!(
+        setting(controller, "bind_socket"),
+        ["\"/run/rspamd-learn/controller.sock mode=0660\";"]
+    );
+    for (path, class) in [
+        (paths::SIEVE_PIPE_LEARN_SPAM, "spam"),
+        (paths::SIEVE_PIPE_LEARN_HAM, "ham"),
+    ] {
+        let program = file(path);
+        assert_eq!(program.kind, Kind::Program);
+        assert!(program.content.starts_with("#!/bin/sh\n"));
+        assert!(program.content.ends_with(&format!(
+            "\nexec /usr/bin/rspamc --connect /run/rspamd-learn/controller.sock --timeout 10 learn_{class}\n"
+        )));
+    }
+    let tmpfiles = &file(paths::TMPFILES_LEARNING).content;
+    let line: Vec<&str> = tmpfiles
+        .lines()
+        .find(|l| l.starts_with("d "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        line,
+        [
+            "d",
+            "/run/rspamd-learn",
+            "2750",
+            "_rspamd",
+            "5000",
+            "-",
+            "-"
+        ]
+    );
+    assert_eq!(
+        setting(&file(paths::RSPAMD_CLASSIFIER_BAYES).content, "servers"),
+        ["\"127.0.0.1:6379\";"]
+    );
+    let off = config("[inbound]\nlearning = false\n");
+    let files = host_config(&off, MapType::Lmdb, "/x");
+    let bayes = &files
+        .iter()
+        .find(|f| f.path == std::path::Path::new(paths::RSPAMD_CLASSIFIER_BAYES))
+        .unwrap()
+        .content;
+    assert!(setting(bayes, "servers").is_empty(), "{bayes}");
+    // No learning scripts or programs: they need the pipe extension, which
+    // dovecot.conf enables only for learning, and would not compile.
+    for path in [
+        paths::SIEVE_LEARN_SPAM,
+        paths::SIEVE_LEARN_HAM,
+        paths::SIEVE_PIPE_LEARN_SPAM,
+        paths::SIEVE_PIPE_LEARN_HAM,
+    ] {
+        assert!(
+            !files.iter().any(|f| f.path == std::path::Path::new(path)),
+            "{path}"
+        );
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.path == std::path::Path::new(paths::SIEVE_SPAM_TO_JUNK))
+    );
+    // The controller stays off TCP either way: Debian's trusts every local user.
+    assert!(
+        files
+            .iter()
+            .any(|f| f.path == std::path::Path::new(paths::RSPAMD_WORKER_CONTROLLER))
+    );
+}
