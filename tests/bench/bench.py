@@ -117,6 +117,13 @@ is selected (the other bed is not booted when it is the only part):
    daemon's VmHWM (reset through /proc/PID/clear_refs before each trial), and the
    CLI's ru_maxrss beside it.
 
+"inbound" (issue 13) boots the mail host beside the outside world (as "signing" does,
+same machine names and network): messages on port 25 from this host (STARTTLS, no
+AUTH, another server's way in) until they are in thomas's Maildir, with rspamd's
+checks on and off (inbound_milters emptied and postfix reloaded; interleaved blocks
+of 5), then 1,000 messages in one session, 200 learned as spam and 200 as ham; the
+memory (PSS and RSS) of rspamd and valkey at rest, after the 1,000 and after learning.
+
 The header shows the host's load, other beds running and how busy the host's CPUs
 were in each part: other engineers' builds and beds share this machine's two cores.
 
@@ -133,6 +140,7 @@ import json
 import math
 import os
 import queue
+import random
 import re
 import secrets
 import shutil
@@ -181,6 +189,9 @@ TARGETS = {
     # the new order to the certificate's download.
     "issuance_command_p50_ms": 600.0,
     "issuance_span_p50_ms": 350.0,
+    # Issue 13: what rspamd's checks add to a message on port 25 -> delivered,
+    # without network lookups beyond the bed.
+    "inbound_added_p50_ms": 50.0,
 }
 
 GATE_POLL_S = 0.005
@@ -189,7 +200,7 @@ CERT_POLL_S = 0.020
 MAX_IN_FLIGHT = 16  # handshakes under way per port; more are not started
 STALL_MS = 1000.0
 TRIAL_GAP_S = 1.1  # idle series: more than dovecot's one second since the last login
-PARTS = ("accounts", "busy", "certificate", "idle", "issuance", "scale", "signing")
+PARTS = ("accounts", "busy", "certificate", "idle", "inbound", "issuance", "scale", "signing")
 SOURCE_HOSTS = range(10, 251)  # NET.10 - NET.250 as login source addresses
 BUSY_SOURCE_HOST = 9
 
@@ -1313,11 +1324,7 @@ SIGNING_POLL_S = 0.002
 
 def rspamd_memory(bed: Bed) -> dict:
     """RSS and PSS (MiB) summed over rspamd's processes (main and workers)."""
-    out = bed.run(["sh", "-c", "for p in $(pgrep -x rspamd); do cat /proc/$p/smaps_rollup; done"], check=True).stdout
-    rss = sum(int(l.split()[1]) for l in out.splitlines() if l.startswith("Rss:")) / 1024
-    pss = sum(int(l.split()[1]) for l in out.splitlines() if l.startswith("Pss:")) / 1024
-    procs = len(bed.run(["pgrep", "-x", "rspamd"]).stdout.split())
-    return {"rss_mib": rss, "pss_mib": pss, "processes": procs}
+    return unit_memory(bed, "rspamd")
 
 
 def submit_and_time(world, server, login, subject: str, timeout: float = 20.0) -> tuple[float, bytes]:
@@ -1382,6 +1389,126 @@ def run_signing(dir: Path, args) -> dict:
             result["added_p99_ms"] = result["signed"]["p99"] - result["unsigned"]["p99"]
             result["rspamd_after"] = rspamd_memory(bed)
             result["samples"] = samples
+        finally:
+            if bed is not None:
+                bed.stop()
+    return result
+
+
+# ---- inbound: the checks of port 25, and rspamd's and valkey's memory ------------------------
+
+INBOUND_BULK = 1000
+INBOUND_LEARN = 200  # of each class, after the bulk: Bayes with something in it
+
+
+def unit_memory(bed: Bed, process: str) -> dict:
+    """RSS and PSS (MiB) summed over the processes named `process`."""
+    out = bed.run(["sh", "-c", f"for p in $(pgrep -x {process}); do cat /proc/$p/smaps_rollup; done"],
+                  check=True).stdout
+    rss = sum(int(l.split()[1]) for l in out.splitlines() if l.startswith("Rss:")) / 1024
+    pss = sum(int(l.split()[1]) for l in out.splitlines() if l.startswith("Pss:")) / 1024
+    procs = len(bed.run(["pgrep", "-x", process]).stdout.split())
+    return {"rss_mib": rss, "pss_mib": pss, "processes": procs}
+
+
+def inbound_memory(bed: Bed) -> dict:
+    used = bed.run(["valkey-cli", "info", "memory"], check=True).stdout
+    dataset = re.search(r"used_memory:(\d+)", used)
+    return {"rspamd": unit_memory(bed, "rspamd"), "valkey": unit_memory(bed, "valkey-server"),
+            "valkey_used_memory_mib": int(dataset[1]) / 1048576 if dataset else None}
+
+
+def random_body(rng: random.Random, words: int = 120) -> str:
+    """Prose-like text of made-up words: many distinct tokens, as real mail has."""
+    vocabulary = "abcdefghijklmnopqrstuvwxyz"
+    return " ".join("".join(rng.choice(vocabulary) for _ in range(rng.randint(3, 9)))
+                    for _ in range(words)) + "\n"
+
+
+def deliver_and_time(bed: Bed, server, subject: str, body: str, timeout: float = 20.0) -> float:
+    """ms from the start of an SMTP session on port 25 (from this host, as another
+    server: STARTTLS, no AUTH) to the message in thomas's Maildir."""
+    maildir = bed.path("/var/vmail/thomas/Maildir/new")
+    before = set(os.listdir(maildir)) if maildir.is_dir() else set()
+    t = time.monotonic()
+    refused = mc.send_inbound(server, "someone@example.com", ["thomas@example.org"], subject, body)
+    if refused:
+        raise BedError(f"port 25 refused {subject!r}: {refused}")
+    deadline = t + timeout
+    while time.monotonic() < deadline:
+        for name in (set(os.listdir(maildir)) if maildir.is_dir() else set()) - before:
+            if subject.encode() in (maildir / name).read_bytes():
+                return (time.monotonic() - t) * 1000
+        time.sleep(SIGNING_POLL_S)
+    raise TimeoutError(f"{subject!r} not delivered within {timeout:.0f} s")
+
+
+def run_inbound(dir: Path, args) -> dict:
+    """The mail host beside the outside world: `trials` messages on port 25 with the
+    checks on (rspamd as the smtp service's milter) and as many with them off
+    (inbound_milters emptied, postfix reloaded), interleaved in blocks. Then
+    INBOUND_BULK messages in one session, INBOUND_LEARN learned as spam and as many
+    as ham, and rspamd's and valkey's memory at rest, after the bulk and after
+    learning."""
+    host = mailhost.prepare(dir)
+    rng = random.Random(13)
+    result: dict = {"trials": args.trials, "bulk": INBOUND_BULK, "learned_each": INBOUND_LEARN}
+    with outside_world.World(name=args.signing_name, net=args.signing_net) as world:
+        bed = None
+        try:
+            bed = mailhost.boot(host, name=f"{args.signing_name}m", world=world)
+            for zone, records in mailhost.dns_zones(host).items():
+                if zone in world.zones:
+                    world.set_baseline(zone, records)
+            server = mc.Server(address=host.ip, ca_file=str(host.ca.cert))
+            time.sleep(5)  # rspamd's workers settle after their start
+            result["at_rest"] = inbound_memory(bed)
+            say(f"inbound: at rest rspamd {result['at_rest']['rspamd']['pss_mib']:.0f} MiB PSS, "
+                f"valkey {result['at_rest']['valkey']['pss_mib']:.1f} MiB PSS")
+            deliver_and_time(bed, server, mc.unique_subject("warm-up checked"), random_body(rng))
+            samples: dict[str, list[float]] = {"checked": [], "unchecked": []}
+            block = 5
+            milter = bed.run(["postconf", "-h", "inbound_milters"], check=True).stdout.strip()
+            for start in range(0, args.trials, block):
+                for mode in ("checked", "unchecked"):
+                    bed.run(["postconf", "-e", f"inbound_milters = {milter if mode == 'checked' else ''}"],
+                            check=True)
+                    bed.run(["postfix", "reload"], check=True)
+                    time.sleep(1.5)  # the old smtpd processes go; the first new one starts
+                    for i in range(start, min(start + block, args.trials)):
+                        samples[mode].append(deliver_and_time(bed, server, mc.unique_subject(f"{mode} {i}"),
+                                                              random_body(rng)))
+            bed.run(["postconf", "-e", f"inbound_milters = {milter}"], check=True)
+            bed.run(["postfix", "reload"], check=True)
+            time.sleep(1.5)
+            result["checked"] = summary(samples["checked"])
+            result["unchecked"] = summary(samples["unchecked"])
+            result["added_p50_ms"] = result["checked"]["p50"] - result["unchecked"]["p50"]
+            result["added_p99_ms"] = result["checked"]["p99"] - result["unchecked"]["p99"]
+            result["samples"] = samples
+
+            maildir = bed.path("/var/vmail/thomas/Maildir/new")
+            before = len(os.listdir(maildir))
+            t = time.monotonic()
+            with mc.smtp(server, 25, "starttls") as s:
+                for i in range(INBOUND_BULK):
+                    msg = mc.make_message("someone@example.com", ["thomas@example.org"],
+                                          f"bulk {i} {rng.getrandbits(48):x}", random_body(rng))
+                    s.send_message(msg)
+            mc.wait_for(f"{INBOUND_BULK} bulk messages delivered",
+                        lambda: len(os.listdir(maildir)) - before >= INBOUND_BULK, timeout=600, every=0.5)
+            result["bulk_s"] = time.monotonic() - t
+            result["after_bulk"] = inbound_memory(bed)
+            files = sorted(os.listdir(maildir))[-2 * INBOUND_LEARN:]
+            for cls, chunk in (("spam", files[:INBOUND_LEARN]), ("ham", files[INBOUND_LEARN:])):
+                for k in range(0, len(chunk), 50):
+                    paths = [f"/var/vmail/thomas/Maildir/new/{f}" for f in chunk[k:k + 50]]
+                    bed.run(["rspamc", "--connect", "/run/rspamd-learn/controller.sock", f"learn_{cls}", *paths],
+                            check=True, timeout=300)
+            time.sleep(2)
+            result["after_learning"] = inbound_memory(bed)
+            result["rspamc_stat"] = bed.run(["rspamc", "--connect", "/run/rspamd-learn/controller.sock", "stat"],
+                                            check=True).stdout.splitlines()[-3:]
         finally:
             if bed is not None:
                 bed.stop()
@@ -1553,6 +1680,20 @@ def print_report(r: dict) -> None:
             m = sg[when]
             print(f"  rspamd {'at rest' if when == 'rspamd_at_rest' else 'after the trials'}: "
                   f"{m['rss_mib']:.0f} MiB RSS, {m['pss_mib']:.0f} MiB PSS in {m['processes']} processes")
+    ib = r.get("inbound")
+    if ib:
+        t = TARGETS["inbound_added_p50_ms"]
+        row("port 25 -> delivered in INBOX, checked by rspamd (ms)", ib["checked"],
+            f"added p50 {ib['added_p50_ms']:.1f} ms, p99 {ib['added_p99_ms']:.1f} ms; "
+            f"p50 <= {t:.0f} ms: {verdict(ib['added_p50_ms'], t + 1e-9)}")
+        row("  the same with the checks off (ms)", ib["unchecked"])
+        print(f"  {ib['bulk']} messages in one session delivered in {ib['bulk_s']:.1f} s")
+        for when, label in (("at_rest", "at rest"), ("after_bulk", f"after {ib['bulk']} messages"),
+                            ("after_learning", f"after learning {ib['learned_each']} spam + {ib['learned_each']} ham")):
+            m = ib[when]
+            print(f"  {label}: rspamd {m['rspamd']['pss_mib']:.0f} MiB PSS ({m['rspamd']['rss_mib']:.0f} MiB RSS, "
+                  f"{m['rspamd']['processes']} processes); valkey {m['valkey']['pss_mib']:.1f} MiB PSS "
+                  f"({m['valkey']['rss_mib']:.1f} MiB RSS; data {m['valkey_used_memory_mib'] or 0:.1f} MiB)")
     c = r.get("certificate")
     if c:
         s = c["both_ms"]
@@ -1709,7 +1850,7 @@ def main() -> int:
         "args": vars(args),
     }, "targets": TARGETS}
     t_start = time.monotonic()
-    main_parts = parts - {"issuance", "scale", "signing"}
+    main_parts = parts - {"inbound", "issuance", "scale", "signing"}
     with tempfile.TemporaryDirectory(prefix="postmaster-bench-") as tmp:
         if main_parts:
             host = mailhost.prepare(Path(tmp) / "bed")
@@ -1760,6 +1901,11 @@ def main() -> int:
             report["signing"] = run_signing(Path(tmp) / "signing", args)
             report["env"]["host_busy_pct"]["signing"] = host_busy_pct(cpu, host_cpu_sample())
             report["env"]["phase_s"]["signing"] = time.monotonic() - t
+        if "inbound" in parts:
+            cpu, t = host_cpu_sample(), time.monotonic()
+            report["inbound"] = run_inbound(Path(tmp) / "inbound", args)
+            report["env"]["host_busy_pct"]["inbound"] = host_busy_pct(cpu, host_cpu_sample())
+            report["env"]["phase_s"]["inbound"] = time.monotonic() - t
         if "issuance" in parts:
             cpu, t = host_cpu_sample(), time.monotonic()
             report["issuance"] = run_issuance(Path(tmp) / "issuance", args)
