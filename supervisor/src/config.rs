@@ -60,6 +60,19 @@ pub struct Inbound {
     pub reject_score: f64,
     /// From this score on, a message gets an `X-Spam: Yes` header.
     pub add_header_score: f64,
+    /// Whose DNS resolver rspamd asks (SPF, DKIM, DMARC, blocklists).
+    pub resolver: Resolver,
+}
+
+/// The DNS resolver of the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolver {
+    /// unbound on this host (loopback only), caching and DNSSEC-validating:
+    /// public DNS blocklists refuse queries that arrive through shared public
+    /// resolvers, and a host of its own answers fast and is not lied to.
+    Local,
+    /// Whatever `/etc/resolv.conf` names, as rspamd has it by default.
+    System,
 }
 
 pub const DEFAULT_REJECT_SCORE: f64 = 15.0;
@@ -161,6 +174,9 @@ pub struct Units {
     pub dovecot: String,
     /// rspamd, which signs outgoing mail: reloaded when the keys it signs with change.
     pub rspamd: String,
+    /// The local resolver of the inbound checks (`[inbound] resolver = "local"`):
+    /// while it does not run, mail on port 25 is deferred.
+    pub resolver: String,
     /// The group whose members may call the daemon over D-Bus besides root (its
     /// D-Bus policy and polkit rule name it): named when a call is refused.
     pub admin_group: String,
@@ -452,7 +468,13 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
     let units = {
         let mut s = f.section(
             "systemd",
-            &["postfix_unit", "dovecot_unit", "rspamd_unit", "admin_group"],
+            &[
+                "postfix_unit",
+                "dovecot_unit",
+                "rspamd_unit",
+                "resolver_unit",
+                "admin_group",
+            ],
         );
         Units {
             postfix: s
@@ -464,6 +486,9 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             rspamd: s
                 .unit("rspamd_unit")
                 .unwrap_or_else(|| "rspamd.service".into()),
+            resolver: s
+                .unit("resolver_unit")
+                .unwrap_or_else(|| "unbound.service".into()),
             admin_group: s
                 .str("admin_group")
                 .unwrap_or_else(|| DEFAULT_ADMIN_GROUP.into()),
@@ -645,8 +670,15 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
     };
 
     let inbound = {
-        let mut s = f.section("inbound", &["enabled", "reject_score", "add_header_score"]);
+        let mut s = f.section(
+            "inbound",
+            &["enabled", "reject_score", "add_header_score", "resolver"],
+        );
         let enabled = s.bool("enabled").unwrap_or(true);
+        let resolver = match s.choice("resolver", &["local", "system"]).as_deref() {
+            Some("system") => Resolver::System,
+            _ => Resolver::Local,
+        };
         // A score that is given but wrong is reported once, and not compared.
         let score = |s: &mut Fields<'_, '_, '_>, key: &str, default: f64| -> Option<f64> {
             if tomlwalk::get(s.table, key).is_none() {
@@ -684,6 +716,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             enabled,
             reject_score,
             add_header_score,
+            resolver,
         }
     };
 
@@ -1013,9 +1046,11 @@ mod tests {
             Inbound {
                 enabled: true,
                 reject_score: 15.0,
-                add_header_score: 6.0
+                add_header_score: 6.0,
+                resolver: Resolver::Local,
             }
         );
+        assert_eq!(c.units.resolver, "unbound.service");
         let c = parse(
             "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nenabled = false\nreject_score = 20\nadd_header_score = 5.5\n",
         )
@@ -1033,7 +1068,7 @@ mod tests {
             e,
             vec![
                 "/etc/postmaster/config.toml:4:16: `reject_score` in [inbound] must be above 0; rspamd gives ordinary mail a score around 0; the defaults are 15 (refuse) and 6 (header)",
-                "/etc/postmaster/config.toml:5:1: unknown key `greylist` in [inbound]; known keys here: enabled, reject_score, add_header_score",
+                "/etc/postmaster/config.toml:5:1: unknown key `greylist` in [inbound]; known keys here: enabled, reject_score, add_header_score, resolver",
             ]
         );
         let e = parse(
@@ -1054,6 +1089,26 @@ mod tests {
             e,
             vec![
                 "/etc/postmaster/config.toml:4:16: `add_header_score` (6) in [inbound] must be below `reject_score` (5); mail is marked as probable spam before it scores high enough to be refused",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_inbound_checks_ask_the_local_resolver_unless_told_otherwise() {
+        let c = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nresolver = \"system\"\n[systemd]\nresolver_unit = \"unbound-mail.service\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.inbound.resolver, Resolver::System);
+        assert_eq!(c.units.resolver, "unbound-mail.service");
+        let e = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nresolver = \"8.8.8.8\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:4:12: `resolver` in [inbound] cannot be \"8.8.8.8\"; use \"local\" or \"system\""
             ]
         );
     }

@@ -19,6 +19,31 @@ pub struct Status {
     /// DKIM signing, when it is on.
     #[serde(default)]
     pub dkim: Option<DkimStatus>,
+    /// The checks of mail arriving on port 25, when they are on.
+    #[serde(default)]
+    pub inbound: Option<InboundStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundStatus {
+    /// The unit that checks (rspamd): while it does not run, mail on 25 is
+    /// deferred (4xx).
+    pub checker_unit: String,
+    /// The local resolver the checks ask (unbound), with `[inbound] resolver =
+    /// "local"`: while it does not run, the checks cannot look anything up and
+    /// mail on 25 is deferred.
+    pub resolver_unit: Option<String>,
+}
+
+impl InboundStatus {
+    fn units(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.checker_unit).chain(&self.resolver_unit)
+    }
+}
+
+/// Whether a unit the mail host needs counts as running ("unknown": not asked yet).
+fn running(u: &UnitState) -> bool {
+    matches!(u.active_state.as_str(), "active" | "reloading" | "unknown")
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,10 +163,21 @@ impl Status {
                         .units
                         .iter()
                         .filter(|u| u.name == d.signer_unit)
-                        .all(|u| {
-                            matches!(u.active_state.as_str(), "active" | "reloading" | "unknown")
-                        })
+                        .all(running)
             })
+            && self.stopped_inbound_units().next().is_none()
+    }
+
+    /// The units of the inbound checks that do not run: while any does not, mail
+    /// on port 25 is deferred.
+    fn stopped_inbound_units(&self) -> impl Iterator<Item = &UnitState> {
+        self.units.iter().filter(|u| {
+            !running(u)
+                && self
+                    .inbound
+                    .as_ref()
+                    .is_some_and(|i| i.units().any(|name| *name == u.name))
+        })
     }
 
     /// The one line systemd shows (`systemctl status postmaster`).
@@ -205,6 +241,16 @@ impl Status {
                     key.selector
                 ));
             }
+        }
+        let stopped: Vec<String> = self
+            .stopped_inbound_units()
+            .map(|u| format!("{} {}", u.name, u.active_state))
+            .collect();
+        if !stopped.is_empty() {
+            line.push_str(&format!(
+                "; MAIL ON PORT 25 DEFERRED (cannot be checked): {}",
+                stopped.join(", ")
+            ));
         }
         line
     }
@@ -314,6 +360,22 @@ impl Status {
             }
             if let Some(e) = &d.error {
                 line(format!("  error:    {e}"));
+            }
+        }
+        if let Some(i) = &self.inbound {
+            line(format!(
+                "inbound:    port 25 checked by {}{}",
+                i.checker_unit,
+                i.resolver_unit
+                    .as_ref()
+                    .map(|r| format!(", DNS from {r} (this host's resolver)"))
+                    .unwrap_or_else(|| ", DNS from /etc/resolv.conf".into())
+            ));
+            for u in self.stopped_inbound_units() {
+                line(format!(
+                    "  error:    {} is {}: mail on port 25 is deferred (4xx) until it runs",
+                    u.name, u.active_state
+                ));
             }
         }
         for u in &self.units {
@@ -427,5 +489,49 @@ mod tests {
         assert!(s.healthy());
         s.units[0].active_state = "failed".into();
         assert!(!s.healthy());
+    }
+
+    #[test]
+    fn a_stopped_resolver_of_the_inbound_checks_is_named_as_deferring_mail() {
+        let unit = |name: &str, state: &str| UnitState {
+            name: name.into(),
+            active_state: state.into(),
+            main_pid: 7,
+        };
+        let mut s = Status {
+            domains: vec!["example.org".into()],
+            units: vec![
+                unit("postfix.service", "active"),
+                unit("rspamd.service", "active"),
+                unit("unbound.service", "active"),
+            ],
+            inbound: Some(InboundStatus {
+                checker_unit: "rspamd.service".into(),
+                resolver_unit: Some("unbound.service".into()),
+            }),
+            ..Default::default()
+        };
+        assert!(s.healthy());
+        assert!(s.human().contains(
+            "inbound:    port 25 checked by rspamd.service, DNS from unbound.service (this host's resolver)\n"
+        ), "{}", s.human());
+        s.units[2].active_state = "inactive".into();
+        assert!(!s.healthy());
+        assert_eq!(
+            s.summary(),
+            "serving 0 mailboxes for example.org; MAIL ON PORT 25 DEFERRED (cannot be checked): unbound.service inactive"
+        );
+        assert!(s.human().contains(
+            "  error:    unbound.service is inactive: mail on port 25 is deferred (4xx) until it runs\n"
+        ), "{}", s.human());
+        // With the system's resolver, unbound is none of the checks' business.
+        s.inbound.as_mut().unwrap().resolver_unit = None;
+        assert!(s.healthy());
+        s.units[1].active_state = "failed".into();
+        assert!(!s.healthy());
+        assert_eq!(
+            s.summary(),
+            "serving 0 mailboxes for example.org; MAIL ON PORT 25 DEFERRED (cannot be checked): rspamd.service failed"
+        );
     }
 }

@@ -1007,12 +1007,26 @@ impl serve::Host for LiveHost<'_> {
 /// reload may change them). Returns whether anything changed.
 fn describe_host(s: &mut Status, config: &Config) -> bool {
     let mut units = vec![&config.units.postfix, &config.units.dovecot];
-    if config.dkim.enabled {
+    if config.dkim.enabled || config.inbound.enabled {
         units.push(&config.units.rspamd);
     }
+    let local_resolver = config.inbound.resolver == crate::config::Resolver::Local;
+    if config.inbound.enabled && local_resolver {
+        units.push(&config.units.resolver);
+    }
+    let inbound = config
+        .inbound
+        .enabled
+        .then(|| crate::status::InboundStatus {
+            checker_unit: config.units.rspamd.clone(),
+            resolver_unit: local_resolver.then(|| config.units.resolver.clone()),
+        });
     let units_changed = s.units.len() != units.len()
         || s.units.iter().zip(&units).any(|(u, name)| &u.name != *name);
+    let inbound_changed = s.inbound != inbound;
+    s.inbound = inbound;
     let changed = units_changed
+        || inbound_changed
         || s.host_name != config.host_name
         || s.domains != config.domains
         || s.accounts.file != config.accounts_file.display().to_string();
@@ -1289,34 +1303,59 @@ mod tests {
         );
     }
 
+    /// Describes the host with `extra` configuration; the units the status then
+    /// reports. Fails when that changed nothing.
+    fn described(status: &mut Status, extra: &str) -> Vec<String> {
+        assert!(
+            describe_host(status, &config(extra)),
+            "{extra:?} changed nothing"
+        );
+        status.units.iter().map(|u| u.name.clone()).collect()
+    }
+
     #[test]
     fn the_status_follows_the_units_a_reload_configures() {
         let mut status = Status::default();
-        assert!(describe_host(&mut status, &config("")));
-        let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["postfix.service", "dovecot.service", "rspamd.service"]
-        );
+        let all = [
+            "postfix.service",
+            "dovecot.service",
+            "rspamd.service",
+            "unbound.service",
+        ];
+        assert_eq!(described(&mut status, ""), all);
         assert!(
             !describe_host(&mut status, &config("")),
             "the same configuration changes nothing"
         );
-
-        let reloaded = config("[systemd]\npostfix_unit = \"postfix@-.service\"\n");
-        assert!(describe_host(&mut status, &reloaded));
-        let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(
-            names,
-            ["postfix@-.service", "dovecot.service", "rspamd.service"]
+            described(
+                &mut status,
+                "[systemd]\npostfix_unit = \"postfix@-.service\"\n"
+            ),
+            [
+                "postfix@-.service",
+                "dovecot.service",
+                "rspamd.service",
+                "unbound.service"
+            ]
         );
-
-        // Without DKIM signing rspamd is none of the mail host's business.
-        assert!(describe_host(
-            &mut status,
-            &config("[dkim]\nenabled = false\n")
-        ));
-        let names: Vec<&str> = status.units.iter().map(|u| u.name.as_str()).collect();
-        assert_eq!(names, ["postfix.service", "dovecot.service"]);
+        // The inbound checks with the system's resolver: unbound is none of the
+        // mail host's business; rspamd still checks and signs.
+        assert_eq!(
+            described(&mut status, "[inbound]\nresolver = \"system\"\n"),
+            all[..3]
+        );
+        assert_eq!(status.inbound.as_ref().unwrap().resolver_unit, None);
+        // Without DKIM signing rspamd still checks port 25.
+        assert_eq!(described(&mut status, "[dkim]\nenabled = false\n"), all);
+        // Neither: rspamd and unbound are none of the mail host's business.
+        assert_eq!(
+            described(
+                &mut status,
+                "[dkim]\nenabled = false\n[inbound]\nenabled = false\n"
+            ),
+            all[..2]
+        );
+        assert_eq!(status.inbound, None);
     }
 }
