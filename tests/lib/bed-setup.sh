@@ -93,7 +93,6 @@ if [ -f "$out/unbound/unbound.conf.d/postmaster.conf" ]; then
 			printf 'stub-zone:\n    name: "%s"\n    stub-addr: %s\n' "$zone" "$world"
 		done
 	} >/etc/unbound/unbound.conf.d/bed.conf
-	unbound-checkconf
 	# Disabled in the rootfs; this script runs before it (provision.sh).
 	systemctl start --no-block unbound.service
 fi
