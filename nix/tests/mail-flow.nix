@@ -101,6 +101,11 @@
         mail.succeed("postconf -P smtp/inet/smtpd_milters | grep -qxF 'smtp/inet/smtpd_milters = $inbound_milters'")
         # Only loopback is local to rspamd: the client (a LAN address) is checked.
         mail.succeed("grep -qxF 'local_addrs = [127.0.0.0/8, ::1];' /etc/rspamd/override.d/options.inc")
+        # rspamd asks unbound on loopback alone, which listens nowhere else.
+        mail.wait_for_unit("unbound.service")
+        mail.succeed("grep -qF 'nameserver = [\"127.0.0.1:53\"];' /etc/rspamd/local.d/options.inc")
+        listening = mail.succeed("ss -H -lnu 'sport = :53' | awk '{print $4}' | sort -u").split()
+        assert listening == ["127.0.0.1:53"], f"unbound listens on {listening}"
         code = client.succeed("postmaster-probe gtube --to thomas@example.org").split()[0]
         assert code.startswith("5"), f"GTUBE refused with {code}, not a permanent error"
         mail.succeed("journalctl -u postfix --no-pager | grep -q 'milter-reject: END-OF-MESSAGE'")
