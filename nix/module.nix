@@ -21,6 +21,8 @@
 #     socket of postfix's group), locals.<file>.text; its unit is rspamd.service,
 #     and its PrivateUsers (set from services.rspamd.postfix.enable, which this
 #     module does not use) is overridden
+#   services.unbound (inbound checks with resolver = "local"): enable,
+#     resolveLocalQueries, settings.server (freeform); its unit is unbound.service
 #   security.acme.certs.<name>: directory, group
 #   security.polkit.extraConfig, services.dbus.packages, systemd.{services,sockets}
 {
