@@ -21,6 +21,8 @@
 #     socket of postfix's group), locals.<file>.text; its unit is rspamd.service,
 #     and its PrivateUsers (set from services.rspamd.postfix.enable, which this
 #     module does not use) is overridden
+#   services.unbound (inbound checks with resolver = "local"): enable,
+#     resolveLocalQueries, settings.server (freeform); its unit is unbound.service
 #   security.acme.certs.<name>: directory, group
 #   security.polkit.extraConfig, services.dbus.packages, systemd.{services,sockets}
 {
@@ -49,6 +51,7 @@ let
   cfg = config.services.postmaster;
   accountsLib = import ./lib/accounts.nix;
   dkimLib = import ./lib/dkim.nix;
+  inboundLib = import ./lib/inbound.nix;
   settingsFormat = pkgs.formats.toml { };
 
   stateDir = "/var/lib/postmaster";
@@ -78,6 +81,12 @@ let
   milterSocket = "/run/rspamd/rspamd-milter.sock";
   milter = "unix:${milterSocket}";
   rspamdCfg = config.services.rspamd;
+  # rspamd signs (DKIM) and checks what arrives on port 25 ([inbound]); either
+  # needs it.
+  rspamdNeeded = cfg.dkim.enable || cfg.inbound.enable;
+  # The checks' own resolver: unbound on loopback (`[inbound] resolver = "local"`).
+  localResolver = cfg.inbound.enable && cfg.inbound.resolver == "local";
+  resolverUnit = "unbound.service";
 
   postfixCfg = config.services.postfix;
   dovecotCfg = config.services.dovecot2;
@@ -128,6 +137,7 @@ let
       postfix_unit = postfixUnit;
       dovecot_unit = dovecotUnit;
       rspamd_unit = rspamdUnit;
+      resolver_unit = resolverUnit;
       admin_group = cfg.adminGroup;
     };
     dkim =
@@ -151,6 +161,14 @@ let
         addresses
         ttl
         ;
+    };
+    # Only `postmaster render` reads it on Debian; here it says what the module
+    # configured, so that config.toml and the mail host agree.
+    inbound = {
+      enabled = cfg.inbound.enable;
+      reject_score = cfg.inbound.rejectScore;
+      add_header_score = cfg.inbound.addHeaderScore;
+      inherit (cfg.inbound) resolver;
     };
     postfix = {
       map_type = mapType;
@@ -205,6 +223,7 @@ let
     systemd = "fixed: the units of services.postfix, services.dovecot2 and services.rspamd";
     dkim = "set services.postmaster.dkim instead (the milter is the rspamd socket the module sets up)";
     dns = "set services.postmaster.dns instead";
+    inbound = "set services.postmaster.inbound instead";
     dovecot = "set services.postmaster.mailRoot, .vmail or services.dovecot2.package instead";
     "postfix.map_type" = "fixed at hash (nixpkgs' postfix has no lmdb)";
     "postfix.message_size_limit" = "set services.postmaster.messageSizeLimit instead";
@@ -869,8 +888,9 @@ in
           domain and key) in `/var/lib/postmaster/dkim`, readable by rspamd's
           group only. While rspamd does not answer, such mail is refused with a
           temporary error (451 4.7.1), never sent unsigned. Mail arriving on port
-          25 does not pass through rspamd. `postmaster dns` prints the records
-          to publish.
+          25 is checked by the same rspamd, never signed
+          ({option}`services.postmaster.inbound`). `postmaster dns` prints the
+          records to publish.
         '';
       };
       rotateAfterDays = mkOption {
@@ -938,6 +958,60 @@ in
         type = types.ints.positive;
         default = 3600;
         description = "The TTL of the records `postmaster dns` prints.";
+      };
+    };
+
+    inbound = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Check every message arriving on port 25 with rspamd
+          ({option}`services.rspamd`, enabled by this) as postfix's milter: SPF,
+          DKIM, DMARC and a spam score, with an `Authentication-Results` header
+          mail clients can show. Refused at SMTP time (the sending server tells
+          its user; nothing bounces to forged senders): clear spam, mail failing
+          its domain's DMARC `p=reject`, and mail From a hosted domain that fails
+          DMARC (nobody forges your own domains to you; publish the DMARC record
+          `postmaster dns` prints). While rspamd does not answer, mail on 25 is
+          deferred (4xx): the sending server retries, nothing is lost.
+          Greylisting is off. `false`: mail on 25 is accepted unchecked.
+        '';
+      };
+      rejectScore = mkOption {
+        type = types.numbers.positive;
+        default = 15;
+        description = ''
+          rspamd's score from which a message is refused at SMTP time (ordinary
+          mail scores around 0).
+        '';
+      };
+      addHeaderScore = mkOption {
+        type = types.numbers.positive;
+        default = 6;
+        example = 5.5;
+        description = ''
+          The score from which a message is delivered with an `X-Spam: Yes`
+          header (as is mail failing its domain's DMARC `p=quarantine`); below
+          {option}`services.postmaster.inbound.rejectScore`.
+        '';
+      };
+      resolver = mkOption {
+        type = types.enum [
+          "local"
+          "system"
+        ];
+        default = "local";
+        description = ''
+          Whom rspamd asks about SPF, DKIM, DMARC and DNS blocklists. `"local"`:
+          unbound on 127.0.0.1 ({option}`services.unbound`, enabled by this),
+          caching and DNSSEC-validating, resolving from the root servers itself
+          (public blocklists refuse queries that come through shared public
+          resolvers); while it does not run, mail on port 25 is deferred. The rest
+          of the host keeps its resolvers ({option}`services.unbound.resolveLocalQueries`
+          is `false` unless you set it). `"system"`: the resolvers of
+          `/etc/resolv.conf`.
+        '';
       };
     };
 
@@ -1122,11 +1196,19 @@ in
           message = "units/polkit-postmaster.rules no longer says exactly `${polkitUnitsShared}`, the units of services.postfix, services.dovecot2 and services.rspamd: give the NixOS module a rule of its own.";
         }
         {
-          assertion = !(cfg.dkim.enable && rspamdCfg.postfix.enable);
+          assertion = !(rspamdNeeded && rspamdCfg.postfix.enable);
           message = ''
-            services.rspamd.postfix.enable puts rspamd's milter on every smtpd, port 25 included, and beside the one
-            services.postmaster sets up (for submitted and local mail only): leave it off. services.postmaster.dkim
-            configures rspamd and postfix for DKIM signing itself.
+            services.rspamd.postfix.enable puts rspamd's milter on every smtpd, and its own settings beside the ones
+            services.postmaster sets up (signing for submitted and local mail, checks for port 25): leave it off.
+            services.postmaster.dkim and services.postmaster.inbound configure rspamd and postfix themselves.
+          '';
+        }
+        {
+          assertion = cfg.inbound.addHeaderScore < cfg.inbound.rejectScore;
+          message = ''
+            services.postmaster.inbound.addHeaderScore (${inboundLib.score cfg.inbound.addHeaderScore}) must be below
+            services.postmaster.inbound.rejectScore (${inboundLib.score cfg.inbound.rejectScore}): mail is marked as
+            probable spam before it scores high enough to be refused.
           '';
         }
         {
@@ -1349,7 +1431,20 @@ in
         // dkimLib.postfixMain {
           enabled = cfg.dkim.enable;
           inherit milter;
+        }
+        # The checks of port 25 (as templates/main.cf): inbound_milters, which
+        # the smtp service uses (below).
+        // inboundLib.postfixMain {
+          enabled = cfg.inbound.enable;
+          inherit milter;
         };
+        # Port 25's smtpd, as templates/master.cf: -o smtpd_milters=$inbound_milters.
+        settings.master.smtp_inet.args = lib.concatLists (
+          lib.mapAttrsToList (key: value: [
+            "-o"
+            "${key}=${value}"
+          ]) inboundLib.smtpOptions
+        );
       };
 
       # ---- dovecot ------------------------------------------------------------------
@@ -1473,9 +1568,10 @@ in
       };
     })
 
-    (mkIf cfg.dkim.enable {
-      # rspamd signs what postfix hands its milter: submitted mail and what the
-      # host sends itself (main.cf: submission_milters, non_smtpd_milters).
+    (mkIf rspamdNeeded {
+      # rspamd signs what postfix hands its milter from submission and from the
+      # host itself (main.cf: submission_milters, non_smtpd_milters) and checks
+      # what arrives on port 25 (inbound_milters).
       services.rspamd = {
         enable = true;
         # Defining workers replaces nixpkgs' default set (normal, controller):
@@ -1503,15 +1599,44 @@ in
             }
           '';
         };
-        # The signing policy, as `postmaster render` writes it on Debian; it
-        # includes the table of keys the daemon keeps.
-        locals."settings.conf".text = dkimLib.settingsConf { configFile = configPath; };
-        locals."dkim_signing.conf".text = dkimLib.signingConf {
-          configFile = configPath;
-          # (null only with a failing assertion, which says so)
-          hostName = toString cfg.hostName;
-          inherit generatedDir;
-        };
+        # The signing policy, as `postmaster render` writes it on Debian (also
+        # with signing off: `enabled = false`); it includes the table of keys
+        # the daemon keeps.
+        locals = {
+          "settings.conf".text = dkimLib.settingsConf { configFile = configPath; };
+          "dkim_signing.conf".text = dkimLib.signingConf {
+            configFile = configPath;
+            # (null only with a failing assertion, which says so)
+            hostName = toString cfg.hostName;
+            inherit generatedDir;
+            enabled = cfg.dkim.enable;
+          };
+        }
+        # The checks of port 25, as `postmaster render` writes them (rendered
+        # there whether or not they are on; here only when they are).
+        // optionalAttrs cfg.inbound.enable (
+          builtins.mapAttrs (_: text: { inherit text; }) (
+            inboundLib.locals {
+              configFile = configPath;
+              inherit (cfg) domains;
+              inherit (cfg.inbound) rejectScore addHeaderScore;
+            }
+          )
+        )
+        # Whom rspamd asks about DNS ([inbound] resolver), as `postmaster render`
+        # writes it: with "local", unbound below and nothing else.
+        // builtins.mapAttrs (_: text: { inherit text; }) (
+          inboundLib.resolverLocals {
+            configFile = configPath;
+            inherit (cfg.inbound) resolver;
+          }
+        );
+        # Only loopback is local to rspamd: its default counts every private
+        # network (10/8, 172.16/12, 192.168/16), whose mail on port 25 it would
+        # neither check nor refuse to sign. Whether or not the checks are on.
+        overrides = builtins.mapAttrs (_: text: { inherit text; }) (
+          inboundLib.overrides { configFile = configPath; }
+        );
       };
 
       systemd.services.rspamd = {
@@ -1527,6 +1652,31 @@ in
           SupplementaryGroups = [ postfixCfg.group ];
           PrivateUsers = lib.mkForce false;
         };
+      };
+    })
+
+    (mkIf localResolver {
+      # The checks' own resolver, as unbound/unbound.conf.d/postmaster.conf of
+      # `postmaster render`: loopback only, from the root servers (no forwarder),
+      # validating with nixpkgs' root trust anchor (enableRootTrustAnchor).
+      services.unbound = {
+        enable = true;
+        # Only rspamd needs it; the host's own lookups keep their resolvers, so
+        # that a stopped unbound defers mail on 25 and breaks nothing else.
+        resolveLocalQueries = mkDefault false;
+        settings.server = {
+          interface = [ "127.0.0.1" ];
+          access-control = [ "127.0.0.0/8 allow" ];
+          prefetch = true;
+          prefetch-key = true;
+          qname-minimisation = true;
+          hide-identity = true;
+          hide-version = true;
+        };
+      };
+      systemd.services.rspamd = {
+        wants = [ resolverUnit ];
+        after = [ resolverUnit ];
       };
     })
 

@@ -227,29 +227,36 @@ EOF
 }
 check "declared accounts: rendered, filled from hash files, parsed" fill_accounts
 
+# render_as DIR NAME LINES...: `postmaster render` into DIR/out-NAME, with the
+# seed's host and domains and LINES (TOML) added to its configuration.
+render_as() {
+  local dir=$1 name=$2 pm hash
+  shift 2
+  pm=$(postmaster_build)
+  hash=$(sed -n 's/^password = "\(.*\)"$/\1/p' examples/seed/accounts.toml | head -n1)
+  printf '[mailboxes.thomas]\npassword = "%s"\n' "$hash" >"$dir/accounts.toml"
+  printf '%s\n' 'host_name = "mail.example.org"' 'domains = ["example.org", "example.net"]' \
+    "accounts_file = \"$dir/accounts.toml\"" "state_dir = \"$dir/state\"" \
+    "generated_dir = \"$dir/state/generated\"" '[tls]' 'source = "files"' \
+    'cert = "/etc/ssl/mail/fullchain.pem"' 'key = "/etc/ssl/mail/key.pem"' "$@" >"$dir/config.toml"
+  rm -rf "$dir/out-$name"
+  "$pm" --config "$dir/config.toml" render --out "$dir/out-$name" >/dev/null
+}
+
 # DKIM on NixOS as on Debian: what nix/lib/dkim.nix gives the module (rspamd's
 # local.d/dkim_signing.conf, main.cf's milter settings, the submission services'
 # options) against what `postmaster render` writes, with DKIM on and off, when a
 # build of postmaster is at hand.
 dkim_as_render() {
-  local dir=$work/dkim pm="" hash enabled
+  local dir=$work/dkim enabled
   mkdir -p "$dir" || return 1
   nix-instantiate --eval --strict --json nix/tests/lib-eval.nix --argstr workDir "$dir" -A dkim >"$dir/dkim.json" || return 1
-  pm=$(postmaster_build)
-  if [ -z "$pm" ]; then
+  if [ -z "$(postmaster_build)" ]; then
     echo "(no build of postmaster in target/: not compared with postmaster render)"
     return 0
   fi
-  hash=$(sed -n 's/^password = "\(.*\)"$/\1/p' examples/seed/accounts.toml | head -n1)
-  printf '[mailboxes.thomas]\npassword = "%s"\n' "$hash" >"$dir/accounts.toml"
   for enabled in true false; do
-    printf '%s\n' 'host_name = "mail.example.org"' 'domains = ["example.org", "example.net"]' \
-      "accounts_file = \"$dir/accounts.toml\"" "state_dir = \"$dir/state\"" \
-      "generated_dir = \"$dir/state/generated\"" '[tls]' 'source = "files"' \
-      'cert = "/etc/ssl/mail/fullchain.pem"' 'key = "/etc/ssl/mail/key.pem"' \
-      '[dkim]' "enabled = $enabled" >"$dir/config.toml"
-    rm -rf "$dir/out-$enabled"
-    "$pm" --config "$dir/config.toml" render --out "$dir/out-$enabled" >/dev/null || return 1
+    render_as "$dir" "$enabled" '[dkim]' "enabled = $enabled" || return 1
   done
   "$python" - "$dir" <<'EOF' || return 1
 import json, pathlib, sys
@@ -287,6 +294,63 @@ sys.exit(1 if bad else 0)
 EOF
 }
 check "DKIM: nix/lib/dkim.nix as postmaster render (dkim_signing.conf, settings.conf, main.cf, master.cf)" dkim_as_render
+
+# The checks of port 25 on NixOS as on Debian: what nix/lib/inbound.nix gives the
+# module (rspamd's local.d files and override.d/options.inc, main.cf's
+# inbound_milters, the smtp service's options) against what `postmaster render`
+# writes, with the checks on (scores 20 and 5.5) and off.
+inbound_as_render() {
+  local dir=$work/inbound enabled
+  mkdir -p "$dir" || return 1
+  nix-instantiate --eval --strict --json nix/tests/lib-eval.nix --argstr workDir "$dir" -A inbound >"$dir/inbound.json" || return 1
+  if [ -z "$(postmaster_build)" ]; then
+    echo "(no build of postmaster in target/: not compared with postmaster render)"
+    return 0
+  fi
+  for enabled in true false; do
+    render_as "$dir" "$enabled" '[inbound]' "enabled = $enabled" 'reject_score = 20' 'add_header_score = 5.5' || return 1
+  done
+  "$python" - "$dir" <<'EOF' || return 1
+import json, pathlib, sys
+d = pathlib.Path(sys.argv[1])
+nix = json.loads((d / "inbound.json").read_text())
+bad = []
+nix["locals"].update(nix["resolverLocals"])
+for sub, files in (("local.d", nix["locals"]), ("override.d", nix["overrides"])):
+    for name, text in files.items():
+        rendered = (d / f"out-true/rspamd/{sub}/{name}").read_text()
+        if rendered != text:
+            bad.append(f"{sub}/{name} differs:\n--- postmaster render\n{rendered}--- nix/lib/inbound.nix\n{text}")
+# Every rspamd file of the checks that render writes, the module writes too
+# (dkim.nix gives dkim_signing.conf and settings.conf; the worker is the module's own).
+others = {"local.d/dkim_signing.conf", "local.d/settings.conf", "override.d/worker-proxy.inc"}
+for f in sorted((d / "out-true/rspamd").rglob("*")):
+    rel = f.relative_to(d / "out-true/rspamd")
+    ours = nix["locals"] if rel.parts[0] == "local.d" else nix["overrides"]
+    if f.is_file() and str(rel) not in others and rel.name not in ours:
+        bad.append(f"postmaster render writes rspamd/{rel}, nix/lib/inbound.nix does not")
+for enabled, values in (("true", nix["postfixMain"]), ("false", nix["postfixMainOff"])):
+    main = (d / f"out-{enabled}/postfix/main.cf").read_text().splitlines()
+    for key, value in values.items():
+        line = f"{key} = {value}".rstrip()
+        if not any(l.rstrip() == line for l in main):
+            found = [l for l in main if l.startswith(f"{key} ")]
+            bad.append(f"main.cf (inbound enabled = {enabled}): no `{line}` (render has {found})")
+smtp, current = [], None
+for l in (d / "out-true/postfix/master.cf").read_text().splitlines():
+    if l and not l[0].isspace() and not l.startswith("#"):
+        current = l.split()[:2]
+    elif current == ["smtp", "inet"] and l.strip().startswith("-o "):
+        smtp.append(l.strip()[3:])
+want = [f"{k}={v}" for k, v in nix["smtpOptions"].items()]
+if smtp != want:
+    bad.append(f"master.cf: smtp (25) has -o {smtp}, nix/lib/inbound.nix gives {want}")
+print("\n".join(bad) or f"nix/lib/inbound.nix gives what postmaster render writes ({len(nix['locals'])} local.d "
+      "files, override.d/options.inc, main.cf, master.cf; checks on and off)")
+sys.exit(1 if bad else 0)
+EOF
+}
+check "inbound: nix/lib/inbound.nix as postmaster render (rspamd's files, main.cf, master.cf)" inbound_as_render
 
 # The flake's outputs, without nixpkgs: a stub with just what the outputs
 # function touches before any value is asked for.

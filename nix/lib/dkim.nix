@@ -6,23 +6,7 @@
 # nothing but `nix-instantiate` and compare it with what `postmaster render`
 # writes. The NixOS module (../module.nix) uses it.
 let
-  templates = ../../supervisor/src/render/templates;
-
-  # Like supervisor/src/render/template.rs's fill: every @NAME@ replaced, and a
-  # placeholder left over is an error (the template gained one this file does not
-  # know).
-  fill =
-    file: values:
-    let
-      text = builtins.replaceStrings (map (name: "@${name}@") (
-        builtins.attrNames values
-      )) (builtins.attrValues values) (builtins.readFile (templates + "/${file}"));
-      left = builtins.filter builtins.isList (builtins.split "@([A-Z_]+)@" text);
-    in
-    if left == [ ] then
-      text
-    else
-      throw "nix/lib/dkim.nix: supervisor/src/render/templates/${file} has placeholders this file does not fill: ${builtins.concatStringsSep ", " (map builtins.head left)}";
+  fill = import ./template.nix;
 in
 {
   # rspamd's local.d/dkim_signing.conf, as supervisor/src/render/rspamd_conf.rs

@@ -239,6 +239,12 @@ let
       # Other nodes (and pebble) find the mail host by its name.
       networking.extraHosts = "${config.networking.primaryIPAddress} ${hostName}";
 
+      # The inbound checks' resolver (unbound): the test network has no DNS and
+      # no Internet, so it answers every name itself ("no such name": no SPF, no
+      # DMARC record) instead of failing to reach the root servers, which would
+      # defer every message on port 25 (a DNS failure is not a missing record).
+      services.unbound.settings.server.local-zone = [ ". static" ];
+
       # The client runs the bed's scenarios, some of which look inside the mail
       # host (doveadm quota, doveadm search): over ssh, as root.
       services.openssh.enable = true;

@@ -1,7 +1,7 @@
 # The bed's scenario suite against the seed's mail host on NixOS, with the
 # accounts declared in Nix (hashes from files in /run/secrets); then DKIM: what is
 # submitted and what the host sends itself leaves signed by rspamd with the key
-# postmaster keeps.
+# postmaster keeps; and the checks of port 25: GTUBE is refused at SMTP time.
 { common, ... }:
 
 {
@@ -90,11 +90,25 @@
         tags = dkim_tags(delivered("thomas", "dkim-local-mail"))
         assert (tags["d"], tags["s"]) == ("example.org", selector), tags
 
-        # From outside on port 25: no milter there (inbound checks are another issue's).
+        # From outside on port 25: checked by the same rspamd, never signed.
         subject = client.succeed(
             "postmaster-probe inbound --to thomas@example.org --read thomas:thomas-secret-1"
         ).strip()
         assert delivered("thomas", subject).get("DKIM-Signature") is None, "mail from port 25 was signed"
+
+    with subtest("inbound checks: port 25 goes through rspamd; GTUBE is refused at SMTP time"):
+        mail.succeed("postconf -h inbound_milters | grep -qF unix:/run/rspamd/rspamd-milter.sock")
+        mail.succeed("postconf -P smtp/inet/smtpd_milters | grep -qxF 'smtp/inet/smtpd_milters = $inbound_milters'")
+        # Only loopback is local to rspamd: the client (a LAN address) is checked.
+        mail.succeed("grep -qxF 'local_addrs = [127.0.0.0/8, ::1];' /etc/rspamd/override.d/options.inc")
+        # rspamd asks unbound on loopback alone, which listens nowhere else.
+        mail.wait_for_unit("unbound.service")
+        mail.succeed("grep -qF 'nameserver = [\"127.0.0.1:53\"];' /etc/rspamd/local.d/options.inc")
+        listening = mail.succeed("ss -H -lnu 'sport = :53' | awk '{print $4}' | sort -u").split()
+        assert listening == ["127.0.0.1:53"], f"unbound listens on {listening}"
+        code = client.succeed("postmaster-probe gtube --to thomas@example.org").split()[0]
+        assert code.startswith("5"), f"GTUBE refused with {code}, not a permanent error"
+        mail.succeed("journalctl -u postfix --no-pager | grep -q 'milter-reject: END-OF-MESSAGE'")
 
     with subtest("no scenario restarted postfix or dovecot"):
         for unit in ("postfix.service", "dovecot.service"):

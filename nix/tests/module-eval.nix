@@ -37,6 +37,8 @@
 let
   pkgs = import ./eval/pkgs.nix { inherit lib; };
 
+  # The real unbound.nix is not among them: the project's stub stands in for it
+  # (eval/stubs/unbound.nix says why).
   mailFiles =
     dir:
     map (f: dir + "/nixos/modules/services/mail/${f}.nix") [
@@ -44,7 +46,8 @@ let
       "mail"
       "dovecot"
       "rspamd"
-    ];
+    ]
+    ++ [ ./eval/stubs/unbound.nix ];
   generations =
     if nixpkgs != null then
       { "nixpkgs-${lib.trivial.release}" = mailFiles nixpkgs; }
@@ -55,12 +58,14 @@ let
           ./eval/stubs/mail.nix
           ./eval/stubs/dovecot-500271.nix
           ./eval/stubs/rspamd.nix
+          ./eval/stubs/unbound.nix
         ];
         dovecot-unstable = [
           ./eval/stubs/postfix.nix
           ./eval/stubs/mail.nix
           ./eval/stubs/dovecot-unstable.nix
           ./eval/stubs/rspamd.nix
+          ./eval/stubs/unbound.nix
         ];
       }
     else
@@ -322,6 +327,28 @@ let
         services.postmaster.dkim.enable = false;
       };
       noDkimMain = noDkim.services.postfix.settings.main;
+      # Neither signing nor checks: no rspamd at all.
+      noRspamd = eval {
+        imports = [ base ];
+        services.postmaster.dkim.enable = false;
+        services.postmaster.inbound.enable = false;
+      };
+      noInbound = eval {
+        imports = [ base ];
+        services.postmaster.inbound.enable = false;
+      };
+      # The checks of port 25 as `postmaster render` writes them, with the NixOS
+      # paths (tests/nix-checks.sh compares nix/lib/inbound.nix with postmaster
+      # render itself).
+      inboundLocals = (import ../lib/inbound.nix).locals {
+        configFile = "/etc/postmaster/config.toml";
+        domains = [
+          "example.org"
+          "example.net"
+        ];
+        rejectScore = 15;
+        addHeaderScore = 6;
+      };
       rspamdUnit = full.systemd.services.rspamd;
       proxy = full.services.rspamd.workers.rspamd_proxy;
 
@@ -385,6 +412,12 @@ let
           );
           wrongTypePositive = reject { services.postmaster.dkim.keepPublishedDays = 0; } (
             wrongType "services.postmaster.dkim.keepPublishedDays" "positive integer, meaning >0"
+          );
+          wrongTypeScore = reject { services.postmaster.inbound.rejectScore = 0; } (
+            wrongType "services.postmaster.inbound.rejectScore" "positive integer or floating point number, meaning >0"
+          );
+          wrongTypeScoreString = reject { services.postmaster.inbound.addHeaderScore = "6"; } (
+            wrongType "services.postmaster.inbound.addHeaderScore" "positive integer or floating point number, meaning >0"
           );
           wrongTypeEnum = reject { services.postmaster.tls.source = lib.mkForce "letsencrypt"; } (
             wrongType "services.postmaster.tls.source" "one of \"acme\", \"files\""
@@ -800,6 +833,7 @@ let
             postfix_unit = "postfix.service";
             dovecot_unit = "dovecot.service";
             rspamd_unit = "rspamd.service";
+            resolver_unit = "unbound.service";
             admin_group = "postmaster-admin";
           };
           dkim = {
@@ -814,6 +848,12 @@ let
             dmarc = "v=DMARC1; p=quarantine";
             addresses = [ ];
             ttl = 3600;
+          };
+          inbound = {
+            enabled = true;
+            reject_score = 15;
+            add_header_score = 6;
+            resolver = "local";
           };
           postfix = {
             map_type = "hash";
@@ -1002,7 +1042,8 @@ let
             true
           ]
         )
-        (check "DKIM off: no rspamd, no milter, no key directory, [dkim] enabled = false"
+        (check
+          "DKIM off: no milter on submission, no key directory, [dkim] enabled = false; rspamd still checks port 25"
           [
             noDkim.services.rspamd.enable
             noDkimMain.submission_milters
@@ -1011,17 +1052,198 @@ let
             noDkim.services.postfix.submissionOptions.smtpd_milters
             (tomlOf noDkim).dkim
             (builtins.any (lib.hasInfix "/dkim ") noDkim.systemd.tmpfiles.rules)
-            (noDkim.systemd.services ? rspamd)
+            noDkimMain.inbound_milters
+            (lib.hasInfix "enabled = false;" (rspamdEtc noDkim)."local.d/dkim_signing.conf".text)
           ]
           [
-            false
+            true
             ""
             "$submission_milters"
             ""
             "$submission_milters"
             { enabled = false; }
             false
+            milter
+            true
+          ]
+        )
+        (check "DKIM and inbound checks off: no rspamd, no milter anywhere"
+          [
+            noRspamd.services.rspamd.enable
+            (noRspamd.systemd.services ? rspamd)
+            noRspamd.services.postfix.settings.main.submission_milters
+            noRspamd.services.postfix.settings.main.inbound_milters
+            (tomlOf noRspamd).inbound.enabled
+          ]
+          [
             false
+            false
+            ""
+            ""
+            false
+          ]
+        )
+        (check "inbound: port 25's smtpd through rspamd's milter, [inbound] in config.toml"
+          [
+            fullMain.inbound_milters
+            full.services.postfix.settings.master.smtp_inet.args
+            full.services.postfix.submissionOptions.smtpd_milters
+            (tomlOf full).inbound
+          ]
+          [
+            milter
+            [
+              "-o"
+              "smtpd_milters=$inbound_milters"
+            ]
+            "$submission_milters"
+            {
+              enabled = true;
+              reject_score = 15;
+              add_header_score = 6;
+              resolver = "local";
+            }
+          ]
+        )
+        (check "inbound: rspamd asks unbound on loopback alone, which resolves and validates itself"
+          (
+            let
+              server = full.services.unbound.settings.server;
+            in
+            [
+              (rspamdEtc full)."local.d/options.inc".text
+              full.services.unbound.enable
+              full.services.unbound.resolveLocalQueries
+              server.interface
+              server.access-control
+              (server ? forward-zone || full.services.unbound.settings ? forward-zone)
+              server.auto-trust-anchor-file
+              server.prefetch
+              (builtins.elem "unbound.service" full.systemd.services.rspamd.after)
+              (builtins.elem "unbound.service" full.systemd.services.rspamd.wants)
+              (tomlOf full).systemd.resolver_unit
+            ]
+          )
+          [
+            ((import ../lib/inbound.nix).resolverLocals {
+              configFile = "/etc/postmaster/config.toml";
+              resolver = "local";
+            })."options.inc"
+            true
+            false
+            [ "127.0.0.1" ]
+            [ "127.0.0.0/8 allow" ]
+            false
+            "/var/lib/unbound/root.key"
+            true
+            true
+            true
+            "unbound.service"
+          ]
+        )
+        (check "inbound: the system's resolver, or no checks: no unbound"
+          (
+            let
+              system = eval {
+                imports = [ base ];
+                services.postmaster.inbound.resolver = "system";
+              };
+            in
+            [
+              system.services.unbound.enable
+              (lib.hasInfix "nameserver" (rspamdEtc system)."local.d/options.inc".text)
+              (tomlOf system).inbound.resolver
+              noInbound.services.unbound.enable
+            ]
+          )
+          [
+            false
+            false
+            "system"
+            false
+          ]
+        )
+        (check "inbound: rspamd's local.d files are what postmaster render writes, with the NixOS paths"
+          (
+            let
+              etc = rspamdEtc full;
+            in
+            [
+              (builtins.mapAttrs (name: _: etc."local.d/${name}".text) inboundLocals)
+              inboundLocals."postmaster_hosted_domains.map"
+              (lib.hasInfix "reject = 15;\nadd_header = 6;\n" inboundLocals."actions.conf")
+              (lib.hasInfix ''map = "$LOCAL_CONFDIR/local.d/postmaster_hosted_domains.map";''
+                inboundLocals."multimap.conf"
+              )
+            ]
+          )
+          [
+            inboundLocals
+            "# The hosted domains, generated by `postmaster render` from /etc/postmaster/config.toml.\nexample.org\nexample.net\n"
+            true
+            true
+          ]
+        )
+        (check "inbound: only loopback is local to rspamd (override.d/options.inc), checks on or off"
+          (map (c: (rspamdEtc c)."override.d/options.inc".text) [
+            full
+            noInbound
+          ])
+          (
+            let
+              text =
+                ((import ../lib/inbound.nix).overrides { configFile = "/etc/postmaster/config.toml"; })
+                ."options.inc";
+            in
+            assert lib.hasInfix "local_addrs = [127.0.0.0/8, ::1];" text;
+            [
+              text
+              text
+            ]
+          )
+        )
+        (check "inbound off: port 25 unchecked, rspamd still signs, no inbound files"
+          [
+            noInbound.services.postfix.settings.main.inbound_milters
+            noInbound.services.postfix.settings.main.submission_milters
+            noInbound.services.rspamd.enable
+            ((rspamdEtc noInbound) ? "local.d/actions.conf")
+            ((rspamdEtc noInbound) ? "local.d/force_actions.conf")
+            (tomlOf noInbound).inbound.enabled
+          ]
+          [
+            ""
+            milter
+            true
+            false
+            false
+            false
+          ]
+        )
+        (check "inbound: scores into config.toml and actions.conf as rspamd reads them"
+          (
+            let
+              c = eval {
+                imports = [ base ];
+                services.postmaster.inbound = {
+                  rejectScore = 20;
+                  addHeaderScore = 5.5;
+                };
+              };
+            in
+            [
+              (tomlOf c).inbound
+              (lib.hasInfix "reject = 20;\nadd_header = 5.5;\n" (rspamdEtc c)."local.d/actions.conf".text)
+            ]
+          )
+          [
+            {
+              enabled = true;
+              reject_score = 20;
+              add_header_score = 5.5;
+              resolver = "local";
+            }
+            true
           ]
         )
         (check "DKIM and DNS options into config.toml"
@@ -1138,6 +1360,22 @@ let
           imports = [ base ];
           services.rspamd.postfix.enable = true;
         }) "services.rspamd.postfix.enable puts rspamd's milter on every smtpd")
+        (refuses "refuses: services.rspamd.postfix.enable with the inbound checks alone" (eval {
+          imports = [ base ];
+          services.postmaster.dkim.enable = false;
+          services.rspamd.postfix.enable = true;
+        }) "services.rspamd.postfix.enable puts rspamd's milter on every smtpd")
+        (refuses "refuses: a spam header from a score that is already refused" (eval {
+          imports = [ base ];
+          services.postmaster.inbound = {
+            rejectScore = 8;
+            addHeaderScore = 8;
+          };
+        }) "services.postmaster.inbound.addHeaderScore (8) must be below")
+        (refuses "refuses: the inbound checks in extraConfig" (eval {
+          imports = [ base ];
+          services.postmaster.extraConfig.inbound.reject_score = 30;
+        }) "inbound: set services.postmaster.inbound")
       ]
       ++ lib.mapAttrsToList (
         name: r: check "rejects: ${name}" (builtins.tryEval r.value).success false

@@ -64,6 +64,19 @@ pub struct Inbound {
     /// Moving a message into Junk teaches rspamd's Bayes filter "spam", moving
     /// it out "ham" (IMAPSieve); Bayes keeps what it learned in valkey.
     pub learning: bool,
+    /// Whose DNS resolver rspamd asks (SPF, DKIM, DMARC, blocklists).
+    pub resolver: Resolver,
+}
+
+/// The DNS resolver of the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolver {
+    /// unbound on this host (loopback only), caching and DNSSEC-validating:
+    /// public DNS blocklists refuse queries that arrive through shared public
+    /// resolvers, and a host of its own answers fast and is not lied to.
+    Local,
+    /// Whatever `/etc/resolv.conf` names, as rspamd has it by default.
+    System,
 }
 
 pub const DEFAULT_REJECT_SCORE: f64 = 15.0;
@@ -168,6 +181,9 @@ pub struct Units {
     /// The Redis-compatible store of rspamd's Bayes filter (valkey on Debian 13),
     /// watched while `[inbound] learning` is on.
     pub valkey: String,
+    /// The local resolver of the inbound checks (`[inbound] resolver = "local"`):
+    /// while it does not run, mail on port 25 is deferred.
+    pub resolver: String,
     /// The group whose members may call the daemon over D-Bus besides root (its
     /// D-Bus policy and polkit rule name it): named when a call is refused.
     pub admin_group: String,
@@ -464,6 +480,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
                 "dovecot_unit",
                 "rspamd_unit",
                 "valkey_unit",
+                "resolver_unit",
                 "admin_group",
             ],
         );
@@ -480,6 +497,9 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             valkey: s
                 .unit("valkey_unit")
                 .unwrap_or_else(|| "valkey-server.service".into()),
+            resolver: s
+                .unit("resolver_unit")
+                .unwrap_or_else(|| "unbound.service".into()),
             admin_group: s
                 .str("admin_group")
                 .unwrap_or_else(|| DEFAULT_ADMIN_GROUP.into()),
@@ -663,7 +683,13 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
     let inbound = {
         let mut s = f.section(
             "inbound",
-            &["enabled", "reject_score", "add_header_score", "learning"],
+            &[
+                "enabled",
+                "reject_score",
+                "add_header_score",
+                "learning",
+                "resolver",
+            ],
         );
         let enabled = s.bool("enabled").unwrap_or(true);
         // Learning teaches the filter of port 25: without the checks there is
@@ -679,6 +705,10 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
                 "what Junk teaches is rspamd's filter of the mail arriving on port 25, which is off",
             );
         }
+        let resolver = match s.choice("resolver", &["local", "system"]).as_deref() {
+            Some("system") => Resolver::System,
+            _ => Resolver::Local,
+        };
         // A score that is given but wrong is reported once, and not compared.
         let score = |s: &mut Fields<'_, '_, '_>, key: &str, default: f64| -> Option<f64> {
             if tomlwalk::get(s.table, key).is_none() {
@@ -717,6 +747,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             reject_score,
             add_header_score,
             learning,
+            resolver,
         }
     };
 
@@ -1048,8 +1079,10 @@ mod tests {
                 reject_score: 15.0,
                 add_header_score: 6.0,
                 learning: true,
+                resolver: Resolver::Local,
             }
         );
+        assert_eq!(c.units.resolver, "unbound.service");
         let c = parse(
             "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nenabled = false\nreject_score = 20\nadd_header_score = 5.5\n",
         )
@@ -1083,7 +1116,7 @@ mod tests {
             e,
             vec![
                 "/etc/postmaster/config.toml:4:16: `reject_score` in [inbound] must be above 0; rspamd gives ordinary mail a score around 0; the defaults are 15 (refuse) and 6 (header)",
-                "/etc/postmaster/config.toml:5:1: unknown key `greylist` in [inbound]; known keys here: enabled, reject_score, add_header_score, learning",
+                "/etc/postmaster/config.toml:5:1: unknown key `greylist` in [inbound]; known keys here: enabled, reject_score, add_header_score, learning, resolver",
             ]
         );
         let e = parse(
@@ -1104,6 +1137,26 @@ mod tests {
             e,
             vec![
                 "/etc/postmaster/config.toml:4:16: `add_header_score` (6) in [inbound] must be below `reject_score` (5); mail is marked as probable spam before it scores high enough to be refused",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_inbound_checks_ask_the_local_resolver_unless_told_otherwise() {
+        let c = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nresolver = \"system\"\n[systemd]\nresolver_unit = \"unbound-mail.service\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.inbound.resolver, Resolver::System);
+        assert_eq!(c.units.resolver, "unbound-mail.service");
+        let e = parse(
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n[inbound]\nresolver = \"8.8.8.8\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:4:12: `resolver` in [inbound] cannot be \"8.8.8.8\"; use \"local\" or \"system\""
             ]
         );
     }

@@ -32,6 +32,10 @@ pub struct InboundStatus {
     /// valkey, while learning is on: while it does not run, mail still flows, but
     /// rspamd's Bayes filter neither classifies nor learns.
     pub bayes_unit: Option<String>,
+    /// The local resolver the checks ask (unbound), with `[inbound] resolver =
+    /// "local"`: while it does not run, the checks cannot look anything up and
+    /// mail on 25 is deferred.
+    pub resolver_unit: Option<String>,
 }
 
 /// Whether a unit is running, as far as is known ("unknown": not asked yet).
@@ -171,6 +175,9 @@ impl Status {
         if let Some(i) = &self.inbound {
             if i.checker_unit == unit.name {
                 what.push("mail arriving on port 25 is deferred (4xx): sending servers keep it and retry, nothing is lost and nothing arrives unchecked");
+            }
+            if i.resolver_unit.as_deref() == Some(unit.name.as_str()) {
+                what.push("rspamd cannot look up SPF, DKIM, DMARC or blocklists: mail arriving on port 25 is deferred (4xx): sending servers keep it and retry, nothing is lost and nothing arrives unchecked");
             }
             if i.bayes_unit.as_deref() == Some(unit.name.as_str()) {
                 what.push("mail still flows and is checked, but rspamd's Bayes filter neither classifies nor learns: moving mail into or out of Junk teaches nothing meanwhile");
@@ -370,7 +377,14 @@ impl Status {
             }
         }
         if let Some(i) = &self.inbound {
-            line(format!("inbound:    port 25 checked by {}", i.checker_unit));
+            line(format!(
+                "inbound:    port 25 checked by {}{}",
+                i.checker_unit,
+                i.resolver_unit
+                    .as_ref()
+                    .map(|r| format!(", DNS from {r} (this host's resolver)"))
+                    .unwrap_or_else(|| ", DNS from /etc/resolv.conf".into())
+            ));
             if let Some(bayes) = &i.bayes_unit {
                 line(format!(
                     "            learning from Junk, Bayes kept by {bayes}"
@@ -496,7 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_rspamd_or_valkey_says_what_happens_to_mail() {
+    fn a_stopped_rspamd_valkey_or_unbound_says_what_happens_to_mail() {
         let unit = |name: &str, state: &str| UnitState {
             name: name.into(),
             active_state: state.into(),
@@ -507,15 +521,17 @@ mod tests {
             units: vec![
                 unit("rspamd.service", "active"),
                 unit("valkey-server.service", "active"),
+                unit("unbound.service", "active"),
             ],
             inbound: Some(InboundStatus {
                 checker_unit: "rspamd.service".into(),
                 bayes_unit: Some("valkey-server.service".into()),
+                resolver_unit: Some("unbound.service".into()),
             }),
             ..Default::default()
         };
         assert!(s.healthy());
-        assert!(s.human().contains("inbound:    port 25 checked by rspamd.service\n            learning from Junk, Bayes kept by valkey-server.service\n"), "{}", s.human());
+        assert!(s.human().contains("inbound:    port 25 checked by rspamd.service, DNS from unbound.service (this host's resolver)\n            learning from Junk, Bayes kept by valkey-server.service\n"), "{}", s.human());
         assert!(!s.human().contains("not running"));
 
         s.units[1] = unit("valkey-server.service", "inactive");
@@ -525,6 +541,24 @@ mod tests {
             "serving 0 mailboxes for example.org; valkey-server.service INACTIVE: mail still flows and is checked, but rspamd's Bayes filter neither classifies nor learns: moving mail into or out of Junk teaches nothing meanwhile"
         );
         assert!(s.human().contains("unit:       valkey-server.service inactive (main PID 0)\n            not running: mail still flows and is checked, but rspamd's Bayes filter neither classifies nor learns"), "{}", s.human());
+
+        s.units[1] = unit("valkey-server.service", "active");
+        s.units[2] = unit("unbound.service", "inactive");
+        assert!(!s.healthy());
+        assert_eq!(
+            s.summary(),
+            "serving 0 mailboxes for example.org; unbound.service INACTIVE: rspamd cannot look up SPF, DKIM, DMARC or blocklists: mail arriving on port 25 is deferred (4xx): sending servers keep it and retry, nothing is lost and nothing arrives unchecked"
+        );
+        // With the system's resolver, unbound is none of the checks' business.
+        s.inbound.as_mut().unwrap().resolver_unit = None;
+        assert!(s.healthy());
+        assert!(
+            s.human().contains(
+                "inbound:    port 25 checked by rspamd.service, DNS from /etc/resolv.conf\n"
+            ),
+            "{}",
+            s.human()
+        );
 
         s.units = vec![
             unit("rspamd.service", "failed"),

@@ -111,6 +111,34 @@ install -m 0644 "$out"/rspamd/override.d/* /etc/rspamd/override.d/
 # monitor_timeout, 30 s by default; the tests of learning read those counts.
 printf '%s\n' '# The test bed (tests/lib/bed-setup.sh): Bayes learn counts every second.' \
 	'monitor_timeout = 1s;' > /etc/rspamd/override.d/classifier-bayes.conf
+# The inbound checks' own resolver ([inbound] resolver = "local", the default):
+# unbound on loopback with postmaster's drop-in, which rspamd asks
+# (rspamd/local.d/options.inc). Debian's package gives it the root trust anchor.
+if [ -f "$out/unbound/unbound.conf.d/postmaster.conf" ]; then
+	install -m 0644 "$out/unbound/unbound.conf.d/postmaster.conf" /etc/unbound/unbound.conf.d/
+	# The bed only: its zones are the outside world's Knot DNS (the resolver
+	# /etc/resolv.conf names, tests/lib/world.py), unsigned, so unbound asks it
+	# directly and does not validate them; every other name is answered "no such
+	# name" here, so unbound never sends a question out of the bed. The tests read
+	# its log of questions to see what rspamd asked.
+	world=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf)
+	reverse=$(echo "$world" | awk -F. '{ print $3 "." $2 "." $1 ".in-addr.arpa" }')
+	{
+		echo '# The test bed only (tests/lib/bed-setup.sh): the bed'"'"'s own zones, unsigned.'
+		echo 'server:'
+		echo '    log-queries: yes'
+		echo '    local-zone: "." static'
+		for zone in example.org example.net example.com "$reverse"; do
+			echo "    local-zone: \"$zone.\" transparent"
+			echo "    domain-insecure: \"$zone\""
+		done
+		for zone in example.org example.net example.com "$reverse"; do
+			printf 'stub-zone:\n    name: "%s"\n    stub-addr: %s\n' "$zone" "$world"
+		done
+	} >/etc/unbound/unbound.conf.d/bed.conf
+	# Disabled in the rootfs; this script runs before it (provision.sh).
+	systemctl start --no-block unbound.service
+fi
 rm -rf "$out"
 # Bayes's store for learning ([inbound] learning, on by default): valkey, as Debian
 # configures it (127.0.0.1 only). Started without waiting: this script runs before it.

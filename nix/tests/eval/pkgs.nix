@@ -50,6 +50,7 @@ rec {
   dovecot_2_3 = fakePackage "dovecot" "2.3.21.1" dovecotPassthru;
   # (its version does not matter here)
   rspamd = fakePackage "rspamd" "3.12.1" { };
+  unbound-with-systemd = fakePackage "unbound" "1.24.2" { };
   coreutils = fakeDrv "coreutils";
   openssl = fakeDrv "openssl";
   openssh = fakeDrv "openssh";

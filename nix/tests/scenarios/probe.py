@@ -3,6 +3,7 @@
     postmaster-probe login USER PASSWORD
     postmaster-probe submit USER PASSWORD --from ADDR --to ADDR [--read USER:PASSWORD ...]
     postmaster-probe inbound --to ADDR [--read USER:PASSWORD ...]
+    postmaster-probe gtube --to ADDR
     postmaster-probe rcpt ADDR --expect CODE
     postmaster-probe served [--not FINGERPRINT]
 
@@ -19,12 +20,16 @@ import hashlib
 import imaplib
 import os
 import poplib
+import smtplib
 import socket
 import sys
 
 import mailclient as mc
 
 OUTSIDE = "someone@elsewhere.example"
+# The "clear spam" test pattern (GTUBE): rspamd's score for it is far above any
+# reject threshold.
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
 def credentials(text: str) -> tuple[str, str]:
@@ -86,6 +91,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--to", action="append", required=True)
     p.add_argument("--read", action="append", type=credentials, default=[])
 
+    p = sub.add_parser("gtube", help="deliver GTUBE on 25; prints the refusal's code, fails when accepted")
+    p.add_argument("--to", action="append", required=True)
+
     p = sub.add_parser("rcpt", help="the reply to RCPT TO on port 25")
     p.add_argument("address")
     p.add_argument("--expect", type=int, required=True)
@@ -121,6 +129,20 @@ def main(argv: list[str]) -> int:
             mc.imap_find(server, user, password, subject)
         print(subject)
         return 0
+
+    if args.check == "gtube":
+        subject = mc.unique_subject("gtube")
+        try:
+            refused = mc.send_inbound(server, OUTSIDE, args.to, subject, body=f"Spam test.\n{GTUBE}\n")
+        except smtplib.SMTPResponseException as e:  # refused after DATA (the milter's verdict)
+            print(e.smtp_code, e.smtp_error.decode(errors="replace"))
+            return 0
+        except smtplib.SMTPRecipientsRefused as e:
+            codes = sorted({code for code, _ in e.recipients.values()})
+            print(" ".join(map(str, codes)))
+            return 0
+        print(f"GTUBE accepted on 25 (refused recipients: {refused})", file=sys.stderr)
+        return 1
 
     if args.check == "rcpt":
         code, text = mc.rcpt_reply(server, 25, "starttls", OUTSIDE, args.address)

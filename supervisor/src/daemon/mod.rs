@@ -1013,22 +1013,28 @@ fn describe_host(s: &mut Status, config: &Config) -> bool {
     if config.inbound.learning {
         units.push(&config.units.valkey);
     }
+    let local_resolver = config.inbound.resolver == crate::config::Resolver::Local;
+    if config.inbound.enabled && local_resolver {
+        units.push(&config.units.resolver);
+    }
     let inbound = config
         .inbound
         .enabled
         .then(|| crate::status::InboundStatus {
             checker_unit: config.units.rspamd.clone(),
             bayes_unit: config.inbound.learning.then(|| config.units.valkey.clone()),
+            resolver_unit: local_resolver.then(|| config.units.resolver.clone()),
         });
     let units_changed = s.units.len() != units.len()
         || s.units.iter().zip(&units).any(|(u, name)| &u.name != *name);
+    let inbound_changed = s.inbound != inbound;
+    s.inbound = inbound;
     let changed = units_changed
-        || s.inbound != inbound
+        || inbound_changed
         || s.host_name != config.host_name
         || s.domains != config.domains
         || s.accounts.file != config.accounts_file.display().to_string();
     s.host_name = config.host_name.clone();
-    s.inbound = inbound;
     s.domains = config.domains.clone();
     s.accounts.file = config.accounts_file.display().to_string();
     if units_changed {
@@ -1301,6 +1307,8 @@ mod tests {
         );
     }
 
+    /// Describes the host with `extra` configuration; the units the status then
+    /// reports. Fails when that changed nothing.
     #[test]
     fn the_status_follows_the_units_a_reload_configures() {
         let mut status = Status::default();
@@ -1316,6 +1324,7 @@ mod tests {
             "dovecot.service",
             "rspamd.service",
             "valkey-server.service",
+            "unbound.service",
         ];
         assert_eq!(describe("").0, all);
         assert!(!describe("").1, "the same configuration changes nothing");
@@ -1330,24 +1339,40 @@ mod tests {
                 "postfix@-.service",
                 "dovecot.service",
                 "rspamd.service",
-                "redis-rspamd.service"
+                "redis-rspamd.service",
+                "unbound.service"
             ]
         );
 
         // Without DKIM signing and inbound checks rspamd is none of the mail
-        // host's business, and valkey only matters while Junk teaches Bayes.
+        // host's business, nor is unbound; valkey only matters while Junk teaches
+        // Bayes.
         let (names, _, inbound) = describe("[dkim]\nenabled = false\n[inbound]\nenabled = false\n");
         assert_eq!(names, ["postfix.service", "dovecot.service"]);
         assert_eq!(inbound, None);
         assert_eq!(describe("[dkim]\nenabled = false\n").0, all);
         let (names, _, inbound) = describe("[inbound]\nlearning = false\n");
-        assert_eq!(names, all[..3]);
+        assert_eq!(
+            names,
+            [
+                "postfix.service",
+                "dovecot.service",
+                "rspamd.service",
+                "unbound.service"
+            ]
+        );
         assert_eq!(
             inbound,
             Some(crate::status::InboundStatus {
                 checker_unit: "rspamd.service".into(),
-                bayes_unit: None
+                bayes_unit: None,
+                resolver_unit: Some("unbound.service".into()),
             })
         );
+        // The checks with the system's resolver: unbound is none of the mail
+        // host's business; rspamd still checks and signs.
+        let (names, _, inbound) = describe("[inbound]\nresolver = \"system\"\n");
+        assert_eq!(names, all[..4]);
+        assert_eq!(inbound.unwrap().resolver_unit, None);
     }
 }

@@ -5,13 +5,15 @@
 //! Two groups of files:
 //! - [`generated`]: what follows the accounts file and changes at run time, written
 //!   into the generated directory by the daemon (postfix maps, dovecot passwd-file);
-//! - [`host_config`]: the mail host's postfix, dovecot and rspamd configuration for
-//!   systemd hosts that are not NixOS, installed once (`postmaster render`).
+//! - [`host_config`]: the mail host's postfix, dovecot, rspamd and unbound
+//!   configuration for systemd hosts that are not NixOS, installed once
+//!   (`postmaster render`).
 
 mod dovecot_conf;
 mod maps;
 mod passwd;
 mod postfix_conf;
+mod resolver;
 mod rspamd_conf;
 mod template;
 
@@ -73,6 +75,9 @@ pub mod paths {
     pub const SIEVE_PIPE_LEARN_SPAM: &str = "dovecot/sieve-pipe/rspamd-learn-spam";
     pub const SIEVE_PIPE_LEARN_HAM: &str = "dovecot/sieve-pipe/rspamd-learn-ham";
     pub const TMPFILES_LEARNING: &str = "tmpfiles.d/postmaster-learning.conf";
+    /// rspamd's resolver (`[inbound] resolver`); override.d/options.inc is another file.
+    pub const RSPAMD_RESOLVER: &str = "rspamd/local.d/options.inc";
+    pub const UNBOUND: &str = "unbound/unbound.conf.d/postmaster.conf";
 }
 
 /// Where the rendered files are installed (their paths above, under `/etc`), for
@@ -194,6 +199,18 @@ pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec
     for (path, content) in rspamd_conf::inbound(config, config_file) {
         files.push(File {
             path: path.into(),
+            content,
+            kind: Kind::Config,
+        });
+    }
+    files.push(File {
+        path: paths::RSPAMD_RESOLVER.into(),
+        content: resolver::rspamd_options(config, config_file),
+        kind: Kind::Config,
+    });
+    if let Some(content) = resolver::unbound(config, config_file) {
+        files.push(File {
+            path: paths::UNBOUND.into(),
             content,
             kind: Kind::Config,
         });

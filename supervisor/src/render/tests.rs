@@ -96,8 +96,14 @@ fn generated_files_match_golden() {
 fn host_config_matches_golden_for_each_dovecot_version() {
     for (version, suffix) in [("2.4", "2.4"), ("2.3", "2.3")] {
         let c = config(&format!("[dovecot]\nversion = \"{version}\"\n"));
+        let mut seen = std::collections::HashSet::new();
         for f in host_config(&c, MapType::Lmdb, "/etc/postmaster/config.toml") {
-            let name = f.path.file_name().unwrap().to_string_lossy().into_owned();
+            let mut name = f.path.file_name().unwrap().to_string_lossy().into_owned();
+            // rspamd's local.d/options.inc beside its override.d/options.inc.
+            if !seen.insert(name.clone()) {
+                let dir = f.path.parent().unwrap().file_name().unwrap();
+                name = format!("{}-{name}", dir.to_string_lossy());
+            }
             if name == "dovecot.conf" {
                 golden(&format!("dovecot-{suffix}.conf"), &f.content);
             } else if version == "2.4" {
@@ -532,4 +538,45 @@ fn spam_goes_to_junk_always_and_junk_teaches_rspamd_only_with_learning_on() {
             .iter()
             .any(|f| f.path == std::path::Path::new(paths::RSPAMD_WORKER_CONTROLLER))
     );
+}
+
+#[test]
+fn the_checks_ask_unbound_on_loopback_unless_the_system_resolver_is_chosen() {
+    let find = |files: &[File], path: &str| {
+        files
+            .iter()
+            .find(|f| f.path == std::path::Path::new(path))
+            .map(|f| f.content.clone())
+    };
+    let local = host_config(&config(""), MapType::Lmdb, "/x");
+    let rspamd = find(&local, paths::RSPAMD_RESOLVER).unwrap();
+    assert!(
+        rspamd.contains("nameserver = [\"127.0.0.1:53\"];"),
+        "{rspamd}"
+    );
+    let unbound = find(&local, paths::UNBOUND).unwrap();
+    let lines: Vec<&str> = unbound.lines().map(str::trim).collect();
+    assert!(lines.contains(&"interface: 127.0.0.1"), "{unbound}");
+    assert!(
+        lines.contains(&"access-control: 127.0.0.0/8 allow"),
+        "{unbound}"
+    );
+    // Never a forwarder: blocklists refuse what comes through shared resolvers.
+    assert!(!unbound.contains("forward-"), "{unbound}");
+    // The override of rspamd's local addresses is still its own file.
+    assert!(
+        find(&local, paths::RSPAMD_OPTIONS)
+            .unwrap()
+            .contains("local_addrs = [127.0.0.0/8, ::1];")
+    );
+
+    let system = host_config(
+        &config("[inbound]\nresolver = \"system\"\n"),
+        MapType::Lmdb,
+        "/x",
+    );
+    let rspamd = find(&system, paths::RSPAMD_RESOLVER).unwrap();
+    assert!(!rspamd.contains("nameserver"), "{rspamd}");
+    assert!(rspamd.contains("resolv.conf"), "{rspamd}");
+    assert_eq!(find(&system, paths::UNBOUND), None);
 }

@@ -584,6 +584,10 @@ let
             "x"
             "y"
           ]))
+          float
+          number
+          numbers.positive
+          (nullOr numbers.positive)
         ];
       expected = [
         "string"
@@ -624,6 +628,10 @@ let
         "(list of string) or attribute set of string"
         "null or one of \"x\", \"y\""
         "list of (one of \"x\", \"y\")"
+        "floating point number"
+        "signed integer or floating point number"
+        "positive integer or floating point number, meaning >0"
+        "null or (positive integer or floating point number, meaning >0)"
       ];
     };
     "mkPackageOption: the package of that name in pkgs" = {
@@ -703,6 +711,10 @@ let
       ]) "other" ''one of "acme", "files"'';
       nullOr = wrongType (types.nullOr types.int) "x" "null or signed integer";
       positive = wrongType types.ints.positive 0 "positive integer, meaning >0";
+      positiveNumber = wrongType types.numbers.positive (
+        -0.5
+      ) "positive integer or floating point number, meaning >0";
+      number = wrongType types.number "15" "signed integer or floating point number";
       port = wrongType types.port 70000 "16 bit unsigned integer; between 0 and 65535 (both inclusive)";
       path = wrongType types.path "relative/path" "absolute path";
       strMatching =

@@ -334,6 +334,16 @@ let
     };
     port = types.ints.u16;
 
+    float = plain "float" "floating point number" builtins.isFloat;
+    number = either types.int types.float;
+    numbers = {
+      positive = addCheck types.number (x: x > 0) // {
+        name = "numberPositive";
+        description = "positive integer or floating point number, meaning >0";
+        descriptionClass = "nonRestrictiveClause";
+      };
+    };
+
     str = plain "str" "string" isString;
 
     nonEmptyStr = plain "nonEmptyStr" "non-empty string" (x: isString x && match "[ \t\n]*" x == null);

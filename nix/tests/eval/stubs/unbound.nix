@@ -1,0 +1,109 @@
+# Stub of nixpkgs' nixos/modules/services/networking/unbound.nix: its option
+# declarations (names, types, defaults) and the parts of its configuration that
+# services.postmaster relies on (the server settings it defaults, the unit, the
+# user). Mirrors the newest version the project's search index holds (the module
+# with settings as a freeform submodule, package unbound-with-systemd,
+# lib.boolToYesNo; its nixpkgs commit is not known), which tests/nix-checks.sh
+# cannot compare with a real file: the opt-in evaluation against nixpkgs' real
+# modules uses this stub for unbound too.
+# No freeform type but settings': an option the real module lacks is an error here
+# too.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib) mkOption types;
+  cfg = config.services.unbound;
+  opt = type: default: mkOption { inherit type default; };
+  primitive = types.oneOf [
+    types.int
+    types.str
+    types.bool
+    types.float
+  ];
+  value = types.oneOf [
+    primitive
+    (types.listOf primitive)
+  ];
+  section = types.oneOf [
+    types.str
+    (types.attrsOf value)
+  ];
+in
+{
+  imports = [
+    (lib.mkRenamedOptionModule
+      [ "services" "unbound" "interfaces" ]
+      [ "services" "unbound" "settings" "server" "interface" ]
+    )
+    (lib.mkRemovedOptionModule [ "services" "unbound" "allowedAccess" ] "")
+    (lib.mkRemovedOptionModule [ "services" "unbound" "forwardAddresses" ] "")
+    (lib.mkRemovedOptionModule [ "services" "unbound" "extraConfig" ] "")
+  ];
+
+  options.services.unbound = {
+    enable = opt types.bool false;
+    package = lib.mkPackageOption pkgs "unbound-with-systemd" { };
+    checkconf = opt types.bool (!cfg.settings ? include && !cfg.settings ? remote-control);
+    enableRootTrustAnchor = opt types.bool true;
+    group = opt types.str "unbound";
+    localControlSocketPath = opt (types.nullOr types.str) null;
+    resolveLocalQueries = opt types.bool true;
+    settings = opt (types.submodule {
+      options.remote-control.control-enable = mkOption {
+        type = types.bool;
+        default = false;
+        internal = true;
+      };
+      freeformType = types.attrsOf (
+        types.oneOf [
+          section
+          (types.listOf section)
+        ]
+      );
+    }) { };
+    stateDir = opt types.path "/var/lib/unbound";
+    user = opt types.str "unbound";
+  };
+
+  config = lib.mkIf cfg.enable {
+    environment.systemPackages = [ cfg.package ];
+    networking = lib.mkIf cfg.resolveLocalQueries {
+      resolvconf.useLocalResolver = lib.mkDefault true;
+    };
+    services.unbound.settings.server = {
+      access-control = lib.mkDefault [
+        "127.0.0.0/8 allow"
+        "::1/128 allow"
+      ];
+      auto-trust-anchor-file = lib.mkIf cfg.enableRootTrustAnchor "${cfg.stateDir}/root.key";
+      interface = lib.mkDefault [
+        "127.0.0.1"
+        "::1"
+      ];
+    };
+    systemd.services.unbound = {
+      before = [ "nss-lookup.target" ];
+      wantedBy = [
+        "multi-user.target"
+        "nss-lookup.target"
+      ];
+      serviceConfig = {
+        Type = "notify";
+        User = cfg.user;
+        Group = cfg.group;
+      };
+    };
+    users.groups = lib.mkIf (cfg.group == "unbound") { unbound = { }; };
+    users.users = lib.mkIf (cfg.user == "unbound") {
+      unbound = {
+        group = cfg.group;
+        isSystemUser = true;
+      };
+    };
+  };
+}
