@@ -168,6 +168,10 @@ let
       enabled = cfg.inbound.enable;
       reject_score = cfg.inbound.rejectScore;
       add_header_score = cfg.inbound.addHeaderScore;
+      # Junk filing and learning (dovecot's Sieve, rspamd's Bayes in valkey) are
+      # Debian's only so far: nothing here runs valkey, so the daemon must not
+      # watch it.
+      learning = false;
       inherit (cfg.inbound) resolver;
     };
     postfix = {

@@ -853,6 +853,7 @@ let
             enabled = true;
             reject_score = 15;
             add_header_score = 6;
+            learning = false;
             resolver = "local";
           };
           postfix = {
@@ -1101,6 +1102,7 @@ let
               enabled = true;
               reject_score = 15;
               add_header_score = 6;
+              learning = false;
               resolver = "local";
             }
           ]
@@ -1241,6 +1243,7 @@ let
               enabled = true;
               reject_score = 20;
               add_header_score = 5.5;
+              learning = false;
               resolver = "local";
             }
             true
