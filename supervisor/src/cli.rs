@@ -15,6 +15,7 @@ use crate::diag::Invalid;
 use crate::password::{self, Scheme};
 use crate::pipeline::{self, Resolved};
 use crate::render;
+use crate::setup::{self, text::Certificate};
 use crate::status::Status;
 use crate::tomlwalk;
 
@@ -117,6 +118,40 @@ pub enum Commands {
         #[command(subcommand)]
         command: AliasCommand,
     },
+    /// Make this Debian 13 host a mail host, as root: install the packages it
+    /// needs, write /etc/postmaster/config.toml and an accounts file, install the
+    /// postfix, dovecot and rspamd configuration (Debian's files kept as backups) and
+    /// postmaster's units, start it all and say what to publish in DNS. Run again
+    /// after changing config.toml or installing a new postmaster: it shows how the
+    /// installed configuration would change and changes it only with --yes.
+    Setup {
+        /// The mail host's name (host_name), e.g. mail.example.org.
+        #[arg(long)]
+        host: Option<String>,
+        /// A mail domain served here; repeat for more. The first is the primary one.
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// Get the certificate from Let's Encrypt (the default) with this contact
+        /// address; repeat for more.
+        #[arg(long, conflicts_with_all = ["cert", "key"])]
+        acme_contact: Vec<String>,
+        /// Use this certificate chain (PEM), kept up to date by another tool.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Install an upgrade that was shown (a changed configuration, a new binary).
+        #[arg(long)]
+        yes: bool,
+        /// Replace configuration that is not Debian's or postmaster's, or that was
+        /// changed after setup installed it (each is kept as a backup).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop and remove what `postmaster setup` installed and put Debian's
+    /// configuration back; mail, keys, accounts and configuration stay.
+    Uninstall,
     /// Catch-alls in the accounts file: set, unset.
     #[command(name = "catch-all")]
     CatchAll {
@@ -176,6 +211,32 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Mailbox { command } => accounts_cli::mailbox(&cli.config, command),
         Commands::Alias { command } => accounts_cli::alias(&cli.config, command),
         Commands::CatchAll { command } => accounts_cli::catch_all(&cli.config, command),
+        Commands::Setup {
+            host,
+            domains,
+            acme_contact,
+            cert,
+            key,
+            yes,
+            force,
+        } => {
+            let certificate = match (cert, key) {
+                (Some(cert), Some(key)) => Some(Certificate::Files { cert, key }),
+                _ if !acme_contact.is_empty() => Some(Certificate::Acme {
+                    contact: acme_contact,
+                }),
+                _ => None,
+            };
+            setup_result(setup::setup(&setup::Options {
+                config_path: cli.config.clone(),
+                host,
+                domains,
+                certificate,
+                yes,
+                force,
+            }))
+        }
+        Commands::Uninstall => setup_result(setup::uninstall(&cli.config)),
     };
     match result {
         Ok(()) => ExitCode::Ok,
@@ -197,6 +258,29 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("postmaster: {}", not_allowed(&group));
             ExitCode::NotAllowed
         }
+    }
+}
+
+/// Setup's outcome as the command line reports it.
+fn setup_result(r: Result<(), setup::SetupError>) -> Result<(), Failure> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(setup::SetupError::Refused(refusals)) => {
+            for r in &refusals {
+                eprintln!("postmaster: refused: {r}");
+            }
+            eprintln!("nothing more was changed");
+            Err(Failure::Reported)
+        }
+        Err(setup::SetupError::NeedsYes) => {
+            eprintln!(
+                "postmaster: this is what an upgrade would change; nothing was changed: run \
+                 `postmaster setup --yes` to install it"
+            );
+            Err(Failure::Reported)
+        }
+        Err(setup::SetupError::Invalid(i)) => Err(Failure::Invalid(i)),
+        Err(setup::SetupError::Failed(m)) => Err(Failure::Failed(m)),
     }
 }
 
