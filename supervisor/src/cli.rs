@@ -1023,6 +1023,33 @@ mod accounts_cli {
     /// no file version, so a new `applied` event (or an error) is the sign; an
     /// apply that changes no generated file records none, and after a short wait a
     /// Reload asks it directly.
+    /// What the daemon's status says about an edit, compared with the status
+    /// before it.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) enum Answer {
+        Pending,
+        Refused,
+        Applied,
+    }
+
+    pub(super) fn answer(
+        before: &crate::status::AccountsStatus,
+        now: &crate::status::AccountsStatus,
+        counts: (usize, usize, usize),
+    ) -> Answer {
+        // Errors the status showed before the edit are the old file's (a new
+        // host's accounts file has no mailbox yet): not an answer to this one.
+        if !now.errors.is_empty() && now.errors != before.errors {
+            Answer::Refused
+        } else if now.applied != before.applied
+            && (now.mailboxes, now.alias_addresses, now.catch_alls) == counts
+        {
+            Answer::Applied
+        } else {
+            Answer::Pending
+        }
+    }
+
     fn wait_for_daemon(
         config_path: &Path,
         before: Option<Status>,
@@ -1045,24 +1072,24 @@ mod accounts_cli {
             let Ok(now) = daemon_status(config_path) else {
                 continue;
             };
-            let a = &now.accounts;
-            if !a.errors.is_empty() {
-                eprintln!(
-                    "the daemon refused the accounts file; it keeps serving the last good one:"
-                );
-                for e in &a.errors {
-                    eprintln!("{e}");
+            match answer(&before.accounts, &now.accounts, counts) {
+                Answer::Pending => {}
+                Answer::Refused => {
+                    eprintln!(
+                        "the daemon refused the accounts file; it keeps serving the last good one:"
+                    );
+                    for e in &now.accounts.errors {
+                        eprintln!("{e}");
+                    }
+                    return Err(Failure::Reported);
                 }
-                return Err(Failure::Reported);
-            }
-            if a.applied != before.accounts.applied
-                && (a.mailboxes, a.alias_addresses, a.catch_alls) == counts
-            {
-                println!(
-                    "the daemon applied it: {} mailboxes, {} alias addresses, {} catch-alls served",
-                    counts.0, counts.1, counts.2
-                );
-                return Ok(());
+                Answer::Applied => {
+                    println!(
+                        "the daemon applied it: {} mailboxes, {} alias addresses, {} catch-alls served",
+                        counts.0, counts.1, counts.2
+                    );
+                    return Ok(());
+                }
             }
         }
         ask(config_path, |c| Box::pin(async move { c.reload().await }))
@@ -1072,6 +1099,30 @@ mod accounts_cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edit_is_answered_by_a_new_application_or_new_errors_not_by_old_errors() {
+        use super::accounts_cli::{Answer, answer};
+        use crate::status::{AccountsStatus, Event};
+        let no_mailbox = AccountsStatus {
+            errors: vec!["accounts.toml:1:1: the accounts file defines no mailbox".into()],
+            ..Default::default()
+        };
+        // The daemon has not seen the edit yet: the old file's error is still shown.
+        assert_eq!(answer(&no_mailbox, &no_mailbox, (1, 0, 0)), Answer::Pending);
+        let applied = AccountsStatus {
+            mailboxes: 1,
+            applied: Some(Event::default()),
+            ..Default::default()
+        };
+        assert_eq!(answer(&no_mailbox, &applied, (1, 0, 0)), Answer::Applied);
+        let refused = AccountsStatus {
+            errors: vec!["accounts.toml:3:1: something else".into()],
+            ..Default::default()
+        };
+        assert_eq!(answer(&applied, &refused, (2, 0, 0)), Answer::Refused);
+        assert_eq!(answer(&applied, &applied, (1, 0, 0)), Answer::Pending);
+    }
 
     #[test]
     fn exit_codes_are_what_the_readme_says() {
