@@ -67,7 +67,8 @@ impl fmt::Display for Refusal {
                 f,
                 "this is {found}, not Debian 13: `postmaster setup` knows Debian 13's packages only. \
                  On NixOS use the module (services.postmaster); elsewhere install postfix, dovecot and \
-                 rspamd yourself and use `postmaster render` (README, \"Other systemd hosts\")"
+                 rspamd yourself, then units/install-debian.sh and `postmaster render` (README, \"On \
+                 Debian 13: one command\", its last paragraph)"
             ),
             Refusal::PortTaken { port, programs } => write!(
                 f,
