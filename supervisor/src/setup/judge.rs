@@ -84,7 +84,7 @@ impl fmt::Display for Refusal {
                 f,
                 "{} is not Debian's and not postmaster's: {why}. Setup would replace it. Move your \
                  configuration aside, or run setup again with --force to replace it (the file is kept \
-                 as a backup under /var/lib/postmaster/setup/originals/)",
+                 as a backup under /var/lib/postmaster-setup/originals/)",
                 path.display()
             ),
             Refusal::LocallyChanged { path } => write!(

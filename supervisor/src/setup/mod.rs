@@ -258,7 +258,11 @@ fn load_manifest() -> Result<Manifest, SetupError> {
 
 fn save_manifest(m: &Manifest) -> Result<(), SetupError> {
     let path = Path::new(plan::MANIFEST);
-    fs::create_dir_all(path.parent().expect("has a parent")).map_err(failed)?;
+    let dir = path.parent().expect("has a parent");
+    fs::create_dir_all(dir).map_err(failed)?;
+    // Root's alone: what is recorded here is written back into /etc by uninstall.
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(failed)?;
     let text = serde_json::to_string_pretty(m).expect("manifest serialises");
     crate::apply::write_atomic(path, text.as_bytes(), 0o600, None).map_err(failed)?;
     Ok(())
@@ -393,6 +397,8 @@ pub fn setup(opts: &Options) -> Result<(), SetupError> {
     // installed, when postconf can say what it supports.
     let first = make_plan(&config, opts, &manifest, &binary)?;
     check_verdict(&first)?;
+    // From here on things change; the record of them comes first.
+    save_manifest(&manifest)?;
 
     let missing = {
         let status = Command::new("dpkg-query")

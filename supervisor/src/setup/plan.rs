@@ -11,10 +11,13 @@ use sha2::{Digest, Sha256};
 use super::diff;
 use super::judge::{self, DebianFacts, Refusal};
 
-/// Where the manifest lives: what setup installed, with hashes.
-pub const MANIFEST: &str = "/var/lib/postmaster/setup/manifest.json";
+/// Where the manifest lives: what setup installed, with hashes. Root's own
+/// directory, not under /var/lib/postmaster: the daemon's user owns that one and
+/// could rename a subdirectory there and put its own in place, and uninstall, as
+/// root, writes the "originals" it lists back into /etc.
+pub const MANIFEST: &str = "/var/lib/postmaster-setup/manifest.json";
 /// Where the files setup replaced are kept (same paths below it).
-pub const ORIGINALS: &str = "/var/lib/postmaster/setup/originals";
+pub const ORIGINALS: &str = "/var/lib/postmaster-setup/originals";
 
 /// A file setup installs.
 #[derive(Debug, Clone, PartialEq, Eq)]
