@@ -1,16 +1,15 @@
 #!/bin/sh
 # Runs inside the bed before postfix and dovecot start (postmaster-bed-setup.service),
-# from /bed, which the host filled (tests/lib/mailhost.py): installs postmaster and
-# configures the mail host the way the README tells a Debian admin to.
+# from /bed, which the host filled (tests/lib/mailhost.py): puts in place what an
+# admin has before running `postmaster setup`. The setup itself is the README's
+# command, run by mailhost.boot once the bed is up (SETUP there).
 set -eu
 
-# postmaster and its units, users, directories, D-Bus policy and polkit rule, the
-# way units/install-debian.sh installs them on any Debian 13 host; the daemon is
-# enabled and starts once postfix and dovecot run.
-/bed/units/install-debian.sh --enable /bed/postmaster
-
-# The accounts file (password hashes) and the key: for root and the daemon's group.
-install -d -m 0755 /etc/postmaster /etc/postmaster/tls
+# What an admin has in place before running `postmaster setup` (which the host
+# runs once the bed is up, the way the README says: mailhost.boot): the
+# configuration and accounts, and a certificate kept by another tool. The group
+# postmaster exists in the bed's rootfs (provision.sh); setup keeps it.
+install -d -m 0755 /etc/postmaster
 install -m 0644 /bed/config.toml /etc/postmaster/config.toml
 install -m 0640 -g postmaster /bed/accounts.toml /etc/postmaster/accounts.toml
 
@@ -44,37 +43,11 @@ systemd-run --unit=pebble --no-block -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCER
 PEBBLE
 	chmod 0755 /usr/local/sbin/bed-pebble
 	/usr/local/sbin/bed-pebble
-	systemctl enable postmaster-acme.socket
-	systemctl start --no-block postmaster-acme.socket
 fi
 
-# The whole mail host's configuration, rendered from postmaster's.
-postmaster check
-out=$(mktemp -d)
-postmaster render --out "$out" >/dev/null
-install -m 0644 "$out/postfix/main.cf" /etc/postfix/main.cf
-install -m 0644 "$out/postfix/master.cf" /etc/postfix/master.cf
-install -m 0644 "$out/dovecot/dovecot.conf" /etc/dovecot/dovecot.conf
-# rspamd signs submitted mail (DKIM) with the keys postmaster keeps; it reads the
-# table of keys from postmaster's generated directory when it (re)starts. It also
-# checks what arrives on port 25 (actions, DMARC, Authentication-Results, the
-# hosted-domain forgery rule). (This script runs before rspamd starts:
-# provision.sh orders it so.)
-install -d -m 0755 /etc/rspamd/local.d
-install -m 0644 "$out"/rspamd/local.d/* /etc/rspamd/local.d/
 # The bed only: the tests change a domain's SPF record from one test to the next
-# (TTL 1 s); rspamd would keep an SPF record for at least 5 minutes.
+# (TTL 1 s); rspamd would keep an SPF record for at least 5 minutes. A file setup
+# does not install, so it stays as it is.
+install -d -m 0755 /etc/rspamd/local.d
 printf '%s\n' '# The test bed (tests/lib/bed-setup.sh): SPF records as long as their TTL.' \
 	'min_cache_ttl = 1s;' > /etc/rspamd/local.d/spf.conf
-install -d -m 0755 /etc/rspamd/override.d
-install -m 0644 "$out"/rspamd/override.d/* /etc/rspamd/override.d/
-rm -rf "$out"
-
-# dovecot puts its LMTP and auth sockets into postfix's private spool directory,
-# which postfix creates at its first start; this rootfs never started it yet.
-postfix check
-
-# The generated maps, the passwd-file and the installed certificate, so postfix
-# and dovecot find them when they start; made by the daemon's user, which keeps
-# them up to date from then on.
-setpriv --reuid=postmaster --regid=postmaster --init-groups postmaster apply

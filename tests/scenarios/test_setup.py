@@ -22,7 +22,7 @@ import pytest
 import mailclient as mc
 import mailhost
 from bed import Bed
-from pki import TestCA
+import pki
 
 NET = "10.231.5"
 HOST = "mail.example.org"
@@ -40,7 +40,7 @@ def bare():
         d = Path(tmp) / "bed"
         d.mkdir()
         shutil.copy2(mailhost.binary(), d / "postmaster")
-        ca = TestCA.create(d / "ca")
+        ca = pki.TestCA.create(d / "ca")
         chain, key = ca.issue(d / "tls", [HOST])
         chain.rename(d / "tls" / "fullchain.pem")
         key.rename(d / "tls" / "privkey.pem")
