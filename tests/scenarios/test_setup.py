@@ -153,6 +153,21 @@ def test_setup_upgrade_and_uninstall_on_a_bare_debian_13_host(bare):
             return s.esmtp_features.get("size") == "10240000"
     mc.wait_for("postfix serving the new SIZE", size_served, timeout=10)
 
+    # An upgrade to a new binary (this one with a byte appended: still the same
+    # program, a different file): shown by its hashes, installed with --yes, and the
+    # daemon restarted on it.
+    ok(bed, "cp /bed/postmaster /root/postmaster && printf x >> /root/postmaster", "a new binary")
+    new_sha = ok(bed, "sha256sum /root/postmaster", "sha256sum").split()[0]
+    pid_before = bed.main_pid("postmaster.service")
+    out = refused(bed, "cd /root && ./postmaster setup", "new binary without --yes")
+    assert "/usr/local/bin/postmaster: binary, sha256 " in out and f"-> {new_sha}" in out, out
+    assert bed.main_pid("postmaster.service") == pid_before, "restarted without --yes"
+    out = ok(bed, "cd /root && ./postmaster setup --yes", "new binary with --yes")
+    assert "updated: /usr/local/bin/postmaster" in out, out
+    assert ok(bed, "sha256sum /usr/local/bin/postmaster", "sha256sum").split()[0] == new_sha
+    bed.wait_active("postmaster.service")
+    assert bed.main_pid("postmaster.service") not in (0, pid_before), "the daemon runs the old binary"
+
     # An admin's edit of an installed file is found and never silently replaced.
     ok(bed, "echo 'smtpd_banner = $myhostname ESMTP mine' >> /etc/postfix/main.cf", "admin's edit")
     edited = bed.path("/etc/postfix/main.cf").read_text()
