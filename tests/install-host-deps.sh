@@ -14,6 +14,9 @@ packages=(
   debootstrap systemd-container zstd iproute2 util-linux
   # the scenario tests: real mail clients
   python3 python3-pytest swaks
+  # swaks --tls (the demo's "Try:" command) needs it; swaks only recommends it,
+  # and this installs without recommends
+  libnet-ssleay-perl
   # the TLS profile's judge (tests/scenarios/test_tls_profile.py)
   testssl.sh
 )

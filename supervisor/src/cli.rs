@@ -15,6 +15,7 @@ use crate::diag::Invalid;
 use crate::password::{self, Scheme};
 use crate::pipeline::{self, Resolved};
 use crate::render;
+use crate::setup::{self, text::Certificate};
 use crate::status::Status;
 use crate::tomlwalk;
 
@@ -117,6 +118,40 @@ pub enum Commands {
         #[command(subcommand)]
         command: AliasCommand,
     },
+    /// Make this Debian 13 host a mail host, as root: install the packages it
+    /// needs, write /etc/postmaster/config.toml and an accounts file, install the
+    /// postfix, dovecot and rspamd configuration (Debian's files kept as backups) and
+    /// postmaster's units, start it all and say what to publish in DNS. Run again
+    /// after changing config.toml or installing a new postmaster: it shows how the
+    /// installed configuration would change and changes it only with --yes.
+    Setup {
+        /// The mail host's name (host_name), e.g. mail.example.org.
+        #[arg(long)]
+        host: Option<String>,
+        /// A mail domain served here; repeat for more. The first is the primary one.
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// Get the certificate from Let's Encrypt (the default) with this contact
+        /// address; repeat for more.
+        #[arg(long, conflicts_with_all = ["cert", "key"])]
+        acme_contact: Vec<String>,
+        /// Use this certificate chain (PEM), kept up to date by another tool.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Install an upgrade that was shown (a changed configuration, a new binary).
+        #[arg(long)]
+        yes: bool,
+        /// Replace configuration that is not Debian's or postmaster's, or that was
+        /// changed after setup installed it (each is kept as a backup).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop and remove what `postmaster setup` installed and put Debian's
+    /// configuration back; mail, keys, accounts and configuration stay.
+    Uninstall,
     /// Catch-alls in the accounts file: set, unset.
     #[command(name = "catch-all")]
     CatchAll {
@@ -176,6 +211,32 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Mailbox { command } => accounts_cli::mailbox(&cli.config, command),
         Commands::Alias { command } => accounts_cli::alias(&cli.config, command),
         Commands::CatchAll { command } => accounts_cli::catch_all(&cli.config, command),
+        Commands::Setup {
+            host,
+            domains,
+            acme_contact,
+            cert,
+            key,
+            yes,
+            force,
+        } => {
+            let certificate = match (cert, key) {
+                (Some(cert), Some(key)) => Some(Certificate::Files { cert, key }),
+                _ if !acme_contact.is_empty() => Some(Certificate::Acme {
+                    contact: acme_contact,
+                }),
+                _ => None,
+            };
+            setup_result(setup::setup(&setup::Options {
+                config_path: cli.config.clone(),
+                host,
+                domains,
+                certificate,
+                yes,
+                force,
+            }))
+        }
+        Commands::Uninstall => setup_result(setup::uninstall(&cli.config)),
     };
     match result {
         Ok(()) => ExitCode::Ok,
@@ -197,6 +258,29 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("postmaster: {}", not_allowed(&group));
             ExitCode::NotAllowed
         }
+    }
+}
+
+/// Setup's outcome as the command line reports it.
+fn setup_result(r: Result<(), setup::SetupError>) -> Result<(), Failure> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(setup::SetupError::Refused(refusals)) => {
+            for r in &refusals {
+                eprintln!("postmaster: refused: {r}");
+            }
+            eprintln!("nothing more was changed");
+            Err(Failure::Reported)
+        }
+        Err(setup::SetupError::NeedsYes) => {
+            eprintln!(
+                "postmaster: this is what an upgrade would change; nothing was changed: run \
+                 `postmaster setup --yes` to install it"
+            );
+            Err(Failure::Reported)
+        }
+        Err(setup::SetupError::Invalid(i)) => Err(Failure::Invalid(i)),
+        Err(setup::SetupError::Failed(m)) => Err(Failure::Failed(m)),
     }
 }
 
@@ -939,6 +1023,33 @@ mod accounts_cli {
     /// no file version, so a new `applied` event (or an error) is the sign; an
     /// apply that changes no generated file records none, and after a short wait a
     /// Reload asks it directly.
+    /// What the daemon's status says about an edit, compared with the status
+    /// before it.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) enum Answer {
+        Pending,
+        Refused,
+        Applied,
+    }
+
+    pub(super) fn answer(
+        before: &crate::status::AccountsStatus,
+        now: &crate::status::AccountsStatus,
+        counts: (usize, usize, usize),
+    ) -> Answer {
+        // Errors the status showed before the edit are the old file's (a new
+        // host's accounts file has no mailbox yet): not an answer to this one.
+        if !now.errors.is_empty() && now.errors != before.errors {
+            Answer::Refused
+        } else if now.applied != before.applied
+            && (now.mailboxes, now.alias_addresses, now.catch_alls) == counts
+        {
+            Answer::Applied
+        } else {
+            Answer::Pending
+        }
+    }
+
     fn wait_for_daemon(
         config_path: &Path,
         before: Option<Status>,
@@ -961,24 +1072,24 @@ mod accounts_cli {
             let Ok(now) = daemon_status(config_path) else {
                 continue;
             };
-            let a = &now.accounts;
-            if !a.errors.is_empty() {
-                eprintln!(
-                    "the daemon refused the accounts file; it keeps serving the last good one:"
-                );
-                for e in &a.errors {
-                    eprintln!("{e}");
+            match answer(&before.accounts, &now.accounts, counts) {
+                Answer::Pending => {}
+                Answer::Refused => {
+                    eprintln!(
+                        "the daemon refused the accounts file; it keeps serving the last good one:"
+                    );
+                    for e in &now.accounts.errors {
+                        eprintln!("{e}");
+                    }
+                    return Err(Failure::Reported);
                 }
-                return Err(Failure::Reported);
-            }
-            if a.applied != before.accounts.applied
-                && (a.mailboxes, a.alias_addresses, a.catch_alls) == counts
-            {
-                println!(
-                    "the daemon applied it: {} mailboxes, {} alias addresses, {} catch-alls served",
-                    counts.0, counts.1, counts.2
-                );
-                return Ok(());
+                Answer::Applied => {
+                    println!(
+                        "the daemon applied it: {} mailboxes, {} alias addresses, {} catch-alls served",
+                        counts.0, counts.1, counts.2
+                    );
+                    return Ok(());
+                }
             }
         }
         ask(config_path, |c| Box::pin(async move { c.reload().await }))
@@ -988,6 +1099,30 @@ mod accounts_cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edit_is_answered_by_a_new_application_or_new_errors_not_by_old_errors() {
+        use super::accounts_cli::{Answer, answer};
+        use crate::status::{AccountsStatus, Event};
+        let no_mailbox = AccountsStatus {
+            errors: vec!["accounts.toml:1:1: the accounts file defines no mailbox".into()],
+            ..Default::default()
+        };
+        // The daemon has not seen the edit yet: the old file's error is still shown.
+        assert_eq!(answer(&no_mailbox, &no_mailbox, (1, 0, 0)), Answer::Pending);
+        let applied = AccountsStatus {
+            mailboxes: 1,
+            applied: Some(Event::default()),
+            ..Default::default()
+        };
+        assert_eq!(answer(&no_mailbox, &applied, (1, 0, 0)), Answer::Applied);
+        let refused = AccountsStatus {
+            errors: vec!["accounts.toml:3:1: something else".into()],
+            ..Default::default()
+        };
+        assert_eq!(answer(&applied, &refused, (2, 0, 0)), Answer::Refused);
+        assert_eq!(answer(&applied, &applied, (1, 0, 0)), Answer::Pending);
+    }
 
     #[test]
     fn exit_codes_are_what_the_readme_says() {

@@ -26,6 +26,9 @@
 //!   stored in the state directory), `order` (ordering, validation, download),
 //!   `http01` (the answers: the port 80 server on hyper, or a webroot), `schedule`
 //!   (when to renew: plan, back-off, the CA's renewal information).
+//! - [`setup`]: `postmaster setup`/`uninstall` on Debian 13: judging the host,
+//!   planning each file against a manifest of what setup installed, the diff an
+//!   upgrade shows (pure), and the effects (apt-get, files, systemctl).
 //! - [`cli`]: the `postmaster` command line.
 
 pub mod accounts;
@@ -46,6 +49,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod render;
 pub(crate) mod serve;
+pub mod setup;
 pub mod status;
 pub mod systemd;
 pub mod tls;

@@ -1,16 +1,15 @@
 #!/bin/sh
 # Runs inside the bed before postfix and dovecot start (postmaster-bed-setup.service),
-# from /bed, which the host filled (tests/lib/mailhost.py): installs postmaster and
-# configures the mail host the way the README tells a Debian admin to.
+# from /bed, which the host filled (tests/lib/mailhost.py): puts in place what an
+# admin has before running `postmaster setup`. The setup itself is the README's
+# command, run by mailhost.boot once the bed is up (SETUP there).
 set -eu
 
-# postmaster and its units, users, directories, D-Bus policy and polkit rule, the
-# way units/install-debian.sh installs them on any Debian 13 host; the daemon is
-# enabled and starts once postfix and dovecot run.
-/bed/units/install-debian.sh --enable /bed/postmaster
-
-# The accounts file (password hashes) and the key: for root and the daemon's group.
-install -d -m 0755 /etc/postmaster /etc/postmaster/tls
+# What an admin has in place before running `postmaster setup` (which the host
+# runs once the bed is up, the way the README says: mailhost.boot): the
+# configuration and accounts, and a certificate kept by another tool. The group
+# postmaster exists in the bed's rootfs (provision.sh); setup keeps it.
+install -d -m 0755 /etc/postmaster
 install -m 0644 /bed/config.toml /etc/postmaster/config.toml
 install -m 0640 -g postmaster /bed/accounts.toml /etc/postmaster/accounts.toml
 
@@ -44,40 +43,12 @@ systemd-run --unit=pebble --no-block -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCER
 PEBBLE
 	chmod 0755 /usr/local/sbin/bed-pebble
 	/usr/local/sbin/bed-pebble
-	systemctl enable postmaster-acme.socket
-	systemctl start --no-block postmaster-acme.socket
 fi
 
-# The whole mail host's configuration, rendered from postmaster's.
-postmaster check
-out=$(mktemp -d)
-postmaster render --out "$out" >/dev/null
-install -m 0644 "$out/postfix/main.cf" /etc/postfix/main.cf
-install -m 0644 "$out/postfix/master.cf" /etc/postfix/master.cf
-install -m 0644 "$out/dovecot/dovecot.conf" /etc/dovecot/dovecot.conf
-# dovecot's Sieve scripts (Junk filing, learning), compiled here: dovecot runs them
-# as the mail user, who cannot write the compiled files next to them. The programs
-# the learning scripts pipe messages to, executable.
-# (The learning ones only with [inbound] learning, as `postmaster render` writes them.)
-install -d -m 0755 /etc/dovecot/sieve
-install -m 0644 "$out"/dovecot/sieve/*.sieve /etc/dovecot/sieve/
-if [ -d "$out/dovecot/sieve-pipe" ]; then
-	install -d -m 0755 /etc/dovecot/sieve-pipe
-	install -m 0755 "$out"/dovecot/sieve-pipe/* /etc/dovecot/sieve-pipe/
-fi
-for script in /etc/dovecot/sieve/*.sieve; do sievec "$script"; done
-# The directory of rspamd's controller socket (learning), for rspamd and group vmail.
-install -m 0644 "$out/tmpfiles.d/postmaster-learning.conf" /etc/tmpfiles.d/
-systemd-tmpfiles --create /etc/tmpfiles.d/postmaster-learning.conf
-# rspamd signs submitted mail (DKIM) with the keys postmaster keeps; it reads the
-# table of keys from postmaster's generated directory when it (re)starts. It also
-# checks what arrives on port 25 (actions, DMARC, Authentication-Results, the
-# hosted-domain forgery rule). (This script runs before rspamd starts:
-# provision.sh orders it so.)
-install -d -m 0755 /etc/rspamd/local.d
-install -m 0644 "$out"/rspamd/local.d/* /etc/rspamd/local.d/
 # The bed only: the tests change a domain's SPF record from one test to the next
-# (TTL 1 s); rspamd would keep an SPF record for at least 5 minutes.
+# (TTL 1 s); rspamd would keep an SPF record for at least 5 minutes. A file setup
+# does not install, so it stays as it is.
+install -d -m 0755 /etc/rspamd/local.d
 printf '%s\n' '# The test bed (tests/lib/bed-setup.sh): SPF records as long as their TTL.' \
 	'min_cache_ttl = 1s;' > /etc/rspamd/local.d/spf.conf
 # The bed only: a message whose Subject carries BED-PROBABLE-SPAM scores 10, between
@@ -105,53 +76,30 @@ rspamd_config.BED_PROBABLE_SPAM = {
   description = 'test bed: marked to score as probable spam',
 }
 LUA
-install -d -m 0755 /etc/rspamd/override.d
-install -m 0644 "$out"/rspamd/override.d/* /etc/rspamd/override.d/
 # The bed only: rspamd counts what Bayes learned (`rspamc stat`) every
 # monitor_timeout, 30 s by default; the tests of learning read those counts.
+install -d -m 0755 /etc/rspamd/override.d
 printf '%s\n' '# The test bed (tests/lib/bed-setup.sh): Bayes learn counts every second.' \
 	'monitor_timeout = 1s;' > /etc/rspamd/override.d/classifier-bayes.conf
-# The inbound checks' own resolver ([inbound] resolver = "local", the default):
-# unbound on loopback with postmaster's drop-in, which rspamd asks
-# (rspamd/local.d/options.inc). Debian's package gives it the root trust anchor.
-if [ -f "$out/unbound/unbound.conf.d/postmaster.conf" ]; then
-	install -m 0644 "$out/unbound/unbound.conf.d/postmaster.conf" /etc/unbound/unbound.conf.d/
-	# The bed only: its zones are the outside world's Knot DNS (the resolver
-	# /etc/resolv.conf names, tests/lib/world.py), unsigned, so unbound asks it
-	# directly and does not validate them; every other name is answered "no such
-	# name" here, so unbound never sends a question out of the bed. The tests read
-	# its log of questions to see what rspamd asked.
-	world=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf)
-	reverse=$(echo "$world" | awk -F. '{ print $3 "." $2 "." $1 ".in-addr.arpa" }')
-	{
-		echo '# The test bed only (tests/lib/bed-setup.sh): the bed'"'"'s own zones, unsigned.'
-		echo 'server:'
-		echo '    log-queries: yes'
-		echo '    local-zone: "." static'
-		for zone in example.org example.net example.com "$reverse"; do
-			echo "    local-zone: \"$zone.\" transparent"
-			echo "    domain-insecure: \"$zone\""
-		done
-		for zone in example.org example.net example.com "$reverse"; do
-			printf 'stub-zone:\n    name: "%s"\n    stub-addr: %s\n' "$zone" "$world"
-		done
-	} >/etc/unbound/unbound.conf.d/bed.conf
-	# Disabled in the rootfs; this script runs before it (provision.sh).
-	systemctl start --no-block unbound.service
-fi
-rm -rf "$out"
-# Bayes's store for learning ([inbound] learning, on by default): valkey, as Debian
-# configures it (127.0.0.1 only). Started without waiting: this script runs before it.
-if grep -q '^servers' /etc/rspamd/local.d/classifier-bayes.conf; then
-	systemctl enable valkey-server.service
-	systemctl start --no-block valkey-server.service
-fi
-
-# dovecot puts its LMTP and auth sockets into postfix's private spool directory,
-# which postfix creates at its first start; this rootfs never started it yet.
-postfix check
-
-# The generated maps, the passwd-file and the installed certificate, so postfix
-# and dovecot find them when they start; made by the daemon's user, which keeps
-# them up to date from then on.
-setpriv --reuid=postmaster --regid=postmaster --init-groups postmaster apply
+# The bed only: the checks' own resolver (unbound, which `postmaster setup` installs
+# and starts with postmaster's drop-in) asks the bed's zones from the outside
+# world's Knot DNS (the resolver /etc/resolv.conf names, tests/lib/world.py):
+# unsigned, so they are declared insecure; every other name is answered "no such
+# name" here, so unbound never sends a question out of the bed. The tests read its
+# log of questions to see what rspamd asked.
+world=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf)
+reverse=$(echo "$world" | awk -F. '{ print $3 "." $2 "." $1 ".in-addr.arpa" }')
+install -d -m 0755 /etc/unbound/unbound.conf.d
+{
+	echo '# The test bed only (tests/lib/bed-setup.sh): the bed'"'"'s own zones, unsigned.'
+	echo 'server:'
+	echo '    log-queries: yes'
+	echo '    local-zone: "." static'
+	for zone in example.org example.net example.com "$reverse"; do
+		echo "    local-zone: \"$zone.\" transparent"
+		echo "    domain-insecure: \"$zone\""
+	done
+	for zone in example.org example.net example.com "$reverse"; do
+		printf 'stub-zone:\n    name: "%s"\n    stub-addr: %s\n' "$zone" "$world"
+	done
+} >/etc/unbound/unbound.conf.d/bed.conf

@@ -195,11 +195,29 @@ def boot(host: MailHost, name: str = "pmscen", net: str = "10.231.1", world=None
     With a running world.World, the host joins its network (its net, not `net`)
     and resolves names with the world's DNS server."""
     network = world.mail_host_bed_args() if world is not None else {"net": net}
-    bed = Bed(bed_input_dir=host.dir, name=name, wait_ports=PORTS, **network)
+    # Debian's postfix listens on 25 at boot; the other ports open with setup.
+    bed = Bed(bed_input_dir=host.dir, name=name, wait_ports=(25,), **network)
     bed.start()
     host.bed = bed
-    wait_for_signer(bed)
+    try:
+        res = bed.run(["/bin/sh", "-c", SETUP], timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"`{SETUP}` exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
+        host.extra["setup_output"] = res.stdout
+        for port in PORTS:
+            bed.wait_port(port)
+        wait_for_signer(bed)
+    except BaseException:
+        bed.stop()
+        raise
     return bed
+
+
+# The README's command (section "On Debian 13: one command"), from the directory the
+# binary was copied to. config.toml is in place already (bed-setup.sh): setup reads
+# it, and the flags must agree with it.
+SETUP = (f"cd /bed && ./postmaster setup --host {HOST_NAME} "
+         + " ".join(f"--domain {d}" for d in DOMAINS))
 
 
 def wait_for_signer(bed: Bed, timeout: float = 60.0) -> None:

@@ -1,6 +1,7 @@
 """What postmaster.service may do, and nothing more, proven inside the bed.
 
-The units (units/) are installed by bed-setup.sh with units/install-debian.sh; the
+The units (units/) are installed by `postmaster setup` (mailhost.boot), the same files
+units/install-debian.sh installs (test_install_is_idempotent runs it over them); the
 daemon itself is not needed: the tests act as its user `postmaster` (setpriv), and
 run probes inside a copy of its unit, so they hold whether or not the daemon runs.
 
@@ -96,10 +97,10 @@ def ensure_user(host, name: str, groups: str | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def units(host) -> str:
-    """The bed's install-debian.sh, after it has run.
+    """units/install-debian.sh, from /bed/units (mailhost.prepare() fills it).
 
-    bed-setup.sh installs the units from /bed/units, which mailhost.prepare() fills.
-    Where it does not (yet), install them from this checkout the same way."""
+    `postmaster setup` installed the units when the bed booted. Where it did not,
+    install them from this checkout with the script."""
     script = "/bed/units/install-debian.sh"
     if not host.bed.path(UNIT).exists():
         copy = host.bed.path("/run/postmaster-units")
