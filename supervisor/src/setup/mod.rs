@@ -761,7 +761,10 @@ fn prepare_sieve_and_learning(desired: &[Desired]) -> Result<(), SetupError> {
     for d in desired {
         let path = d.path.to_string_lossy();
         if path.starts_with("/etc/dovecot/sieve/") && path.ends_with(".sieve") {
-            run("sievec", &[&path])?;
+            // From the file just installed: without -c, sievec asks a running
+            // dovecot for its configuration, which is the one from before setup
+            // (no pipe extension for the learning scripts).
+            run("sievec", &["-c", "/etc/dovecot/dovecot.conf", &path])?;
         } else if path.starts_with("/etc/tmpfiles.d/") {
             run("systemd-tmpfiles", &["--create", &path])?;
         }
