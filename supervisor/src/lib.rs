@@ -26,6 +26,8 @@
 //!   stored in the state directory), `order` (ordering, validation, download),
 //!   `http01` (the answers: the port 80 server on hyper, or a webroot), `schedule`
 //!   (when to renew: plan, back-off, the CA's renewal information).
+//! - [`logins`]: password guessing refused: dovecot's auth asks the daemon before
+//!   each login and reports each failure; blocks in the status, lifted by `unblock`.
 //! - [`cli`]: the `postmaster` command line.
 
 pub mod accounts;
@@ -41,6 +43,7 @@ pub mod diag;
 pub mod dkim;
 pub mod dns;
 pub mod logging;
+pub mod logins;
 pub mod password;
 pub mod pipeline;
 pub mod probe;

@@ -46,6 +46,10 @@ version = "2.4"
 [dkim]
 # The bed's DNS answers at once: a published selector is noticed within a second.
 dns_check_seconds = 1
+[logins]
+# The scenarios log in wrongly on purpose, all from the test host's one address;
+# test_logins.py lowers this for its own tests.
+block_after_failures = 1000
 """
 
 
