@@ -17,7 +17,6 @@ import time
 import pytest
 
 import mailclient as mc
-import mailhost
 
 CONFIG = "/etc/postmaster/config.toml"
 # mailhost.CONFIG's [logins] has block_after_failures = 1000 for the other scenarios.
