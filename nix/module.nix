@@ -37,6 +37,7 @@ let
   inherit (lib)
     concatStringsSep
     literalExpression
+    mapAttrs
     mkDefault
     mkEnableOption
     mkIf
@@ -430,6 +431,29 @@ let
   # accounts file; write /var/lib/postmaster; run postmap; talk to the system bus;
   # connect to the mail ports on 127.0.0.1 and, for ACME, to the CA. Never root, no
   # capabilities. (The accounts writer and the setup unit run the same way.)
+  # postfix and dovecot: what units/{postfix,dovecot}-hardening.conf add on Debian
+  # that depends on no path (their masters run as root, bind ports below 1024 and
+  # become other users; nothing they run for this host's mail gains privileges).
+  # The file-system limits stay Debian's only: nixpkgs lays out their directories
+  # differently and no NixOS VM runs here to prove them.
+  mailDaemonHardening = mapAttrs (_: mkDefault) {
+    NoNewPrivileges = true;
+    RestrictSUIDSGID = true;
+    PrivateDevices = true;
+    PrivateIPC = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    RestrictRealtime = true;
+    RestrictNamespaces = true;
+    SystemCallArchitectures = "native";
+  };
+
   hardening = {
     User = "postmaster";
     Group = "postmaster";
@@ -1472,6 +1496,7 @@ in
       systemd.services.postfix = {
         wants = [ "postmaster-setup.service" ];
         after = [ "postmaster-setup.service" ];
+        serviceConfig = mailDaemonHardening;
       };
       # dovecot puts its sockets into postfix's queue directory, which postfix
       # creates when it starts.
@@ -1481,6 +1506,7 @@ in
           "postmaster-setup.service"
           "postfix.service"
         ];
+        serviceConfig = mailDaemonHardening;
       };
 
       systemd.services.postmaster-setup = {

@@ -15,6 +15,7 @@
 #   /usr/local/bin/postmaster
 #   /usr/local/lib/systemd/system/postmaster.service, postmaster-acme.socket
 #   /usr/local/lib/sysusers.d/postmaster.conf, /usr/local/lib/tmpfiles.d/postmaster.conf
+#   /usr/local/lib/systemd/system/{dovecot,postfix,postfix@}.service.d/50-postmaster-hardening.conf
 #   /usr/share/dbus-1/system.d/io.postmaster.Supervisor1.conf
 #   /usr/share/polkit-1/rules.d/50-postmaster.rules
 set -eu
@@ -83,6 +84,12 @@ put 0644 "$here/postmaster.service" /usr/local/lib/systemd/system/postmaster.ser
 put 0644 "$here/postmaster-acme.socket" /usr/local/lib/systemd/system/postmaster-acme.socket
 put 0644 "$here/sysusers-postmaster.conf" /usr/local/lib/sysusers.d/postmaster.conf
 put 0644 "$here/tmpfiles-postmaster.conf" /usr/local/lib/tmpfiles.d/postmaster.conf
+# postfix and dovecot, hardened (drop-ins over Debian's units). They take effect at
+# their next start: a running postfix or dovecot is not restarted here.
+dropins=/usr/local/lib/systemd/system
+put 0644 "$here/dovecot-hardening.conf" "$dropins/dovecot.service.d/50-postmaster-hardening.conf"
+put 0644 "$here/postfix-hardening.conf" "$dropins/postfix.service.d/50-postmaster-hardening.conf"
+put 0644 "$here/postfix-hardening.conf" "$dropins/postfix@.service.d/50-postmaster-hardening.conf"
 
 # Users first (the directories belong to them), then the directories. Both are
 # idempotent; at every boot systemd runs them again from the same files.

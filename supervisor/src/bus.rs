@@ -7,6 +7,8 @@
 //! - `Renew(force: b) -> s`: renew the certificate (ACME); an [`Outcome`].
 //! - `RotateDkim(domain: s) -> s`: make a new DKIM key for the domain (every
 //!   hosted domain when empty), used once DNS shows it; an [`Outcome`].
+//! - `Unblock(address: s) -> s`: lift the block of an address that failed to log
+//!   in too often ([`crate::logins`]); an [`Outcome`].
 //!
 //! Who may call is the D-Bus policy's business (units/): root and the admin group.
 
@@ -52,6 +54,10 @@ pub struct Supervisor {
     /// To report the units' live state with each Status call. Which units those are
     /// comes with the status: a reload may change them.
     pub systemd: Option<crate::systemd::Systemd>,
+    /// The failed-login counts and blocks, shared with the policy listener: blocks
+    /// are read and lifted here directly, not through the event loop, so a long
+    /// apply never holds up an admin letting someone back in.
+    pub logins: crate::logins::Shared,
 }
 
 fn stopped() -> zbus::fdo::Error {
@@ -66,6 +72,9 @@ fn to_json<T: Serialize>(value: &T) -> zbus::fdo::Result<String> {
 impl Supervisor {
     async fn status(&self) -> zbus::fdo::Result<String> {
         let mut status = self.status.borrow().clone();
+        if let Some(l) = &mut status.logins {
+            l.blocked = crate::logins::lock(&self.logins).blocks(crate::logins::unix_now());
+        }
         if let Some(systemd) = &self.systemd {
             for unit in &mut status.units {
                 *unit = systemd.unit_state(&unit.name).await;
@@ -92,6 +101,10 @@ impl Supervisor {
         to_json(&outcome.await.map_err(|_| stopped())?)
     }
 
+    async fn unblock(&self, address: &str) -> zbus::fdo::Result<String> {
+        to_json(&unblock(&self.logins, address, crate::logins::unix_now()))
+    }
+
     async fn rotate_dkim(&self, domain: &str) -> zbus::fdo::Result<String> {
         let (reply, outcome) = oneshot::channel();
         self.requests
@@ -102,6 +115,33 @@ impl Supervisor {
             .await
             .map_err(|_| stopped())?;
         to_json(&outcome.await.map_err(|_| stopped())?)
+    }
+}
+
+/// Lifts the block of `address` (as an admin types it).
+pub fn unblock(logins: &crate::logins::Shared, address: &str, now: u64) -> Outcome {
+    let source = match crate::logins::Source::parse(address) {
+        Ok(s) => s,
+        Err(e) => {
+            return Outcome {
+                ok: false,
+                summary: "nothing lifted".into(),
+                errors: vec![e],
+            };
+        }
+    };
+    let lifted = crate::logins::lock(logins).lift(source, now);
+    if lifted {
+        tracing::info!(address = %source, "logins: block lifted by an admin");
+    }
+    Outcome {
+        ok: lifted,
+        summary: if lifted {
+            format!("{source} may log in again; its failures are forgotten")
+        } else {
+            format!("{source} is not blocked")
+        },
+        errors: Vec::new(),
     }
 }
 
@@ -116,4 +156,5 @@ pub trait SupervisorClient {
     fn reload(&self) -> zbus::Result<String>;
     fn renew(&self, force: bool) -> zbus::Result<String>;
     fn rotate_dkim(&self, domain: &str) -> zbus::Result<String>;
+    fn unblock(&self, address: &str) -> zbus::Result<String>;
 }

@@ -86,6 +86,12 @@ pub enum Commands {
         #[arg(long)]
         force: bool,
     },
+    /// Let an address blocked for failed logins (see `postmaster status`) log in
+    /// again now, and forget its failures. Exit 1 when it was not blocked.
+    Unblock {
+        /// As status shows it: 192.0.2.7, or an IPv6 address (its /64 is lifted).
+        address: String,
+    },
     /// Hash a password for the accounts file. Reads it from the terminal without
     /// echo, or one line from standard input when that is not a terminal.
     HashPassword {
@@ -200,6 +206,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Reload => ask(&cli.config, |c| Box::pin(async move { c.reload().await })),
         Commands::Renew { force } => ask(&cli.config, move |c| {
             Box::pin(async move { c.renew(force).await })
+        }),
+        Commands::Unblock { address } => ask(&cli.config, move |c| {
+            Box::pin(async move { c.unblock(&address).await })
         }),
         Commands::Dns { json, check } => dns(&cli.config, json, check),
         Commands::Dkim {

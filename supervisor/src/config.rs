@@ -48,6 +48,34 @@ pub struct Config {
     pub dkim: Dkim,
     pub dns: Dns,
     pub inbound: Inbound,
+    pub logins: Logins,
+}
+
+/// Password guessing: after this many failed logins from one address, its
+/// further attempts are refused for a while (see [`crate::logins`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logins {
+    /// Failed logins from one address that block it; 0: nothing is blocked.
+    pub block_after_failures: u32,
+    /// The failures counted are those of the last this many seconds.
+    pub failure_window_seconds: u64,
+    /// How long a blocked address is refused.
+    pub block_seconds: u64,
+    /// Where the daemon answers dovecot's auth policy requests (loopback only).
+    pub policy_address: std::net::SocketAddr,
+}
+
+pub const DEFAULT_POLICY_ADDRESS: &str = "127.0.0.1:10041";
+
+impl Default for Logins {
+    fn default() -> Logins {
+        Logins {
+            block_after_failures: 10,
+            failure_window_seconds: 600,
+            block_seconds: 900,
+            policy_address: DEFAULT_POLICY_ADDRESS.parse().expect("a socket address"),
+        }
+    }
 }
 
 /// Checks of the mail arriving on port 25 by the same rspamd that signs: SPF,
@@ -255,6 +283,7 @@ const ROOT_KEYS: &[&str] = &[
     "dkim",
     "dns",
     "inbound",
+    "logins",
 ];
 
 impl Config {
@@ -751,6 +780,67 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
         }
     };
 
+    let logins = {
+        let mut s = f.section(
+            "logins",
+            &[
+                "block_after_failures",
+                "failure_window_seconds",
+                "block_seconds",
+                "policy_address",
+            ],
+        );
+        let d = Logins::default();
+        let block_after_failures = s
+            .u64("block_after_failures")
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .unwrap_or(d.block_after_failures);
+        let seconds = |s: &mut Fields<'_, '_, '_>, key: &str, default: u64| {
+            let n = s.u64(key)?;
+            if n == 0 {
+                if let Some((span, _)) = s.span_of(key) {
+                    s.d.error(
+                        span,
+                        format!("`{key}` in [logins] must be above 0"),
+                        "it is in seconds; block_after_failures = 0 turns blocking off",
+                    );
+                }
+                return Some(default);
+            }
+            Some(n)
+        };
+        let failure_window_seconds =
+            seconds(&mut s, "failure_window_seconds", d.failure_window_seconds)
+                .unwrap_or(d.failure_window_seconds);
+        let block_seconds =
+            seconds(&mut s, "block_seconds", d.block_seconds).unwrap_or(d.block_seconds);
+        let policy_address = match s.str("policy_address") {
+            None => d.policy_address,
+            Some(text) => match text.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() && a.port() != 0 => a,
+                _ => {
+                    if let Some((span, _)) = s.span_of("policy_address") {
+                        s.d.error(
+                            span,
+                            format!(
+                                "`policy_address` in [logins] `{}` is not a loopback address and port",
+                                text.escape_default()
+                            ),
+                            format!("only dovecot on this host asks it; like \"{DEFAULT_POLICY_ADDRESS}\""),
+                        );
+                    }
+                    d.policy_address
+                }
+            },
+        };
+        Logins {
+            block_after_failures,
+            failure_window_seconds,
+            block_seconds,
+            policy_address,
+        }
+    };
+
     Some(Config {
         host_name: host_name?,
         domains: domains?,
@@ -766,6 +856,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
         dkim,
         dns,
         inbound,
+        logins,
     })
 }
 
@@ -1037,7 +1128,7 @@ mod tests {
                 "/etc/postmaster/config.toml:2:27: domain `example.org` is listed twice; remove one",
                 "/etc/postmaster/config.toml:2:42: domain `Bad` is not valid: it has uppercase letters; write it in lowercase",
                 "/etc/postmaster/config.toml:3:13: `state_dir` contains ` `, which postfix or dovecot configuration cannot hold in a path; choose a path without spaces, commas, quotes, `<`, `$` or braces",
-                "/etc/postmaster/config.toml:4:1: unknown key `colour` in the configuration; known keys here: host_name, domains, accounts_file, state_dir, generated_dir, insecure_allow_plain_passwords, tls, acme, systemd, postfix, dovecot, dkim, dns, inbound",
+                "/etc/postmaster/config.toml:4:1: unknown key `colour` in the configuration; known keys here: host_name, domains, accounts_file, state_dir, generated_dir, insecure_allow_plain_passwords, tls, acme, systemd, postfix, dovecot, dkim, dns, inbound, logins",
                 "/etc/postmaster/config.toml:6:10: `source` in [tls] cannot be \"file\"; use \"acme\" or \"files\"",
                 "/etc/postmaster/config.toml:8:12: `map_type` in [postfix] cannot be \"btree\"; use \"lmdb\" or \"hash\"",
                 "/etc/postmaster/config.toml:9:22: `message_size_limit` is below 1 MiB: most mail with an attachment would bounce; it is in bytes; 67108864 is 64 MiB",
@@ -1065,6 +1156,39 @@ mod tests {
                 "/etc/postmaster/config.toml:2:11: `domains` is empty; list at least one mail domain",
                 "/etc/postmaster/config.toml:4:1: `cert` in [tls] is missing; with source = \"files\", say where the certificate chain is",
                 "/etc/postmaster/config.toml:4:1: `key` in [tls] is missing; with source = \"files\", say where the private key is",
+            ]
+        );
+    }
+
+    #[test]
+    fn logins_block_after_ten_failures_by_default_and_the_limits_are_checked() {
+        let base = "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.logins, Logins::default());
+        assert_eq!(
+            (
+                c.logins.block_after_failures,
+                c.logins.failure_window_seconds,
+                c.logins.block_seconds
+            ),
+            (10, 600, 900)
+        );
+        let c = parse(&format!(
+            "{base}[logins]\nblock_after_failures = 0\nblock_seconds = 60\npolicy_address = \"[::1]:9000\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.logins.block_after_failures, 0);
+        assert_eq!(c.logins.block_seconds, 60);
+        assert_eq!(c.logins.policy_address, "[::1]:9000".parse().unwrap());
+        let e = parse(&format!(
+            "{base}[logins]\nblock_seconds = 0\npolicy_address = \"0.0.0.0:10041\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:4:17: `block_seconds` in [logins] must be above 0; it is in seconds; block_after_failures = 0 turns blocking off",
+                "/etc/postmaster/config.toml:5:18: `policy_address` in [logins] `0.0.0.0:10041` is not a loopback address and port; only dovecot on this host asks it; like \"127.0.0.1:10041\"",
             ]
         );
     }

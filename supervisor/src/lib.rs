@@ -29,6 +29,8 @@
 //! - [`setup`]: `postmaster setup`/`uninstall` on Debian 13: judging the host,
 //!   planning each file against a manifest of what setup installed, the diff an
 //!   upgrade shows (pure), and the effects (apt-get, files, systemctl).
+//! - [`logins`]: password guessing refused: dovecot's auth asks the daemon before
+//!   each login and reports each failure; blocks in the status, lifted by `unblock`.
 //! - [`cli`]: the `postmaster` command line.
 
 pub mod accounts;
@@ -44,6 +46,7 @@ pub mod diag;
 pub mod dkim;
 pub mod dns;
 pub mod logging;
+pub mod logins;
 pub mod password;
 pub mod pipeline;
 pub mod probe;

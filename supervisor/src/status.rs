@@ -22,6 +22,22 @@ pub struct Status {
     /// The checks of mail arriving on port 25, when they are on.
     #[serde(default)]
     pub inbound: Option<InboundStatus>,
+    /// Password guessing: the limits and the addresses blocked now.
+    #[serde(default)]
+    pub logins: Option<LoginsStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginsStatus {
+    pub block_after_failures: u32,
+    pub failure_window_seconds: u64,
+    pub block_seconds: u64,
+    /// Where dovecot's auth asks (its auth_policy_server_url).
+    pub policy_address: String,
+    /// Why the daemon cannot answer dovecot there (logins are then not limited).
+    pub error: Option<String>,
+    /// Filled in at each Status call (blocks change between applies).
+    pub blocked: Vec<crate::logins::Block>,
 }
 
 /// Which units the checks of port 25 depend on; their state is in `units`.
@@ -144,6 +160,7 @@ impl Status {
             && self.certificate.error.is_none()
             && self.last_reload.as_ref().is_none_or(|e| e.ok)
             && self.certificate.verified.as_ref().is_none_or(|e| e.ok)
+            && self.logins.as_ref().is_none_or(|l| l.error.is_none())
             && self
                 .acme
                 .as_ref()
@@ -389,6 +406,37 @@ impl Status {
                 line(format!(
                     "            learning from Junk, Bayes kept by {bayes}"
                 ));
+            }
+        }
+        if let Some(l) = &self.logins {
+            if l.block_after_failures == 0 {
+                line(
+                    "logins:     failed logins block nobody ([logins] block_after_failures = 0)"
+                        .into(),
+                );
+            } else {
+                line(format!(
+                    "logins:     {} failed within {} s block an address for {} s; {} blocked",
+                    l.block_after_failures,
+                    l.failure_window_seconds,
+                    l.block_seconds,
+                    l.blocked.len()
+                ));
+            }
+            for b in &l.blocked {
+                line(format!(
+                    "            {} blocked until {} ({} failures, last over {}; postmaster unblock {})",
+                    b.address,
+                    crate::tls::format_rfc3339(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(b.until)
+                    ),
+                    b.failures,
+                    b.protocol,
+                    b.address
+                ));
+            }
+            if let Some(e) = &l.error {
+                line(format!("  error:    {e}"));
             }
         }
         for u in &self.units {

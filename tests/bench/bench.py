@@ -164,6 +164,7 @@ sys.path.insert(0, str(REPO / "tests" / "scenarios"))
 
 import mailclient as mc  # noqa: E402
 import mailhost  # noqa: E402
+import storm  # noqa: E402
 import world as outside_world  # noqa: E402
 from bed import CONTAINER_ENV, Bed, BedError, _processes  # noqa: E402
 
@@ -200,7 +201,7 @@ CERT_POLL_S = 0.020
 MAX_IN_FLIGHT = 16  # handshakes under way per port; more are not started
 STALL_MS = 1000.0
 TRIAL_GAP_S = 1.1  # idle series: more than dovecot's one second since the last login
-PARTS = ("accounts", "busy", "certificate", "idle", "inbound", "issuance", "scale", "signing")
+PARTS = ("accounts", "busy", "certificate", "idle", "inbound", "issuance", "scale", "signing", "storm")
 SOURCE_HOSTS = range(10, 251)  # NET.10 - NET.250 as login source addresses
 BUSY_SOURCE_HOST = 9
 
@@ -1515,6 +1516,26 @@ def run_inbound(dir: Path, args) -> dict:
     return result
 
 
+def run_storm(dir: Path, args) -> dict:
+    """tests/lib/storm.py for --storm-seconds: mail on 25 and 587 (two senders each,
+    as fast as the host takes it), IMAPS logins, and every 3 s a reload of dovecot
+    and postfix (a renewal), an accounts edit or `systemctl reload postmaster`. In
+    a bed of its own beside the outside world (port 25's checks need its DNS)."""
+    host = mailhost.prepare(dir)
+    with outside_world.World(name=args.signing_name, net=args.signing_net) as world:
+        bed = None
+        try:
+            bed = mailhost.boot(host, name=f"{args.signing_name}m", world=world)
+            for zone, records in mailhost.dns_zones(host).items():
+                if zone in world.zones:
+                    world.set_baseline(zone, records)
+            time.sleep(5)  # rspamd's workers settle after their start
+            return storm.run(host, seconds=args.storm_seconds)
+        finally:
+            if bed is not None:
+                bed.stop()
+
+
 # ---- scale: a large accounts file, on the host ---------------------------------------------
 
 SCALE_MAILBOXES = 10_000
@@ -1670,6 +1691,16 @@ def print_report(r: dict) -> None:
         print(f"  ({'; '.join(notes)})")
     if r.get("scale"):
         print_scale(r["scale"])
+    st = r.get("storm")
+    if st:
+        print()
+        print(f"reload storm, {st['seconds']:.0f} s ({st['disturbances']} reloads/edits; target 0 for all but accepted):")
+        print(f"  accepted {st['accepted']}  lost {st['lost']}  duplicated {st['duplicated']}  "
+              f"deferred {st['deferred']}  failed sessions {st['failed_sessions']}  "
+              f"logins {st['logins']}  failed logins {st['failed_logins']}"
+              + ("  (mail still queued at the end)" if st["still_queued"] else ""))
+        for e in st["errors"] + st["deferred_lines"]:
+            print(f"    {e}")
     sg = r.get("signing")
     if sg:
         t = TARGETS["signing_added_p50_ms"]
@@ -1823,6 +1854,7 @@ def main() -> int:
     ap.add_argument("--net", default="10.231.6", help="bed network, first three octets (default 10.231.6)")
     ap.add_argument("--signing-name", default="pmbsign", help="machine name of the outside world for "
                     "the signing part (its mail host gets this name + 'm'; default pmbsign)")
+    ap.add_argument("--storm-seconds", type=float, default=60, help="how long the storm part runs (default 60)")
     ap.add_argument("--signing-net", default="10.231.9", help="the signing part's network (default 10.231.9)")
     ap.add_argument("--issuance-name", default="pmbiss", help="machine name of the ACME bed (default pmbiss)")
     ap.add_argument("--issuance-net", default="10.231.8",
@@ -1850,7 +1882,7 @@ def main() -> int:
         "args": vars(args),
     }, "targets": TARGETS}
     t_start = time.monotonic()
-    main_parts = parts - {"inbound", "issuance", "scale", "signing"}
+    main_parts = parts - {"inbound", "issuance", "scale", "signing", "storm"}
     with tempfile.TemporaryDirectory(prefix="postmaster-bench-") as tmp:
         if main_parts:
             host = mailhost.prepare(Path(tmp) / "bed")
@@ -1906,6 +1938,11 @@ def main() -> int:
             report["inbound"] = run_inbound(Path(tmp) / "inbound", args)
             report["env"]["host_busy_pct"]["inbound"] = host_busy_pct(cpu, host_cpu_sample())
             report["env"]["phase_s"]["inbound"] = time.monotonic() - t
+        if "storm" in parts:
+            cpu, t = host_cpu_sample(), time.monotonic()
+            report["storm"] = run_storm(Path(tmp) / "storm", args)
+            report["env"]["host_busy_pct"]["storm"] = host_busy_pct(cpu, host_cpu_sample())
+            report["env"]["phase_s"]["storm"] = time.monotonic() - t
         if "issuance" in parts:
             cpu, t = host_cpu_sample(), time.monotonic()
             report["issuance"] = run_issuance(Path(tmp) / "issuance", args)

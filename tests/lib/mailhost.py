@@ -43,8 +43,13 @@ key = "/etc/letsencrypt/live/mail.example.org/privkey.pem"
 reject_unknown_sender_domain = false
 [dovecot]
 version = "2.4"
+[logins]
+# The scenarios log in wrongly on purpose, all from the test host's one address;
+# test_logins.py lowers this for its own tests.
+block_after_failures = 1000
 [dkim]
 # The bed's DNS answers at once: a published selector is noticed within a second.
+# (Last: test_dkim.py appends to this table.)
 dns_check_seconds = 1
 """
 

@@ -129,6 +129,35 @@ def test_units_verify_clean_and_are_hardened(host, units):
     assert float(m.group(1)) <= 1.5, out
 
 
+# Debian 13 as shipped: dovecot.service 8.5, postfix.service (and postfix@-.service) 3.9.
+# With units/{dovecot,postfix}-hardening.conf (systemd 257): 2.8 and 2.7. What is left
+# is a root master (both must bind ports below 1024, chroot and become other users),
+# the network, and their system calls for setuid, chown and chroot.
+MAIL_DAEMON_EXPOSURE = {"dovecot.service": 3.0, "postfix.service": 2.8, "postfix@-.service": 2.8}
+
+
+@pytest.mark.parametrize("unit", sorted(MAIL_DAEMON_EXPOSURE))
+def test_mail_daemons_are_hardened_and_still_serve(host, units, unit):
+    """The drop-ins are loaded and lower the exposure; the rest of this session's
+    scenarios (mail flow, logins, DKIM, inbound checks) run under them."""
+    shown = host.bed.systemctl("show", "-p", "DropInPaths", unit)
+    assert "50-postmaster-hardening.conf" in shown, shown
+    out = host.bed.run(["systemd-analyze", "security", "--no-pager", unit], check=True).stdout
+    m = re.search(rf"Overall exposure level for {re.escape(unit)}: ([\d.]+)", out)
+    assert m, out
+    assert float(m.group(1)) <= MAIL_DAEMON_EXPOSURE[unit], out
+    if unit != "postfix@-.service":  # the instance is not what Debian 13 runs
+        assert host.bed.is_active(unit), host.bed.journal(unit, lines=30)
+        # The root master kept only what it needs: no CAP_SYS_ADMIN, no CAP_CHOWN for postfix.
+        pid = host.bed.main_pid(unit)
+        status = host.bed.run(["cat", f"/proc/{pid}/status"], check=True).stdout
+        bounding = int(re.search(r"^CapBnd:\s*([0-9a-f]+)", status, re.M).group(1), 16)
+        assert not bounding & (1 << 21), f"{unit} keeps CAP_SYS_ADMIN: {bounding:x}"
+        assert re.search(r"^NoNewPrivs:\s*1", status, re.M), status
+        if unit == "postfix.service":
+            assert not bounding & (1 << 0), f"postfix keeps CAP_CHOWN: {bounding:x}"
+
+
 def test_install_is_idempotent(host, units):
     res = host.bed.run([units, "/usr/local/bin/postmaster"], check=True)
     assert "installed " not in res.stdout, res.stdout

@@ -93,6 +93,14 @@ struct Daemon {
     http01: Option<Result<acme::Http01Server, String>>,
     /// DKIM: what DNS said about each published selector, and when to ask again.
     signing: signing::Signing,
+    /// Failed-login counts and blocks, shared with the policy listener and D-Bus.
+    logins: crate::logins::Shared,
+    /// The policy listener dovecot's auth asks: its address and task, or why it
+    /// could not be bound.
+    policy: Option<(
+        std::net::SocketAddr,
+        Result<tokio::task::AbortHandle, String>,
+    )>,
 }
 
 /// What the daemon keeps for ACME between attempts.
@@ -128,6 +136,7 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
         None => None,
     };
 
+    let config_logins = config.logins.clone();
     let mut daemon = Daemon {
         config_path: config_path.to_path_buf(),
         installed: certificate::installed(&config),
@@ -142,7 +151,12 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
         acme: None,
         http01: take_http01_socket(),
         signing: signing::Signing::new(),
+        logins: std::sync::Arc::new(std::sync::Mutex::new(crate::logins::Guard::new(
+            config_logins.clone(),
+        ))),
+        policy: None,
     };
+    daemon.logins_setup();
     daemon.acme = acme_setup(&daemon.resolved.config, daemon.http01.as_ref());
     daemon.show_acme();
     if let Some(info) = daemon.installed.clone() {
@@ -157,6 +171,7 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
             requests: requests_tx.clone(),
             status: status_rx,
             systemd,
+            logins: daemon.logins.clone(),
         };
         match c.object_server().at(bus::OBJECT_PATH, supervisor).await {
             Ok(_) => bus_name_owned = own_bus_name(c).await,
@@ -303,6 +318,51 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
 }
 
 impl Daemon {
+    /// The limits for failed logins, and the listener dovecot's auth asks, as the
+    /// configuration says now. Counts and blocks survive a reload; a listener whose
+    /// address is unchanged keeps running.
+    fn logins_setup(&mut self) {
+        let limits = self.resolved.config.logins.clone();
+        crate::logins::lock(&self.logins).set_limits(limits.clone());
+        let wanted = (limits.block_after_failures > 0).then_some(limits.policy_address);
+        let current = self.policy.as_ref().map(|(address, _)| *address);
+        if wanted != current || matches!(&self.policy, Some((_, Err(_)))) {
+            if let Some((_, Ok(task))) = self.policy.take() {
+                task.abort();
+            }
+            self.policy = wanted.map(|address| {
+                let bound = crate::logins::bind(address)
+                    .map(|listener| {
+                        info!(%address, "logins: answering dovecot's auth policy requests");
+                        tokio::spawn(crate::logins::serve(listener, self.logins.clone()))
+                            .abort_handle()
+                    })
+                    .map_err(|e| {
+                        error!(%address, error = %e, "logins: cannot listen for dovecot's auth policy requests; failed logins are not limited");
+                        format!("cannot listen on {address} for dovecot's auth policy requests ({e}); failed logins are not limited")
+                    });
+                (address, bound)
+            });
+        }
+        let error = match &self.policy {
+            Some((_, Err(e))) => Some(e.clone()),
+            _ => None,
+        };
+        let status = crate::status::LoginsStatus {
+            block_after_failures: limits.block_after_failures,
+            failure_window_seconds: limits.failure_window_seconds,
+            block_seconds: limits.block_seconds,
+            policy_address: limits.policy_address.to_string(),
+            error,
+            blocked: Vec::new(),
+        };
+        self.status.send_if_modified(|s| {
+            let changed = s.logins.as_ref() != Some(&status);
+            s.logins = Some(status);
+            changed
+        });
+    }
+
     fn watch(&mut self) {
         let accounts = self.resolved.config.accounts_file.clone();
         let cert = self.resolved.config.tls.cert.clone();
@@ -348,6 +408,7 @@ impl Daemon {
             }
         }
         self.watch();
+        self.logins_setup();
         self.check(true).await;
         let status = self.status.borrow().clone();
         errors.extend(status.accounts.errors.iter().cloned());

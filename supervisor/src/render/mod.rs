@@ -168,6 +168,15 @@ fn passwd_file_logins(text: &str) -> impl Iterator<Item = &str> {
 /// The whole mail host's postfix and dovecot configuration.
 ///
 /// `config_file` is named in the files' headers, so a reader knows where they came from.
+/// How many LMTP deliveries postfix runs at once into dovecot, and how many dovecot
+/// takes at once for one mailbox: the same number, rendered into both. postfix
+/// counts per destination, and all local mail has one (dovecot's LMTP socket), so a
+/// burst to one mailbox can use all of them; with dovecot's own per-user limit
+/// lower (2.4: 10) the rest were deferred with "451 4.3.0 Too many concurrent
+/// deliveries for user" and waited for postfix's next queue run, minutes later.
+/// 20 is postfix's default_destination_concurrency_limit.
+pub const LMTP_CONCURRENCY: u32 = 20;
+
 pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec<File> {
     let mut files = vec![
         File {

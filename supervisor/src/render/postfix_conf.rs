@@ -40,6 +40,7 @@ pub fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String 
             ("SUBMISSION_MILTERS", milters.to_string()),
             ("INTERNAL_FILTER_CLASSES", internal_classes.to_string()),
             ("INBOUND_MILTERS", inbound_milters.to_string()),
+            ("LMTP_CONCURRENCY", super::LMTP_CONCURRENCY.to_string()),
         ],
     )
 }

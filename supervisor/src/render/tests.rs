@@ -580,3 +580,66 @@ fn the_checks_ask_unbound_on_loopback_unless_the_system_resolver_is_chosen() {
     assert!(rspamd.contains("resolv.conf"), "{rspamd}");
     assert_eq!(find(&system, paths::UNBOUND), None);
 }
+
+#[test]
+fn dovecot_asks_the_login_guard_only_when_blocking_is_on() {
+    for (version, remote) in [("2.4", "remote = %{remote_ip}"), ("2.3", "remote=%{rip}")] {
+        let dovecot = |extra: &str| {
+            let c = config(&format!("[dovecot]\nversion = \"{version}\"\n{extra}"));
+            host_config(&c, MapType::Lmdb, "/x")
+                .into_iter()
+                .find(|f| f.path.file_name().unwrap() == "dovecot.conf")
+                .unwrap()
+                .content
+        };
+        let on = dovecot("[logins]\npolicy_address = \"127.0.0.1:7777\"\n");
+        assert_eq!(
+            setting(&on, "auth_policy_server_url"),
+            ["http://127.0.0.1:7777/"]
+        );
+        // The address and protocol only: no user name, no password hash.
+        let at = on.find("auth_policy_request_attributes").unwrap();
+        let attributes = &on[at..at + on[at..].find("auth_policy_hash_nonce").unwrap()];
+        assert!(attributes.contains(remote), "{attributes}");
+        assert!(attributes.contains("protocol"), "{attributes}");
+        assert!(
+            !attributes.contains("pwhash") && !attributes.contains("login"),
+            "{attributes}"
+        );
+        // postmaster away: logins go on.
+        assert_eq!(setting(&on, "auth_policy_reject_on_fail"), ["no"]);
+        let off = dovecot("[logins]\nblock_after_failures = 0\n");
+        assert!(!off.contains("auth_policy_"), "{off}");
+    }
+}
+
+#[test]
+fn postfix_never_delivers_to_one_mailbox_more_at_once_than_dovecot_takes() {
+    for version in ["2.4", "2.3"] {
+        let c = config(&format!("[dovecot]\nversion = \"{version}\"\n"));
+        let files = host_config(&c, MapType::Lmdb, "/x");
+        let file = |n: &str| {
+            files
+                .iter()
+                .find(|f| f.path.file_name().unwrap() == n)
+                .unwrap()
+                .content
+                .clone()
+        };
+        let postfix = setting(&file("main.cf"), "lmtp_destination_concurrency_limit")
+            .iter()
+            .map(|v| v.parse::<u32>().unwrap())
+            .collect::<Vec<_>>();
+        let dovecot = setting(&file("dovecot.conf"), "lmtp_user_concurrency_limit")
+            .iter()
+            .map(|v| v.parse::<u32>().unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(postfix.len(), 1, "{version}");
+        assert_eq!(dovecot.len(), 1, "{version}");
+        assert!(
+            postfix[0] <= dovecot[0],
+            "{version}: {postfix:?} > {dovecot:?}"
+        );
+        assert!(dovecot[0] > 0, "0 would mean unlimited in dovecot");
+    }
+}

@@ -140,6 +140,22 @@ fn own_files() -> Vec<(&'static str, &'static str, u32)> {
             include_str!("../../../units/polkit-postmaster.rules"),
             0o644,
         ),
+        // Debian's postfix and dovecot units with less exposure (units/*-hardening.conf).
+        (
+            "/usr/local/lib/systemd/system/dovecot.service.d/50-postmaster-hardening.conf",
+            include_str!("../../../units/dovecot-hardening.conf"),
+            0o644,
+        ),
+        (
+            "/usr/local/lib/systemd/system/postfix.service.d/50-postmaster-hardening.conf",
+            include_str!("../../../units/postfix-hardening.conf"),
+            0o644,
+        ),
+        (
+            "/usr/local/lib/systemd/system/postfix@.service.d/50-postmaster-hardening.conf",
+            include_str!("../../../units/postfix-hardening.conf"),
+            0o644,
+        ),
         (
             text::EXAMPLE_PATH,
             include_str!("../../../postmaster.example.toml"),
@@ -184,17 +200,24 @@ fn desired_files(resolved: &Resolved, config_path: &Path, binary: Vec<u8>) -> Ve
 
 /// Which service reads a file setup installs: what to reload when it changes.
 fn owner(path: &Path) -> Option<&'static str> {
-    if path.starts_with("/etc/postfix") {
+    let dropin = |unit: &str| {
+        path.parent()
+            .and_then(|d| d.file_name())
+            .is_some_and(|d| d.to_string_lossy() == format!("{unit}.service.d"))
+    };
+    if dropin("dovecot") {
+        Some("dovecot")
+    } else if dropin("postfix") || dropin("postfix@") {
+        Some("postfix")
+    } else if path.starts_with("/etc/postfix") {
         Some("postfix")
     } else if path.starts_with("/etc/dovecot") {
         Some("dovecot")
-    } else if path.starts_with("/etc/rspamd") {
+    } else if path.starts_with("/etc/rspamd") || path.starts_with("/etc/tmpfiles.d") {
+        // tmpfiles.d: the directory of rspamd's controller socket.
         Some("rspamd")
     } else if path.starts_with("/etc/unbound") {
         Some("unbound")
-    } else if path.starts_with("/etc/tmpfiles.d") {
-        // rspamd's controller socket lives in the directory it makes.
-        Some("rspamd")
     } else {
         None
     }
@@ -815,7 +838,10 @@ fn start_services(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
                     Action::Create | Action::Replace | Action::Foreign(_) | Action::LocallyChanged
                 )
         });
-        if !unit_active(unit) || first_time {
+        // A unit's sandbox (its drop-in) takes effect only when it starts again.
+        let dropin_changed =
+            changed(&|p| owner(p) == Some(name) && p.to_string_lossy().contains(".service.d/"));
+        if !unit_active(unit) || first_time || dropin_changed {
             systemctl(&["restart", unit])?;
         } else if changed(&|p| owner(p) == Some(name)) {
             // rspamd dies from a SIGHUP in its first seconds: restart it instead.

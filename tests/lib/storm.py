@@ -1,0 +1,165 @@
+"""A reload storm: mail on 25 and 587 and IMAPS logins while dovecot and postfix are
+reloaded (what a certificate renewal does), the accounts file is edited and
+postmaster itself is reloaded, every few seconds. Counts what a user would notice:
+accepted, lost, duplicated, deferred, failed sessions and failed logins.
+
+Shared by ./bench (--only storm) and tests/scenarios/test_storm.py.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import itertools
+import re
+import smtplib
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import mailhost
+
+MAILBOX = "thomas"
+
+
+@dataclass
+class Counts:
+    accepted: int = 0
+    failed_sessions: int = 0
+    logins: int = 0
+    failed_logins: int = 0
+    disturbances: int = 0
+    errors: list[str] = field(default_factory=list)
+    tokens: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, what: str, e: BaseException | str) -> None:
+        with self.lock:
+            if len(self.errors) < 20:
+                self.errors.append(f"{what}: {e}")
+
+
+def _context(host: mailhost.MailHost) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(host.ca.cert))
+    # Reached by address; the certificate is still checked against the bed's CA.
+    ctx.check_hostname = False
+    return ctx
+
+
+def _sender(host, port: int, run: str, stop: threading.Event, counts: Counts, serial) -> None:
+    ctx = _context(host)
+    while not stop.is_set():
+        n = next(serial)
+        token = f"storm-{run}-{n}"
+        msg = (f"From: {'someone@elsewhere.example' if port == 25 else 'thomas@example.org'}\r\n"
+               f"To: {MAILBOX}@example.org\r\nSubject: {token}\r\nMessage-ID: <{token}@storm>\r\n\r\n{token}\r\n")
+        try:
+            with smtplib.SMTP(host.ip, port, timeout=30) as s:
+                s.starttls(context=ctx)
+                if port == 587:
+                    s.login(MAILBOX, mailhost.PASSWORDS[MAILBOX])
+                sender = "someone@elsewhere.example" if port == 25 else "thomas@example.org"
+                s.sendmail(sender, [f"{MAILBOX}@example.org"], msg)
+            with counts.lock:
+                counts.accepted += 1
+                counts.tokens.add(token)
+        except Exception as e:  # any refusal or broken session is what we count
+            with counts.lock:
+                counts.failed_sessions += 1
+            counts.fail(f"port {port}", e)
+            time.sleep(0.2)
+
+
+def _logins(host, stop: threading.Event, counts: Counts) -> None:
+    ctx = _context(host)
+    while not stop.is_set():
+        try:
+            c = imaplib.IMAP4_SSL(host.ip, 993, ssl_context=ctx, timeout=30)
+            c.login("anna", mailhost.PASSWORDS["anna"])
+            c.select("INBOX")
+            c.logout()
+            with counts.lock:
+                counts.logins += 1
+        except Exception as e:
+            with counts.lock:
+                counts.failed_logins += 1
+            counts.fail("imaps login", e)
+            time.sleep(0.2)
+        time.sleep(0.05)
+
+
+def _disturb(host, every: float, stop: threading.Event, counts: Counts, renewals: tuple[str, ...]) -> None:
+    bed = host.bed
+    for i in itertools.count():
+        if stop.wait(every):
+            return
+        step = i % 3
+        if step == 0:
+            # A renewal: postmaster reloads both daemons for a new certificate.
+            if renewals:
+                bed.run(["systemctl", "reload", *renewals])
+        elif step == 1:
+            name = f"storm{i}"
+            bed.run(["postmaster", "mailbox", "add", name], input=f"{name}-secret-1\n", timeout=60)
+        else:
+            bed.run(["systemctl", "reload", "postmaster.service"], timeout=60)
+        with counts.lock:
+            counts.disturbances += 1
+
+
+def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, every: float = 3.0,
+        settle: float = 90.0, renewals: tuple[str, ...] = ("dovecot.service", "postfix.service")) -> dict:
+    """Runs the storm for `seconds`, waits for the queue to empty (at most `settle`),
+    and returns the counts. `renewals`: the units a renewal reloads (fewer, to
+    find out which one disturbs)."""
+    run_id = uuid.uuid4().hex[:8]
+    started = time.time()
+    stop = threading.Event()
+    counts = Counts()
+    serial = itertools.count()
+    threads = [threading.Thread(target=_sender, args=(host, port, run_id, stop, counts, serial))
+               for port in (25, 587) for _ in range(senders_per_port)]
+    threads.append(threading.Thread(target=_logins, args=(host, stop, counts)))
+    threads.append(threading.Thread(target=_disturb, args=(host, every, stop, counts, renewals)))
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+
+    # Everything accepted must reach the mailbox exactly once, without waiting for a
+    # queue run: a deferred message would arrive only minutes later.
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        queue = host.bed.run(["postqueue", "-j"]).stdout.strip()
+        if not queue:
+            break
+        time.sleep(1)
+    # The messages themselves (new/, cur/), not dovecot's index and cache files,
+    # which hold copies of their headers.
+    maildir = f"/var/vmail/{MAILBOX}/Maildir"
+    out = host.bed.run(["sh", "-c", f"grep -rhoa 'Message-ID: <storm-{run_id}-[0-9]*@' {maildir}/new {maildir}/cur"],
+                       timeout=120).stdout
+    seen: dict[str, int] = {}
+    for token in re.findall(rf"storm-{run_id}-\d+", out):
+        seen[token] = seen.get(token, 0) + 1
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started - 1))
+    journal = host.bed.run(["journalctl", "--no-pager", "-q", "--since", since, "-u", "postfix.service"],
+                           timeout=60).stdout
+    deferred = [line for line in journal.splitlines() if "status=deferred" in line]
+    return {
+        "seconds": seconds,
+        "accepted": counts.accepted,
+        "lost": len(counts.tokens - seen.keys()),
+        "duplicated": sum(n - 1 for n in seen.values() if n > 1),
+        "deferred": len(deferred),
+        "failed_sessions": counts.failed_sessions,
+        "logins": counts.logins,
+        "failed_logins": counts.failed_logins,
+        "disturbances": counts.disturbances,
+        "still_queued": bool(host.bed.run(["postqueue", "-j"]).stdout.strip()),
+        "errors": counts.errors[:10],
+        "deferred_lines": deferred[:10],
+    }
