@@ -205,13 +205,9 @@ fn owner(path: &Path) -> Option<&'static str> {
             .and_then(|d| d.file_name())
             .is_some_and(|d| d.to_string_lossy() == format!("{unit}.service.d"))
     };
-    if dropin("dovecot") {
-        Some("dovecot")
-    } else if dropin("postfix") || dropin("postfix@") {
+    if path.starts_with("/etc/postfix") || dropin("postfix") || dropin("postfix@") {
         Some("postfix")
-    } else if path.starts_with("/etc/postfix") {
-        Some("postfix")
-    } else if path.starts_with("/etc/dovecot") {
+    } else if path.starts_with("/etc/dovecot") || dropin("dovecot") {
         Some("dovecot")
     } else if path.starts_with("/etc/rspamd") || path.starts_with("/etc/tmpfiles.d") {
         // tmpfiles.d: the directory of rspamd's controller socket.
