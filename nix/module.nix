@@ -1660,7 +1660,20 @@ in
         # the controller stays (rspamc stat, the web interface); the proxy scans
         # by itself, so the normal worker is not needed, as with
         # services.rspamd.postfix.enable.
-        workers.controller = { };
+        # The controller on a socket in a directory of its own, as on Debian
+        # (override.d/worker-controller.inc, from inboundLib.overrides, says the
+        # same): nixpkgs' default, localhost:11334, would let any local user
+        # teach rspamd or change its settings. The socket is the mail user's
+        # group from the setgid directory already; naming it here keeps nixpkgs'
+        # default (rspamd's own group) out, and changes nothing, which rspamd
+        # may do without being in that group.
+        workers.controller.bindSockets = [
+          {
+            socket = inboundLib.controllerSocket;
+            mode = "0660";
+            group = cfg.vmail.user;
+          }
+        ];
         workers.rspamd_proxy = {
           bindSockets = [
             {
@@ -1733,8 +1746,18 @@ in
           # same with services.rspamd.postfix.enable).
           SupplementaryGroups = [ postfixCfg.group ];
           PrivateUsers = lib.mkForce false;
+          # nixpkgs' unit has ProtectSystem=strict: the controller's socket
+          # directory (made by tmpfiles below) is the one place outside
+          # /run/rspamd it writes.
+          ReadWritePaths = [ inboundLib.controllerDir ];
         };
       };
+      # As tmpfiles.d/postmaster-learning.conf on Debian: rspamd makes the socket,
+      # the mail user's group may reach it (IMAPSieve runs as that user), nobody
+      # else may enter; setgid, so the socket is that group's from the start.
+      systemd.tmpfiles.rules = [
+        "d ${inboundLib.controllerDir} 2750 ${rspamdCfg.user} ${cfg.vmail.user} - -"
+      ];
     })
 
     (mkIf localResolver {

@@ -1276,6 +1276,32 @@ let
             ]
           )
         )
+        # Not on nixpkgs' default localhost:11334, where any local user could teach
+        # rspamd or change its settings; checks on or off (signing alone too).
+        (check "rspamd: its controller only on a socket, in a directory for the mail user's group"
+          [
+            (map (s: s.rawEntry) full.services.rspamd.workers.controller.bindSockets)
+            (map (s: s.rawEntry) noInbound.services.rspamd.workers.controller.bindSockets)
+            (lib.hasInfix
+              ''bind_socket = "/run/rspamd-learn/controller.sock mode=0660 owner=rspamd group=vmail";''
+              (rspamdEtc full)."rspamd.conf".text
+            )
+            (lib.hasInfix "11334" (rspamdEtc full)."rspamd.conf".text)
+            (rspamdEtc full)."override.d/worker-controller.inc".text
+            (builtins.elem "d /run/rspamd-learn 2750 rspamd vmail - -" full.systemd.tmpfiles.rules)
+            full.systemd.services.rspamd.serviceConfig.ReadWritePaths
+          ]
+          [
+            [ "/run/rspamd-learn/controller.sock mode=0660 owner=rspamd group=vmail" ]
+            [ "/run/rspamd-learn/controller.sock mode=0660 owner=rspamd group=vmail" ]
+            true
+            false
+            ((import ../lib/inbound.nix).overrides { configFile = "/etc/postmaster/config.toml"; })
+            ."worker-controller.inc"
+            true
+            [ "/run/rspamd-learn" ]
+          ]
+        )
         (check "inbound off: port 25 unchecked, rspamd still signs, no inbound files"
           [
             noInbound.services.postfix.settings.main.inbound_milters
