@@ -13,14 +13,18 @@
 #   services.postfix: enable, package, user, group, enableSmtp, enableSubmission(s),
 #     submission(s)Options, settings.main (freeform; queue_directory is set by
 #     nixpkgs' module with mkDefault)
-#   services.dovecot2: enable, package, enablePAM, settings (freeform, "type name"
-#     section keys), and group where declared (26.05) or
-#     settings.default_internal_group where not (newer); its unit is dovecot.service
+#   services.dovecot2: enable, package, enablePAM, createMailUser, settings
+#     (freeform, "type name" section keys), sieve.scripts (Dovecot 2.3 only; it
+#     needs settings.mail_uid and mail_gid), and group where declared (26.05) or
+#     settings.default_internal_group where not (newer); the package's
+#     passthru.dovecot_pigeonhole; its unit is dovecot.service
 #   services.rspamd (with DKIM signing): enable, user, group, workers.<name>.
 #     {bindSockets, extraConfig} (its own `rspamd_proxy` worker, milter on a
-#     socket of postfix's group), locals.<file>.text; its unit is rspamd.service,
-#     and its PrivateUsers (set from services.rspamd.postfix.enable, which this
-#     module does not use) is overridden
+#     socket of postfix's group; the controller on a socket), locals.<file>.text,
+#     overrides.<file>.text; its unit is rspamd.service (ProtectSystem=strict, so
+#     the controller's directory is added to ReadWritePaths), and its
+#     PrivateUsers (set from services.rspamd.postfix.enable, which this module
+#     does not use) is overridden
 #   services.unbound (inbound checks with resolver = "local"): enable,
 #     resolveLocalQueries, settings.server (freeform); its unit is unbound.service
 #   security.acme.certs.<name>: directory, group
@@ -169,9 +173,9 @@ let
       enabled = cfg.inbound.enable;
       reject_score = cfg.inbound.rejectScore;
       add_header_score = cfg.inbound.addHeaderScore;
-      # Junk filing and learning (dovecot's Sieve, rspamd's Bayes in valkey) are
-      # Debian's only so far: nothing here runs valkey, so the daemon must not
-      # watch it.
+      # Learning from Junk (IMAPSieve, rspamd's Bayes in valkey) is Debian's only
+      # so far (Junk filing is not): nothing here runs valkey, so the daemon
+      # must not watch it.
       learning = false;
       inherit (cfg.inbound) resolver;
     };
