@@ -13,14 +13,18 @@
 #   services.postfix: enable, package, user, group, enableSmtp, enableSubmission(s),
 #     submission(s)Options, settings.main (freeform; queue_directory is set by
 #     nixpkgs' module with mkDefault)
-#   services.dovecot2: enable, package, enablePAM, settings (freeform, "type name"
-#     section keys), and group where declared (26.05) or
-#     settings.default_internal_group where not (newer); its unit is dovecot.service
+#   services.dovecot2: enable, package, enablePAM, createMailUser, settings
+#     (freeform, "type name" section keys), sieve.scripts (Dovecot 2.3 only; it
+#     needs settings.mail_uid and mail_gid), and group where declared (26.05) or
+#     settings.default_internal_group where not (newer); the package's
+#     passthru.dovecot_pigeonhole; its unit is dovecot.service
 #   services.rspamd (with DKIM signing): enable, user, group, workers.<name>.
 #     {bindSockets, extraConfig} (its own `rspamd_proxy` worker, milter on a
-#     socket of postfix's group), locals.<file>.text; its unit is rspamd.service,
-#     and its PrivateUsers (set from services.rspamd.postfix.enable, which this
-#     module does not use) is overridden
+#     socket of postfix's group; the controller on a socket), locals.<file>.text,
+#     overrides.<file>.text; its unit is rspamd.service (ProtectSystem=strict, so
+#     the controller's directory is added to ReadWritePaths), and its
+#     PrivateUsers (set from services.rspamd.postfix.enable, which this module
+#     does not use) is overridden
 #   services.unbound (inbound checks with resolver = "local"): enable,
 #     resolveLocalQueries, settings.server (freeform); its unit is unbound.service
 #   security.acme.certs.<name>: directory, group
@@ -169,9 +173,9 @@ let
       enabled = cfg.inbound.enable;
       reject_score = cfg.inbound.rejectScore;
       add_header_score = cfg.inbound.addHeaderScore;
-      # Junk filing and learning (dovecot's Sieve, rspamd's Bayes in valkey) are
-      # Debian's only so far: nothing here runs valkey, so the daemon must not
-      # watch it.
+      # Learning from Junk (IMAPSieve, rspamd's Bayes in valkey) is Debian's only
+      # so far (Junk filing is not): nothing here runs valkey, so the daemon
+      # must not watch it.
       learning = false;
       inherit (cfg.inbound) resolver;
     };
@@ -319,6 +323,18 @@ let
     auto = "subscribe";
   });
 
+  # Junk filing: dovecot's LMTP runs this before each user's own script, as on
+  # Debian (supervisor/src/render/templates/sieve-spam-to-junk.sieve): what rspamd
+  # marked as probable spam (X-Spam: Yes, [inbound] add_header_score) goes to Junk,
+  # and filing it cancels the implicit keep, so the user's script (a vacation
+  # reply, a forward) never sees spam.
+  spamToJunk = pkgs.writeText "spam-to-junk.sieve" ''
+    require ["fileinto"];
+    if header :is "X-Spam" "Yes" {
+      fileinto "Junk";
+    }
+  '';
+
   inboxNamespace = {
     inbox = true;
   }
@@ -339,6 +355,9 @@ let
         ssl = true;
       };
     };
+    # ManageSieve for the users' own filters, with the same logins: ssl = required
+    # refuses AUTHENTICATE before STARTTLS.
+    "service managesieve-login"."inet_listener sieve".port = 4190;
     # postfix: virtual_transport = lmtp:unix:private/dovecot-lmtp
     "service lmtp"."unix_listener ${queueDir}/private/dovecot-lmtp" = {
       mode = "0600";
@@ -380,6 +399,7 @@ let
       imap = true;
       pop3 = true;
       lmtp = true;
+      sieve = true;
     };
     ssl_server_cert_file = tlsPair;
     ssl_server_key_file = tlsPair;
@@ -400,10 +420,25 @@ let
     "protocol imap".mail_plugins.imap_quota = true;
     "quota \"User quota\"".driver = "count";
     quota_storage_size = "unlimited";
+    # Sieve at delivery: this host's Junk filing first, then the user's filters.
+    # Set here, not through services.dovecot2.sieve.scripts: for Dovecot 2.4 one
+    # generation of nixpkgs' module turns those into 2.3's sieve_before, which 2.4
+    # refuses, the other ignores them. The compiled script goes where nixpkgs'
+    # sieve_script_bin_path says (/tmp/dovecot-<user>): the store is read-only.
+    "protocol lmtp".mail_plugins.sieve = true;
+    "sieve_script spam-to-junk" = {
+      type = "before";
+      path = "${spamToJunk}";
+    };
+    "sieve_script personal" = {
+      driver = "file";
+      path = "~/sieve";
+      active_path = "~/.dovecot.sieve";
+    };
   };
 
   dovecot23Settings = {
-    protocols = "imap pop3 lmtp";
+    protocols = "imap pop3 lmtp sieve";
     ssl_cert = "<${tlsPair}";
     ssl_key = "<${tlsPair}";
     disable_plaintext_auth = true;
@@ -419,9 +454,19 @@ let
     mail_location = "maildir:~/Maildir";
     mail_plugins = "$mail_plugins quota";
     "protocol imap".mail_plugins = "$mail_plugins imap_quota";
+    # Sieve at delivery: the user's filters here; this host's Junk filing runs
+    # before them through services.dovecot2.sieve.scripts.before (sieve_before),
+    # which nixpkgs' module copies and compiles (sievec) before dovecot starts.
+    "protocol lmtp".mail_plugins = "$mail_plugins sieve";
+    # nixpkgs' module gives the compiled sieve_before script to this user and
+    # group (and refuses sieve.scripts without them); it is every mailbox's
+    # owner anyway, as the passwd-file says.
+    mail_uid = cfg.vmail.user;
+    mail_gid = cfg.vmail.user;
     plugin = {
       quota = "count:User quota";
       quota_vsizes = true;
+      sieve = "file:~/sieve;active=~/.dovecot.sieve";
     };
   };
 
@@ -851,7 +896,7 @@ in
       default = false;
       description = ''
         Open the mail ports in the firewall: 25 (SMTP), 465 and 587 (submission),
-        993 and 143 (IMAP), 995 and 110 (POP3), and 80 when postmaster answers
+        993 and 143 (IMAP), 995 and 110 (POP3), 4190 (ManageSieve), and 80 when postmaster answers
         ACME http-01 challenges itself.
       '';
     };
@@ -1260,7 +1305,12 @@ in
           "services.postmaster.acme.contact is empty: Let's Encrypt can then not warn you about problems with your certificate. Set it to [ \"mailto:you@${primaryDomain}\" ].";
 
       environment.etc."postmaster/config.toml".source = configFile;
-      environment.systemPackages = [ cfg.package ];
+      environment.systemPackages = [
+        cfg.package
+        # Pigeonhole: dovecot loads its sieve plugins from /run/current-system/sw
+        # (nixpkgs' mail_plugin_dir); ManageSieve's programs it names by store path.
+        dovecotCfg.package.passthru.dovecot_pigeonhole
+      ];
 
       users.users.postmaster = {
         isSystemUser = true;
@@ -1330,6 +1380,7 @@ in
           995
           143
           110
+          4190
         ]
         ++ optional http01 80
       );
@@ -1479,9 +1530,14 @@ in
       services.dovecot2 = {
         enable = true;
         enablePAM = false;
+        # This module creates the vmail user (settings.mail_uid with Dovecot 2.3)
+        # itself, with its uid and home.
+        createMailUser = false;
       }
       // optionalAttrs dovecotHasGroup { group = mkDefault dovecotGroup; }
       // {
+        # Dovecot 2.4 names the script in settings (dovecot24Settings).
+        sieve.scripts = optionalAttrs (!dovecot24) { before = spamToJunk; };
         settings = mkMerge [
           (optionalAttrs (!dovecotHasGroup) { default_internal_group = mkDefault dovecotGroup; })
           dovecotCommon
@@ -1608,7 +1664,20 @@ in
         # the controller stays (rspamc stat, the web interface); the proxy scans
         # by itself, so the normal worker is not needed, as with
         # services.rspamd.postfix.enable.
-        workers.controller = { };
+        # The controller on a socket in a directory of its own, as on Debian
+        # (override.d/worker-controller.inc, from inboundLib.overrides, says the
+        # same): nixpkgs' default, localhost:11334, would let any local user
+        # teach rspamd or change its settings. The socket is the mail user's
+        # group from the setgid directory already; naming it here keeps nixpkgs'
+        # default (rspamd's own group) out, and changes nothing, which rspamd
+        # may do without being in that group.
+        workers.controller.bindSockets = [
+          {
+            socket = inboundLib.controllerSocket;
+            mode = "0660";
+            group = cfg.vmail.user;
+          }
+        ];
         workers.rspamd_proxy = {
           bindSockets = [
             {
@@ -1681,8 +1750,18 @@ in
           # same with services.rspamd.postfix.enable).
           SupplementaryGroups = [ postfixCfg.group ];
           PrivateUsers = lib.mkForce false;
+          # nixpkgs' unit has ProtectSystem=strict: the controller's socket
+          # directory (made by tmpfiles below) is the one place outside
+          # /run/rspamd it writes.
+          ReadWritePaths = [ inboundLib.controllerDir ];
         };
       };
+      # As tmpfiles.d/postmaster-learning.conf on Debian: rspamd makes the socket,
+      # the mail user's group may reach it (IMAPSieve runs as that user), nobody
+      # else may enter; setgid, so the socket is that group's from the start.
+      systemd.tmpfiles.rules = [
+        "d ${inboundLib.controllerDir} 2750 ${rspamdCfg.user} ${cfg.vmail.user} - -"
+      ];
     })
 
     (mkIf localResolver {

@@ -324,11 +324,10 @@ for sub, files in (("local.d", nix["locals"]), ("override.d", nix["overrides"]))
 # Every rspamd file of the checks that render writes, the module writes too
 # (dkim.nix gives dkim_signing.conf and settings.conf; the worker is the module's own).
 others = {"local.d/dkim_signing.conf", "local.d/settings.conf", "override.d/worker-proxy.inc"}
-# Junk that learns (rspamd's Bayes in valkey, its controller on a socket for
-# dovecot's IMAPSieve) is Debian's only so far: the module sets `learning = false`
-# and files nothing into Junk (README, "NixOS"). Named here so that any other file
-# render adds still fails this check.
-others |= {"local.d/classifier-bayes.conf", "override.d/worker-controller.inc"}
+# Learning from Junk (rspamd's Bayes in valkey) is Debian's only so far: the
+# module sets `learning = false` (README, "NixOS"). Named here so that any other
+# file render adds still fails this check.
+others |= {"local.d/classifier-bayes.conf"}
 for f in sorted((d / "out-true/rspamd").rglob("*")):
     rel = f.relative_to(d / "out-true/rspamd")
     ours = nix["locals"] if rel.parts[0] == "local.d" else nix["overrides"]

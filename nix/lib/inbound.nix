@@ -20,9 +20,13 @@ let
         throw "nix/lib/inbound.nix: not a score: ${toString n}"
       else
         builtins.head m + (if builtins.elemAt m 1 == null then "" else ".${builtins.elemAt m 1}");
+  # Where rspamd's controller listens, as on Debian (render/mod.rs, `installed`):
+  # a socket in a directory of its own, for rspamd and the mail user's group.
+  controllerDir = "/run/rspamd-learn";
 in
 {
-  inherit score;
+  inherit score controllerDir;
+  controllerSocket = "${controllerDir}/controller.sock";
 
   # rspamd's local.d files by name, as rspamd_conf.rs's `inbound` renders them:
   # the actions by score, DMARC honoured, Authentication-Results, and the rule
@@ -67,11 +71,17 @@ in
 
   # rspamd's override.d files: only loopback is local to rspamd (its default
   # counts every private network, whose mail it would neither check nor refuse
-  # to sign).
+  # to sign); its controller only on a unix socket (a TCP port would let any
+  # local user teach its Bayes filter or change its settings).
   overrides =
     { configFile }:
     {
       "options.inc" = fill "rspamd-options.inc" { CONFIG_FILE = configFile; };
+      "worker-controller.inc" = fill "rspamd-worker-controller.inc" {
+        CONFIG_FILE = configFile;
+        CONTROLLER_DIR = controllerDir;
+        CONTROLLER_SOCKET = "${controllerDir}/controller.sock";
+      };
     };
 
   # main.cf's inbound_milters (templates/main.cf): the milter port 25's smtpd

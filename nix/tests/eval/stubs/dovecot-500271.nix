@@ -38,6 +38,14 @@ in
         internalGroup = cfg.group;
       })
       {
+        # As the real module: its preStart hands the compiled scripts to them.
+        assertions = [
+          {
+            assertion =
+              cfg.sieve.scripts != { } -> (cfg.settings.mail_uid != null && cfg.settings.mail_gid != null);
+            message = "dovecot requires settings.mail_uid and settings.mail_gid to be set when `sieve.scripts` is set";
+          }
+        ];
         services.dovecot2.settings = lib.mkMerge [
           {
             base_dir = mkDefault "/run/dovecot2";
