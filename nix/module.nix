@@ -1562,7 +1562,9 @@ in
           "postmaster-setup.service"
           "postfix.service"
         ];
-        serviceConfig = mailDaemonHardening;
+        # Without NoNewPrivileges: a Sieve vacation reply goes out through
+        # sendmail, whose wrapper is setgid postdrop (as on Debian).
+        serviceConfig = removeAttrs mailDaemonHardening [ "NoNewPrivileges" ];
       };
 
       systemd.services.postmaster-setup = {
