@@ -481,7 +481,9 @@ let
   # become other users; nothing they run for this host's mail gains privileges).
   # The file-system limits stay Debian's only: nixpkgs lays out their directories
   # differently and no NixOS VM runs here to prove them.
-  mailDaemonHardening = mapAttrs (_: mkDefault) {
+  # The sandbox settings that depend on no path, shared by postmaster's own units
+  # and (as defaults) postfix's and dovecot's.
+  pathFreeSandbox = {
     NoNewPrivileges = true;
     RestrictSUIDSGID = true;
     PrivateDevices = true;
@@ -498,8 +500,9 @@ let
     RestrictNamespaces = true;
     SystemCallArchitectures = "native";
   };
+  mailDaemonHardening = mapAttrs (_: mkDefault) pathFreeSandbox;
 
-  hardening = {
+  hardening = pathFreeSandbox // {
     User = "postmaster";
     Group = "postmaster";
     StateDirectory = "postmaster";
@@ -517,25 +520,11 @@ let
       "-/var/spool/mail"
       "-${queueDir}"
     ];
-    NoNewPrivileges = true;
     CapabilityBoundingSet = [ "" ];
     AmbientCapabilities = [ "" ];
-    RestrictSUIDSGID = true;
     RemoveIPC = true;
-    PrivateDevices = true;
-    PrivateIPC = true;
     ProtectProc = "invisible";
     ProcSubset = "pid";
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    ProtectClock = true;
-    ProtectHostname = true;
-    LockPersonality = true;
-    MemoryDenyWriteExecute = true;
-    RestrictRealtime = true;
-    RestrictNamespaces = true;
     # AF_NETLINK: postmap asks getifaddrs() for the host's addresses.
     RestrictAddressFamilies = [
       "AF_UNIX"
@@ -543,7 +532,6 @@ let
       "AF_INET"
       "AF_INET6"
     ];
-    SystemCallArchitectures = "native";
     SystemCallFilter = [
       "@system-service"
       "~@privileged @resources"
