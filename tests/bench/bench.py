@@ -133,6 +133,7 @@ Python 3.11 standard library only (Debian's /usr/bin/python3); root (nspawn, vet
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import imaplib
@@ -1345,6 +1346,24 @@ def submit_and_time(world, server, login, subject: str, timeout: float = 20.0) -
     raise TimeoutError(f"{subject!r} not delivered at the outside host within {timeout:.0f} s")
 
 
+@contextlib.contextmanager
+def beside_the_world(host: mailhost.MailHost, args):
+    """The mail host `host` booted beside an outside world of its own (DNS with the
+    host's records as the baseline, the outside mail host), for the parts that need
+    port 25's checks or DKIM verified outside; yields (world, bed) once rspamd's
+    workers have settled, and stops both afterwards."""
+    with outside_world.World(name=args.signing_name, net=args.signing_net) as world:
+        bed = mailhost.boot(host, name=f"{args.signing_name}m", world=world)
+        try:
+            for zone, records in mailhost.dns_zones(host).items():
+                if zone in world.zones:
+                    world.set_baseline(zone, records)
+            time.sleep(5)  # rspamd's workers settle after their start
+            yield world, bed
+        finally:
+            bed.stop()
+
+
 def run_signing(dir: Path, args) -> dict:
     """The mail host beside the outside world (tests/lib/world.py): `trials` mails
     from thomas to someone@example.com with signing on, then as many with postfix's
@@ -1354,45 +1373,35 @@ def run_signing(dir: Path, args) -> dict:
     host = mailhost.prepare(dir)
     login = ("thomas", mailhost.PASSWORDS["thomas"])
     result: dict = {"trials": args.trials}
-    with outside_world.World(name=args.signing_name, net=args.signing_net) as world:
-        bed = None
-        try:
-            bed = mailhost.boot(host, name=f"{args.signing_name}m", world=world)
-            for zone, records in mailhost.dns_zones(host).items():
-                if zone in world.zones:
-                    world.set_baseline(zone, records)
-            server = mc.Server(address=host.ip, ca_file=str(host.ca.cert))
-            time.sleep(5)  # rspamd's workers settle after their start
-            result["rspamd_at_rest"] = rspamd_memory(bed)
-            say(f"signing: rspamd at rest {result['rspamd_at_rest']['rss_mib']:.0f} MiB RSS")
-            # One of each first, unmeasured: connections, caches, rspamd's first scan.
-            submit_and_time(world, server, login, mc.unique_subject("warm-up signed"))
-            samples: dict[str, list[float]] = {"signed": [], "unsigned": []}
-            block = 5
-            milter = bed.run(["postconf", "-h", "submission_milters"], check=True).stdout.strip()
-            for start in range(0, args.trials, block):
-                for mode in ("signed", "unsigned"):
-                    value = milter if mode == "signed" else ""
-                    bed.run(["postconf", "-e", f"submission_milters = {value}"], check=True)
-                    bed.run(["postfix", "reload"], check=True)
-                    time.sleep(1.5)  # the old smtpd processes go; the first new one starts
-                    for i in range(start, min(start + block, args.trials)):
-                        ms, raw = submit_and_time(world, server, login, mc.unique_subject(f"{mode} {i}"))
-                        signed = b"DKIM-Signature:" in raw
-                        if signed != (mode == "signed"):
-                            raise BedError(f"a {mode} trial arrived {'with' if signed else 'without'} a signature")
-                        samples[mode].append(ms)
-            bed.run(["postconf", "-e", f"submission_milters = {milter}"], check=True)
-            bed.run(["postfix", "reload"], check=True)
-            result["signed"] = summary(samples["signed"])
-            result["unsigned"] = summary(samples["unsigned"])
-            result["added_p50_ms"] = result["signed"]["p50"] - result["unsigned"]["p50"]
-            result["added_p99_ms"] = result["signed"]["p99"] - result["unsigned"]["p99"]
-            result["rspamd_after"] = rspamd_memory(bed)
-            result["samples"] = samples
-        finally:
-            if bed is not None:
-                bed.stop()
+    with beside_the_world(host, args) as (world, bed):
+        server = mc.Server(address=host.ip, ca_file=str(host.ca.cert))
+        result["rspamd_at_rest"] = rspamd_memory(bed)
+        say(f"signing: rspamd at rest {result['rspamd_at_rest']['rss_mib']:.0f} MiB RSS")
+        # One of each first, unmeasured: connections, caches, rspamd's first scan.
+        submit_and_time(world, server, login, mc.unique_subject("warm-up signed"))
+        samples: dict[str, list[float]] = {"signed": [], "unsigned": []}
+        block = 5
+        milter = bed.run(["postconf", "-h", "submission_milters"], check=True).stdout.strip()
+        for start in range(0, args.trials, block):
+            for mode in ("signed", "unsigned"):
+                value = milter if mode == "signed" else ""
+                bed.run(["postconf", "-e", f"submission_milters = {value}"], check=True)
+                bed.run(["postfix", "reload"], check=True)
+                time.sleep(1.5)  # the old smtpd processes go; the first new one starts
+                for i in range(start, min(start + block, args.trials)):
+                    ms, raw = submit_and_time(world, server, login, mc.unique_subject(f"{mode} {i}"))
+                    signed = b"DKIM-Signature:" in raw
+                    if signed != (mode == "signed"):
+                        raise BedError(f"a {mode} trial arrived {'with' if signed else 'without'} a signature")
+                    samples[mode].append(ms)
+        bed.run(["postconf", "-e", f"submission_milters = {milter}"], check=True)
+        bed.run(["postfix", "reload"], check=True)
+        result["signed"] = summary(samples["signed"])
+        result["unsigned"] = summary(samples["unsigned"])
+        result["added_p50_ms"] = result["signed"]["p50"] - result["unsigned"]["p50"]
+        result["added_p99_ms"] = result["signed"]["p99"] - result["unsigned"]["p99"]
+        result["rspamd_after"] = rspamd_memory(bed)
+        result["samples"] = samples
     return result
 
 
@@ -1454,65 +1463,55 @@ def run_inbound(dir: Path, args) -> dict:
     host = mailhost.prepare(dir)
     rng = random.Random(13)
     result: dict = {"trials": args.trials, "bulk": INBOUND_BULK, "learned_each": INBOUND_LEARN}
-    with outside_world.World(name=args.signing_name, net=args.signing_net) as world:
-        bed = None
-        try:
-            bed = mailhost.boot(host, name=f"{args.signing_name}m", world=world)
-            for zone, records in mailhost.dns_zones(host).items():
-                if zone in world.zones:
-                    world.set_baseline(zone, records)
-            server = mc.Server(address=host.ip, ca_file=str(host.ca.cert))
-            time.sleep(5)  # rspamd's workers settle after their start
-            result["at_rest"] = inbound_memory(bed)
-            say(f"inbound: at rest rspamd {result['at_rest']['rspamd']['pss_mib']:.0f} MiB PSS, "
-                f"valkey {result['at_rest']['valkey']['pss_mib']:.1f} MiB PSS")
-            deliver_and_time(bed, server, mc.unique_subject("warm-up checked"), random_body(rng))
-            samples: dict[str, list[float]] = {"checked": [], "unchecked": []}
-            block = 5
-            milter = bed.run(["postconf", "-h", "inbound_milters"], check=True).stdout.strip()
-            for start in range(0, args.trials, block):
-                for mode in ("checked", "unchecked"):
-                    bed.run(["postconf", "-e", f"inbound_milters = {milter if mode == 'checked' else ''}"],
-                            check=True)
-                    bed.run(["postfix", "reload"], check=True)
-                    time.sleep(1.5)  # the old smtpd processes go; the first new one starts
-                    for i in range(start, min(start + block, args.trials)):
-                        samples[mode].append(deliver_and_time(bed, server, mc.unique_subject(f"{mode} {i}"),
-                                                              random_body(rng)))
-            bed.run(["postconf", "-e", f"inbound_milters = {milter}"], check=True)
-            bed.run(["postfix", "reload"], check=True)
-            time.sleep(1.5)
-            result["checked"] = summary(samples["checked"])
-            result["unchecked"] = summary(samples["unchecked"])
-            result["added_p50_ms"] = result["checked"]["p50"] - result["unchecked"]["p50"]
-            result["added_p99_ms"] = result["checked"]["p99"] - result["unchecked"]["p99"]
-            result["samples"] = samples
+    with beside_the_world(host, args) as (world, bed):
+        server = mc.Server(address=host.ip, ca_file=str(host.ca.cert))
+        result["at_rest"] = inbound_memory(bed)
+        say(f"inbound: at rest rspamd {result['at_rest']['rspamd']['pss_mib']:.0f} MiB PSS, "
+            f"valkey {result['at_rest']['valkey']['pss_mib']:.1f} MiB PSS")
+        deliver_and_time(bed, server, mc.unique_subject("warm-up checked"), random_body(rng))
+        samples: dict[str, list[float]] = {"checked": [], "unchecked": []}
+        block = 5
+        milter = bed.run(["postconf", "-h", "inbound_milters"], check=True).stdout.strip()
+        for start in range(0, args.trials, block):
+            for mode in ("checked", "unchecked"):
+                bed.run(["postconf", "-e", f"inbound_milters = {milter if mode == 'checked' else ''}"],
+                        check=True)
+                bed.run(["postfix", "reload"], check=True)
+                time.sleep(1.5)  # the old smtpd processes go; the first new one starts
+                for i in range(start, min(start + block, args.trials)):
+                    samples[mode].append(deliver_and_time(bed, server, mc.unique_subject(f"{mode} {i}"),
+                                                          random_body(rng)))
+        bed.run(["postconf", "-e", f"inbound_milters = {milter}"], check=True)
+        bed.run(["postfix", "reload"], check=True)
+        time.sleep(1.5)
+        result["checked"] = summary(samples["checked"])
+        result["unchecked"] = summary(samples["unchecked"])
+        result["added_p50_ms"] = result["checked"]["p50"] - result["unchecked"]["p50"]
+        result["added_p99_ms"] = result["checked"]["p99"] - result["unchecked"]["p99"]
+        result["samples"] = samples
 
-            maildir = bed.path("/var/vmail/thomas/Maildir/new")
-            before = len(os.listdir(maildir))
-            t = time.monotonic()
-            with mc.smtp(server, 25, "starttls") as s:
-                for i in range(INBOUND_BULK):
-                    msg = mc.make_message("someone@example.com", ["thomas@example.org"],
-                                          f"bulk {i} {rng.getrandbits(48):x}", random_body(rng))
-                    s.send_message(msg)
-            mc.wait_for(f"{INBOUND_BULK} bulk messages delivered",
-                        lambda: len(os.listdir(maildir)) - before >= INBOUND_BULK, timeout=600, every=0.5)
-            result["bulk_s"] = time.monotonic() - t
-            result["after_bulk"] = inbound_memory(bed)
-            files = sorted(os.listdir(maildir))[-2 * INBOUND_LEARN:]
-            for cls, chunk in (("spam", files[:INBOUND_LEARN]), ("ham", files[INBOUND_LEARN:])):
-                for k in range(0, len(chunk), 50):
-                    paths = [f"/var/vmail/thomas/Maildir/new/{f}" for f in chunk[k:k + 50]]
-                    bed.run(["rspamc", "--connect", "/run/rspamd-learn/controller.sock", f"learn_{cls}", *paths],
-                            check=True, timeout=300)
-            time.sleep(2)
-            result["after_learning"] = inbound_memory(bed)
-            result["rspamc_stat"] = bed.run(["rspamc", "--connect", "/run/rspamd-learn/controller.sock", "stat"],
-                                            check=True).stdout.splitlines()[-3:]
-        finally:
-            if bed is not None:
-                bed.stop()
+        maildir = bed.path("/var/vmail/thomas/Maildir/new")
+        before = len(os.listdir(maildir))
+        t = time.monotonic()
+        with mc.smtp(server, 25, "starttls") as s:
+            for i in range(INBOUND_BULK):
+                msg = mc.make_message("someone@example.com", ["thomas@example.org"],
+                                      f"bulk {i} {rng.getrandbits(48):x}", random_body(rng))
+                s.send_message(msg)
+        mc.wait_for(f"{INBOUND_BULK} bulk messages delivered",
+                    lambda: len(os.listdir(maildir)) - before >= INBOUND_BULK, timeout=600, every=0.5)
+        result["bulk_s"] = time.monotonic() - t
+        result["after_bulk"] = inbound_memory(bed)
+        files = sorted(os.listdir(maildir))[-2 * INBOUND_LEARN:]
+        for cls, chunk in (("spam", files[:INBOUND_LEARN]), ("ham", files[INBOUND_LEARN:])):
+            for k in range(0, len(chunk), 50):
+                paths = [f"/var/vmail/thomas/Maildir/new/{f}" for f in chunk[k:k + 50]]
+                bed.run(["rspamc", "--connect", "/run/rspamd-learn/controller.sock", f"learn_{cls}", *paths],
+                        check=True, timeout=300)
+        time.sleep(2)
+        result["after_learning"] = inbound_memory(bed)
+        result["rspamc_stat"] = bed.run(["rspamc", "--connect", "/run/rspamd-learn/controller.sock", "stat"],
+                                        check=True).stdout.splitlines()[-3:]
     return result
 
 
@@ -1522,18 +1521,8 @@ def run_storm(dir: Path, args) -> dict:
     and postfix (a renewal), an accounts edit or `systemctl reload postmaster`. In
     a bed of its own beside the outside world (port 25's checks need its DNS)."""
     host = mailhost.prepare(dir)
-    with outside_world.World(name=args.signing_name, net=args.signing_net) as world:
-        bed = None
-        try:
-            bed = mailhost.boot(host, name=f"{args.signing_name}m", world=world)
-            for zone, records in mailhost.dns_zones(host).items():
-                if zone in world.zones:
-                    world.set_baseline(zone, records)
-            time.sleep(5)  # rspamd's workers settle after their start
-            return storm.run(host, seconds=args.storm_seconds)
-        finally:
-            if bed is not None:
-                bed.stop()
+    with beside_the_world(host, args) as (world, bed):
+        return storm.run(host, seconds=args.storm_seconds)
 
 
 # ---- scale: a large accounts file, on the host ---------------------------------------------
