@@ -12,7 +12,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::MapType;
 use crate::render::{File, Kind};
@@ -155,17 +154,17 @@ pub fn write_atomic(
 /// Readers that poll by mtime and size (dovecot's passwd-file, for one) miss a
 /// rewrite within the same second that keeps the size. Make the new file's mtime
 /// differ from the old one's in whole seconds, whatever the clock says.
+///
+/// Judged by the mtime the kernel gave the new file, not by the clock: file times
+/// come from the kernel's coarse clock, which can still be in the old second a few
+/// milliseconds after `SystemTime::now()` has passed into the next one.
 fn bump_mtime(f: &fs::File, old: &fs::Metadata) -> io::Result<()> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let old_secs = u64::try_from(old.mtime()).unwrap_or(0);
-    if now.as_secs() > old_secs {
+    let written = f.metadata()?.mtime();
+    if written > old.mtime() {
         return Ok(());
     }
-    let t = Duration::from_secs(old_secs + 1);
     let ts = rustix::fs::Timespec {
-        tv_sec: t.as_secs() as i64,
+        tv_sec: old.mtime() + 1,
         tv_nsec: 0,
     };
     rustix::fs::futimens(
@@ -359,6 +358,27 @@ mod tests {
             before, after,
             "a same-size rewrite must be visible by mtime"
         );
+    }
+
+    #[test]
+    fn a_rewrite_after_a_file_dated_in_the_future_is_still_newer() {
+        // The old file's second is ahead of the clock (as the coarse file clock can
+        // be of the fine one, only further): the new file must still differ.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("users");
+        write_atomic(&p, b"aaaa\n", 0o600, None).unwrap();
+        let ahead = fs::metadata(&p).unwrap().mtime() + 100;
+        let ts = rustix::fs::Timespec {
+            tv_sec: ahead,
+            tv_nsec: 0,
+        };
+        let stamps = rustix::fs::Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, &p, &stamps, rustix::fs::AtFlags::empty()).unwrap();
+        write_atomic(&p, b"bbbb\n", 0o600, None).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().mtime(), ahead + 1);
     }
 
     #[test]
