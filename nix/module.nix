@@ -92,6 +92,15 @@ let
   # The checks' own resolver: unbound on loopback (`[inbound] resolver = "local"`).
   localResolver = cfg.inbound.enable && cfg.inbound.resolver == "local";
   resolverUnit = "unbound.service";
+  # Learning from Junk: rspamd's Bayes filter keeps what it learned in a Redis
+  # server of its own (services.redis.servers.rspamd, unit redis-rspamd.service),
+  # reached on its unix socket only: no TCP port (the module's default for a named
+  # server), the socket 0660 in a 0750 directory of the server's group, which
+  # rspamd joins. Debian's valkey on 127.0.0.1 without a password lets any local
+  # user change what Bayes learned; here no other user may connect.
+  learning = cfg.inbound.enable && cfg.inbound.learning;
+  bayesCfg = config.services.redis.servers.rspamd;
+  bayesUnit = "redis-rspamd.service";
 
   postfixCfg = config.services.postfix;
   dovecotCfg = config.services.dovecot2;
@@ -143,6 +152,7 @@ let
       dovecot_unit = dovecotUnit;
       rspamd_unit = rspamdUnit;
       resolver_unit = resolverUnit;
+      valkey_unit = bayesUnit;
       admin_group = cfg.adminGroup;
     };
     dkim =
@@ -173,10 +183,9 @@ let
       enabled = cfg.inbound.enable;
       reject_score = cfg.inbound.rejectScore;
       add_header_score = cfg.inbound.addHeaderScore;
-      # Learning from Junk (IMAPSieve, rspamd's Bayes in valkey) is Debian's only
-      # so far (Junk filing is not): nothing here runs valkey, so the daemon
-      # must not watch it.
-      learning = false;
+      # Learning from Junk (IMAPSieve, rspamd's Bayes in redis-rspamd): the daemon
+      # watches the store while it is on.
+      learning = cfg.inbound.enable && cfg.inbound.learning;
       inherit (cfg.inbound) resolver;
     };
     postfix = {
@@ -417,7 +426,10 @@ let
     mail_driver = "maildir";
     mail_path = "~/Maildir";
     mail_plugins.quota = true;
-    "protocol imap".mail_plugins.imap_quota = true;
+    "protocol imap".mail_plugins = {
+      imap_quota = true;
+    }
+    // optionalAttrs learning { imap_sieve = true; };
     "quota \"User quota\"".driver = "count";
     quota_storage_size = "unlimited";
     # Sieve at delivery: this host's Junk filing first, then the user's filters.
@@ -453,7 +465,8 @@ let
     };
     mail_location = "maildir:~/Maildir";
     mail_plugins = "$mail_plugins quota";
-    "protocol imap".mail_plugins = "$mail_plugins imap_quota";
+    "protocol imap".mail_plugins =
+      "$mail_plugins imap_quota${lib.optionalString learning " imap_sieve"}";
     # Sieve at delivery: the user's filters here; this host's Junk filing runs
     # before them through services.dovecot2.sieve.scripts.before (sieve_before),
     # which nixpkgs' module copies and compiles (sievec) before dovecot starts.
@@ -1074,6 +1087,23 @@ in
           `/etc/resolv.conf`.
         '';
       };
+      learning = mkOption {
+        type = types.bool;
+        default = cfg.inbound.enable;
+        defaultText = lib.literalExpression "config.services.postmaster.inbound.enable";
+        description = ''
+          Teach rspamd's Bayes filter from what users do: a message moved (or
+          copied) into Junk is learned as spam, one moved out of Junk as ham
+          (into Trash: nothing), through dovecot's IMAPSieve and rspamd's
+          controller socket, which only the mail user's group may reach. Bayes
+          keeps what it learned in a Redis server of its own
+          ({option}`services.redis.servers.rspamd`, enabled by this; its unix
+          socket only, for rspamd's group); nothing is learned on its own
+          (autolearn off), and it starts classifying after 200 messages learned
+          as spam and 200 as ham. Needs
+          {option}`services.postmaster.inbound.enable`.
+        '';
+      };
     };
 
     extraConfig = mkOption {
@@ -1263,6 +1293,10 @@ in
             services.postmaster sets up (signing for submitted and local mail, checks for port 25): leave it off.
             services.postmaster.dkim and services.postmaster.inbound configure rspamd and postfix themselves.
           '';
+        }
+        {
+          assertion = cfg.inbound.learning -> cfg.inbound.enable;
+          message = "services.postmaster.inbound.learning needs services.postmaster.inbound.enable: what Junk teaches is rspamd's filter of the mail arriving on port 25, which is off.";
         }
         {
           assertion = cfg.inbound.addHeaderScore < cfg.inbound.rejectScore;
@@ -1526,6 +1560,14 @@ in
       // {
         # Dovecot 2.4 names the script in settings (dovecot24Settings).
         sieve.scripts = optionalAttrs (!dovecot24) { before = spamToJunk; };
+        # Learning from Junk: IMAPSieve's block of dovecot.conf, the same text
+        # `postmaster render` puts into Debian's (templates/dovecot-*-learning.conf):
+        # the scripts and programs it names are in /etc below.
+        includeFiles = lib.optional learning (
+          pkgs.writeText "postmaster-learning.conf" (
+            inboundLib.dovecotLearning (if dovecot24 then "2.4" else "2.3")
+          )
+        );
         settings = mkMerge [
           (optionalAttrs (!dovecotHasGroup) { default_internal_group = mkDefault dovecotGroup; })
           dovecotCommon
@@ -1712,6 +1754,18 @@ in
             }
           )
         )
+        # rspamd's Bayes filter, as `postmaster render` writes it (its store here
+        # is redis-rspamd's socket, below).
+        // optionalAttrs cfg.inbound.enable (
+          builtins.mapAttrs (_: text: { inherit text; }) (
+            inboundLib.bayesLocals {
+              configFile = configPath;
+              inherit learning;
+              # (the template without learning names no store)
+              servers = if learning then toString bayesCfg.unixSocket else "";
+            }
+          )
+        )
         # Whom rspamd asks about DNS ([inbound] resolver), as `postmaster render`
         # writes it: with "local", unbound below and nothing else.
         // builtins.mapAttrs (_: text: { inherit text; }) (
@@ -1752,6 +1806,38 @@ in
       systemd.tmpfiles.rules = [
         "d ${inboundLib.controllerDir} 2750 ${rspamdCfg.user} ${cfg.vmail.user} - -"
       ];
+    })
+
+    (mkIf learning {
+      # Bayes' store: a Redis server for rspamd alone. Named servers listen on no
+      # TCP port by default (port 0); the socket is 0660 in /run/redis-rspamd
+      # (0750), both of the server's group, which rspamd joins below.
+      services.redis.servers.rspamd.enable = true;
+      systemd.services.rspamd = {
+        wants = [ bayesUnit ];
+        after = [ bayesUnit ];
+        # PrivateUsers is off already (the milter socket's group, above).
+        serviceConfig.SupplementaryGroups = [ bayesCfg.group ];
+      };
+      # The learning scripts and the programs they pipe to, at the paths the
+      # IMAPSieve block (includeFiles above) names, as `postmaster render` writes
+      # them on Debian; the programs run nixpkgs' rspamc. dovecot compiles the
+      # scripts when it first runs them (2.4: into sieve_script_bin_path).
+      environment.etc =
+        builtins.mapAttrs
+          (
+            name: text:
+            {
+              inherit text;
+            }
+            // optionalAttrs (lib.hasPrefix "dovecot/sieve-pipe/" name) { mode = "0755"; }
+          )
+          (
+            inboundLib.learningFiles {
+              configFile = configPath;
+              rspamc = "${rspamdCfg.package}/bin/rspamc";
+            }
+          );
     })
 
     (mkIf localResolver {

@@ -9,8 +9,9 @@
 # (nix/tests/module-eval.nix) by minilib, the project's own builtins-only module
 # system (nix/tests/eval/minilib, with its unit tests): every VM test's mail node,
 # every NixOS example of README.md and the module's own checks and refusals,
-# against the project's stubs of nixpkgs' postfix, mail, dovecot and rspamd modules
-# (nix/tests/eval/stubs), for both generations of the dovecot module.
+# against the project's stubs of nixpkgs' postfix, mail, dovecot, rspamd, unbound
+# and redis modules (nix/tests/eval/stubs), for both generations of the dovecot
+# module.
 #
 # NixOS VM tests need nixpkgs and KVM: they run with `nix flake check` elsewhere.
 #
@@ -30,8 +31,9 @@
 #     checks that the stubs declare exactly the real modules' options (paths and
 #     types, nix/tests/eval/option-tree.nix):
 #     each subdirectory of DIR is one generation and holds
-#     nixos/modules/services/mail/{postfix,mail,dovecot,rspamd}.nix (never commit
-#     them);
+#     nixos/modules/services/mail/{postfix,mail,dovecot,rspamd}.nix and, optionally,
+#     nixos/modules/services/{networking/unbound,databases/redis}.nix (the stubs
+#     stand in for a missing one; never commit them);
 #   POSTMASTER_NIX_INSTANTIATE: the command for the evaluations with nixpkgs' lib,
 #     when the nix-instantiate here is too old for it (it needs Nix 2.18 or newer;
 #     Debian 12 has 2.8; minilib's always run with the one here), e.g.
@@ -310,6 +312,8 @@ inbound_as_render() {
   for enabled in true false; do
     render_as "$dir" "$enabled" '[inbound]' "enabled = $enabled" 'reject_score = 20' 'add_header_score = 5.5' || return 1
   done
+  render_as "$dir" nolearn '[inbound]' 'learning = false' || return 1
+  render_as "$dir" dovecot23 '[dovecot]' 'version = "2.3"' || return 1
   "$python" - "$dir" <<'EOF' || return 1
 import json, pathlib, sys
 d = pathlib.Path(sys.argv[1])
@@ -324,10 +328,22 @@ for sub, files in (("local.d", nix["locals"]), ("override.d", nix["overrides"]))
 # Every rspamd file of the checks that render writes, the module writes too
 # (dkim.nix gives dkim_signing.conf and settings.conf; the worker is the module's own).
 others = {"local.d/dkim_signing.conf", "local.d/settings.conf", "override.d/worker-proxy.inc"}
-# Learning from Junk (rspamd's Bayes in valkey) is Debian's only so far: the
-# module sets `learning = false` (README, "NixOS"). Named here so that any other
-# file render adds still fails this check.
-others |= {"local.d/classifier-bayes.conf"}
+# Learning from Junk: classifier-bayes.conf, with learning on (Debian's store;
+# the module gives its own socket) and off; the scripts and the programs they
+# pipe to (with Debian's rspamc); dovecot.conf's IMAPSieve block, for 2.4 and 2.3.
+for enabled, files in (("true", nix["bayesLocals"]), ("nolearn", nix["bayesLocalsOff"])):
+    for name, text in files.items():
+        rendered = (d / f"out-{enabled}/rspamd/local.d/{name}").read_text()
+        if rendered != text:
+            bad.append(f"local.d/{name} ({enabled}) differs:\n--- postmaster render\n{rendered}--- nix/lib/inbound.nix\n{text}")
+nix["locals"].update(nix["bayesLocals"])
+for name, text in nix["learningFiles"].items():
+    rendered = (d / f"out-true/{name}").read_text()
+    if rendered != text:
+        bad.append(f"{name} differs:\n--- postmaster render\n{rendered}--- nix/lib/inbound.nix\n{text}")
+for version, out in (("2.4", "out-true"), ("2.3", "out-dovecot23")):
+    if nix["dovecotLearning"][version] not in (d / f"{out}/dovecot/dovecot.conf").read_text():
+        bad.append(f"dovecot {version}: postmaster render's dovecot.conf lacks nix/lib/inbound.nix's IMAPSieve block:\n{nix['dovecotLearning'][version]}")
 for f in sorted((d / "out-true/rspamd").rglob("*")):
     rel = f.relative_to(d / "out-true/rspamd")
     ours = nix["locals"] if rel.parts[0] == "local.d" else nix["overrides"]
@@ -350,7 +366,8 @@ want = [f"{k}={v}" for k, v in nix["smtpOptions"].items()]
 if smtp != want:
     bad.append(f"master.cf: smtp (25) has -o {smtp}, nix/lib/inbound.nix gives {want}")
 print("\n".join(bad) or f"nix/lib/inbound.nix gives what postmaster render writes ({len(nix['locals'])} local.d "
-      "files, override.d/options.inc, main.cf, master.cf; checks on and off)")
+      "files, override.d/options.inc, main.cf, master.cf; checks on and off; learning's scripts, programs and "
+      "dovecot.conf block for 2.4 and 2.3, Bayes with learning on and off)")
 sys.exit(1 if bad else 0)
 EOF
 }
@@ -565,6 +582,13 @@ EOF
           real+=" $(realpath "$dir")/nixos/modules/services/mail/$f.nix"
           [ "$f" = dovecot ] && f=$g
           stubs+=" $PWD/nix/tests/eval/stubs/$f.nix"
+        done
+        # unbound and redis (Bayes' store), when the generation has them.
+        for f in networking/unbound databases/redis; do
+          if [ -e "$dir/nixos/modules/services/$f.nix" ]; then
+            real+=" $(realpath "$dir")/nixos/modules/services/$f.nix"
+            stubs+=" $PWD/nix/tests/eval/stubs/${f#*/}.nix"
+          fi
         done
         nix_with nixpkgs --eval --strict --json "$PWD/nix/tests/eval/option-tree.nix" \
           --arg mailModules "$real ]" >"$work/tree-nixpkgs.json" || return 1

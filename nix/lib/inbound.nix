@@ -23,10 +23,20 @@ let
   # Where rspamd's controller listens, as on Debian (render/mod.rs, `installed`):
   # a socket in a directory of its own, for rspamd and the mail user's group.
   controllerDir = "/run/rspamd-learn";
+  controllerSocket = "${controllerDir}/controller.sock";
+  # Where the learning scripts and the programs they pipe to are installed, as on
+  # Debian (render/mod.rs, `installed`): dovecot.conf names them by these paths.
+  sieveDir = "/etc/dovecot/sieve";
+  sievePipeDir = "/etc/dovecot/sieve-pipe";
 in
 {
-  inherit score controllerDir;
-  controllerSocket = "${controllerDir}/controller.sock";
+  inherit
+    score
+    controllerDir
+    controllerSocket
+    sieveDir
+    sievePipeDir
+    ;
 
   # rspamd's local.d files by name, as rspamd_conf.rs's `inbound` renders them:
   # the actions by score, DMARC honoured, Authentication-Results, and the rule
@@ -67,6 +77,57 @@ in
     { configFile, resolver }:
     {
       "options.inc" = fill "rspamd-resolver-${resolver}.inc" { CONFIG_FILE = configFile; };
+    };
+
+  # rspamd's local.d/classifier-bayes.conf, as rspamd_conf.rs renders it: with
+  # learning on, Bayes kept in the Redis-compatible store at `servers` (Debian:
+  # valkey on 127.0.0.1:6379; NixOS: services.redis.servers.rspamd's socket),
+  # nothing learned on its own; off, no store.
+  bayesLocals =
+    {
+      configFile,
+      learning,
+      servers,
+    }:
+    {
+      "classifier-bayes.conf" =
+        fill (if learning then "rspamd-classifier-bayes.conf" else "rspamd-classifier-bayes-off.conf")
+          {
+            CONFIG_FILE = configFile;
+            BAYES_SERVERS = servers;
+          };
+    };
+
+  # Learning from Junk, dovecot's side, as dovecot_conf.rs renders it: the
+  # IMAPSieve block of dovecot.conf (version "2.4" or "2.3"; it names the scripts
+  # by their paths below), and by their paths under /etc the two scripts and the
+  # two programs they pipe messages to, which run `rspamc` (Debian's
+  # /usr/bin/rspamc, a store path on NixOS).
+  dovecotLearning =
+    version:
+    fill "dovecot-${version}-learning.conf" {
+      SIEVE_DIR = sieveDir;
+      SIEVE_PIPE_DIR = sievePipeDir;
+    };
+  learningFiles =
+    { configFile, rspamc }:
+    let
+      file =
+        template: class:
+        fill template {
+          CONFIG_FILE = configFile;
+          SIEVE_DIR = sieveDir;
+          SIEVE_PIPE_DIR = sievePipeDir;
+          CONTROLLER_SOCKET = controllerSocket;
+          RSPAMC = rspamc;
+          CLASS = class;
+        };
+    in
+    {
+      "dovecot/sieve/learn-spam.sieve" = file "sieve-learn-spam.sieve" "";
+      "dovecot/sieve/learn-ham.sieve" = file "sieve-learn-ham.sieve" "";
+      "dovecot/sieve-pipe/rspamd-learn-spam" = file "sieve-pipe-learn.sh" "spam";
+      "dovecot/sieve-pipe/rspamd-learn-ham" = file "sieve-pipe-learn.sh" "ham";
     };
 
   # rspamd's override.d files: only loopback is local to rspamd (its default

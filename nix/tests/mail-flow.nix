@@ -1,7 +1,8 @@
 # The bed's scenario suite against the seed's mail host on NixOS, with the
 # accounts declared in Nix (hashes from files in /run/secrets); then DKIM: what is
 # submitted and what the host sends itself leaves signed by rspamd with the key
-# postmaster keeps; and the checks of port 25: GTUBE is refused at SMTP time.
+# postmaster keeps; the checks of port 25: GTUBE is refused at SMTP time; and
+# learning: moving a message into Junk teaches rspamd's Bayes (in redis-rspamd).
 { common, ... }:
 
 {
@@ -15,7 +16,9 @@
   testScript = ''
     import email
     import email.message
+    import re
     import shlex
+    import time
 
     ${common.testLib}
 
@@ -109,6 +112,47 @@
         code = client.succeed("postmaster-probe gtube --to thomas@example.org").split()[0]
         assert code.startswith("5"), f"GTUBE refused with {code}, not a permanent error"
         mail.succeed("journalctl -u postfix --no-pager | grep -q 'milter-reject: END-OF-MESSAGE'")
+
+    with subtest("learning: a move into Junk teaches rspamd spam, one out of Junk ham, into Trash nothing"):
+        mail.wait_for_unit("redis-rspamd.service")
+        # Bayes' store listens on its socket alone, rspamd's group may use it.
+        mail.fail("ss -H -lnt | grep -q ':6379 '")
+        mail.succeed("test \"$(stat -c %a /run/redis-rspamd/redis.sock)\" = 660")
+        mail.succeed("grep -qxF 'servers = \"/run/redis-rspamd/redis.sock\";' /etc/rspamd/local.d/classifier-bayes.conf")
+        controller = "rspamc --connect /run/rspamd-learn/controller.sock"
+
+        def learned() -> dict[str, int]:
+            out = mail.succeed(f"{controller} stat")
+            counts = {m[1]: int(m[2]) for m in re.finditer(r"Statfile: (\w+) .*?learned: (-?\d+)", out)}
+            assert {"BAYES_SPAM", "BAYES_HAM"} <= counts.keys(), out
+            return counts
+
+        def wait_learned(statfile: str, count: int) -> None:
+            seen = learned()
+            for _ in range(60):
+                if seen[statfile] == count:
+                    return
+                time.sleep(1)
+                seen = learned()
+            raise AssertionError(f"{statfile} never reached {count}: {seen}")
+
+        before = learned()
+        subject = client.succeed(
+            "postmaster-probe inbound --to thomas@example.org --read thomas:thomas-secret-1"
+        ).strip()
+        move = f"postmaster-probe move thomas thomas-secret-1 {shlex.quote(subject)}"
+        client.succeed(f"{move} INBOX Junk")
+        wait_learned("BAYES_SPAM", before["BAYES_SPAM"] + 1)
+        client.succeed(f"{move} Junk INBOX")
+        wait_learned("BAYES_HAM", before["BAYES_HAM"] + 1)
+        # Deleting spam is no verdict.
+        client.succeed(f"{move} INBOX Junk")
+        wait_learned("BAYES_SPAM", before["BAYES_SPAM"] + 2)
+        client.succeed(f"{move} Junk Trash")
+        after = learned()
+        assert after["BAYES_HAM"] == before["BAYES_HAM"] + 1, f"Junk -> Trash taught ham: {before} -> {after}"
+        # Nobody but the mail user's group reaches the controller: no TCP port.
+        mail.fail("ss -H -lnt | grep -q ':11334 '")
 
     with subtest("no scenario restarted postfix or dovecot"):
         for unit in ("postfix.service", "dovecot.service"):

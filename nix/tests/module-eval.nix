@@ -17,7 +17,8 @@
 # either lib; minilib has the few more functions they take from `with lib;`):
 # every subdirectory of DIR is one generation, holding
 # nixos/modules/services/mail/{postfix,mail,dovecot,rspamd}.nix as read from
-# nixpkgs. With nixpkgs = a nixpkgs tree, they
+# nixpkgs, and optionally nixos/modules/services/{networking/unbound,
+# databases/redis}.nix (the stubs stand in for a missing one). With nixpkgs = a nixpkgs tree, they
 # are that tree's (`nix flake check` does this with the flake's nixpkgs).
 #
 # Every generation evaluates: the VM tests' mail nodes, the NixOS examples of
@@ -37,20 +38,33 @@
 let
   pkgs = import ./eval/pkgs.nix { inherit lib; };
 
-  # The real unbound.nix is not among them: the project's stub stands in for it
-  # (eval/stubs/unbound.nix says why).
+  # unbound.nix and redis.nix (Bayes' store) are nixpkgs' own when DIR has them
+  # (nixos/modules/services/{networking/unbound,databases/redis}.nix), the
+  # project's stubs otherwise (and with a nixpkgs tree: eval/stubs/unbound.nix
+  # says why).
   mailFiles =
-    dir:
+    dir: others:
     map (f: dir + "/nixos/modules/services/mail/${f}.nix") [
       "postfix"
       "mail"
       "dovecot"
       "rspamd"
     ]
-    ++ [ ./eval/stubs/unbound.nix ];
+    ++ others;
+  realOrStub =
+    dir: path: stub:
+    if builtins.pathExists (dir + "/nixos/modules/services/${path}") then
+      dir + "/nixos/modules/services/${path}"
+    else
+      stub;
   generations =
     if nixpkgs != null then
-      { "nixpkgs-${lib.trivial.release}" = mailFiles nixpkgs; }
+      {
+        "nixpkgs-${lib.trivial.release}" = mailFiles nixpkgs [
+          ./eval/stubs/unbound.nix
+          ./eval/stubs/redis.nix
+        ];
+      }
     else if mailModulesDir == null then
       {
         dovecot-500271 = [
@@ -59,6 +73,7 @@ let
           ./eval/stubs/dovecot-500271.nix
           ./eval/stubs/rspamd.nix
           ./eval/stubs/unbound.nix
+          ./eval/stubs/redis.nix
         ];
         dovecot-unstable = [
           ./eval/stubs/postfix.nix
@@ -66,12 +81,20 @@ let
           ./eval/stubs/dovecot-unstable.nix
           ./eval/stubs/rspamd.nix
           ./eval/stubs/unbound.nix
+          ./eval/stubs/redis.nix
         ];
       }
     else
-      lib.mapAttrs (name: _: mailFiles (/. + "${mailModulesDir}/${name}")) (
-        lib.filterAttrs (_: type: type == "directory") (builtins.readDir mailModulesDir)
-      );
+      lib.mapAttrs (
+        name: _:
+        let
+          dir = /. + "${mailModulesDir}/${name}";
+        in
+        mailFiles dir [
+          (realOrStub dir "networking/unbound.nix" ./eval/stubs/unbound.nix)
+          (realOrStub dir "databases/redis.nix" ./eval/stubs/redis.nix)
+        ]
+      ) (lib.filterAttrs (_: type: type == "directory") (builtins.readDir mailModulesDir));
   source =
     if nixpkgs == null && mailModulesDir == null then
       "stubs of nixpkgs' mail modules"
@@ -350,6 +373,7 @@ let
         addHeaderScore = 6;
       };
       rspamdUnit = full.systemd.services.rspamd;
+      inboundLearning = import ../lib/inbound.nix;
       proxy = full.services.rspamd.workers.rspamd_proxy;
 
       # Before NixOS 26.05, nixpkgs' dovecot module picks Dovecot 2.3.
@@ -906,6 +930,7 @@ let
             dovecot_unit = "dovecot.service";
             rspamd_unit = "rspamd.service";
             resolver_unit = "unbound.service";
+            valkey_unit = "redis-rspamd.service";
             admin_group = "postmaster-admin";
           };
           dkim = {
@@ -925,7 +950,7 @@ let
             enabled = true;
             reject_score = 15;
             add_header_score = 6;
-            learning = false;
+            learning = true;
             resolver = "local";
           };
           postfix = {
@@ -1094,7 +1119,10 @@ let
             true
             true
             true
-            [ "postfix" ]
+            [
+              "postfix"
+              "redis-rspamd"
+            ]
             false
             "rspamd"
             "rspamd"
@@ -1174,7 +1202,7 @@ let
               enabled = true;
               reject_score = 15;
               add_header_score = 6;
-              learning = false;
+              learning = true;
               resolver = "local";
             }
           ]
@@ -1302,6 +1330,146 @@ let
             [ "/run/rspamd-learn" ]
           ]
         )
+        # Learning from Junk, as on Debian: rspamd's Bayes in a Redis server of its
+        # own, reached on its unix socket only; IMAPSieve's block, scripts and
+        # programs from postmaster's own templates (tests/nix-checks.sh compares
+        # nix/lib/inbound.nix with postmaster render).
+        (check "learning: Bayes in redis-rspamd, on its socket alone, which rspamd's group may reach"
+          (
+            let
+              redis = full.services.redis.servers.rspamd;
+            in
+            [
+              (tomlOf full).inbound.learning
+              (tomlOf full).systemd.valkey_unit
+              redis.enable
+              redis.settings.port
+              redis.settings.unixsocket
+              redis.settings.unixsocketperm
+              full.systemd.services.redis-rspamd.serviceConfig.RuntimeDirectoryMode
+              (rspamdEtc full)."local.d/classifier-bayes.conf".text
+              (builtins.elem redis.group rspamdUnit.serviceConfig.SupplementaryGroups)
+              (builtins.elem "redis-rspamd.service" rspamdUnit.wants)
+              (builtins.elem "redis-rspamd.service" rspamdUnit.after)
+            ]
+          )
+          [
+            true
+            "redis-rspamd.service"
+            true
+            0
+            "/run/redis-rspamd/redis.sock"
+            "660"
+            "0750"
+            (inboundLearning.bayesLocals {
+              configFile = "/etc/postmaster/config.toml";
+              learning = true;
+              servers = "/run/redis-rspamd/redis.sock";
+            })."classifier-bayes.conf"
+            true
+            true
+            true
+          ]
+        )
+        (check
+          "learning: the scripts and the programs they pipe to, from postmaster's templates, with nixpkgs' rspamc"
+          (
+            let
+              etc = full.environment.etc;
+            in
+            [
+              etc."dovecot/sieve/learn-spam.sieve".text
+              etc."dovecot/sieve/learn-ham.sieve".text
+              etc."dovecot/sieve-pipe/rspamd-learn-spam".text
+              etc."dovecot/sieve-pipe/rspamd-learn-spam".mode
+              etc."dovecot/sieve-pipe/rspamd-learn-ham".mode
+              (lib.hasSuffix
+                "\nexec /nix/store/00000000000000000000000000000000-rspamd-3.12.1/bin/rspamc --connect /run/rspamd-learn/controller.sock --timeout 10 learn_ham\n"
+                etc."dovecot/sieve-pipe/rspamd-learn-ham".text
+              )
+            ]
+          )
+          (
+            let
+              files = inboundLearning.learningFiles {
+                configFile = "/etc/postmaster/config.toml";
+                rspamc = "/nix/store/00000000000000000000000000000000-rspamd-3.12.1/bin/rspamc";
+              };
+            in
+            [
+              files."dovecot/sieve/learn-spam.sieve"
+              files."dovecot/sieve/learn-ham.sieve"
+              files."dovecot/sieve-pipe/rspamd-learn-spam"
+              "0755"
+              "0755"
+              true
+            ]
+          )
+        )
+        (check
+          "learning: dovecot 2.4 and 2.3 include IMAPSieve's block as postmaster renders it, imap_sieve for IMAP"
+          [
+            (map (f: f.text) full.services.dovecot2.includeFiles)
+            (noSection fullDovecot."protocol imap".mail_plugins)
+            (map (f: f.text) dovecot23.services.dovecot2.includeFiles)
+            dovecot23.services.dovecot2.settings."protocol imap".mail_plugins
+          ]
+          [
+            [ (inboundLearning.dovecotLearning "2.4") ]
+            {
+              imap_quota = true;
+              imap_sieve = true;
+            }
+            [ (inboundLearning.dovecotLearning "2.3") ]
+            "$mail_plugins imap_quota imap_sieve"
+          ]
+        )
+        (check "learning off: no Redis, no IMAPSieve, Bayes without a store, config.toml says so"
+          (
+            let
+              c = eval {
+                imports = [ base ];
+                services.postmaster.inbound.learning = false;
+              };
+            in
+            [
+              (tomlOf c).inbound.learning
+              (c.services.redis.servers ? rspamd && c.services.redis.servers.rspamd.enable)
+              c.services.dovecot2.includeFiles
+              (noSection c.services.dovecot2.settings."protocol imap".mail_plugins)
+              (c.environment.etc ? "dovecot/sieve/learn-spam.sieve")
+              (rspamdEtc c)."local.d/classifier-bayes.conf".text
+              (builtins.elem "redis-rspamd.service" c.systemd.services.rspamd.after)
+              # Still closed: no TCP controller with learning off either.
+              (map (s: s.rawEntry) c.services.rspamd.workers.controller.bindSockets)
+              (tomlOf noInbound).inbound.learning
+              (noInbound.services.redis.servers ? rspamd && noInbound.services.redis.servers.rspamd.enable)
+            ]
+          )
+          [
+            false
+            false
+            [ ]
+            { imap_quota = true; }
+            false
+            (inboundLearning.bayesLocals {
+              configFile = "/etc/postmaster/config.toml";
+              learning = false;
+              servers = "/run/redis-rspamd/redis.sock";
+            })."classifier-bayes.conf"
+            false
+            [ "/run/rspamd-learn/controller.sock mode=0660 owner=rspamd group=vmail" ]
+            false
+            false
+          ]
+        )
+        (refuses "refuses: learning without the checks of port 25" (eval {
+          imports = [ base ];
+          services.postmaster.inbound = {
+            enable = false;
+            learning = true;
+          };
+        }) "services.postmaster.inbound.learning needs services.postmaster.inbound.enable")
         (check "inbound off: port 25 unchecked, rspamd still signs, no inbound files"
           [
             noInbound.services.postfix.settings.main.inbound_milters
@@ -1341,7 +1509,7 @@ let
               enabled = true;
               reject_score = 20;
               add_header_score = 5.5;
-              learning = false;
+              learning = true;
               resolver = "local";
             }
             true

@@ -122,7 +122,7 @@ same machine names and network): messages on port 25 from this host (STARTTLS, n
 AUTH, another server's way in) until they are in thomas's Maildir, with rspamd's
 checks on and off (inbound_milters emptied and postfix reloaded; interleaved blocks
 of 5), then 1,000 messages in one session, 200 learned as spam and 200 as ham; the
-memory (PSS and RSS) of rspamd and valkey at rest, after the 1,000 and after learning.
+memory (PSS and RSS) of rspamd, valkey and unbound at rest, after the 1,000 and after learning.
 
 The header shows the host's load, other beds running and how busy the host's CPUs
 were in each part: other engineers' builds and beds share this machine's two cores.
@@ -1424,8 +1424,11 @@ def unit_memory(bed: Bed, process: str) -> dict:
 def inbound_memory(bed: Bed) -> dict:
     used = bed.run(["valkey-cli", "info", "memory"], check=True).stdout
     dataset = re.search(r"used_memory:(\d+)", used)
+    # unbound: the checks' own resolver ([inbound] resolver = "local"), whose cache
+    # grows with the names the senders' SPF, DKIM and DMARC lookups ask about.
     return {"rspamd": unit_memory(bed, "rspamd"), "valkey": unit_memory(bed, "valkey-server"),
-            "valkey_used_memory_mib": int(dataset[1]) / 1048576 if dataset else None}
+            "valkey_used_memory_mib": int(dataset[1]) / 1048576 if dataset else None,
+            "unbound": unit_memory(bed, "unbound")}
 
 
 def random_body(rng: random.Random, words: int = 120) -> str:
@@ -1458,8 +1461,8 @@ def run_inbound(dir: Path, args) -> dict:
     checks on (rspamd as the smtp service's milter) and as many with them off
     (inbound_milters emptied, postfix reloaded), interleaved in blocks. Then
     INBOUND_BULK messages in one session, INBOUND_LEARN learned as spam and as many
-    as ham, and rspamd's and valkey's memory at rest, after the bulk and after
-    learning."""
+    as ham, and rspamd's, valkey's and unbound's memory at rest, after the bulk and
+    after learning."""
     host = mailhost.prepare(dir)
     rng = random.Random(13)
     result: dict = {"trials": args.trials, "bulk": INBOUND_BULK, "learned_each": INBOUND_LEARN}
@@ -1467,7 +1470,8 @@ def run_inbound(dir: Path, args) -> dict:
         server = mc.Server(address=host.ip, ca_file=str(host.ca.cert))
         result["at_rest"] = inbound_memory(bed)
         say(f"inbound: at rest rspamd {result['at_rest']['rspamd']['pss_mib']:.0f} MiB PSS, "
-            f"valkey {result['at_rest']['valkey']['pss_mib']:.1f} MiB PSS")
+            f"valkey {result['at_rest']['valkey']['pss_mib']:.1f} MiB PSS, "
+            f"unbound {result['at_rest']['unbound']['pss_mib']:.1f} MiB PSS")
         deliver_and_time(bed, server, mc.unique_subject("warm-up checked"), random_body(rng))
         samples: dict[str, list[float]] = {"checked": [], "unchecked": []}
         block = 5
@@ -1713,7 +1717,8 @@ def print_report(r: dict) -> None:
             m = ib[when]
             print(f"  {label}: rspamd {m['rspamd']['pss_mib']:.0f} MiB PSS ({m['rspamd']['rss_mib']:.0f} MiB RSS, "
                   f"{m['rspamd']['processes']} processes); valkey {m['valkey']['pss_mib']:.1f} MiB PSS "
-                  f"({m['valkey']['rss_mib']:.1f} MiB RSS; data {m['valkey_used_memory_mib'] or 0:.1f} MiB)")
+                  f"({m['valkey']['rss_mib']:.1f} MiB RSS; data {m['valkey_used_memory_mib'] or 0:.1f} MiB); "
+                  f"unbound {m['unbound']['pss_mib']:.1f} MiB PSS ({m['unbound']['rss_mib']:.1f} MiB RSS)")
     c = r.get("certificate")
     if c:
         s = c["both_ms"]

@@ -10,11 +10,14 @@ What is checked here, and decided by rspamd as `postmaster render` configures it
 - a sender domain's DMARC p=reject is honoured at SMTP time, p=quarantine marks
   (and so files into Junk);
 - clean mail arrives with an Authentication-Results header;
+- an ARC seal by the outside host shows as arc=pass there, a broken one as arc=reject
+  (rspamd's word for RFC 8601's fail);
 - while rspamd is stopped, mail on 25 is deferred (4xx), not lost.
 """
 
 from __future__ import annotations
 
+import email.policy
 import time
 
 import pytest
@@ -57,6 +60,18 @@ def example_com(world):
     world.unpublish("example.com")
 
 
+def outside_key(world, example_com, selector: str, records: str = "") -> str:
+    """A new RSA key inside mx.example.com (its path there), published as
+    SELECTOR._domainkey.example.com beside SPF (`mx -all`) and `records`."""
+    key = f"/run/inbound-{selector}.pem"
+    world.bed.run(["openssl", "genrsa", "-out", key, "2048"], check=True)
+    der = world.bed.run(f"openssl rsa -in {key} -pubout -outform DER 2>/dev/null | base64 -w0", check=True)
+    record = f"v=DKIM1; k=rsa; p={der.stdout.strip()}"
+    chunks = " ".join(f'"{record[i:i + 255]}"' for i in range(0, len(record), 255))
+    example_com(f'@ TXT "v=spf1 mx -all"\n{records}\n{selector}._domainkey TXT ( {chunks} )')
+    return key
+
+
 def test_gtube_is_refused_at_smtp_time(host, world, server, thomas):
     subject, result = send(world, SOMEONE, "thomas@example.org", "gtube", f"Spam test.\n{GTUBE}\n")
     refused_permanently(host, result)
@@ -96,12 +111,7 @@ def test_mail_signed_by_the_outside_domain_passes_dkim_spf_and_dmarc(host, world
     # mx.example.com signs with its own key (python3-dkim's dkimsign, not rspamd),
     # published in example.com's zone with SPF and a DMARC p=reject policy.
     outside = world.bed
-    key = "/run/inbound-dkim.pem"
-    outside.run(["openssl", "genrsa", "-out", key, "2048"], check=True)
-    der = outside.run(f"openssl rsa -in {key} -pubout -outform DER 2>/dev/null | base64 -w0", check=True)
-    record = f"v=DKIM1; k=rsa; p={der.stdout.strip()}"
-    chunks = " ".join(f'"{record[i:i + 255]}"' for i in range(0, len(record), 255))
-    example_com(f'@ TXT "v=spf1 mx -all"\n_dmarc TXT "v=DMARC1; p=reject"\ninbound._domainkey TXT ( {chunks} )')
+    key = outside_key(world, example_com, "inbound", '_dmarc TXT "v=DMARC1; p=reject"')
     subject = mc.unique_subject("signed at example.com")
     msg = mc.make_message(SOMEONE, ["thomas@example.org"], subject, "Signed outside.\n")
     plain, signed = "/run/inbound-plain.eml", "/run/inbound-signed.eml"
@@ -119,6 +129,52 @@ def test_mail_signed_by_the_outside_domain_passes_dkim_spf_and_dmarc(host, world
     for verdict in ("dkim=pass", "spf=pass", "dmarc=pass"):
         assert verdict in results, results
     assert "header.d=example.com" in results, results
+
+
+# mx.example.com, as a forwarder or mailing list would, seals the message with ARC
+# (python3-dkim's arc_sign: its own Authentication-Results, ARC-Message-Signature and
+# ARC-Seal, key published in example.com's zone). rspamd's arc module (on by default)
+# verifies the chain and says so in the Authentication-Results it adds: with the arc
+# module off there is no arc= at all. "broken": the body changed after sealing, so the
+# ARC-Message-Signature no longer matches.
+ARC_SEAL = """\
+import sys, dkim
+plain, key, out = sys.argv[1:4]
+msg = open(plain, "rb").read()
+sealed = b"".join(dkim.arc_sign(msg, b"arc", b"example.com", open(key, "rb").read(), b"mx.example.com"))
+assert sealed.startswith(b"ARC-Seal:"), sealed[:200]
+open(out, "wb").write(sealed + msg)
+"""
+
+
+# rspamd 3.12 writes a failed chain as `arc=reject (…)` (its ARC_REJECT), not RFC 8601's
+# `arc=fail`: the test pins what it writes.
+@pytest.mark.parametrize("seal,verdict", [("intact", "arc=pass"), ("broken", "arc=reject")])
+def test_arc_sealed_mail_shows_the_chains_verdict(host, world, server, thomas, example_com, seal, verdict):
+    outside = world.bed
+    key = outside_key(world, example_com, "arc")
+    subject = mc.unique_subject(f"arc {seal}")
+    msg = mc.make_message(SOMEONE, ["thomas@example.org"], subject, "Sealed outside.\n")
+    # What mx.example.com concluded when the message reached it: the first ARC set
+    # seals exactly this (its authserv-id is the sealer's).
+    received = b"Authentication-Results: mx.example.com; spf=pass smtp.mailfrom=someone@example.com\r\n"
+    plain, sealed = "/run/inbound-arc-plain.eml", "/run/inbound-arc-sealed.eml"
+    outside.path(plain).write_bytes(received + msg.as_bytes(policy=email.policy.SMTP))
+    try:
+        outside.run(["python3", "-c", ARC_SEAL, plain, key, sealed], check=True)
+        raw = outside.path(sealed).read_bytes()
+    finally:
+        for f in (plain, sealed, key):
+            outside.path(f).unlink(missing_ok=True)
+    assert b"ARC-Message-Signature:" in raw and b"ARC-Authentication-Results: i=1;" in raw, raw[:600]
+    if seal == "broken":
+        raw = raw.replace(b"Sealed outside.", b"Sealed outside, then changed.")
+    assert world.send(SOMEONE, "thomas@example.org", raw) == {"refused": {}}
+    got = mc.imap_find(server, *thomas, subject)
+    ours = [" ".join(v.split()) for v in got.get_all("Authentication-Results") or []
+            if not v.lstrip().startswith("mx.example.com")]
+    assert len(ours) == 1, ours
+    assert verdict in ours[0], f"{ours[0]}\n{rspamd_log(host)}"
 
 
 def test_dmarc_quarantine_of_the_sender_domain_marks_the_message(host, world, server, thomas, example_com):

@@ -73,10 +73,19 @@ in
       };
     };
     environment = stub;
+    # redis.nix: boot.kernel.sysctl (vm.overcommit_memory).
+    boot = stub;
     networking = mkOption {
       default = { };
       # The VM tests' nodes read it while setting networking.extraHosts.
-      type = looseSubmodule { primaryIPAddress = mkOption { type = types.str; }; };
+      type = looseSubmodule {
+        primaryIPAddress = mkOption { type = types.str; };
+        # unbound.nix listens on ::1 too with it (NixOS's default).
+        enableIPv6 = mkOption {
+          type = types.bool;
+          default = true;
+        };
+      };
     };
     security = {
       pki = mkOption {

@@ -1,5 +1,6 @@
 # The options nixpkgs' mail modules (or the project's stubs of them, in
-# nix/tests/eval/stubs) declare under services.{postfix,dovecot2,rspamd,mail}:
+# nix/tests/eval/stubs) declare under services.{postfix,dovecot2,rspamd,mail}, and
+# under services.redis and services.unbound when their modules are given:
 # every option's path and its type's description, the options of submodules
 # included. tests/nix-checks.sh compares the stubs' tree with that of nixpkgs' real
 # modules (opt-in, POSTMASTER_NIXPKGS_MODULES): a stub that declares an option the
@@ -50,11 +51,17 @@ let
       ) set
     );
 in
-walk 0 [ "services" ] {
-  inherit (options.services)
-    postfix
-    dovecot2
-    rspamd
-    mail
-    ;
-}
+# The services these modules are about (redis and unbound: when their module is
+# among them), not the loose rest of NixOS (eval/nixos.nix).
+walk 0 [ "services" ] (
+  lib.filterAttrs (name: _: options.services ? ${name}) {
+    inherit (options.services)
+      postfix
+      dovecot2
+      rspamd
+      mail
+      ;
+    redis = options.services.redis or null;
+    unbound = options.services.unbound or null;
+  }
+)

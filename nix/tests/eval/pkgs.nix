@@ -51,6 +51,7 @@ rec {
   # (its version does not matter here)
   rspamd = fakePackage "rspamd" "3.12.1" { };
   unbound-with-systemd = fakePackage "unbound" "1.24.2" { };
+  redis = fakePackage "redis" "8.2.1" { };
   coreutils = fakeDrv "coreutils";
   openssl = fakeDrv "openssl";
   openssh = fakeDrv "openssh";

@@ -6,6 +6,7 @@
     postmaster-probe gtube --to ADDR
     postmaster-probe rcpt ADDR --expect CODE
     postmaster-probe served [--not FINGERPRINT]
+    postmaster-probe move USER PASSWORD SUBJECT SOURCE TARGET
 
 Everything goes through tests/scenarios/mailclient.py, like the bed's scenarios.
 The server and the CA to trust come from POSTMASTER_TEST_SERVER and
@@ -101,6 +102,13 @@ def main(argv: list[str]) -> int:
     p = sub.add_parser("served", help="the same certificate on every port; prints its fingerprint")
     p.add_argument("--not", dest="old", help="fail while this fingerprint is still served anywhere")
 
+    p = sub.add_parser("move", help="move the message with SUBJECT between mailboxes over IMAPS (IMAP MOVE)")
+    p.add_argument("user")
+    p.add_argument("password")
+    p.add_argument("subject")
+    p.add_argument("source")
+    p.add_argument("target")
+
     args = parser.parse_args(argv)
     if not args.ca:
         parser.error("no CA: set POSTMASTER_TEST_CA or pass --ca")
@@ -164,6 +172,21 @@ def main(argv: list[str]) -> int:
             print("still the old certificate", file=sys.stderr)
             return 1
         print(fingerprint)
+        return 0
+
+    if args.check == "move":
+        # What a mail client's "Junk" and "Not junk" buttons send (RFC 6851).
+        m = mc.imap_login(server, args.user, args.password)
+        try:
+            typ, _ = m.select(args.source)
+            assert typ == "OK", f"cannot select {args.source}"
+            typ, data = m.uid("SEARCH", "HEADER", "Subject", f'"{args.subject}"')
+            uids = data[0].split()
+            assert len(uids) == 1, f"{len(uids)} messages with that subject in {args.source}"
+            typ, data = m.uid("MOVE", uids[0].decode(), args.target)
+            assert typ == "OK", f"MOVE to {args.target}: {typ} {data}"
+        finally:
+            m.logout()
         return 0
 
     raise AssertionError(args.check)

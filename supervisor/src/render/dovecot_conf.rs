@@ -1,7 +1,7 @@
 //! dovecot.conf for the whole mail host (from templates/), for dovecot 2.4 or 2.3,
 //! and the Sieve scripts and programs it names: Junk filing and learning.
 
-use super::installed::{CONTROLLER_SOCKET, SIEVE_DIR, SIEVE_PIPE_DIR};
+use super::installed::{CONTROLLER_SOCKET, RSPAMC, SIEVE_DIR, SIEVE_PIPE_DIR};
 use super::template::fill;
 use super::{Kind, paths};
 use crate::config::{Config, DovecotVersion};
@@ -63,6 +63,7 @@ pub fn sieve(config: &Config, config_file: &str) -> Vec<(&'static str, String, K
                 ("SIEVE_DIR", SIEVE_DIR.to_string()),
                 ("SIEVE_PIPE_DIR", SIEVE_PIPE_DIR.to_string()),
                 ("CONTROLLER_SOCKET", CONTROLLER_SOCKET.to_string()),
+                ("RSPAMC", RSPAMC.to_string()),
                 ("CLASS", class.to_string()),
             ],
         )

@@ -90,6 +90,9 @@ pub mod installed {
     pub const CONTROLLER_SOCKET: &str = "/run/rspamd-learn/controller.sock";
     /// valkey as Debian configures it: 127.0.0.1 only.
     pub const BAYES_SERVERS: &str = "127.0.0.1:6379";
+    /// rspamd's client, which the learning programs run (a store path on NixOS,
+    /// which fills the same template: nix/lib/inbound.nix).
+    pub const RSPAMC: &str = "/usr/bin/rspamc";
 }
 
 /// The files that follow the accounts file.

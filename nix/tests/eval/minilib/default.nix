@@ -409,6 +409,7 @@ let
     singleton = x: [ x ];
     escape = chars: replaceStrings chars (map (c: "\\${c}") chars);
     escapeShellArgs = concatMapStringsSep " " escapeShellArg;
+    inherit (builtins) attrValues;
     attrsToList = mapAttrsToList nameValuePair;
     filterAttrsRecursive =
       pred: set:

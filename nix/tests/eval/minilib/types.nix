@@ -265,6 +265,8 @@ let
 
   types = {
     inherit mkOptionType;
+    # As nixpkgs' lib.types.types (redis.nix says `with lib.types; … types.str`).
+    inherit types;
 
     raw = mkOptionType {
       name = "raw";

@@ -3,9 +3,11 @@
 # services.postmaster relies on (the server settings it defaults, the unit, the
 # user). Mirrors the newest version the project's search index holds (the module
 # with settings as a freeform submodule, package unbound-with-systemd,
-# lib.boolToYesNo; its nixpkgs commit is not known), which tests/nix-checks.sh
-# cannot compare with a real file: the opt-in evaluation against nixpkgs' real
-# modules uses this stub for unbound too.
+# lib.boolToYesNo; its nixpkgs commit is not known). The opt-in evaluation against
+# nixpkgs' real modules uses the real file instead when a generation has it
+# (<generation>/nixos/modules/services/networking/unbound.nix), and compares its
+# options with these (one difference: the real module turns allowedAccess into
+# access-control with mkChangedOptionModule, which declares the same option).
 # No freeform type but settings': an option the real module lacks is an error here
 # too.
 {
@@ -59,12 +61,22 @@ in
         default = false;
         internal = true;
       };
-      freeformType = types.attrsOf (
-        types.oneOf [
-          section
-          (types.listOf section)
-        ]
-      );
+      # Named, as nixpkgs names it (its description is the option's type).
+      freeformType =
+        types.attrsOf (
+          types.oneOf [
+            section
+            (types.listOf section)
+          ]
+        )
+        // {
+          description = ''
+            unbound.conf configuration type. The format consist of an attribute
+            set of settings. Each settings can be either one value, a list of
+            values or an attribute set. The allowed values are integers,
+            strings, booleans or floats.
+          '';
+        };
     }) { };
     stateDir = opt types.path "/var/lib/unbound";
     user = opt types.str "unbound";

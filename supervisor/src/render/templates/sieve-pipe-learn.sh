@@ -5,4 +5,4 @@
 # @CLASS@. The controller listens only on a socket whose directory the mail user's
 # group may enter (tmpfiles.d/postmaster-learning.conf): no other local user can
 # teach rspamd. A failure is logged by dovecot; the move itself is not undone.
-exec /usr/bin/rspamc --connect @CONTROLLER_SOCKET@ --timeout 10 learn_@CLASS@
+exec @RSPAMC@ --connect @CONTROLLER_SOCKET@ --timeout 10 learn_@CLASS@
