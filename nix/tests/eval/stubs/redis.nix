@@ -3,7 +3,8 @@
 # services.postmaster relies on (a named server's socket, user and group, its
 # settings, its unit redis-<name>.service). Mirrors the newest NixOS/nixpkgs
 # version the project's search index holds in December 2026 (options sorted by
-# name, Sentinel options, extraParams, group; its commit is not known), which
+# name, Sentinel options, extraParams, group; git blob
+# 172d95a8a9a6869a3cc6583f555508f05b43bb09, its commit not known), which
 # tests/nix-checks.sh compares with a real file when one is given
 # (POSTMASTER_NIXPKGS_MODULES: <generation>/nixos/modules/services/databases/redis.nix).
 # No freeform type: an option the real module lacks is an error here too.

@@ -7,7 +7,9 @@
 # 2026 (git blob 2e5f6f26c3605dc2e7f941d1cd4e965154ea558e: the module with
 # extraArgs and its options sorted by name; not compared with the nixos-26.05
 # branch's). Its older form (git blob 034988b920ef372215e291335152bec3a591aff5,
-# no extraArgs) declares the same options otherwise.
+# no extraArgs) declares the same options otherwise. The real file's traceWarning
+# string holds two ESC characters (a colour): a copy through a text view that drops
+# control characters is 11 bytes short, so check a copy's blob id.
 # No freeform type: an option the real module lacks is an error here too.
 {
   config,

@@ -3,7 +3,8 @@
 # services.postmaster relies on (the server settings it defaults, the unit, the
 # user). Mirrors the newest version the project's search index holds (the module
 # with settings as a freeform submodule, package unbound-with-systemd,
-# lib.boolToYesNo; its nixpkgs commit is not known). The opt-in evaluation against
+# lib.boolToYesNo; git blob 3126e6827799b917010e7cc8bb01fae8b3f36bca, its nixpkgs
+# commit not known). The opt-in evaluation against
 # nixpkgs' real modules uses the real file instead when a generation has it
 # (<generation>/nixos/modules/services/networking/unbound.nix), and compares its
 # options with these (one difference: the real module turns allowedAccess into
