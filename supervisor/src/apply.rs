@@ -310,7 +310,16 @@ fn remove_stale_temporaries(dir: &Path) -> Result<(), ApplyError> {
 
 /// The id of a group, from /etc/group.
 pub fn group_id(name: &str) -> Result<Option<u32>, ApplyError> {
-    let path = Path::new("/etc/group");
+    id_in(Path::new("/etc/group"), name)
+}
+
+/// The id of a user, from /etc/passwd.
+pub fn user_id(name: &str) -> Result<Option<u32>, ApplyError> {
+    id_in(Path::new("/etc/passwd"), name)
+}
+
+/// The third field of `name`'s line in a `name:password:id:...` database.
+fn id_in(path: &Path, name: &str) -> Result<Option<u32>, ApplyError> {
     let text = fs::read_to_string(path).map_err(io_err("reading", path))?;
     Ok(text.lines().find_map(|line| {
         let mut fields = line.split(':');

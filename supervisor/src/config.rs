@@ -63,6 +63,10 @@ pub struct Logins {
     pub block_seconds: u64,
     /// Where the daemon answers dovecot's auth policy requests (loopback only).
     pub policy_address: std::net::SocketAddr,
+    /// The users whose connections to `policy_address` are answered (root's always
+    /// are): dovecot's auth process runs as dovecot's internal user. Anyone else on
+    /// the host could otherwise report failures and block any address.
+    pub policy_clients: Vec<String>,
 }
 
 pub const DEFAULT_POLICY_ADDRESS: &str = "127.0.0.1:10041";
@@ -74,6 +78,7 @@ impl Default for Logins {
             failure_window_seconds: 600,
             block_seconds: 900,
             policy_address: DEFAULT_POLICY_ADDRESS.parse().expect("a socket address"),
+            policy_clients: vec!["dovecot".into()],
         }
     }
 }
@@ -788,6 +793,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
                 "failure_window_seconds",
                 "block_seconds",
                 "policy_address",
+                "policy_clients",
             ],
         );
         let d = Logins::default();
@@ -833,11 +839,26 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
                 }
             },
         };
+        let policy_clients = match s.span_of("policy_clients") {
+            None => d.policy_clients,
+            Some((span, _)) => {
+                let names = s.str_list("policy_clients");
+                if names.is_empty() {
+                    s.d.error(
+                        span,
+                        "`policy_clients` in [logins] is empty".to_string(),
+                        "name the user dovecot's auth runs as (default_internal_user), like [\"dovecot\"]; block_after_failures = 0 turns blocking off",
+                    );
+                }
+                names
+            }
+        };
         Logins {
             block_after_failures,
             failure_window_seconds,
             block_seconds,
             policy_address,
+            policy_clients,
         }
     };
 
@@ -1180,6 +1201,19 @@ mod tests {
         assert_eq!(c.logins.block_after_failures, 0);
         assert_eq!(c.logins.block_seconds, 60);
         assert_eq!(c.logins.policy_address, "[::1]:9000".parse().unwrap());
+        assert_eq!(c.logins.policy_clients, ["dovecot"]);
+        let c = parse(&format!(
+            "{base}[logins]\npolicy_clients = [\"dovecot2\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.logins.policy_clients, ["dovecot2"]);
+        let e = parse(&format!("{base}[logins]\npolicy_clients = []\n")).unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "/etc/postmaster/config.toml:4:18: `policy_clients` in [logins] is empty; name the user dovecot's auth runs as (default_internal_user), like [\"dovecot\"]; block_after_failures = 0 turns blocking off",
+            ]
+        );
         let e = parse(&format!(
             "{base}[logins]\nblock_seconds = 0\npolicy_address = \"0.0.0.0:10041\"\n"
         ))

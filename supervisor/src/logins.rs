@@ -104,6 +104,8 @@ struct Entry {
 pub struct Guard {
     limits: Logins,
     entries: HashMap<Source, Entry>,
+    /// The uids of `limits.policy_clients`, as resolved on this host.
+    client_uids: Vec<u32>,
 }
 
 /// What dovecot is told before a login.
@@ -119,7 +121,18 @@ impl Guard {
         Guard {
             limits,
             entries: HashMap::new(),
+            client_uids: Vec::new(),
         }
+    }
+
+    /// Whose connections are answered, besides root's (see [`socket_owner`]).
+    pub fn set_client_uids(&mut self, uids: Vec<u32>) {
+        self.client_uids = uids;
+    }
+
+    /// Whether a connection made by `uid` may ask and report.
+    pub fn answers(&self, uid: u32) -> bool {
+        uid == 0 || self.client_uids.contains(&uid)
     }
 
     /// New limits (a reloaded configuration); counts and blocks are kept.
@@ -339,6 +352,23 @@ pub async fn serve(listener: tokio::net::TcpListener, guard: Shared) {
                 continue;
             }
         };
+        // Only dovecot's auth may ask and report: anyone else on the host could
+        // otherwise report failures for any address and block it.
+        let owner = stream
+            .local_addr()
+            .ok()
+            .and_then(|local| connection_owner(peer, local));
+        match owner {
+            Some(uid) if lock(&guard).answers(uid) => {}
+            _ => {
+                tracing::warn!(
+                    %peer,
+                    uid = ?owner,
+                    "logins: a policy connection not made by dovecot's auth ([logins] policy_clients) was refused"
+                );
+                continue;
+            }
+        }
         let _ = stream.set_nodelay(true);
         let (http, guard) = (http.clone(), guard.clone());
         tokio::spawn(async move {
@@ -378,6 +408,45 @@ async fn exchange(request: Request<Incoming>, guard: &Shared) -> Response<String
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The uid of the process that made the loopback connection from `client` to
+/// `server`, from the kernel's socket table (the tables /proc/self/net/tcp and tcp6
+/// list every socket with its owner; visible under the unit's ProcSubset=pid).
+fn connection_owner(client: SocketAddr, server: SocketAddr) -> Option<u32> {
+    let table = if client.is_ipv4() { "tcp" } else { "tcp6" };
+    let text = std::fs::read_to_string(format!("/proc/self/net/{table}")).ok()?;
+    socket_owner(&text, client, server)
+}
+
+/// In a /proc/net/tcp or tcp6 table, the owner of the established connection
+/// whose local end is `local` and whose remote end is `remote`. Only state 01
+/// (ESTABLISHED) counts: a closed connection's TIME_WAIT entry with the same ends
+/// is listed with uid 0.
+pub(crate) fn socket_owner(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+    let (local, remote) = (proc_net_address(local), proc_net_address(remote));
+    table.lines().skip(1).find_map(|line| {
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid ...
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let matches = fields.get(1) == Some(&local.as_str())
+            && fields.get(2) == Some(&remote.as_str())
+            && fields.get(3) == Some(&"01");
+        matches.then(|| fields.get(7)?.parse().ok())?
+    })
+}
+
+/// An address as the kernel prints it in /proc/net/tcp: each 32-bit word of the
+/// address as the machine holds it in memory, in hex, then the port in hex.
+fn proc_net_address(address: SocketAddr) -> String {
+    let octets: Vec<u8> = match address.ip() {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let words: String = octets
+        .chunks(4)
+        .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+        .collect();
+    format!("{words}:{:04X}", address.port())
 }
 
 /// Binds the policy listener (loopback only: the configuration refuses anything else).

@@ -132,3 +132,36 @@ def test_after_unblock_an_address_starts_from_nothing(host, world, thomas, low_l
     wrong, right = outside_logins(world, host, ("imap", user, "one-more-wrong"), ("imap", user, password))
     assert wrong != "ok" and right == "ok", (wrong, right)
     assert status(host)["logins"]["blocked"] == []
+
+
+# Runs on the mail host: reports `failures` failed logins of argv[1] to the policy
+# listener, as dovecot's auth does; prints "answered" or the error.
+FAKE_REPORTS = r"""
+import json, sys, urllib.request
+body = json.dumps({"remote": sys.argv[1], "protocol": "imap", "success": False, "policy_reject": False}).encode()
+try:
+    for _ in range(int(sys.argv[2])):
+        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:10041/?command=report", data=body), timeout=10).read()
+    print("answered")
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+"""
+
+
+def test_only_dovecots_auth_may_report_failures(host, low_limits):
+    """Anyone on the host can reach the loopback listener: a user that is not
+    dovecot's auth (here `nobody`) must not be able to block an address by
+    reporting failures for it. root, sending the same reports, does block it:
+    the requests themselves are what dovecot sends."""
+    victim = "192.0.2.99"
+    as_nobody = host.bed.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                              "python3", "-c", FAKE_REPORTS, victim, "5"])
+    assert as_nobody.returncode == 0 and as_nobody.stdout.strip() != "answered", as_nobody
+    assert victim not in [b["address"] for b in status(host)["logins"]["blocked"]]
+    assert "not made by dovecot's auth" in host.bed.journal("postmaster.service")
+    try:
+        as_root = host.bed.run(["python3", "-c", FAKE_REPORTS, victim, "3"])
+        assert as_root.stdout.strip() == "answered", as_root
+        assert victim in [b["address"] for b in status(host)["logins"]["blocked"]]
+    finally:
+        host.bed.run(["postmaster", "unblock", victim])

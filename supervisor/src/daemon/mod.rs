@@ -344,8 +344,18 @@ impl Daemon {
                 (address, bound)
             });
         }
+        let (uids, unknown) = resolve_policy_clients(&limits.policy_clients);
+        crate::logins::lock(&self.logins).set_client_uids(uids);
         let error = match &self.policy {
             Some((_, Err(e))) => Some(e.clone()),
+            _ if wanted.is_some() && !unknown.is_empty() => {
+                let e = format!(
+                    "[logins] policy_clients: no user {} on this host: dovecot's auth policy requests are refused, so failed logins are not limited",
+                    unknown.join(", ")
+                );
+                error!("logins: {e}");
+                Some(e)
+            }
             _ => None,
         };
         let status = crate::status::LoginsStatus {
@@ -1189,6 +1199,20 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 fn monotonic_usec() -> sd_notify::NotifyState<'static> {
     sd_notify::NotifyState::monotonic_usec_now()
         .unwrap_or(sd_notify::NotifyState::Custom("MONOTONIC_USEC=0"))
+}
+
+/// The uids of the users named in `[logins] policy_clients`, and the names that
+/// are no user here.
+fn resolve_policy_clients(names: &[String]) -> (Vec<u32>, Vec<String>) {
+    let mut uids = Vec::new();
+    let mut unknown = Vec::new();
+    for name in names {
+        match crate::apply::user_id(name) {
+            Ok(Some(uid)) => uids.push(uid),
+            _ => unknown.push(format!("`{name}`")),
+        }
+    }
+    (uids, unknown)
 }
 
 /// ACME's parts that live as long as the daemon: the http-01 responder (the

@@ -210,3 +210,55 @@ fn what_cannot_be_judged_is_allowed_or_refused_as_a_request_never_counted() {
     );
     assert!(g.entries.is_empty());
 }
+
+/// /proc/self/net/tcp with a listener on 127.0.0.1:10041 (0x2739), dovecot's (uid
+/// 107) connection from port 39404 (0x99EC), the accepted end (postmaster, uid
+/// 998), and an old connection from port 53474 (0xD0E2) in TIME_WAIT.
+#[cfg(target_endian = "little")]
+const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:2739 00000000:0000 0A 00000000:00000000 00:00000000 00000000   998        0 124144 1 000000001f1af133 100 0 0 10 0
+   1: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 637 1 000000006883de17 100 0 0 10 0
+   2: 0100007F:2739 0100007F:99EC 01 00000000:00000000 00:00000000 00000000   998        0 124146 1 0000000097e20286 20 0 0 10 -1
+   3: 0100007F:99EC 0100007F:2739 01 00000000:00000000 00:00000000 00000000   107        0 124145 2 00000000b848278a 20 0 0 10 -1
+   4: 0100007F:D0E2 0100007F:2739 06 00000000:00000000 03:00001578 00000000     0        0 0 3 00000000f669e09f
+";
+
+#[cfg(target_endian = "little")]
+#[test]
+fn the_owner_of_a_policy_connection_is_read_from_the_kernels_socket_table() {
+    let server: SocketAddr = "127.0.0.1:10041".parse().unwrap();
+    let client: SocketAddr = "127.0.0.1:39404".parse().unwrap();
+    assert_eq!(socket_owner(TCP, client, server), Some(107));
+    // The other end of the same connection is postmaster's own socket.
+    assert_eq!(socket_owner(TCP, server, client), Some(998));
+    // A closed connection's TIME_WAIT entry says uid 0: it is not an owner.
+    let gone: SocketAddr = "127.0.0.1:53474".parse().unwrap();
+    assert_eq!(socket_owner(TCP, gone, server), None);
+    assert_eq!(
+        socket_owner(TCP, "127.0.0.1:1".parse().unwrap(), server),
+        None
+    );
+    assert_eq!(socket_owner("", client, server), None);
+}
+
+#[cfg(target_endian = "little")]
+#[test]
+fn ipv6_connections_are_found_in_tcp6() {
+    // [::1]:10041 <- [::1]:37076 (0x90D4), as /proc/self/net/tcp6 prints them.
+    let table = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:90D4 00000000000000000000000001000000:2739 01 00000000:00000000 00:00000000 00000000   107        0 5 1 0 20 0 0 10 -1
+";
+    let server: SocketAddr = "[::1]:10041".parse().unwrap();
+    let client: SocketAddr = "[::1]:37076".parse().unwrap();
+    assert_eq!(socket_owner(table, client, server), Some(107));
+}
+
+#[test]
+fn root_and_the_policy_clients_are_answered_nobody_else() {
+    let mut g = Guard::new(limits(3));
+    assert!(g.answers(0));
+    assert!(!g.answers(107));
+    g.set_client_uids(vec![107]);
+    assert!(g.answers(107));
+    assert!(!g.answers(1000));
+}
