@@ -87,9 +87,9 @@ pub async fn obtain(
             published.tokens.push(challenge.token.clone());
             responder
                 .publish(&challenge.token, key_authorization.as_str())
-                .map_err(|detail| AcmeError::Publish {
+                .map_err(|source| AcmeError::Publish {
                     name: name.clone(),
-                    detail,
+                    source,
                 })?;
             challenge
                 .set_ready()

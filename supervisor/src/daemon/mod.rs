@@ -90,7 +90,7 @@ struct Daemon {
     /// The http-01 server on the port 80 socket systemd handed over, if it did. It
     /// is taken once per start (the descriptor cannot be taken twice), and kept
     /// across reloads whatever the configuration says.
-    http01: Option<Result<acme::Http01Server, String>>,
+    http01: Option<Result<acme::Http01Server, acme::NoResponder>>,
     /// DKIM: what DNS said about each published selector, and when to ask again.
     signing: signing::Signing,
     /// Failed-login counts and blocks, shared with the policy listener and D-Bus.
@@ -106,7 +106,7 @@ struct Daemon {
 /// What the daemon keeps for ACME between attempts.
 struct Acme {
     /// How http-01 challenges are answered; `Err` says why they cannot be.
-    responder: Result<acme::Responder, String>,
+    responder: Result<acme::Responder, acme::NoResponder>,
     /// When to try next, and how the last attempts went; survives restarts.
     schedule: acme::Schedule,
 }
@@ -1195,7 +1195,7 @@ fn monotonic_usec() -> sd_notify::NotifyState<'static> {
 /// listening socket systemd hands over as `acme-http`, or the webroot) and the
 /// schedule from an earlier run.
 /// Starts the http-01 server on the `acme-http` socket systemd passed, if any.
-fn take_http01_socket() -> Option<Result<acme::Http01Server, String>> {
+fn take_http01_socket() -> Option<Result<acme::Http01Server, acme::NoResponder>> {
     let fds = sd_notify::listen_fds_with_names()
         .map(|fds| fds.collect::<Vec<_>>())
         .unwrap_or_default();
@@ -1203,12 +1203,15 @@ fn take_http01_socket() -> Option<Result<acme::Http01Server, String>> {
     // SAFETY: systemd passed this descriptor to us alone, as a listening socket
     // (postmaster-acme.socket); nothing else owns it, and it is taken only here, once.
     let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    Some(acme::Http01Server::start(listener).map_err(|e| e.to_string()))
+    Some(
+        acme::Http01Server::start(listener)
+            .map_err(|e| acme::NoResponder::SocketUnusable(std::sync::Arc::new(e))),
+    )
 }
 
 fn acme_setup(
     config: &Config,
-    http01: Option<&Result<acme::Http01Server, String>>,
+    http01: Option<&Result<acme::Http01Server, acme::NoResponder>>,
 ) -> Option<Acme> {
     if config.tls.source != TlsSource::Acme {
         return None;
@@ -1216,12 +1219,12 @@ fn acme_setup(
     let responder = match config.acme.challenge {
         crate::config::Challenge::Webroot => match &config.acme.webroot {
             Some(dir) => Ok(acme::Responder::Webroot(dir.clone())),
-            None => Err("challenge = \"webroot\" needs `webroot`".to_string()),
+            None => Err(acme::NoResponder::WebrootUnset),
         },
         crate::config::Challenge::Http01 => match http01 {
             Some(Ok(server)) => Ok(acme::Responder::Listener(server.clone())),
             Some(Err(e)) => Err(e.clone()),
-            None => Err("no `acme-http` socket from systemd: enable postmaster-acme.socket (port 80) and restart postmaster, or use challenge = \"webroot\"".to_string()),
+            None => Err(acme::NoResponder::NoSocket),
         },
     };
     if let Err(e) = &responder {
