@@ -1000,7 +1000,7 @@ impl serve::Host for LiveHost<'_> {
         self.daemon.running(&unit).await
     }
 
-    async fn republish(&mut self) -> Result<(), String> {
+    async fn republish(&mut self) -> Result<(), serve::RepublishError> {
         let table = self
             .daemon
             .resolved
@@ -1011,8 +1011,8 @@ impl serve::Host for LiveHost<'_> {
         let republished =
             tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+                .map_err(|e| serve::RepublishError::Interrupted(e.to_string()))
+                .and_then(|r| r.map_err(|e| serve::RepublishError::Table(e.to_string())));
         match &republished {
             Ok(()) => info!(
                 "postfix's smtpd processes start over for the new certificate (sender_login table republished)"
