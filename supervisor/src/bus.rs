@@ -126,7 +126,7 @@ pub fn unblock(logins: &crate::logins::Shared, address: &str, now: u64) -> Outco
             return Outcome {
                 ok: false,
                 summary: "nothing lifted".into(),
-                errors: vec![e],
+                errors: vec![e.to_string()],
             };
         }
     };

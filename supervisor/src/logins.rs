@@ -57,17 +57,22 @@ impl Source {
     }
 
     /// An address as an admin types it (`192.0.2.7`, `2001:db8::1`, `2001:db8::/64`).
-    pub fn parse(text: &str) -> Result<Source, String> {
+    pub fn parse(text: &str) -> Result<Source, NotAnAddress> {
         let trimmed = text.trim();
         let bare = trimmed.strip_suffix("/64").unwrap_or(trimmed);
-        bare.parse::<IpAddr>().map(Source::of).map_err(|_| {
-            format!(
-                "`{}` is not an IP address (like 192.0.2.7 or 2001:db8::1)",
-                text.escape_default()
-            )
-        })
+        bare.parse::<IpAddr>()
+            .map(Source::of)
+            .map_err(|_| NotAnAddress(text.to_string()))
     }
 }
+
+/// What an admin typed where an address to unblock was due (`postmaster unblock`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{}` is not an IP address (like 192.0.2.7 or 2001:db8::1)",
+    .0.escape_default()
+)]
+pub struct NotAnAddress(pub String);
 
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
