@@ -49,7 +49,7 @@ impl Scheme {
     }
 
     /// The shape the text after the braces must have.
-    fn check_shape(self, hash: &str) -> Result<(), String> {
+    fn check_shape(self, hash: &str) -> Result<(), MisshapenHash> {
         let crypt64 = |s: &str| {
             s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
@@ -105,22 +105,26 @@ impl Scheme {
             }
             Scheme::Plain => !hash.contains([':', '\n', '\r']),
         };
-        if ok {
-            Ok(())
-        } else {
-            Err(match self {
-                Scheme::Sha512Crypt => "expected $6$salt$hash".to_string(),
-                Scheme::Sha256Crypt => "expected $5$salt$hash".to_string(),
-                Scheme::BlfCrypt => "expected $2y$NN$ followed by 53 characters".to_string(),
-                Scheme::Argon2id => "expected $argon2id$v=19$m=…,t=…,p=…$salt$hash".to_string(),
-                Scheme::Argon2i => "expected $argon2i$v=19$m=…,t=…,p=…$salt$hash".to_string(),
-                Scheme::Plain => {
-                    "a {PLAIN} password may not contain `:` or line breaks".to_string()
-                }
-            })
+        if ok { Ok(()) } else { Err(MisshapenHash(self)) }
+    }
+
+    /// The shape [`Scheme::check_shape`] wants, as the refusal shows it.
+    fn expected_shape(self) -> &'static str {
+        match self {
+            Scheme::Sha512Crypt => "expected $6$salt$hash",
+            Scheme::Sha256Crypt => "expected $5$salt$hash",
+            Scheme::BlfCrypt => "expected $2y$NN$ followed by 53 characters",
+            Scheme::Argon2id => "expected $argon2id$v=19$m=…,t=…,p=…$salt$hash",
+            Scheme::Argon2i => "expected $argon2i$v=19$m=…,t=…,p=…$salt$hash",
+            Scheme::Plain => "a {PLAIN} password may not contain `:` or line breaks",
         }
     }
 }
+
+/// A hash whose text after `{SCHEME}` does not have the scheme's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this is not a valid {{{scheme}}} hash ({expected})", scheme = .0, expected = .0.expected_shape())]
+struct MisshapenHash(Scheme);
 
 impl fmt::Display for Scheme {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -197,8 +201,8 @@ pub fn parse(value: &str) -> Result<PasswordHash, Refused> {
             hint: HOW_TO_HASH.into(),
         });
     }
-    scheme.check_shape(hash).map_err(|expected| Refused {
-        message: format!("this is not a valid {{{scheme}}} hash ({expected})"),
+    scheme.check_shape(hash).map_err(|misshapen| Refused {
+        message: misshapen.to_string(),
         hint: HOW_TO_HASH.into(),
     })?;
     Ok(PasswordHash {
@@ -280,6 +284,26 @@ pub fn hash(scheme: Scheme, password: &str) -> Result<String, HashError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misshapen_hash_says_which_shape_its_scheme_wants() {
+        assert_eq!(
+            MisshapenHash(Scheme::Sha512Crypt).to_string(),
+            "this is not a valid {SHA512-CRYPT} hash (expected $6$salt$hash)"
+        );
+        assert_eq!(
+            MisshapenHash(Scheme::BlfCrypt).to_string(),
+            "this is not a valid {BLF-CRYPT} hash (expected $2y$NN$ followed by 53 characters)"
+        );
+        assert_eq!(
+            MisshapenHash(Scheme::Plain).to_string(),
+            "this is not a valid {PLAIN} hash (a {PLAIN} password may not contain `:` or line breaks)"
+        );
+        assert_eq!(
+            Scheme::Argon2id.check_shape("$argon2i$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA"),
+            Err(MisshapenHash(Scheme::Argon2id))
+        );
+    }
 
     #[test]
     fn made_hashes_parse_back_with_their_scheme() {
