@@ -38,10 +38,10 @@ const MAX_BODY: usize = 16 * 1024;
 /// One address (an IPv6 address counts by its /64: one host usually holds a whole
 /// /64, so counting single addresses would let it guess 2^64 times as often).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Source(IpAddr);
+pub(crate) struct Source(IpAddr);
 
 impl Source {
-    pub fn of(ip: IpAddr) -> Source {
+    pub(crate) fn of(ip: IpAddr) -> Source {
         match ip {
             IpAddr::V4(_) => Source(ip),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -57,7 +57,7 @@ impl Source {
     }
 
     /// An address as an admin types it (`192.0.2.7`, `2001:db8::1`, `2001:db8::/64`).
-    pub fn parse(text: &str) -> Result<Source, NotAnAddress> {
+    pub(crate) fn parse(text: &str) -> Result<Source, NotAnAddress> {
         let trimmed = text.trim();
         let bare = trimmed.strip_suffix("/64").unwrap_or(trimmed);
         bare.parse::<IpAddr>()
@@ -72,7 +72,7 @@ impl Source {
     "`{}` is not an IP address (like 192.0.2.7 or 2001:db8::1)",
     .0.escape_default()
 )]
-pub struct NotAnAddress(pub String);
+pub(crate) struct NotAnAddress(pub(crate) String);
 
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,15 +85,15 @@ impl std::fmt::Display for Source {
 
 /// One blocked address, as `postmaster status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Block {
-    pub address: String,
+pub(crate) struct Block {
+    pub(crate) address: String,
     /// Failed logins counted when it was blocked.
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// Unix seconds.
-    pub since: u64,
-    pub until: u64,
+    pub(crate) since: u64,
+    pub(crate) until: u64,
     /// The protocol of the last failure (imap, pop3, smtp).
-    pub protocol: String,
+    pub(crate) protocol: String,
 }
 
 #[derive(Debug, Default)]
@@ -106,21 +106,21 @@ struct Entry {
 
 /// The counts and blocks. Time is unix seconds, given by the caller.
 #[derive(Debug)]
-pub struct Guard {
+pub(crate) struct Guard {
     limits: Logins,
     entries: HashMap<Source, Entry>,
 }
 
 /// What dovecot is told before a login.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Allow,
     /// Refused, with the text dovecot logs.
     Refuse(String),
 }
 
 impl Guard {
-    pub fn new(limits: Logins) -> Guard {
+    pub(crate) fn new(limits: Logins) -> Guard {
         Guard {
             limits,
             entries: HashMap::new(),
@@ -128,16 +128,12 @@ impl Guard {
     }
 
     /// New limits (a reloaded configuration); counts and blocks are kept.
-    pub fn set_limits(&mut self, limits: Logins) {
+    pub(crate) fn set_limits(&mut self, limits: Logins) {
         self.limits = limits;
     }
 
-    pub fn limits(&self) -> &Logins {
-        &self.limits
-    }
-
     /// Before a login from `source`.
-    pub fn allow(&mut self, source: Source, now: u64) -> Verdict {
+    pub(crate) fn allow(&mut self, source: Source, now: u64) -> Verdict {
         match self.entries.get(&source).and_then(|e| e.blocked) {
             Some((_, until, _)) if until > now => Verdict::Refuse(format!(
                 "too many failed logins from {source}; blocked for {} more seconds",
@@ -151,7 +147,7 @@ impl Guard {
     /// (one known password must not buy more guesses at the others). A login the
     /// policy itself refused is not counted: the block runs its time and ends.
     /// Returns the new block when this failure started one.
-    pub fn report(
+    pub(crate) fn report(
         &mut self,
         source: Source,
         success: bool,
@@ -198,7 +194,7 @@ impl Guard {
     }
 
     /// Lifts the block of `source` and forgets its failures; false when it had none.
-    pub fn lift(&mut self, source: Source, now: u64) -> bool {
+    pub(crate) fn lift(&mut self, source: Source, now: u64) -> bool {
         let blocked = self
             .entries
             .get(&source)
@@ -209,7 +205,7 @@ impl Guard {
     }
 
     /// The blocks in force, oldest first.
-    pub fn blocks(&self, now: u64) -> Vec<Block> {
+    pub(crate) fn blocks(&self, now: u64) -> Vec<Block> {
         let mut blocks: Vec<Block> = self
             .entries
             .iter()
@@ -243,15 +239,15 @@ impl Guard {
 }
 
 /// The guard as the listener, the D-Bus interface and the event loop share it.
-pub type Shared = Arc<Mutex<Guard>>;
+pub(crate) type Shared = Arc<Mutex<Guard>>;
 
-pub fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Guard> {
+pub(crate) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Guard> {
     shared
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -276,7 +272,7 @@ struct PolicyRequest {
 /// body. Returns the HTTP status and the JSON answer (`status` -1 refuses, 0
 /// allows). Anything malformed gets a 400, which dovecot treats as "allow"
 /// (auth_policy_reject_on_fail = no): a broken guard never locks everyone out.
-pub fn respond(
+pub(crate) fn respond(
     guard: &mut Guard,
     method: &Method,
     query: Option<&str>,
@@ -329,7 +325,7 @@ pub fn respond(
 }
 
 /// Serves dovecot's auth policy requests on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, guard: Shared) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, guard: Shared) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(5))
@@ -386,7 +382,7 @@ async fn exchange(request: Request<Incoming>, guard: &Shared) -> Response<String
 }
 
 /// Binds the policy listener (loopback only: the configuration refuses anything else).
-pub fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = std::net::TcpListener::bind(address)?;
     socket.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(socket)

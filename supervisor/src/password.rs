@@ -10,7 +10,7 @@ use rand::RngCore;
 /// The schemes postmaster writes or accepts. Each is verified against dovecot's own
 /// `doveadm pw -t` in the integration tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Scheme {
+pub(crate) enum Scheme {
     Sha512Crypt,
     Sha256Crypt,
     BlfCrypt,
@@ -21,7 +21,7 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    pub const ALL: [Scheme; 6] = [
+    pub(crate) const ALL: [Scheme; 6] = [
         Scheme::Sha512Crypt,
         Scheme::Sha256Crypt,
         Scheme::BlfCrypt,
@@ -31,7 +31,7 @@ impl Scheme {
     ];
 
     /// The name between braces, as dovecot spells it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scheme::Sha512Crypt => "SHA512-CRYPT",
             Scheme::Sha256Crypt => "SHA256-CRYPT",
@@ -42,7 +42,7 @@ impl Scheme {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Scheme> {
+    pub(crate) fn from_name(name: &str) -> Option<Scheme> {
         Scheme::ALL
             .into_iter()
             .find(|s| s.name().eq_ignore_ascii_case(name))
@@ -134,10 +134,10 @@ impl fmt::Display for Scheme {
 
 /// A password hash with its scheme, as written into dovecot's passwd-file.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PasswordHash {
-    pub scheme: Scheme,
+pub(crate) struct PasswordHash {
+    pub(crate) scheme: Scheme,
     /// The whole `{SCHEME}…` string.
-    pub text: String,
+    pub(crate) text: String,
 }
 
 // Debug never prints the hash (nor a test's {PLAIN} password).
@@ -149,16 +149,16 @@ impl fmt::Debug for PasswordHash {
 
 /// Why a password value was refused: what is wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    pub message: String,
-    pub hint: String,
+pub(crate) struct Refused {
+    pub(crate) message: String,
+    pub(crate) hint: String,
 }
 
 const HOW_TO_HASH: &str =
     "hash the password with `postmaster hash-password` and paste the line it prints";
 
 /// Parses a `{SCHEME}hash` value.
-pub fn parse(value: &str) -> Result<PasswordHash, Refused> {
+pub(crate) fn parse(value: &str) -> Result<PasswordHash, Refused> {
     let Some(rest) = value.strip_prefix('{') else {
         let looks_hashed = value.starts_with('$');
         return Err(Refused {
@@ -214,7 +214,7 @@ pub fn parse(value: &str) -> Result<PasswordHash, Refused> {
 
 /// Errors from hashing a password.
 #[derive(Debug, thiserror::Error)]
-pub enum HashError {
+pub(crate) enum HashError {
     #[error("the password is empty")]
     Empty,
     #[error("the password contains a line break or NUL byte")]
@@ -231,7 +231,7 @@ const SHA_CRYPT_ROUNDS: u32 = 5_000;
 const BCRYPT_COST: u32 = 10;
 
 /// Hashes a password with a fresh random salt; returns the `{SCHEME}…` text.
-pub fn hash(scheme: Scheme, password: &str) -> Result<String, HashError> {
+pub(crate) fn hash(scheme: Scheme, password: &str) -> Result<String, HashError> {
     if password.is_empty() {
         return Err(HashError::Empty);
     }

@@ -33,19 +33,6 @@ pub enum StartTls {
     Pop3,
 }
 
-impl StartTls {
-    /// The usual mode of the standard mail ports; `None` for others.
-    pub fn for_port(port: u16) -> Option<StartTls> {
-        match port {
-            465 | 993 | 995 => Some(StartTls::Implicit),
-            25 | 587 => Some(StartTls::Smtp),
-            143 => Some(StartTls::Imap),
-            110 => Some(StartTls::Pop3),
-            _ => None,
-        }
-    }
-}
-
 /// Which step of a probe failed, said so that the journal line alone is enough.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProbeError {
@@ -747,18 +734,6 @@ mod tests {
     }
 
     const T: Duration = Duration::from_secs(5);
-
-    #[test]
-    fn standard_ports() {
-        assert_eq!(StartTls::for_port(25), Some(StartTls::Smtp));
-        assert_eq!(StartTls::for_port(587), Some(StartTls::Smtp));
-        assert_eq!(StartTls::for_port(465), Some(StartTls::Implicit));
-        assert_eq!(StartTls::for_port(993), Some(StartTls::Implicit));
-        assert_eq!(StartTls::for_port(995), Some(StartTls::Implicit));
-        assert_eq!(StartTls::for_port(143), Some(StartTls::Imap));
-        assert_eq!(StartTls::for_port(110), Some(StartTls::Pop3));
-        assert_eq!(StartTls::for_port(443), None);
-    }
 
     #[test]
     fn no_reply_says_what_came_instead() {

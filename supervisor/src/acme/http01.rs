@@ -69,7 +69,7 @@ fn valid_token(token: &str) -> bool {
 
 impl Responder {
     /// Makes `key_authorization` the answer for `token`.
-    pub fn publish(&self, token: &str, key_authorization: &str) -> Result<(), PublishError> {
+    pub(crate) fn publish(&self, token: &str, key_authorization: &str) -> Result<(), PublishError> {
         if !valid_token(token) {
             return Err(PublishError::TokenNotBase64url(token.to_string()));
         }
@@ -97,7 +97,7 @@ impl Responder {
 
     /// What must hold for the CA to get the answers for `name`: the end of a
     /// failed challenge's message.
-    pub fn hint(&self, name: &str) -> String {
+    pub(crate) fn hint(&self, name: &str) -> String {
         match self {
             Responder::Listener(_) => {
                 format!(
@@ -112,7 +112,7 @@ impl Responder {
     }
 
     /// Removes the answer for `token`, if any.
-    pub fn withdraw(&self, token: &str) {
+    pub(crate) fn withdraw(&self, token: &str) {
         if !valid_token(token) {
             return;
         }
@@ -250,12 +250,12 @@ impl Http01Server {
         self.inner.local_addr
     }
 
-    pub fn publish(&self, token: &str, key_authorization: &str) {
+    pub(crate) fn publish(&self, token: &str, key_authorization: &str) {
         self.answers()
             .insert(token.to_string(), key_authorization.to_string());
     }
 
-    pub fn withdraw(&self, token: &str) {
+    pub(crate) fn withdraw(&self, token: &str) {
         self.answers().remove(token);
     }
 

@@ -25,18 +25,17 @@ use crate::apply;
 use crate::tls;
 use crate::tls::PairProblem;
 
-pub mod account;
-pub mod http01;
-pub mod order;
-pub mod schedule;
+pub(crate) mod account;
+pub(crate) mod http01;
+pub(crate) mod order;
+pub(crate) mod schedule;
 
-pub use account::{ACCOUNT_FILE, account, register, stored_account};
+pub use account::{ACCOUNT_FILE, account};
+pub(crate) use account::{register, stored_account};
 pub use http01::{Http01Server, NoResponder, PublishError, Responder};
-pub use order::{ISSUANCE_TIMEOUT, VALIDATION_TIMEOUT, obtain};
-pub use schedule::{
-    ARI_ASK_AGAIN_MAX, ARI_ASK_AGAIN_MIN, MAX_RETRY, RenewalWindow, SCHEDULE_FILE, Schedule,
-    certificate_id, renewal_time, renewal_window, retry_after, unix_secs,
-};
+pub use order::obtain;
+pub use schedule::{RenewalWindow, certificate_id, renewal_window};
+pub(crate) use schedule::{Schedule, renewal_time};
 
 /// What went wrong talking to the CA or preparing to. Each text says what happened
 /// and what to do about it.

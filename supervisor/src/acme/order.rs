@@ -12,9 +12,9 @@ use super::{AcmeError, Responder, protocol};
 use crate::tls;
 
 /// How long [`obtain`] waits for the CA to validate all challenges.
-pub const VALIDATION_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const VALIDATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long [`obtain`] waits for the CA to issue once the order is finalized.
-pub const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Orders a certificate for `names`, answers http-01 through `responder`, and returns
 /// (chain PEM, PKCS#8 key PEM) once [`tls::validate_pair`] accepted them for `names`.

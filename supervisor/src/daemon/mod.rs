@@ -61,7 +61,7 @@ const TLS_PORTS: [(u16, StartTls); 7] = [
     (110, StartTls::Pop3),
 ];
 
-pub fn run(config_path: &Path) -> Result<(), StartError> {
+pub(crate) fn run(config_path: &Path) -> Result<(), StartError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1130,7 +1130,7 @@ fn installed_as_obtained(
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("{0}")]
@@ -1146,7 +1146,7 @@ pub enum StartError {
 
 /// Why an ACME attempt did not end with its certificate installed.
 #[derive(Debug, thiserror::Error)]
-pub enum ObtainError {
+pub(crate) enum ObtainError {
     #[error(
         "the certificate comes from files another tool writes (tls.source = \"files\"), not from ACME"
     )]
