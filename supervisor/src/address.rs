@@ -9,13 +9,13 @@
 use std::fmt;
 
 /// Why a local part or a domain name was refused; the text completes "… is not valid: ".
-pub type Why = String;
+pub(crate) type Why = String;
 
-pub const MAX_LOCAL_PART: usize = 64;
-pub const MAX_DOMAIN: usize = 253;
+pub(crate) const MAX_LOCAL_PART: usize = 64;
+pub(crate) const MAX_DOMAIN: usize = 253;
 
 /// Checks a local part (the part before `@`).
-pub fn check_local_part(s: &str) -> Result<(), Why> {
+pub(crate) fn check_local_part(s: &str) -> Result<(), Why> {
     if s.is_empty() {
         return Err("it is empty".into());
     }
@@ -45,7 +45,7 @@ pub fn check_local_part(s: &str) -> Result<(), Why> {
 }
 
 /// Checks a domain name: at least two labels, letters, digits and hyphens.
-pub fn check_domain(s: &str) -> Result<(), Why> {
+pub(crate) fn check_domain(s: &str) -> Result<(), Why> {
     if s.is_empty() {
         return Err("it is empty".into());
     }
@@ -90,13 +90,13 @@ pub fn check_domain(s: &str) -> Result<(), Why> {
 
 /// A validated `local@domain` address.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Address {
-    pub local: String,
-    pub domain: String,
+pub(crate) struct Address {
+    pub(crate) local: String,
+    pub(crate) domain: String,
 }
 
 impl Address {
-    pub fn parse(s: &str) -> Result<Address, Why> {
+    pub(crate) fn parse(s: &str) -> Result<Address, Why> {
         let Some((local, domain)) = s.rsplit_once('@') else {
             return Err("it has no `@`".into());
         };

@@ -46,32 +46,32 @@ fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) ->
 
 /// How the files are put in place.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Compile postfix maps with this table type; `None` writes the sources only
     /// (`postmaster render`).
-    pub compile_maps: Option<MapType>,
+    pub(crate) compile_maps: Option<MapType>,
     /// The group that may read the passwd-file (dovecot's); `None` keeps it private
     /// to the owner.
-    pub passwd_group: Option<String>,
+    pub(crate) passwd_group: Option<String>,
     /// The `postmap` program.
-    pub postmap: PathBuf,
+    pub(crate) postmap: PathBuf,
 }
 
 /// What applying changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub written: Vec<PathBuf>,
-    pub unchanged: Vec<PathBuf>,
+pub(crate) struct Report {
+    pub(crate) written: Vec<PathBuf>,
+    pub(crate) unchanged: Vec<PathBuf>,
 }
 
 impl Report {
-    pub fn changed(&self) -> bool {
+    pub(crate) fn changed(&self) -> bool {
         !self.written.is_empty()
     }
 }
 
 /// Writes `files` under `dir` (creating subdirectories), each atomically.
-pub fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Report, ApplyError> {
+pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Report, ApplyError> {
     let passwd_gid = match &options.passwd_group {
         Some(name) => Some(group_id(name)?.ok_or_else(|| ApplyError::NoSuchGroup(name.clone()))?),
         None => None,
@@ -108,7 +108,7 @@ pub fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Report, Ap
 
 /// Writes `content` to `path` atomically with `mode` (and group `gid`); returns
 /// whether anything changed.
-pub fn write_atomic(
+pub(crate) fn write_atomic(
     path: &Path,
     content: &[u8],
     mode: u32,
@@ -239,7 +239,7 @@ fn write_map(
 /// does the same more violently: it also restarts tlsmgr and anvil, and an smtpd
 /// from before the reload that takes one more client then waits 1 s per broken
 /// connection to them (seen as 1-2 s stalls on 587 in ./bench).
-pub fn republish_table(source: &Path, map_type: MapType) -> Result<(), ApplyError> {
+pub(crate) fn republish_table(source: &Path, map_type: MapType) -> Result<(), ApplyError> {
     let table = with_suffix(source, map_type.suffix());
     let tmp = with_suffix(&temporary_name(source), map_type.suffix());
     let result = (|| {
@@ -314,7 +314,7 @@ pub fn group_id(name: &str) -> Result<Option<u32>, ApplyError> {
 }
 
 /// The id of a user, from /etc/passwd.
-pub fn user_id(name: &str) -> Result<Option<u32>, ApplyError> {
+pub(crate) fn user_id(name: &str) -> Result<Option<u32>, ApplyError> {
     id_in(Path::new("/etc/passwd"), name)
 }
 

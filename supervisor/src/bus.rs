@@ -17,24 +17,23 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::status::Status;
 
-pub const BUS_NAME: &str = "io.postmaster.Supervisor1";
-pub const OBJECT_PATH: &str = "/io/postmaster/Supervisor1";
-pub const INTERFACE: &str = "io.postmaster.Supervisor1";
+pub(crate) const BUS_NAME: &str = "io.postmaster.Supervisor1";
+pub(crate) const OBJECT_PATH: &str = "/io/postmaster/Supervisor1";
 
 /// The result of a Reload or Renew request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    pub ok: bool,
+pub(crate) struct Outcome {
+    pub(crate) ok: bool,
     /// One line: what happened.
-    pub summary: String,
+    pub(crate) summary: String,
     /// Every problem, one per entry (`file:line:column: …` where it applies).
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
 /// What the interface asks the daemon's event loop to do. The loop does all work
 /// itself, one thing at a time, so a D-Bus call can never run beside an apply.
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     Reload(oneshot::Sender<Outcome>),
     Renew {
         force: bool,
@@ -48,16 +47,16 @@ pub enum Request {
 }
 
 /// The object served at [`OBJECT_PATH`].
-pub struct Supervisor {
-    pub requests: mpsc::Sender<Request>,
-    pub status: watch::Receiver<Status>,
+pub(crate) struct Supervisor {
+    pub(crate) requests: mpsc::Sender<Request>,
+    pub(crate) status: watch::Receiver<Status>,
     /// To report the units' live state with each Status call. Which units those are
     /// comes with the status: a reload may change them.
-    pub systemd: Option<crate::systemd::Systemd>,
+    pub(crate) systemd: Option<crate::systemd::Systemd>,
     /// The failed-login counts and blocks, shared with the policy listener: blocks
     /// are read and lifted here directly, not through the event loop, so a long
     /// apply never holds up an admin letting someone back in.
-    pub logins: crate::logins::Shared,
+    pub(crate) logins: crate::logins::Shared,
 }
 
 fn stopped() -> zbus::fdo::Error {
@@ -119,14 +118,14 @@ impl Supervisor {
 }
 
 /// Lifts the block of `address` (as an admin types it).
-pub fn unblock(logins: &crate::logins::Shared, address: &str, now: u64) -> Outcome {
+pub(crate) fn unblock(logins: &crate::logins::Shared, address: &str, now: u64) -> Outcome {
     let source = match crate::logins::Source::parse(address) {
         Ok(s) => s,
         Err(e) => {
             return Outcome {
                 ok: false,
                 summary: "nothing lifted".into(),
-                errors: vec![e],
+                errors: vec![e.to_string()],
             };
         }
     };
@@ -151,7 +150,7 @@ pub fn unblock(logins: &crate::logins::Shared, address: &str, now: u64) -> Outco
     default_service = "io.postmaster.Supervisor1",
     default_path = "/io/postmaster/Supervisor1"
 )]
-pub trait SupervisorClient {
+pub(crate) trait SupervisorClient {
     fn status(&self) -> zbus::Result<String>;
     fn reload(&self) -> zbus::Result<String>;
     fn renew(&self, force: bool) -> zbus::Result<String>;

@@ -10,13 +10,13 @@ use crate::config::Config;
 use crate::tls::{self, CertInfo};
 
 /// Reads the source pair (`tls.cert`, `tls.key`).
-pub fn read_source(config: &Config) -> Result<(Vec<u8>, Vec<u8>), String> {
+pub(crate) fn read_source(config: &Config) -> Result<(Vec<u8>, Vec<u8>), String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
     Ok((read(&config.tls.cert)?, read(&config.tls.key)?))
 }
 
 /// Validates a source pair and makes the file to install: key, then chain.
-pub fn prepare(
+pub(crate) fn prepare(
     config: &Config,
     chain: &[u8],
     key: &[u8],
@@ -32,13 +32,13 @@ pub fn prepare(
 
 /// A self-signed pair for the host's names, so postfix and dovecot can start before
 /// a real certificate exists.
-pub fn placeholder(config: &Config) -> Result<(CertInfo, Vec<u8>), String> {
+pub(crate) fn placeholder(config: &Config) -> Result<(CertInfo, Vec<u8>), String> {
     let (chain, key) = tls::self_signed_placeholder(&config.certificate_names(), SystemTime::now());
     prepare(config, chain.as_bytes(), key.as_bytes()).map_err(|p| p.to_string())
 }
 
 /// Writes the pair atomically where postfix and dovecot read it.
-pub fn install(config: &Config, pair: &[u8]) -> Result<(), apply::ApplyError> {
+pub(crate) fn install(config: &Config, pair: &[u8]) -> Result<(), apply::ApplyError> {
     let target = config.installed_pair();
     create_parent(&target)?;
     // Only the owner (and root, which postfix and dovecot read it as) may read a key.
@@ -49,7 +49,11 @@ pub fn install(config: &Config, pair: &[u8]) -> Result<(), apply::ApplyError> {
 /// where it takes the same way as a pair another tool writes. The key goes first:
 /// until the chain follows, the pair does not match and is refused, never
 /// half-installed.
-pub fn store_source(config: &Config, chain: &[u8], key: &[u8]) -> Result<(), apply::ApplyError> {
+pub(crate) fn store_source(
+    config: &Config,
+    chain: &[u8],
+    key: &[u8],
+) -> Result<(), apply::ApplyError> {
     create_parent(&config.tls.key)?;
     create_parent(&config.tls.cert)?;
     apply::write_atomic(&config.tls.key, key, 0o600, None)?;
@@ -68,7 +72,7 @@ fn create_parent(path: &Path) -> Result<(), apply::ApplyError> {
 }
 
 /// The pair an earlier run installed, if it is still a valid one.
-pub fn installed(config: &Config) -> Option<CertInfo> {
+pub(crate) fn installed(config: &Config) -> Option<CertInfo> {
     let pair = std::fs::read(config.installed_pair()).ok()?;
     // Names are not required here: a changed host name must lead to a new install.
     tls::validate_pair(&pair, &pair, &[], SystemTime::now()).ok()
@@ -77,7 +81,7 @@ pub fn installed(config: &Config) -> Option<CertInfo> {
 /// What to do about the certificate, from what the source files hold and what is
 /// installed. Both `postmaster apply` and the daemon act on this one decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// The installed pair is this one: nothing to do.
     Unchanged(CertInfo),
     /// A new valid pair: install it, and make it served.
@@ -93,16 +97,16 @@ pub enum Decision {
 
 /// Why the source pair is not used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub why: String,
+pub(crate) struct Refusal {
+    pub(crate) why: String,
     /// The writer may be halfway through the pair (a cp writes two files): look
     /// again soon before reporting it loudly.
-    pub may_be_in_progress: bool,
+    pub(crate) may_be_in_progress: bool,
 }
 
 /// Decides what to do with the pair `read` from the source files (see
 /// [`read_source`]), given the pair `installed` now.
-pub fn decide(
+pub(crate) fn decide(
     config: &Config,
     read: Result<(Vec<u8>, Vec<u8>), String>,
     installed: Option<&CertInfo>,

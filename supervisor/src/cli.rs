@@ -25,8 +25,7 @@ pub enum ExitCode {
     Ok = 0,
     /// The configuration or accounts file is invalid; the errors were printed.
     Invalid = 1,
-    /// Wrong usage (clap's own code).
-    Usage = 2,
+    // 2 is wrong usage: clap's own code, returned by clap itself.
     /// Something in the system failed: a file could not be written, a program failed,
     /// the daemon cannot be reached.
     Failed = 3,
@@ -44,13 +43,13 @@ pub enum ExitCode {
 pub struct Cli {
     /// The configuration file.
     #[arg(long, short, global = true, default_value = config::DEFAULT_PATH, env = "POSTMASTER_CONFIG")]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     #[command(subcommand)]
-    pub command: Commands,
+    pub(crate) command: Commands,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Commands {
+pub(crate) enum Commands {
     /// Validate the configuration and the accounts file; print every error as
     /// file:line:column.
     Check,
@@ -167,7 +166,7 @@ pub enum Commands {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DkimCommand {
+pub(crate) enum DkimCommand {
     /// Make a new key with a new selector for DOMAIN (every hosted domain when
     /// none is named). The running daemon keeps signing with the current key until
     /// DNS shows the new one's record; then it switches, and the old record must
@@ -176,7 +175,7 @@ pub enum DkimCommand {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum HashScheme {
+pub(crate) enum HashScheme {
     #[value(name = "SHA512-CRYPT", alias = "sha512-crypt")]
     Sha512Crypt,
     #[value(name = "BLF-CRYPT", alias = "blf-crypt")]
@@ -322,7 +321,7 @@ impl From<apply::ApplyError> for Failure {
 }
 
 /// Loads and validates both files.
-pub fn load(config_path: &Path) -> Result<(Config, Accounts), Invalid> {
+pub(crate) fn load(config_path: &Path) -> Result<(Config, Accounts), Invalid> {
     let config = Config::load(config_path)?;
     let accounts = pipeline::load_accounts(&config)?;
     Ok((config, accounts))
@@ -685,7 +684,7 @@ fn hash_password(scheme: Scheme) -> Result<(), Failure> {
 
 // ---- accounts from the command line: mailbox, alias, catch-all -----------------------
 
-pub use accounts_cli::{AliasCommand, CatchAllCommand, MailboxCommand};
+pub(crate) use accounts_cli::{AliasCommand, CatchAllCommand, MailboxCommand};
 
 /// The effects around [`accounts::edit`]: reading the file, asking for a password,
 /// writing the file back only if nobody changed it meanwhile, and waiting for the
@@ -698,7 +697,7 @@ mod accounts_cli {
     use crate::accounts::edit::{self, Edit, Refused};
 
     #[derive(Debug, Subcommand)]
-    pub enum MailboxCommand {
+    pub(crate) enum MailboxCommand {
         /// Add a mailbox: asks for its password twice on a terminal, or reads one
         /// line from standard input.
         Add {
@@ -737,7 +736,7 @@ mod accounts_cli {
     }
 
     #[derive(Debug, Subcommand)]
-    pub enum AliasCommand {
+    pub(crate) enum AliasCommand {
         /// Create an alias, or add targets to it: mailbox names or addresses.
         Add {
             address: String,
@@ -757,14 +756,14 @@ mod accounts_cli {
     }
 
     #[derive(Debug, Subcommand)]
-    pub enum CatchAllCommand {
+    pub(crate) enum CatchAllCommand {
         /// Deliver mail to addresses of DOMAIN that nothing else matches to TARGET.
         Set { domain: String, target: String },
         /// Remove the catch-all of DOMAIN: such mail is rejected again.
         Unset { domain: String },
     }
 
-    pub fn mailbox(config_path: &Path, command: MailboxCommand) -> Result<(), Failure> {
+    pub(crate) fn mailbox(config_path: &Path, command: MailboxCommand) -> Result<(), Failure> {
         match command {
             MailboxCommand::Add {
                 name,
@@ -829,7 +828,7 @@ mod accounts_cli {
         }
     }
 
-    pub fn alias(config_path: &Path, command: AliasCommand) -> Result<(), Failure> {
+    pub(crate) fn alias(config_path: &Path, command: AliasCommand) -> Result<(), Failure> {
         match command {
             AliasCommand::Add { address, targets } => {
                 edit_file(config_path, || Ok(Edit::AddAlias { address, targets }))
@@ -857,7 +856,7 @@ mod accounts_cli {
         }
     }
 
-    pub fn catch_all(config_path: &Path, command: CatchAllCommand) -> Result<(), Failure> {
+    pub(crate) fn catch_all(config_path: &Path, command: CatchAllCommand) -> Result<(), Failure> {
         match command {
             CatchAllCommand::Set { domain, target } => {
                 edit_file(config_path, || Ok(Edit::SetCatchAll { domain, target }))
@@ -1138,11 +1137,10 @@ mod tests {
         let codes = [
             ExitCode::Ok,
             ExitCode::Invalid,
-            ExitCode::Usage,
             ExitCode::Failed,
             ExitCode::NotAllowed,
         ];
-        assert_eq!(codes.map(|c| c as i32), [0, 1, 2, 3, 4]);
+        assert_eq!(codes.map(|c| c as i32), [0, 1, 3, 4]);
     }
 
     #[test]

@@ -23,53 +23,54 @@ use crate::address::check_domain;
 use crate::diag::{Diagnostics, Invalid, Source};
 use crate::tomlwalk::{self, Table};
 
-pub const DEFAULT_PATH: &str = "/etc/postmaster/config.toml";
-pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
-pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+pub(crate) const DEFAULT_PATH: &str = "/etc/postmaster/config.toml";
+pub(crate) const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub(crate) const LETS_ENCRYPT_STAGING: &str =
+    "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
+pub(crate) struct Config {
     /// The mail host's own name: HELO, TLS certificate, clients' server setting.
-    pub host_name: String,
+    pub(crate) host_name: String,
     /// Hosted mail domains; the first is the primary one.
-    pub domains: Vec<String>,
-    pub accounts_file: PathBuf,
+    pub(crate) domains: Vec<String>,
+    pub(crate) accounts_file: PathBuf,
     /// Where the daemon keeps what it owns: ACME account, certificates, schedule.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Where generated postfix maps and the dovecot passwd-file go.
-    pub generated_dir: PathBuf,
+    pub(crate) generated_dir: PathBuf,
     /// Allow `{PLAIN}` passwords in the accounts file. For test setups only.
-    pub insecure_allow_plain_passwords: bool,
-    pub tls: Tls,
-    pub acme: Acme,
-    pub units: Units,
-    pub postfix: Postfix,
-    pub dovecot: Dovecot,
-    pub dkim: Dkim,
-    pub dns: Dns,
-    pub inbound: Inbound,
-    pub logins: Logins,
+    pub(crate) insecure_allow_plain_passwords: bool,
+    pub(crate) tls: Tls,
+    pub(crate) acme: Acme,
+    pub(crate) units: Units,
+    pub(crate) postfix: Postfix,
+    pub(crate) dovecot: Dovecot,
+    pub(crate) dkim: Dkim,
+    pub(crate) dns: Dns,
+    pub(crate) inbound: Inbound,
+    pub(crate) logins: Logins,
 }
 
 /// Password guessing: after this many failed logins from one address, its
 /// further attempts are refused for a while (see [`crate::logins`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Logins {
+pub(crate) struct Logins {
     /// Failed logins from one address that block it; 0: nothing is blocked.
-    pub block_after_failures: u32,
+    pub(crate) block_after_failures: u32,
     /// The failures counted are those of the last this many seconds.
-    pub failure_window_seconds: u64,
+    pub(crate) failure_window_seconds: u64,
     /// How long a blocked address is refused.
-    pub block_seconds: u64,
+    pub(crate) block_seconds: u64,
     /// Where the daemon answers dovecot's auth policy requests (loopback only).
-    pub policy_address: std::net::SocketAddr,
+    pub(crate) policy_address: std::net::SocketAddr,
     /// The users whose connections to `policy_address` are answered (root's always
     /// are): dovecot's auth process runs as dovecot's internal user. Anyone else on
     /// the host could otherwise report failures and block any address.
-    pub policy_clients: Vec<String>,
+    pub(crate) policy_clients: Vec<String>,
 }
 
-pub const DEFAULT_POLICY_ADDRESS: &str = "127.0.0.1:10041";
+pub(crate) const DEFAULT_POLICY_ADDRESS: &str = "127.0.0.1:10041";
 
 impl Default for Logins {
     fn default() -> Logins {
@@ -86,24 +87,24 @@ impl Default for Logins {
 /// Checks of the mail arriving on port 25 by the same rspamd that signs: SPF,
 /// DKIM, DMARC and spam scoring, through its milter.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Inbound {
+pub(crate) struct Inbound {
     /// Mail on 25 goes through rspamd; off: it is accepted unchecked.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// From this score on, a message is refused at SMTP time (5xx, no bounce).
-    pub reject_score: f64,
+    pub(crate) reject_score: f64,
     /// From this score on, a message gets an `X-Spam: Yes` header (and dovecot
     /// files it into the recipient's Junk folder).
-    pub add_header_score: f64,
+    pub(crate) add_header_score: f64,
     /// Moving a message into Junk teaches rspamd's Bayes filter "spam", moving
     /// it out "ham" (IMAPSieve); Bayes keeps what it learned in valkey.
-    pub learning: bool,
+    pub(crate) learning: bool,
     /// Whose DNS resolver rspamd asks (SPF, DKIM, DMARC, blocklists).
-    pub resolver: Resolver,
+    pub(crate) resolver: Resolver,
 }
 
 /// The DNS resolver of the checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolver {
+pub(crate) enum Resolver {
     /// unbound on this host (loopback only), caching and DNSSEC-validating:
     /// public DNS blocklists refuse queries that arrive through shared public
     /// resolvers, and a host of its own answers fast and is not lied to.
@@ -112,54 +113,54 @@ pub enum Resolver {
     System,
 }
 
-pub const DEFAULT_REJECT_SCORE: f64 = 15.0;
-pub const DEFAULT_ADD_HEADER_SCORE: f64 = 6.0;
+pub(crate) const DEFAULT_REJECT_SCORE: f64 = 15.0;
+pub(crate) const DEFAULT_ADD_HEADER_SCORE: f64 = 6.0;
 
 /// DKIM signing of outgoing mail: rspamd signs as postfix's milter, with keys
 /// postmaster makes and keeps (see [`crate::dkim`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dkim {
+pub(crate) struct Dkim {
     /// Sign what is submitted (587, 465) and what the host itself sends.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Where postfix reaches rspamd's milter (postfix's `smtpd_milters` syntax).
-    pub milter: String,
+    pub(crate) milter: String,
     /// Start a rotation on its own once the key in use is this old; `None`: only
     /// `postmaster dkim rotate` does.
-    pub rotate_after_days: Option<u32>,
+    pub(crate) rotate_after_days: Option<u32>,
     /// How long a replaced selector must stay published, so that mail signed with
     /// it and still on its way verifies.
-    pub keep_published_days: u32,
+    pub(crate) keep_published_days: u32,
     /// How often DNS is asked about the selectors (a new one before it is used,
     /// the one in use for `postmaster status`).
-    pub dns_check_seconds: u64,
+    pub(crate) dns_check_seconds: u64,
     /// Also sign with an Ed25519 key (RFC 8463), beside the RSA signature.
-    pub ed25519: bool,
+    pub(crate) ed25519: bool,
 }
 
 /// What `postmaster dns` prints and checks besides the DKIM keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dns {
+pub(crate) struct Dns {
     /// The SPF record of every hosted domain.
-    pub spf: String,
+    pub(crate) spf: String,
     /// The DMARC record (`_dmarc.<domain>`) of every hosted domain.
-    pub dmarc: String,
+    pub(crate) dmarc: String,
     /// The host's public addresses: its A/AAAA records and the names their PTR
     /// records must give. Empty: `--check` looks up the host name instead.
-    pub addresses: Vec<std::net::IpAddr>,
+    pub(crate) addresses: Vec<std::net::IpAddr>,
     /// The TTL written into the printed records.
-    pub ttl: u32,
+    pub(crate) ttl: u32,
 }
 
-pub const DEFAULT_SPF: &str = "v=spf1 mx -all";
-pub const DEFAULT_DMARC: &str = "v=DMARC1; p=quarantine";
+pub(crate) const DEFAULT_SPF: &str = "v=spf1 mx -all";
+pub(crate) const DEFAULT_DMARC: &str = "v=DMARC1; p=quarantine";
 /// rspamd's milter socket, relative to postfix's queue directory (its smtpd and
 /// cleanup run chrooted there); `postmaster render` has rspamd listen on it.
-pub const DEFAULT_MILTER: &str = "unix:rspamd/milter.sock";
+pub(crate) const DEFAULT_MILTER: &str = "unix:rspamd/milter.sock";
 /// Where postfix's queue directory is on Debian.
-pub const DEBIAN_QUEUE_DIRECTORY: &str = "/var/spool/postfix";
+pub(crate) const DEBIAN_QUEUE_DIRECTORY: &str = "/var/spool/postfix";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsSource {
+pub(crate) enum TlsSource {
     /// postmaster obtains and renews the certificate itself.
     Acme,
     /// Another tool (certbot, NixOS security.acme, a person) writes the files;
@@ -168,11 +169,11 @@ pub enum TlsSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tls {
-    pub source: TlsSource,
+pub(crate) struct Tls {
+    pub(crate) source: TlsSource,
     /// The full chain (leaf first) in PEM.
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,33 +207,33 @@ pub struct Eab {
 
 /// systemd unit names: they differ between distributions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Units {
-    pub postfix: String,
-    pub dovecot: String,
+pub(crate) struct Units {
+    pub(crate) postfix: String,
+    pub(crate) dovecot: String,
     /// rspamd, which signs outgoing mail: reloaded when the keys it signs with change.
-    pub rspamd: String,
+    pub(crate) rspamd: String,
     /// The Redis-compatible store of rspamd's Bayes filter (valkey on Debian 13),
     /// watched while `[inbound] learning` is on.
-    pub valkey: String,
+    pub(crate) valkey: String,
     /// The local resolver of the inbound checks (`[inbound] resolver = "local"`):
     /// while it does not run, mail on port 25 is deferred.
-    pub resolver: String,
+    pub(crate) resolver: String,
     /// The group whose members may call the daemon over D-Bus besides root (its
     /// D-Bus policy and polkit rule name it): named when a call is refused.
-    pub admin_group: String,
+    pub(crate) admin_group: String,
 }
 
 /// The admin group of units/ and of the NixOS module's default.
-pub const DEFAULT_ADMIN_GROUP: &str = "postmaster-admin";
+pub(crate) const DEFAULT_ADMIN_GROUP: &str = "postmaster-admin";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MapType {
+pub(crate) enum MapType {
     Lmdb,
     Hash,
 }
 
 impl MapType {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             MapType::Lmdb => "lmdb",
             MapType::Hash => "hash",
@@ -240,7 +241,7 @@ impl MapType {
     }
 
     /// The file postmap makes next to the source.
-    pub fn suffix(self) -> &'static str {
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             MapType::Lmdb => ".lmdb",
             MapType::Hash => ".db",
@@ -249,28 +250,28 @@ impl MapType {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Postfix {
+pub(crate) struct Postfix {
     /// `None`: lmdb where this postfix has it, else hash (decided where postfix is).
-    pub map_type: Option<MapType>,
-    pub message_size_limit: u64,
+    pub(crate) map_type: Option<MapType>,
+    pub(crate) message_size_limit: u64,
     /// Reject mail on port 25 whose sender domain has no DNS records. Needs DNS.
-    pub reject_unknown_sender_domain: bool,
+    pub(crate) reject_unknown_sender_domain: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DovecotVersion {
+pub(crate) enum DovecotVersion {
     V2_3,
     V2_4,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dovecot {
-    pub version: DovecotVersion,
+pub(crate) struct Dovecot {
+    pub(crate) version: DovecotVersion,
     /// Mail lives in `<mail_root>/<mailbox>/`.
-    pub mail_root: PathBuf,
-    pub vmail_user: String,
-    pub vmail_uid: u32,
-    pub vmail_gid: u32,
+    pub(crate) mail_root: PathBuf,
+    pub(crate) vmail_user: String,
+    pub(crate) vmail_uid: u32,
+    pub(crate) vmail_gid: u32,
 }
 
 const ROOT_KEYS: &[&str] = &[
@@ -293,7 +294,7 @@ const ROOT_KEYS: &[&str] = &[
 
 impl Config {
     /// Reads and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Config, Invalid> {
+    pub(crate) fn load(path: &Path) -> Result<Config, Invalid> {
         let bytes = std::fs::read(path).map_err(|e| {
             Invalid(vec![crate::diag::whole_file(
                 path,
@@ -305,7 +306,7 @@ impl Config {
         Config::parse(&source)
     }
 
-    pub fn parse(source: &Source) -> Result<Config, Invalid> {
+    pub(crate) fn parse(source: &Source) -> Result<Config, Invalid> {
         let mut d = Diagnostics::new(source);
         let config = parse_into(source, &mut d);
         match config {
@@ -315,7 +316,7 @@ impl Config {
     }
 
     /// The accounts file's rules, as this configuration sets them.
-    pub fn accounts_policy(&self) -> crate::accounts::Policy {
+    pub(crate) fn accounts_policy(&self) -> crate::accounts::Policy {
         crate::accounts::Policy {
             domains: self.domains.clone(),
             allow_plain_passwords: self.insecure_allow_plain_passwords,
@@ -325,23 +326,23 @@ impl Config {
     /// Where the validated pair is installed for postfix and dovecot: one file with
     /// the key followed by the chain, so that one rename switches both at once, and
     /// a broken pair in `tls.cert`/`tls.key` never reaches them.
-    pub fn installed_pair(&self) -> PathBuf {
+    pub(crate) fn installed_pair(&self) -> PathBuf {
         self.state_dir.join("tls/pair.pem")
     }
 
     /// The DKIM private keys: readable by rspamd through the directory's group.
-    pub fn dkim_key_dir(&self) -> PathBuf {
+    pub(crate) fn dkim_key_dir(&self) -> PathBuf {
         self.state_dir.join("dkim")
     }
 
     /// Which DKIM key is in which phase; public keys only, readable by anyone
     /// (`postmaster dns` reads it without the daemon).
-    pub fn dkim_state_file(&self) -> PathBuf {
+    pub(crate) fn dkim_state_file(&self) -> PathBuf {
         self.state_dir.join("dkim.json")
     }
 
     /// Every name the certificate must cover.
-    pub fn certificate_names(&self) -> Vec<String> {
+    pub(crate) fn certificate_names(&self) -> Vec<String> {
         let mut names = vec![self.host_name.clone()];
         for n in &self.acme.extra_names {
             if !names.contains(n) {

@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 
 /// One problem found in an input file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Diagnostic {
-    pub file: PathBuf,
+pub(crate) struct Diagnostic {
+    pub(crate) file: PathBuf,
     /// 1-based line of the offending text.
-    pub line: usize,
+    pub(crate) line: usize,
     /// 1-based column, counted in characters (not bytes) so editors agree with it.
-    pub column: usize,
+    pub(crate) column: usize,
     /// What is wrong.
-    pub message: String,
+    pub(crate) message: String,
     /// What to do about it; empty when the message says it all.
-    pub hint: String,
+    pub(crate) hint: String,
 }
 
 impl fmt::Display for Diagnostic {
@@ -42,13 +42,13 @@ impl fmt::Display for Diagnostic {
 /// The text of an input file together with its name, to turn byte offsets into
 /// line and column.
 #[derive(Debug, Clone)]
-pub struct Source {
-    pub path: PathBuf,
-    pub text: String,
+pub(crate) struct Source {
+    pub(crate) path: PathBuf,
+    pub(crate) text: String,
 }
 
 impl Source {
-    pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
         Source {
             path: path.into(),
             text: text.into(),
@@ -57,7 +57,7 @@ impl Source {
 
     /// 1-based (line, column) of a byte offset; offsets past the end point just past
     /// the last character, and offsets inside a multi-byte character count as it.
-    pub fn position(&self, offset: usize) -> (usize, usize) {
+    pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = &self.text.as_bytes()[..offset];
         let line_start = before
@@ -77,25 +77,25 @@ impl Source {
 
 /// Collects diagnostics for one source file.
 #[derive(Debug)]
-pub struct Diagnostics<'s> {
+pub(crate) struct Diagnostics<'s> {
     source: &'s Source,
     list: Vec<Diagnostic>,
 }
 
 impl<'s> Diagnostics<'s> {
-    pub fn new(source: &'s Source) -> Self {
+    pub(crate) fn new(source: &'s Source) -> Self {
         Diagnostics {
             source,
             list: Vec::new(),
         }
     }
 
-    pub fn source(&self) -> &'s Source {
+    pub(crate) fn source(&self) -> &'s Source {
         self.source
     }
 
     /// Records a problem at the start of `span`.
-    pub fn error(
+    pub(crate) fn error(
         &mut self,
         span: Range<usize>,
         message: impl Into<String>,
@@ -111,23 +111,23 @@ impl<'s> Diagnostics<'s> {
         });
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
     /// The diagnostics in file order, so that a person can fix them top to bottom.
-    pub fn into_sorted(mut self) -> Vec<Diagnostic> {
+    pub(crate) fn into_sorted(mut self) -> Vec<Diagnostic> {
         self.list.sort_by_key(|a| (a.line, a.column));
         self.list
     }
 }
 
 /// A diagnostic about a file as a whole (it cannot be read, say), pinned to 1:1.
-pub fn whole_file(path: &Path, message: impl Into<String>, hint: impl Into<String>) -> Diagnostic {
+pub(crate) fn whole_file(
+    path: &Path,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> Diagnostic {
     Diagnostic {
         file: path.to_path_buf(),
         line: 1,
@@ -139,7 +139,7 @@ pub fn whole_file(path: &Path, message: impl Into<String>, hint: impl Into<Strin
 
 /// Several diagnostics, printable one per line: the error type of every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid(pub Vec<Diagnostic>);
+pub(crate) struct Invalid(pub(crate) Vec<Diagnostic>);
 
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -32,29 +32,33 @@
 //! - [`logins`]: password guessing refused: dovecot's auth asks the daemon before
 //!   each login and reports each failure; blocks in the status, lifted by `unblock`.
 //! - [`cli`]: the `postmaster` command line.
+//!
+//! Only what the binary (`cli`) and the integration tests (`acme`, `apply`,
+//! `config`, `probe`, `tls`) use is `pub`; everything else is `pub(crate)`, and the
+//! `unreachable_pub` lint keeps it so.
 
-pub mod accounts;
+pub(crate) mod accounts;
 pub mod acme;
-pub mod address;
+pub(crate) mod address;
 pub mod apply;
-pub mod bus;
-pub mod certificate;
+pub(crate) mod bus;
+pub(crate) mod certificate;
 pub mod cli;
 pub mod config;
-pub mod daemon;
-pub mod diag;
-pub mod dkim;
-pub mod dns;
-pub mod logging;
-pub mod logins;
-pub mod password;
-pub mod pipeline;
+pub(crate) mod daemon;
+pub(crate) mod diag;
+pub(crate) mod dkim;
+pub(crate) mod dns;
+pub(crate) mod logging;
+pub(crate) mod logins;
+pub(crate) mod password;
+pub(crate) mod pipeline;
 pub mod probe;
-pub mod render;
+pub(crate) mod render;
 pub(crate) mod serve;
-pub mod setup;
-pub mod status;
-pub mod systemd;
+pub(crate) mod setup;
+pub(crate) mod status;
+pub(crate) mod systemd;
 pub mod tls;
-pub mod tomlwalk;
-pub mod watch;
+pub(crate) mod tomlwalk;
+pub(crate) mod watch;

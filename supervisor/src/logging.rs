@@ -4,7 +4,7 @@
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
-pub fn init() {
+pub(crate) fn init() {
     let filter =
         EnvFilter::try_from_env("POSTMASTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // systemd sets JOURNAL_STREAM when stderr is connected to the journal.

@@ -38,10 +38,10 @@ const MAX_BODY: usize = 16 * 1024;
 /// One address (an IPv6 address counts by its /64: one host usually holds a whole
 /// /64, so counting single addresses would let it guess 2^64 times as often).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Source(IpAddr);
+pub(crate) struct Source(IpAddr);
 
 impl Source {
-    pub fn of(ip: IpAddr) -> Source {
+    pub(crate) fn of(ip: IpAddr) -> Source {
         match ip {
             IpAddr::V4(_) => Source(ip),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -57,17 +57,22 @@ impl Source {
     }
 
     /// An address as an admin types it (`192.0.2.7`, `2001:db8::1`, `2001:db8::/64`).
-    pub fn parse(text: &str) -> Result<Source, String> {
+    pub(crate) fn parse(text: &str) -> Result<Source, NotAnAddress> {
         let trimmed = text.trim();
         let bare = trimmed.strip_suffix("/64").unwrap_or(trimmed);
-        bare.parse::<IpAddr>().map(Source::of).map_err(|_| {
-            format!(
-                "`{}` is not an IP address (like 192.0.2.7 or 2001:db8::1)",
-                text.escape_default()
-            )
-        })
+        bare.parse::<IpAddr>()
+            .map(Source::of)
+            .map_err(|_| NotAnAddress(text.to_string()))
     }
 }
+
+/// What an admin typed where an address to unblock was due (`postmaster unblock`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{}` is not an IP address (like 192.0.2.7 or 2001:db8::1)",
+    .0.escape_default()
+)]
+pub(crate) struct NotAnAddress(pub(crate) String);
 
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,15 +85,15 @@ impl std::fmt::Display for Source {
 
 /// One blocked address, as `postmaster status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Block {
-    pub address: String,
+pub(crate) struct Block {
+    pub(crate) address: String,
     /// Failed logins counted when it was blocked.
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// Unix seconds.
-    pub since: u64,
-    pub until: u64,
+    pub(crate) since: u64,
+    pub(crate) until: u64,
     /// The protocol of the last failure (imap, pop3, smtp).
-    pub protocol: String,
+    pub(crate) protocol: String,
 }
 
 #[derive(Debug, Default)]
@@ -101,7 +106,7 @@ struct Entry {
 
 /// The counts and blocks. Time is unix seconds, given by the caller.
 #[derive(Debug)]
-pub struct Guard {
+pub(crate) struct Guard {
     limits: Logins,
     entries: HashMap<Source, Entry>,
     /// The uids of `limits.policy_clients`, as resolved on this host.
@@ -110,14 +115,14 @@ pub struct Guard {
 
 /// What dovecot is told before a login.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Allow,
     /// Refused, with the text dovecot logs.
     Refuse(String),
 }
 
 impl Guard {
-    pub fn new(limits: Logins) -> Guard {
+    pub(crate) fn new(limits: Logins) -> Guard {
         Guard {
             limits,
             entries: HashMap::new(),
@@ -126,26 +131,22 @@ impl Guard {
     }
 
     /// Whose connections are answered, besides root's (see [`socket_owner`]).
-    pub fn set_client_uids(&mut self, uids: Vec<u32>) {
+    pub(crate) fn set_client_uids(&mut self, uids: Vec<u32>) {
         self.client_uids = uids;
     }
 
     /// Whether a connection made by `uid` may ask and report.
-    pub fn answers(&self, uid: u32) -> bool {
+    pub(crate) fn answers(&self, uid: u32) -> bool {
         uid == 0 || self.client_uids.contains(&uid)
     }
 
     /// New limits (a reloaded configuration); counts and blocks are kept.
-    pub fn set_limits(&mut self, limits: Logins) {
+    pub(crate) fn set_limits(&mut self, limits: Logins) {
         self.limits = limits;
     }
 
-    pub fn limits(&self) -> &Logins {
-        &self.limits
-    }
-
     /// Before a login from `source`.
-    pub fn allow(&mut self, source: Source, now: u64) -> Verdict {
+    pub(crate) fn allow(&mut self, source: Source, now: u64) -> Verdict {
         match self.entries.get(&source).and_then(|e| e.blocked) {
             Some((_, until, _)) if until > now => Verdict::Refuse(format!(
                 "too many failed logins from {source}; blocked for {} more seconds",
@@ -159,7 +160,7 @@ impl Guard {
     /// (one known password must not buy more guesses at the others). A login the
     /// policy itself refused is not counted: the block runs its time and ends.
     /// Returns the new block when this failure started one.
-    pub fn report(
+    pub(crate) fn report(
         &mut self,
         source: Source,
         success: bool,
@@ -206,7 +207,7 @@ impl Guard {
     }
 
     /// Lifts the block of `source` and forgets its failures; false when it had none.
-    pub fn lift(&mut self, source: Source, now: u64) -> bool {
+    pub(crate) fn lift(&mut self, source: Source, now: u64) -> bool {
         let blocked = self
             .entries
             .get(&source)
@@ -217,7 +218,7 @@ impl Guard {
     }
 
     /// The blocks in force, oldest first.
-    pub fn blocks(&self, now: u64) -> Vec<Block> {
+    pub(crate) fn blocks(&self, now: u64) -> Vec<Block> {
         let mut blocks: Vec<Block> = self
             .entries
             .iter()
@@ -251,15 +252,15 @@ impl Guard {
 }
 
 /// The guard as the listener, the D-Bus interface and the event loop share it.
-pub type Shared = Arc<Mutex<Guard>>;
+pub(crate) type Shared = Arc<Mutex<Guard>>;
 
-pub fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Guard> {
+pub(crate) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Guard> {
     shared
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -284,7 +285,7 @@ struct PolicyRequest {
 /// body. Returns the HTTP status and the JSON answer (`status` -1 refuses, 0
 /// allows). Anything malformed gets a 400, which dovecot treats as "allow"
 /// (auth_policy_reject_on_fail = no): a broken guard never locks everyone out.
-pub fn respond(
+pub(crate) fn respond(
     guard: &mut Guard,
     method: &Method,
     query: Option<&str>,
@@ -337,7 +338,7 @@ pub fn respond(
 }
 
 /// Serves dovecot's auth policy requests on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, guard: Shared) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, guard: Shared) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(5))
@@ -450,7 +451,7 @@ fn proc_net_address(address: SocketAddr) -> String {
 }
 
 /// Binds the policy listener (loopback only: the configuration refuses anything else).
-pub fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = std::net::TcpListener::bind(address)?;
     socket.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(socket)

@@ -10,7 +10,7 @@ use rand::RngCore;
 /// The schemes postmaster writes or accepts. Each is verified against dovecot's own
 /// `doveadm pw -t` in the integration tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Scheme {
+pub(crate) enum Scheme {
     Sha512Crypt,
     Sha256Crypt,
     BlfCrypt,
@@ -21,7 +21,7 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    pub const ALL: [Scheme; 6] = [
+    pub(crate) const ALL: [Scheme; 6] = [
         Scheme::Sha512Crypt,
         Scheme::Sha256Crypt,
         Scheme::BlfCrypt,
@@ -31,7 +31,7 @@ impl Scheme {
     ];
 
     /// The name between braces, as dovecot spells it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scheme::Sha512Crypt => "SHA512-CRYPT",
             Scheme::Sha256Crypt => "SHA256-CRYPT",
@@ -42,14 +42,14 @@ impl Scheme {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Scheme> {
+    pub(crate) fn from_name(name: &str) -> Option<Scheme> {
         Scheme::ALL
             .into_iter()
             .find(|s| s.name().eq_ignore_ascii_case(name))
     }
 
     /// The shape the text after the braces must have.
-    fn check_shape(self, hash: &str) -> Result<(), String> {
+    fn check_shape(self, hash: &str) -> Result<(), MisshapenHash> {
         let crypt64 = |s: &str| {
             s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
@@ -105,22 +105,26 @@ impl Scheme {
             }
             Scheme::Plain => !hash.contains([':', '\n', '\r']),
         };
-        if ok {
-            Ok(())
-        } else {
-            Err(match self {
-                Scheme::Sha512Crypt => "expected $6$salt$hash".to_string(),
-                Scheme::Sha256Crypt => "expected $5$salt$hash".to_string(),
-                Scheme::BlfCrypt => "expected $2y$NN$ followed by 53 characters".to_string(),
-                Scheme::Argon2id => "expected $argon2id$v=19$m=…,t=…,p=…$salt$hash".to_string(),
-                Scheme::Argon2i => "expected $argon2i$v=19$m=…,t=…,p=…$salt$hash".to_string(),
-                Scheme::Plain => {
-                    "a {PLAIN} password may not contain `:` or line breaks".to_string()
-                }
-            })
+        if ok { Ok(()) } else { Err(MisshapenHash(self)) }
+    }
+
+    /// The shape [`Scheme::check_shape`] wants, as the refusal shows it.
+    fn expected_shape(self) -> &'static str {
+        match self {
+            Scheme::Sha512Crypt => "expected $6$salt$hash",
+            Scheme::Sha256Crypt => "expected $5$salt$hash",
+            Scheme::BlfCrypt => "expected $2y$NN$ followed by 53 characters",
+            Scheme::Argon2id => "expected $argon2id$v=19$m=…,t=…,p=…$salt$hash",
+            Scheme::Argon2i => "expected $argon2i$v=19$m=…,t=…,p=…$salt$hash",
+            Scheme::Plain => "a {PLAIN} password may not contain `:` or line breaks",
         }
     }
 }
+
+/// A hash whose text after `{SCHEME}` does not have the scheme's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this is not a valid {{{scheme}}} hash ({expected})", scheme = .0, expected = .0.expected_shape())]
+struct MisshapenHash(Scheme);
 
 impl fmt::Display for Scheme {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -130,10 +134,10 @@ impl fmt::Display for Scheme {
 
 /// A password hash with its scheme, as written into dovecot's passwd-file.
 #[derive(Clone, PartialEq, Eq)]
-pub struct PasswordHash {
-    pub scheme: Scheme,
+pub(crate) struct PasswordHash {
+    pub(crate) scheme: Scheme,
     /// The whole `{SCHEME}…` string.
-    pub text: String,
+    pub(crate) text: String,
 }
 
 // Debug never prints the hash (nor a test's {PLAIN} password).
@@ -145,16 +149,16 @@ impl fmt::Debug for PasswordHash {
 
 /// Why a password value was refused: what is wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    pub message: String,
-    pub hint: String,
+pub(crate) struct Refused {
+    pub(crate) message: String,
+    pub(crate) hint: String,
 }
 
 const HOW_TO_HASH: &str =
     "hash the password with `postmaster hash-password` and paste the line it prints";
 
 /// Parses a `{SCHEME}hash` value.
-pub fn parse(value: &str) -> Result<PasswordHash, Refused> {
+pub(crate) fn parse(value: &str) -> Result<PasswordHash, Refused> {
     let Some(rest) = value.strip_prefix('{') else {
         let looks_hashed = value.starts_with('$');
         return Err(Refused {
@@ -197,8 +201,8 @@ pub fn parse(value: &str) -> Result<PasswordHash, Refused> {
             hint: HOW_TO_HASH.into(),
         });
     }
-    scheme.check_shape(hash).map_err(|expected| Refused {
-        message: format!("this is not a valid {{{scheme}}} hash ({expected})"),
+    scheme.check_shape(hash).map_err(|misshapen| Refused {
+        message: misshapen.to_string(),
         hint: HOW_TO_HASH.into(),
     })?;
     Ok(PasswordHash {
@@ -210,7 +214,7 @@ pub fn parse(value: &str) -> Result<PasswordHash, Refused> {
 
 /// Errors from hashing a password.
 #[derive(Debug, thiserror::Error)]
-pub enum HashError {
+pub(crate) enum HashError {
     #[error("the password is empty")]
     Empty,
     #[error("the password contains a line break or NUL byte")]
@@ -227,7 +231,7 @@ const SHA_CRYPT_ROUNDS: u32 = 5_000;
 const BCRYPT_COST: u32 = 10;
 
 /// Hashes a password with a fresh random salt; returns the `{SCHEME}…` text.
-pub fn hash(scheme: Scheme, password: &str) -> Result<String, HashError> {
+pub(crate) fn hash(scheme: Scheme, password: &str) -> Result<String, HashError> {
     if password.is_empty() {
         return Err(HashError::Empty);
     }
@@ -280,6 +284,26 @@ pub fn hash(scheme: Scheme, password: &str) -> Result<String, HashError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misshapen_hash_says_which_shape_its_scheme_wants() {
+        assert_eq!(
+            MisshapenHash(Scheme::Sha512Crypt).to_string(),
+            "this is not a valid {SHA512-CRYPT} hash (expected $6$salt$hash)"
+        );
+        assert_eq!(
+            MisshapenHash(Scheme::BlfCrypt).to_string(),
+            "this is not a valid {BLF-CRYPT} hash (expected $2y$NN$ followed by 53 characters)"
+        );
+        assert_eq!(
+            MisshapenHash(Scheme::Plain).to_string(),
+            "this is not a valid {PLAIN} hash (a {PLAIN} password may not contain `:` or line breaks)"
+        );
+        assert_eq!(
+            Scheme::Argon2id.check_shape("$argon2i$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA"),
+            Err(MisshapenHash(Scheme::Argon2id))
+        );
+    }
 
     #[test]
     fn made_hashes_parse_back_with_their_scheme() {

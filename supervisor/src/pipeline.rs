@@ -21,15 +21,15 @@ use crate::tomlwalk;
 
 /// The validated configuration together with what this host offers.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Resolved {
-    pub config: Config,
+pub(crate) struct Resolved {
+    pub(crate) config: Config,
     /// The postfix lookup table type the maps are compiled to.
-    pub map_type: MapType,
+    pub(crate) map_type: MapType,
 }
 
 impl Resolved {
     /// Probes the host (`postconf -m`) for what the configuration leaves open.
-    pub fn probe(config: Config) -> Resolved {
+    pub(crate) fn probe(config: Config) -> Resolved {
         let map_type = config.postfix.map_type.unwrap_or_else(offered_map_type);
         Resolved { config, map_type }
     }
@@ -56,7 +56,7 @@ fn map_type_from_postconf(listed: &str) -> MapType {
 }
 
 /// Reads the accounts file (`file:line:column` diagnostics when it is wrong).
-pub fn read_accounts(config: &Config) -> Result<Vec<u8>, Invalid> {
+pub(crate) fn read_accounts(config: &Config) -> Result<Vec<u8>, Invalid> {
     let path = &config.accounts_file;
     std::fs::read(path).map_err(|e| {
         Invalid(vec![crate::diag::whole_file(
@@ -68,20 +68,27 @@ pub fn read_accounts(config: &Config) -> Result<Vec<u8>, Invalid> {
 }
 
 /// Validates the accounts file's bytes against the configuration.
-pub fn parse_accounts(config: &Config, path: &Path, bytes: Vec<u8>) -> Result<Accounts, Invalid> {
+pub(crate) fn parse_accounts(
+    config: &Config,
+    path: &Path,
+    bytes: Vec<u8>,
+) -> Result<Accounts, Invalid> {
     let source = tomlwalk::decode(path, bytes).map_err(|d| Invalid(vec![d]))?;
     accounts::parse(&source, &config.accounts_policy())
 }
 
 /// Reads and validates the accounts file.
-pub fn load_accounts(config: &Config) -> Result<Accounts, Invalid> {
+pub(crate) fn load_accounts(config: &Config) -> Result<Accounts, Invalid> {
     parse_accounts(config, &config.accounts_file, read_accounts(config)?)
 }
 
 /// Renders `accounts` and writes the generated files (maps compiled, passwd-file
 /// readable by dovecot), in the order that never lets a login or a delivery see a
 /// half-applied state (see [`render::in_safe_order`]).
-pub fn apply_accounts(resolved: &Resolved, accounts: &Accounts) -> Result<Report, ApplyError> {
+pub(crate) fn apply_accounts(
+    resolved: &Resolved,
+    accounts: &Accounts,
+) -> Result<Report, ApplyError> {
     let config = &resolved.config;
     let previous =
         std::fs::read_to_string(config.generated_dir.join(render::paths::PASSWD_FILE)).ok();
@@ -100,19 +107,19 @@ pub fn apply_accounts(resolved: &Resolved, accounts: &Accounts) -> Result<Report
 
 /// What one pass over the DKIM keys did.
 #[derive(Debug, Default)]
-pub struct DkimReport {
+pub(crate) struct DkimReport {
     /// One line per key made or switched to.
-    pub done: Vec<String>,
+    pub(crate) done: Vec<String>,
     /// rspamd's table of keys changed: rspamd must reload to sign with it.
-    pub table_changed: bool,
-    pub state: dkim::State,
+    pub(crate) table_changed: bool,
+    pub(crate) state: dkim::State,
 }
 
 /// The one way to the DKIM keys, for `postmaster apply` and the daemon: makes the
 /// keys the domains lack, switches to a pending key once DNS shows it (`seen`, by
 /// record name), carries out `extra` steps (a rotation asked for), and writes
 /// rspamd's table. With DKIM off, nothing happens.
-pub fn apply_dkim(
+pub(crate) fn apply_dkim(
     config: &Config,
     seen: &BTreeMap<String, dkim::Seen>,
     extra: &[dkim::Step],
@@ -210,7 +217,11 @@ mod tests {
             activate: false,
         }];
         let rotated = apply_dkim(&config, &BTreeMap::new(), &rotate).unwrap();
-        let pending = rotated.state.pending("example.org").unwrap().clone();
+        let pending = rotated
+            .state
+            .pending_of("example.org", crate::dkim::Algorithm::Rsa2048)
+            .unwrap()
+            .clone();
         assert!(!rotated.table_changed);
         assert_eq!(
             rotated.state.active("example.org").unwrap().selector,

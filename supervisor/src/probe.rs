@@ -33,19 +33,6 @@ pub enum StartTls {
     Pop3,
 }
 
-impl StartTls {
-    /// The usual mode of the standard mail ports; `None` for others.
-    pub fn for_port(port: u16) -> Option<StartTls> {
-        match port {
-            465 | 993 | 995 => Some(StartTls::Implicit),
-            25 | 587 => Some(StartTls::Smtp),
-            143 => Some(StartTls::Imap),
-            110 => Some(StartTls::Pop3),
-            _ => None,
-        }
-    }
-}
-
 /// Which step of a probe failed, said so that the journal line alone is enough.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProbeError {
@@ -257,8 +244,7 @@ async fn handshake(
         stream,
         buf: Vec::new(),
     };
-    // Each read failure is reported as the step's failure ("no 220 greeting from …:
-    // the server closed the connection"): that is what the admin needs to know.
+    // Each read failure is reported as the step's failure (see `NoReply`).
     let greeting = |expected: &'static str| {
         move |got| ProbeError::Greeting {
             addr,
@@ -271,7 +257,11 @@ async fn handshake(
         StartTls::Implicit => {}
         StartTls::Smtp => {
             at(STEP_GREETING);
-            match plain.smtp_reply().await.map_err(greeting("220"))? {
+            match plain
+                .smtp_reply()
+                .await
+                .map_err(|e| greeting("220")(e.to_string()))?
+            {
                 (220, _) => {}
                 (_, text) => return Err(greeting("220")(text)),
             }
@@ -281,18 +271,29 @@ async fn handshake(
                 .await?;
             match plain.smtp_reply().await {
                 Ok((250, _)) => {}
-                Ok((_, reply)) | Err(reply) => return Err(ProbeError::EhloRefused { addr, reply }),
+                Ok((_, reply)) => return Err(ProbeError::EhloRefused { addr, reply }),
+                Err(e) => {
+                    let reply = e.to_string();
+                    return Err(ProbeError::EhloRefused { addr, reply });
+                }
             }
             at(STEP_STARTTLS);
             plain.send(b"STARTTLS\r\n", "sending STARTTLS").await?;
-            match plain.smtp_reply().await.map_err(refused)? {
+            match plain
+                .smtp_reply()
+                .await
+                .map_err(|e| refused(e.to_string()))?
+            {
                 (220, _) => {}
                 (_, reply) => return Err(refused(reply)),
             }
         }
         StartTls::Imap => {
             at(STEP_GREETING);
-            let line = plain.line().await.map_err(greeting("* OK"))?;
+            let line = plain
+                .line()
+                .await
+                .map_err(|e| greeting("* OK")(e.to_string()))?;
             if !starts_with_ignore_case(&line, "* OK") {
                 return Err(greeting("* OK")(shown(line)));
             }
@@ -300,7 +301,7 @@ async fn handshake(
             plain.send(b"a STARTTLS\r\n", "sending STARTTLS").await?;
             // Untagged lines (a CAPABILITY, say) may come before the tagged answer.
             let reply = loop {
-                let line = plain.line().await.map_err(refused)?;
+                let line = plain.line().await.map_err(|e| refused(e.to_string()))?;
                 if starts_with_ignore_case(&line, "a ") {
                     break line;
                 }
@@ -311,13 +312,16 @@ async fn handshake(
         }
         StartTls::Pop3 => {
             at(STEP_GREETING);
-            let line = plain.line().await.map_err(greeting("+OK"))?;
+            let line = plain
+                .line()
+                .await
+                .map_err(|e| greeting("+OK")(e.to_string()))?;
             if !line.starts_with("+OK") {
                 return Err(greeting("+OK")(shown(line)));
             }
             at(STEP_STARTTLS);
             plain.send(b"STLS\r\n", "sending STLS").await?;
-            let reply = plain.line().await.map_err(refused)?;
+            let reply = plain.line().await.map_err(|e| refused(e.to_string()))?;
             if !reply.starts_with("+OK") {
                 return Err(refused(shown(reply)));
             }
@@ -368,8 +372,8 @@ impl Plain {
             })
     }
 
-    /// One line without its line end. `Err` says why there is none.
-    async fn line(&mut self) -> Result<String, String> {
+    /// One line without its line end.
+    async fn line(&mut self) -> Result<String, NoReply> {
         loop {
             if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=end).collect();
@@ -377,25 +381,25 @@ impl Plain {
                 return Ok(text.trim_end_matches(['\r', '\n']).to_string());
             }
             if self.buf.len() > MAX_LINE {
-                return Err(format!("a line longer than {MAX_LINE} bytes"));
+                return Err(NoReply::LineTooLong);
             }
             let mut chunk = [0u8; 1024];
             match self.stream.read(&mut chunk).await {
-                Ok(0) => return Err("the server closed the connection".to_string()),
+                Ok(0) => return Err(NoReply::Closed),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(NoReply::Read(e)),
             }
         }
     }
 
     /// A whole SMTP reply, continuation lines (`250-`) included: its code and its
-    /// lines joined. `Err` says what came instead of a reply.
-    async fn smtp_reply(&mut self) -> Result<(u16, String), String> {
+    /// lines joined.
+    async fn smtp_reply(&mut self) -> Result<(u16, String), NoReply> {
         let mut lines = Vec::new();
         loop {
             let line = self.line().await?;
             let Some((code, last)) = smtp_reply_line(&line) else {
-                return Err(shown(line));
+                return Err(NoReply::NotSmtp(shown(line)));
             };
             lines.push(line);
             if last {
@@ -403,6 +407,22 @@ impl Plain {
             }
         }
     }
+}
+
+/// Why no line, or no SMTP reply, came where one was due. The step's error carries
+/// this text ("no 220 greeting from …: the server closed the connection"): that is
+/// what the admin needs to know.
+#[derive(Debug, thiserror::Error)]
+enum NoReply {
+    #[error("a line longer than {MAX_LINE} bytes")]
+    LineTooLong,
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("{0}")]
+    Read(std::io::Error),
+    /// What came instead of an SMTP reply line, made fit for the journal by [`shown`].
+    #[error("{0}")]
+    NotSmtp(String),
 }
 
 /// `250-text` is (250, more follows), `250 text` and `250` are (250, last).
@@ -716,15 +736,23 @@ mod tests {
     const T: Duration = Duration::from_secs(5);
 
     #[test]
-    fn standard_ports() {
-        assert_eq!(StartTls::for_port(25), Some(StartTls::Smtp));
-        assert_eq!(StartTls::for_port(587), Some(StartTls::Smtp));
-        assert_eq!(StartTls::for_port(465), Some(StartTls::Implicit));
-        assert_eq!(StartTls::for_port(993), Some(StartTls::Implicit));
-        assert_eq!(StartTls::for_port(995), Some(StartTls::Implicit));
-        assert_eq!(StartTls::for_port(143), Some(StartTls::Imap));
-        assert_eq!(StartTls::for_port(110), Some(StartTls::Pop3));
-        assert_eq!(StartTls::for_port(443), None);
+    fn no_reply_says_what_came_instead() {
+        assert_eq!(
+            NoReply::LineTooLong.to_string(),
+            "a line longer than 4096 bytes"
+        );
+        assert_eq!(
+            NoReply::Closed.to_string(),
+            "the server closed the connection"
+        );
+        assert_eq!(
+            NoReply::Read(std::io::Error::from(std::io::ErrorKind::ConnectionReset)).to_string(),
+            "connection reset"
+        );
+        assert_eq!(
+            NoReply::NotSmtp(shown("* OK IMAP".into())).to_string(),
+            "* OK IMAP"
+        );
     }
 
     #[test]

@@ -72,8 +72,21 @@ pub(crate) enum Action {
 pub(crate) enum Observation {
     Reloaded(ReloadResult),
     Running(bool),
-    Republished(Result<(), String>),
+    Republished(Result<(), RepublishError>),
     Served(Result<(), Vec<PortFailure>>),
+}
+
+/// Why the table postfix's smtpd processes have open was not republished (postfix
+/// is reloaded instead). The sequence only needs to know that it failed; the
+/// journal needs what failed and where, kept as the text that says so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RepublishError {
+    /// Writing or compiling the fresh copy failed: apply's text, naming the file.
+    #[error("{0}")]
+    Table(String),
+    /// The blocking task that republishes panicked or was cancelled.
+    #[error("republishing stopped before it finished: {0}")]
+    Interrupted(String),
 }
 
 /// How a reload went.
@@ -272,7 +285,7 @@ pub(crate) trait Host {
     async fn reload(&mut self, server: Server) -> ReloadResult;
     async fn is_running(&mut self, server: Server) -> bool;
     /// Republishes the table postfix's smtpd processes have open.
-    async fn republish(&mut self) -> Result<(), String>;
+    async fn republish(&mut self) -> Result<(), RepublishError>;
     /// Waits until every port of `server` serves the certificate being installed.
     async fn await_served(
         &mut self,
@@ -310,7 +323,7 @@ mod tests {
         dovecot_reload: Vec<ReloadResult>,
         postfix_reload: Vec<ReloadResult>,
         postfix_running: bool,
-        republish: Option<Result<(), String>>,
+        republish: Option<Result<(), RepublishError>>,
         /// Answers to await_served, in order.
         served: Vec<Result<(), Vec<PortFailure>>>,
         asked: Vec<Action>,
@@ -343,7 +356,7 @@ mod tests {
             );
             self.postfix_running
         }
-        async fn republish(&mut self) -> Result<(), String> {
+        async fn republish(&mut self) -> Result<(), RepublishError> {
             self.asked.push(Action::Republish);
             self.republish.take().expect("an unscripted republish")
         }
@@ -425,12 +438,28 @@ mod tests {
     }
 
     #[test]
+    fn republish_errors_say_what_failed() {
+        assert_eq!(
+            RepublishError::Table("postmap could not compile /x/sender_login: exit 1".into())
+                .to_string(),
+            "postmap could not compile /x/sender_login: exit 1"
+        );
+        assert_eq!(
+            RepublishError::Interrupted("task 7 panicked".into()).to_string(),
+            "republishing stopped before it finished: task 7 panicked"
+        );
+    }
+
+    #[test]
     fn a_table_that_cannot_be_republished_reloads_postfix_at_once() {
         let mut host = FakeHost {
             dovecot_reload: vec![ReloadResult::Done],
             postfix_reload: vec![ReloadResult::Done],
             postfix_running: true,
-            republish: Some(Err("postmap: No space left on device".into())),
+            republish: Some(Err(RepublishError::Table(
+                "postmap could not compile /var/lib/postmaster/sender_login: No space left on device"
+                    .into(),
+            ))),
             served: vec![Ok(()), Ok(())],
             ..FakeHost::default()
         };

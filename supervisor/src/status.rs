@@ -6,52 +6,52 @@ use serde::{Deserialize, Serialize};
 use crate::systemd::UnitState;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    pub host_name: String,
-    pub domains: Vec<String>,
-    pub accounts: AccountsStatus,
-    pub certificate: CertificateStatus,
+pub(crate) struct Status {
+    pub(crate) host_name: String,
+    pub(crate) domains: Vec<String>,
+    pub(crate) accounts: AccountsStatus,
+    pub(crate) certificate: CertificateStatus,
     /// The last time postfix and dovecot were reloaded, and how it went.
-    pub last_reload: Option<Event>,
+    pub(crate) last_reload: Option<Event>,
     /// Certificate renewal over ACME, when that is the certificate's source.
-    pub acme: Option<AcmeStatus>,
-    pub units: Vec<UnitState>,
+    pub(crate) acme: Option<AcmeStatus>,
+    pub(crate) units: Vec<UnitState>,
     /// DKIM signing, when it is on.
     #[serde(default)]
-    pub dkim: Option<DkimStatus>,
+    pub(crate) dkim: Option<DkimStatus>,
     /// The checks of mail arriving on port 25, when they are on.
     #[serde(default)]
-    pub inbound: Option<InboundStatus>,
+    pub(crate) inbound: Option<InboundStatus>,
     /// Password guessing: the limits and the addresses blocked now.
     #[serde(default)]
-    pub logins: Option<LoginsStatus>,
+    pub(crate) logins: Option<LoginsStatus>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoginsStatus {
-    pub block_after_failures: u32,
-    pub failure_window_seconds: u64,
-    pub block_seconds: u64,
+pub(crate) struct LoginsStatus {
+    pub(crate) block_after_failures: u32,
+    pub(crate) failure_window_seconds: u64,
+    pub(crate) block_seconds: u64,
     /// Where dovecot's auth asks (its auth_policy_server_url).
-    pub policy_address: String,
+    pub(crate) policy_address: String,
     /// Why the daemon cannot answer dovecot there (logins are then not limited).
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Filled in at each Status call (blocks change between applies).
-    pub blocked: Vec<crate::logins::Block>,
+    pub(crate) blocked: Vec<crate::logins::Block>,
 }
 
 /// Which units the checks of port 25 depend on; their state is in `units`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InboundStatus {
+pub(crate) struct InboundStatus {
     /// rspamd: while it does not run, mail on 25 is deferred (4xx).
-    pub checker_unit: String,
+    pub(crate) checker_unit: String,
     /// valkey, while learning is on: while it does not run, mail still flows, but
     /// rspamd's Bayes filter neither classifies nor learns.
-    pub bayes_unit: Option<String>,
+    pub(crate) bayes_unit: Option<String>,
     /// The local resolver the checks ask (unbound), with `[inbound] resolver =
     /// "local"`: while it does not run, the checks cannot look anything up and
     /// mail on 25 is deferred.
-    pub resolver_unit: Option<String>,
+    pub(crate) resolver_unit: Option<String>,
 }
 
 /// Whether a unit is running, as far as is known ("unknown": not asked yet).
@@ -60,102 +60,102 @@ fn running(u: &UnitState) -> bool {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DkimStatus {
+pub(crate) struct DkimStatus {
     /// The unit that signs (rspamd): while it does not run, submitted mail is
     /// refused with a temporary error.
-    pub signer_unit: String,
-    pub domains: Vec<DkimDomainStatus>,
+    pub(crate) signer_unit: String,
+    pub(crate) domains: Vec<DkimDomainStatus>,
     /// Why keys or rspamd's table could not be made or changed, if so.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// When DNS was last asked about the selectors (RFC 3339).
-    pub last_dns_check: Option<String>,
+    pub(crate) last_dns_check: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DkimDomainStatus {
-    pub domain: String,
+pub(crate) struct DkimDomainStatus {
+    pub(crate) domain: String,
     /// Every key whose record should be published, the one in use first.
-    pub keys: Vec<DkimKeyStatus>,
+    pub(crate) keys: Vec<DkimKeyStatus>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DkimKeyStatus {
-    pub selector: String,
+pub(crate) struct DkimKeyStatus {
+    pub(crate) selector: String,
     /// RFC 3339.
-    pub created: String,
+    pub(crate) created: String,
     /// "in use since …", "waiting for its DNS record …", "replaced; keep published until …".
-    pub phase: String,
-    pub in_use: bool,
+    pub(crate) phase: String,
+    pub(crate) in_use: bool,
     /// What DNS said: "present", "missing", "different: …", "unknown: …", or
     /// "not checked yet".
-    pub record: String,
+    pub(crate) record: String,
 }
 
 impl DkimKeyStatus {
     /// A key in use whose record is missing or wrong: mail signed with it fails
     /// DKIM at the receiver.
-    pub fn broken(&self) -> bool {
+    pub(crate) fn broken(&self) -> bool {
         self.in_use && (self.record == "missing" || self.record.starts_with("different"))
     }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccountsStatus {
-    pub file: String,
+pub(crate) struct AccountsStatus {
+    pub(crate) file: String,
     /// Counts of what is being served (the last good accounts file).
-    pub mailboxes: usize,
-    pub alias_addresses: usize,
-    pub catch_alls: usize,
+    pub(crate) mailboxes: usize,
+    pub(crate) alias_addresses: usize,
+    pub(crate) catch_alls: usize,
     /// When the served accounts were last applied.
-    pub applied: Option<Event>,
+    pub(crate) applied: Option<Event>,
     /// Why the file as it is now is not being served (every problem), if it is not.
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertificateStatus {
+pub(crate) struct CertificateStatus {
     /// "acme" or "files".
-    pub source: String,
+    pub(crate) source: String,
     /// The certificate being served.
-    pub subject: String,
-    pub names: Vec<String>,
+    pub(crate) subject: String,
+    pub(crate) names: Vec<String>,
     /// RFC 3339, UTC.
-    pub not_after: String,
-    pub days_left: i64,
-    pub fingerprint: String,
-    pub installed: Option<Event>,
+    pub(crate) not_after: String,
+    pub(crate) days_left: i64,
+    pub(crate) fingerprint: String,
+    pub(crate) installed: Option<Event>,
     /// What the served-certificate check after the last install found.
-    pub verified: Option<Event>,
+    pub(crate) verified: Option<Event>,
     /// Why the source pair as it is now is not being served, if it is not.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AcmeStatus {
-    pub directory: String,
+pub(crate) struct AcmeStatus {
+    pub(crate) directory: String,
     /// The last attempt to obtain a certificate, and how it ended.
-    pub last_attempt: Option<Event>,
+    pub(crate) last_attempt: Option<Event>,
     /// RFC 3339, UTC.
-    pub next_attempt: String,
+    pub(crate) next_attempt: String,
     /// Failed attempts in a row (the back-off grows with them).
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// The renewal window the CA suggests (ARI, RFC 9773), start and end in RFC
     /// 3339; `None` when it suggests none (renewal at two thirds of the lifetime).
     #[serde(default)]
-    pub renewal_window: Option<[String; 2]>,
+    pub(crate) renewal_window: Option<[String; 2]>,
 }
 
 /// Something that happened, when, and how it ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
+pub(crate) struct Event {
     /// RFC 3339, UTC.
-    pub at: String,
-    pub ok: bool,
-    pub detail: String,
+    pub(crate) at: String,
+    pub(crate) ok: bool,
+    pub(crate) detail: String,
 }
 
 impl Status {
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.accounts.errors.is_empty()
             && self.certificate.error.is_none()
             && self.last_reload.as_ref().is_none_or(|e| e.ok)
@@ -187,7 +187,7 @@ impl Status {
 
     /// What it means for the mail that `unit` does not run: one sentence per role
     /// it has (rspamd signs and checks); empty for units without such a role here.
-    pub fn stopped(&self, unit: &UnitState) -> Vec<&'static str> {
+    pub(crate) fn stopped(&self, unit: &UnitState) -> Vec<&'static str> {
         let mut what = Vec::new();
         if let Some(i) = &self.inbound {
             if i.checker_unit == unit.name {
@@ -211,7 +211,7 @@ impl Status {
     }
 
     /// The one line systemd shows (`systemctl status postmaster`).
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut line = format!(
             "serving {} mailbox{} for {}",
             self.accounts.mailboxes,
@@ -287,7 +287,7 @@ impl Status {
     }
 
     /// What `postmaster status` prints.
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         let mut out = String::new();
         let mut line = |s: String| {
             out.push_str(&s);

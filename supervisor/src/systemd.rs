@@ -45,7 +45,7 @@ trait Service {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SystemdError {
+pub(crate) enum SystemdError {
     #[error("D-Bus: {0}")]
     Bus(#[from] zbus::Error),
     #[error("reloading {unit} ended with result `{result}`")]
@@ -56,22 +56,22 @@ pub enum SystemdError {
 
 /// A unit's state as systemd reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UnitState {
-    pub name: String,
+pub(crate) struct UnitState {
+    pub(crate) name: String,
     /// `active`, `inactive`, `failed`, `reloading`, … or `unknown` when not loaded.
-    pub active_state: String,
+    pub(crate) active_state: String,
     /// 0 when the unit has no main process.
-    pub main_pid: u32,
+    pub(crate) main_pid: u32,
 }
 
 #[derive(Clone)]
-pub struct Systemd {
+pub(crate) struct Systemd {
     connection: zbus::Connection,
     manager: ManagerProxy<'static>,
 }
 
 impl Systemd {
-    pub async fn new(connection: zbus::Connection) -> zbus::Result<Systemd> {
+    pub(crate) async fn new(connection: zbus::Connection) -> zbus::Result<Systemd> {
         let manager = ManagerProxy::new(&connection).await?;
         // Without Subscribe systemd does not send JobRemoved to us.
         manager.subscribe().await?;
@@ -81,7 +81,7 @@ impl Systemd {
         })
     }
 
-    pub async fn unit_state(&self, name: &str) -> UnitState {
+    pub(crate) async fn unit_state(&self, name: &str) -> UnitState {
         let unknown = || UnitState {
             name: name.to_string(),
             active_state: "unknown".into(),
@@ -118,7 +118,7 @@ impl Systemd {
 
     /// Reloads `unit` and waits for the job to finish. The JobRemoved stream is
     /// opened before the call, or a fast job could finish before we listen.
-    pub async fn reload(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
+    pub(crate) async fn reload(&self, unit: &str, timeout: Duration) -> Result<(), SystemdError> {
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
             .sender("org.freedesktop.systemd1")

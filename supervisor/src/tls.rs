@@ -26,8 +26,8 @@ use x509_parser::time::ASN1Time;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     /// The leaf's subject DN (may be empty: CAs are dropping the CN).
-    pub subject: String,
-    pub issuer: String,
+    pub(crate) subject: String,
+    pub(crate) issuer: String,
     /// The DNS names clients may check against: the DNS SANs, or the CN when the
     /// certificate has no DNS SAN at all.
     pub names: Vec<String>,
@@ -44,14 +44,6 @@ impl CertInfo {
     /// Whole days until `not_after`, rounded down; negative once expired.
     pub fn days_left(&self, now: SystemTime) -> i64 {
         (unix_seconds(self.not_after) - unix_seconds(now)).div_euclid(86_400)
-    }
-
-    /// How long the certificate is valid in all: renewal is scheduled relative to it
-    /// (a 6-day certificate cannot wait until 30 days before its end).
-    pub fn lifetime(&self) -> Duration {
-        self.not_after
-            .duration_since(self.not_before)
-            .unwrap_or(Duration::ZERO)
     }
 }
 
@@ -130,7 +122,7 @@ pub enum PairProblem {
 impl PairProblem {
     /// True when the files may just be mid-write (see the "halfway" texts): the caller
     /// should re-check after a short pause before reporting the problem loudly.
-    pub fn may_be_in_progress(&self) -> bool {
+    pub(crate) fn may_be_in_progress(&self) -> bool {
         matches!(
             self,
             PairProblem::ChainFileEmpty
@@ -294,7 +286,7 @@ pub fn validate_pair(
 }
 
 /// SHA-256 of a certificate's DER, lowercase hex without separators.
-pub fn leaf_fingerprint_of_der(der: &[u8]) -> String {
+pub(crate) fn leaf_fingerprint_of_der(der: &[u8]) -> String {
     let digest = Sha256::digest(der);
     let mut hex = String::with_capacity(64);
     for byte in digest.iter() {
@@ -343,7 +335,7 @@ pub fn self_signed_placeholder(names: &[String], now: SystemTime) -> (String, St
 
 /// `2026-01-02 03:04:05 UTC`: how times appear in problems and status.
 /// RFC 3339 in UTC to the second, for machine-read output (status JSON).
-pub fn format_rfc3339(t: SystemTime) -> String {
+pub(crate) fn format_rfc3339(t: SystemTime) -> String {
     let secs = unix_seconds(t);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
@@ -876,7 +868,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         assert_eq!(info.not_before, at(NOW - DAY));
         assert_eq!(info.not_after, at(NOW + 89 * DAY));
         assert_eq!(info.chain_len, 2);
-        assert_eq!(info.lifetime(), Duration::from_secs(90 * DAY));
+        assert_eq!(
+            info.not_after.duration_since(info.not_before).unwrap(),
+            Duration::from_secs(90 * DAY)
+        );
         assert_eq!(info.days_left(now()), 89);
         let leaf_der = CertificateDer::from_pem_slice(chain.as_bytes()).unwrap();
         assert_eq!(info.sha256_fingerprint, leaf_fingerprint_of_der(&leaf_der));
@@ -1191,7 +1186,13 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
             not_after: at(NOW),
             ..info
         };
-        assert_eq!(backwards.lifetime(), Duration::ZERO);
+        assert_eq!(
+            backwards
+                .not_after
+                .duration_since(backwards.not_before)
+                .unwrap_or_default(),
+            Duration::ZERO
+        );
     }
 
     #[test]
@@ -1332,7 +1333,10 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
         assert_eq!(info.names, wanted);
         assert_eq!(info.chain_len, 1);
         assert_eq!(info.not_before, at(NOW - 3600));
-        assert_eq!(info.lifetime(), Duration::from_secs(90 * DAY));
+        assert_eq!(
+            info.not_after.duration_since(info.not_before).unwrap(),
+            Duration::from_secs(90 * DAY)
+        );
         assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
     }
 

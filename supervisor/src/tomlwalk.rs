@@ -11,11 +11,11 @@ use toml::de::{DeTable, DeValue};
 
 use crate::diag::{Diagnostic, Diagnostics, Source};
 
-pub type Table<'i> = DeTable<'i>;
-pub type Value<'i> = Spanned<DeValue<'i>>;
+pub(crate) type Table<'i> = DeTable<'i>;
+pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 
 /// Turns a file's bytes into text, refusing what is not a text file at all.
-pub fn decode(path: &Path, bytes: Vec<u8>) -> Result<Source, Diagnostic> {
+pub(crate) fn decode(path: &Path, bytes: Vec<u8>) -> Result<Source, Diagnostic> {
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
@@ -48,7 +48,7 @@ pub fn decode(path: &Path, bytes: Vec<u8>) -> Result<Source, Diagnostic> {
 
 /// Parses the source, reporting every syntax error the parser could recover from.
 /// Returns `None` when there were syntax errors: what follows them is not trustworthy.
-pub fn parse<'s>(source: &'s Source, d: &mut Diagnostics<'_>) -> Option<Spanned<Table<'s>>> {
+pub(crate) fn parse<'s>(source: &'s Source, d: &mut Diagnostics<'_>) -> Option<Spanned<Table<'s>>> {
     let (table, errors) = DeTable::parse_recoverable(&source.text);
     for e in &errors {
         let span = e.span().unwrap_or(0..0);
@@ -62,7 +62,12 @@ pub fn parse<'s>(source: &'s Source, d: &mut Diagnostics<'_>) -> Option<Spanned<
 }
 
 /// Reports every key of `table` that is not in `known`.
-pub fn check_keys(d: &mut Diagnostics<'_>, table: &Table<'_>, known: &[&str], context: &str) {
+pub(crate) fn check_keys(
+    d: &mut Diagnostics<'_>,
+    table: &Table<'_>,
+    known: &[&str],
+    context: &str,
+) {
     for (key, _) in table.iter() {
         if !known.contains(&key.get_ref().as_ref()) {
             let hint = match closest(key.get_ref(), known) {
@@ -79,7 +84,10 @@ pub fn check_keys(d: &mut Diagnostics<'_>, table: &Table<'_>, known: &[&str], co
 }
 
 /// The entry for `key` with the span of its key, if present.
-pub fn get<'t, 'i>(table: &'t Table<'i>, key: &str) -> Option<(Range<usize>, &'t Value<'i>)> {
+pub(crate) fn get<'t, 'i>(
+    table: &'t Table<'i>,
+    key: &str,
+) -> Option<(Range<usize>, &'t Value<'i>)> {
     table.get_key_value(key).map(|(k, v)| (k.span(), v))
 }
 
@@ -101,7 +109,7 @@ fn article(type_str: &str) -> String {
     }
 }
 
-pub fn as_str<'v>(d: &mut Diagnostics<'_>, v: &'v Value<'_>, what: &str) -> Option<&'v str> {
+pub(crate) fn as_str<'v>(d: &mut Diagnostics<'_>, v: &'v Value<'_>, what: &str) -> Option<&'v str> {
     match v.get_ref() {
         DeValue::String(s) => Some(s.as_ref()),
         _ => {
@@ -111,7 +119,7 @@ pub fn as_str<'v>(d: &mut Diagnostics<'_>, v: &'v Value<'_>, what: &str) -> Opti
     }
 }
 
-pub fn as_bool(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<bool> {
+pub(crate) fn as_bool(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<bool> {
     match v.get_ref() {
         DeValue::Boolean(b) => Some(*b),
         _ => {
@@ -121,7 +129,7 @@ pub fn as_bool(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<boo
     }
 }
 
-pub fn as_u64(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<u64> {
+pub(crate) fn as_u64(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<u64> {
     match v.get_ref() {
         DeValue::Integer(i) => match u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
             Ok(n) => Some(n),
@@ -142,7 +150,7 @@ pub fn as_u64(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<u64>
 }
 
 /// A number, whole or not (`15`, `5.5`); finite only.
-pub fn as_f64(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<f64> {
+pub(crate) fn as_f64(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<f64> {
     let parsed = match v.get_ref() {
         DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
             .ok()
@@ -162,7 +170,7 @@ pub fn as_f64(d: &mut Diagnostics<'_>, v: &Value<'_>, what: &str) -> Option<f64>
     }
 }
 
-pub fn as_table<'v, 'i>(
+pub(crate) fn as_table<'v, 'i>(
     d: &mut Diagnostics<'_>,
     v: &'v Value<'i>,
     what: &str,
@@ -178,7 +186,7 @@ pub fn as_table<'v, 'i>(
 
 /// A string, or an array of strings; each with its own span. Used where one value
 /// is the common case and a list is allowed (alias targets, say).
-pub fn as_str_or_list<'v>(
+pub(crate) fn as_str_or_list<'v>(
     d: &mut Diagnostics<'_>,
     v: &'v Value<'_>,
     what: &str,
@@ -207,7 +215,7 @@ pub fn as_str_or_list<'v>(
 }
 
 /// An array of strings (a single string is refused: lists stay lists).
-pub fn as_str_list<'v>(
+pub(crate) fn as_str_list<'v>(
     d: &mut Diagnostics<'_>,
     v: &'v Value<'_>,
     what: &str,
@@ -221,7 +229,7 @@ pub fn as_str_list<'v>(
     }
 }
 
-pub fn key_str<'k>(key: &'k Spanned<Cow<'_, str>>) -> &'k str {
+pub(crate) fn key_str<'k>(key: &'k Spanned<Cow<'_, str>>) -> &'k str {
     key.get_ref().as_ref()
 }
 

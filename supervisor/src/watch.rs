@@ -14,19 +14,19 @@ use tokio::sync::mpsc;
 
 /// Which input an event was about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Input {
+pub(crate) enum Input {
     Accounts,
     Certificate,
 }
 
 /// An event about one input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Change {
-    pub input: Input,
+pub(crate) struct Change {
+    pub(crate) input: Input,
     /// The writer is done with the file: it was renamed into place, or a writer
     /// closed it. Other events (data written, the file renamed away or removed)
     /// say more is probably coming.
-    pub complete: bool,
+    pub(crate) complete: bool,
 }
 
 /// Whether `event` leaves `target` complete (see [`Change::complete`]).
@@ -44,7 +44,7 @@ fn completes(event: &notify::Event, target: &Path) -> bool {
     }
 }
 
-pub struct Watcher {
+pub(crate) struct Watcher {
     inner: notify::RecommendedWatcher,
     watched_dirs: BTreeSet<PathBuf>,
     targets: std::sync::Arc<std::sync::Mutex<Vec<(Input, PathBuf)>>>,
@@ -52,7 +52,7 @@ pub struct Watcher {
 
 impl Watcher {
     /// Starts watching; events arrive on the returned channel.
-    pub fn new() -> notify::Result<(Watcher, mpsc::UnboundedReceiver<Change>)> {
+    pub(crate) fn new() -> notify::Result<(Watcher, mpsc::UnboundedReceiver<Change>)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let targets: std::sync::Arc<std::sync::Mutex<Vec<(Input, PathBuf)>>> = Default::default();
         let seen = targets.clone();
@@ -108,7 +108,7 @@ impl Watcher {
 
     /// Watches `files` (re-resolving symlinks): call again after every check, as a
     /// symlink may point elsewhere now.
-    pub fn watch(&mut self, files: &[(Input, &Path)]) {
+    pub(crate) fn watch(&mut self, files: &[(Input, &Path)]) {
         let mut targets = Vec::new();
         for (input, path) in files {
             targets.push((*input, path.to_path_buf()));

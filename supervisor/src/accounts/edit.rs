@@ -16,7 +16,7 @@ use crate::diag::{Invalid, Source};
 
 /// One change the command line makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Edit {
+pub(crate) enum Edit {
     AddMailbox {
         name: String,
         password: String,
@@ -57,17 +57,17 @@ pub enum Edit {
 
 /// The edited text, what it parses to, and what was changed beyond the edit itself.
 #[derive(Debug)]
-pub struct Edited {
-    pub text: String,
-    pub accounts: Accounts,
+pub(crate) struct Edited {
+    pub(crate) text: String,
+    pub(crate) accounts: Accounts,
     /// False when the file already says what the edit asks for (nothing to write).
-    pub changed: bool,
+    pub(crate) changed: bool,
     /// References removed along the way (`mailbox remove --force`), one line each.
-    pub removed_references: Vec<String>,
+    pub(crate) removed_references: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// The file does not parse as TOML; the daemon's diagnostics say where.
     #[error("{0}")]
     Invalid(Invalid),
@@ -94,7 +94,12 @@ pub enum Refused {
 }
 
 /// The text after `edit`, validated as the daemon validates it.
-pub fn apply(path: &Path, text: &str, edit: &Edit, policy: &Policy) -> Result<Edited, Refused> {
+pub(crate) fn apply(
+    path: &Path,
+    text: &str,
+    edit: &Edit,
+    policy: &Policy,
+) -> Result<Edited, Refused> {
     // A file that is not TOML at all gets the daemon's own messages, not toml_edit's.
     let mut doc: DocumentMut = match text.parse() {
         Ok(doc) => doc,
@@ -253,13 +258,13 @@ pub fn apply(path: &Path, text: &str, edit: &Edit, policy: &Policy) -> Result<Ed
 }
 
 /// Parses `text` as the daemon does.
-pub fn validate(path: &Path, text: &str, policy: &Policy) -> Result<Accounts, Invalid> {
+pub(crate) fn validate(path: &Path, text: &str, policy: &Policy) -> Result<Accounts, Invalid> {
     super::parse(&Source::new(path, text), policy)
 }
 
 /// Why the file must not be edited here, when it is one that NixOS writes: the
 /// option to change instead.
-pub fn declared_elsewhere(path: &Path, text: &str) -> Option<String> {
+pub(crate) fn declared_elsewhere(path: &Path, text: &str) -> Option<String> {
     if path.starts_with("/nix/store") {
         return Some(format!(
             "{} is in the Nix store and cannot change; set services.postmaster.accountsFile to a file outside it (the default is /etc/postmaster/accounts.toml), or declare the accounts in services.postmaster.accounts",
@@ -278,15 +283,15 @@ pub fn declared_elsewhere(path: &Path, text: &str) -> Option<String> {
 
 /// An alias or catch-all target that delivers to a mailbox, as written in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reference {
+pub(crate) struct Reference {
     /// "aliases" or "catch_all".
-    pub table: &'static str,
-    pub key: String,
-    pub target: String,
+    pub(crate) table: &'static str,
+    pub(crate) key: String,
+    pub(crate) target: String,
 }
 
 impl Reference {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.table {
             "aliases" => format!("alias `{}` (target `{}`)", self.key, self.target),
             _ => format!("the catch-all of `{}` (target `{}`)", self.key, self.target),
@@ -296,7 +301,7 @@ impl Reference {
 
 /// Every alias and catch-all target naming mailbox `name`: `name` itself, or
 /// `name@` a hosted domain.
-pub fn references_to(doc: &DocumentMut, name: &str, policy: &Policy) -> Vec<Reference> {
+pub(crate) fn references_to(doc: &DocumentMut, name: &str, policy: &Policy) -> Vec<Reference> {
     let names_it = |t: &str| match t.split_once('@') {
         None => t == name,
         Some((local, domain)) => {
@@ -508,27 +513,27 @@ fn decor_has_comment(decor: &toml_edit::Decor) -> bool {
 
 /// What the lists show, for people and for scripts (`--json`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct MailboxEntry {
-    pub name: String,
-    pub addresses: Vec<String>,
+pub(crate) struct MailboxEntry {
+    pub(crate) name: String,
+    pub(crate) addresses: Vec<String>,
     /// In bytes.
-    pub quota: Option<u64>,
-    pub disabled: bool,
-    pub send_as: Vec<String>,
+    pub(crate) quota: Option<u64>,
+    pub(crate) disabled: bool,
+    pub(crate) send_as: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AliasEntry {
+pub(crate) struct AliasEntry {
     /// An address, or `@domain` for a catch-all.
-    pub address: String,
-    pub targets: Vec<String>,
+    pub(crate) address: String,
+    pub(crate) targets: Vec<String>,
     /// The mailboxes it finally delivers to.
-    pub mailboxes: Vec<String>,
+    pub(crate) mailboxes: Vec<String>,
     /// Whether it also forwards outside the hosted domains.
-    pub external: bool,
+    pub(crate) external: bool,
 }
 
-pub fn mailbox_list(accounts: &Accounts, policy: &Policy) -> Vec<MailboxEntry> {
+pub(crate) fn mailbox_list(accounts: &Accounts, policy: &Policy) -> Vec<MailboxEntry> {
     accounts
         .mailboxes
         .values()
@@ -553,7 +558,7 @@ pub fn mailbox_list(accounts: &Accounts, policy: &Policy) -> Vec<MailboxEntry> {
         .collect()
 }
 
-pub fn alias_list(accounts: &Accounts) -> Vec<AliasEntry> {
+pub(crate) fn alias_list(accounts: &Accounts) -> Vec<AliasEntry> {
     let entry = |address: String, targets: &[Target]| {
         let (mailboxes, external) = accounts.expand(targets);
         AliasEntry {

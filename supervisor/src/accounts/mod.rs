@@ -19,43 +19,43 @@
 //! ([`parse`]) turns the text into [`Accounts`], a value the rest of postmaster trusts:
 //! every address is valid and hosted, every alias reaches something, nothing loops.
 
-pub mod edit;
+pub(crate) mod edit;
 mod parse;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use parse::{Policy, parse};
+pub(crate) use parse::{Policy, parse};
 
 use crate::address::Address;
 use crate::password::PasswordHash;
 
 /// A validated accounts file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accounts {
+pub(crate) struct Accounts {
     /// By name; the name is the login and the local part of its addresses.
-    pub mailboxes: BTreeMap<String, Mailbox>,
+    pub(crate) mailboxes: BTreeMap<String, Mailbox>,
     /// By address: every alias is concrete here (a bare `postmaster` key has become
     /// one alias per hosted domain).
-    pub aliases: BTreeMap<Address, Vec<Target>>,
+    pub(crate) aliases: BTreeMap<Address, Vec<Target>>,
     /// By domain: where mail to an address of that domain that nothing else
     /// matches goes.
-    pub catch_all: BTreeMap<String, Vec<Target>>,
+    pub(crate) catch_all: BTreeMap<String, Vec<Target>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mailbox {
-    pub name: String,
-    pub password: PasswordHash,
+pub(crate) struct Mailbox {
+    pub(crate) name: String,
+    pub(crate) password: PasswordHash,
     /// No login (IMAP, POP3, SMTP AUTH); mail to it is still accepted and kept.
-    pub disabled: bool,
+    pub(crate) disabled: bool,
     /// Storage quota in bytes.
-    pub quota: Option<u64>,
+    pub(crate) quota: Option<u64>,
     /// Sender addresses granted beyond the mailbox's own and its sole aliases.
-    pub send_as: Vec<SendAs>,
+    pub(crate) send_as: Vec<SendAs>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SendAs {
+pub(crate) enum SendAs {
     Address(Address),
     /// Any address of the domain that no other login owns.
     Domain(String),
@@ -63,7 +63,7 @@ pub enum SendAs {
 
 /// Where an alias or catch-all delivers.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Target {
+pub(crate) enum Target {
     Mailbox(String),
     /// Another alias of a hosted domain.
     Alias(Address),
@@ -74,7 +74,7 @@ pub enum Target {
 impl Accounts {
     /// The mailboxes an alias finally delivers to, and whether it also forwards
     /// outside. Aliases are loop-free once parsed, so this terminates.
-    pub fn expand<'a>(&'a self, targets: &'a [Target]) -> (BTreeSet<&'a str>, bool) {
+    pub(crate) fn expand<'a>(&'a self, targets: &'a [Target]) -> (BTreeSet<&'a str>, bool) {
         let mut mailboxes = BTreeSet::new();
         let mut external = false;
         let mut stack: Vec<&Target> = targets.iter().collect();

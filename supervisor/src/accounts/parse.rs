@@ -11,18 +11,18 @@ use crate::tomlwalk::{self, key_str};
 
 /// What the accounts file is checked against: it comes from the configuration.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// The hosted domains; the first is the primary one.
-    pub domains: Vec<String>,
+    pub(crate) domains: Vec<String>,
     /// Accept `{PLAIN}` passwords. Only for test setups; off by default.
-    pub allow_plain_passwords: bool,
+    pub(crate) allow_plain_passwords: bool,
 }
 
 const ROOT_KEYS: &[&str] = &["mailboxes", "aliases", "catch_all"];
 const MAILBOX_KEYS: &[&str] = &["password", "disabled", "quota", "send_as"];
 
 /// Parses and validates an accounts file.
-pub fn parse(source: &Source, policy: &Policy) -> Result<Accounts, Invalid> {
+pub(crate) fn parse(source: &Source, policy: &Policy) -> Result<Accounts, Invalid> {
     let mut d = Diagnostics::new(source);
     let accounts = parse_into(source, policy, &mut d);
     match accounts {

@@ -32,7 +32,7 @@ pub async fn account(settings: &config::Acme, state_dir: &Path) -> Result<Accoun
 
 /// The account stored under `state_dir` for the CA in `settings`; `None` when there
 /// is none (or it is for another CA). Registers nothing.
-pub async fn stored_account(
+pub(crate) async fn stored_account(
     settings: &config::Acme,
     state_dir: &Path,
 ) -> Result<Option<Account>, AcmeError> {
@@ -115,7 +115,10 @@ fn account_builder(settings: &config::Acme) -> Result<instant_acme::AccountBuild
 
 /// Registers a new account with the CA in `settings` and stores its credentials
 /// under `state_dir` (mode 0600), replacing any stored before.
-pub async fn register(settings: &config::Acme, state_dir: &Path) -> Result<Account, AcmeError> {
+pub(crate) async fn register(
+    settings: &config::Acme,
+    state_dir: &Path,
+) -> Result<Account, AcmeError> {
     let path = state_dir.join(ACCOUNT_FILE);
     let eab = match &settings.eab {
         Some(eab) => {

@@ -17,7 +17,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::task::AbortHandle;
 
-use super::AcmeError;
 use crate::apply;
 
 /// How http-01 answers reach the CA.
@@ -27,6 +26,34 @@ pub enum Responder {
     /// A web server serves this directory: answers go to
     /// `WEBROOT/.well-known/acme-challenge/TOKEN`.
     Webroot(PathBuf),
+}
+
+/// Why an http-01 answer could not be put where the CA looks for it.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Tokens become file names in a webroot: anything but base64url is refused.
+    #[error("the CA sent a token that is not base64url: {0:?}")]
+    TokenNotBase64url(String),
+    #[error("creating {}: {source}", dir.display())]
+    CreateDir { dir: PathBuf, source: io::Error },
+    /// Writing the answer into the webroot failed (the text names the file).
+    #[error(transparent)]
+    Write(apply::ApplyError),
+}
+
+/// Why http-01 challenges cannot be answered at all; each text says how to fix it.
+/// Kept by the daemon for as long as the configuration stays, so it is `Clone`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NoResponder {
+    #[error("challenge = \"webroot\" needs `webroot`")]
+    WebrootUnset,
+    #[error(
+        "no `acme-http` socket from systemd: enable postmaster-acme.socket (port 80) and restart postmaster, or use challenge = \"webroot\""
+    )]
+    NoSocket,
+    /// The socket systemd passed was there but cannot be served.
+    #[error("cannot serve http-01 on the `acme-http` socket: {0}")]
+    SocketUnusable(Arc<io::Error>),
 }
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -42,11 +69,9 @@ fn valid_token(token: &str) -> bool {
 
 impl Responder {
     /// Makes `key_authorization` the answer for `token`.
-    pub fn publish(&self, token: &str, key_authorization: &str) -> Result<(), String> {
+    pub(crate) fn publish(&self, token: &str, key_authorization: &str) -> Result<(), PublishError> {
         if !valid_token(token) {
-            return Err(format!(
-                "the CA sent a token that is not base64url: {token:?}"
-            ));
+            return Err(PublishError::TokenNotBase64url(token.to_string()));
         }
         match self {
             Responder::Listener(server) => {
@@ -59,17 +84,20 @@ impl Responder {
                     .recursive(true)
                     .mode(0o755)
                     .create(&dir)
-                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                    .map_err(|source| PublishError::CreateDir {
+                        dir: dir.clone(),
+                        source,
+                    })?;
                 apply::write_atomic(&dir.join(token), key_authorization.as_bytes(), 0o644, None)
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(PublishError::Write)
             }
         }
     }
 
     /// What must hold for the CA to get the answers for `name`: the end of a
     /// failed challenge's message.
-    pub fn hint(&self, name: &str) -> String {
+    pub(crate) fn hint(&self, name: &str) -> String {
         match self {
             Responder::Listener(_) => {
                 format!(
@@ -84,7 +112,7 @@ impl Responder {
     }
 
     /// Removes the answer for `token`, if any.
-    pub fn withdraw(&self, token: &str) {
+    pub(crate) fn withdraw(&self, token: &str) {
         if !valid_token(token) {
             return;
         }
@@ -190,18 +218,15 @@ impl Drop for ServerInner {
 impl Http01Server {
     /// Serves on `listener` (bound by the caller: systemd's socket, or a test's) until
     /// the last clone is dropped. Fails outside a tokio runtime.
-    pub fn start(listener: std::net::TcpListener) -> Result<Http01Server, AcmeError> {
+    pub fn start(listener: std::net::TcpListener) -> io::Result<Http01Server> {
         Self::start_with(listener, Limits::default())
     }
 
-    fn start_with(listener: std::net::TcpListener, limits: Limits) -> Result<Self, AcmeError> {
-        listener
-            .set_nonblocking(true)
-            .map_err(AcmeError::Listener)?;
-        let local_addr = listener.local_addr().map_err(AcmeError::Listener)?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| AcmeError::Listener(io::Error::other(e)))?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(AcmeError::Listener)?;
+    fn start_with(listener: std::net::TcpListener, limits: Limits) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let answers: Answers = Arc::default();
         let task = runtime
             .spawn(serve(listener, answers.clone(), limits))
@@ -225,12 +250,12 @@ impl Http01Server {
         self.inner.local_addr
     }
 
-    pub fn publish(&self, token: &str, key_authorization: &str) {
+    pub(crate) fn publish(&self, token: &str, key_authorization: &str) {
         self.answers()
             .insert(token.to_string(), key_authorization.to_string());
     }
 
-    pub fn withdraw(&self, token: &str) {
+    pub(crate) fn withdraw(&self, token: &str) {
         self.answers().remove(token);
     }
 
@@ -470,12 +495,13 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let responder = Responder::Webroot(dir.path().to_path_buf());
+        let e = responder.publish("../x", "ka").unwrap_err();
         assert!(
-            responder
-                .publish("../x", "ka")
-                .unwrap_err()
-                .contains("not base64url")
+            matches!(&e, PublishError::TokenNotBase64url(t) if t == "../x"),
+            "{e}"
         );
+        // Refused before anything was written.
+        assert!(!dir.path().join(".well-known").exists());
     }
 
     #[test]
@@ -615,10 +641,35 @@ mod tests {
         else {
             panic!("started without a runtime")
         };
+        let e = NoResponder::SocketUnusable(Arc::new(e)).to_string();
         assert!(
-            e.to_string()
-                .starts_with("cannot serve http-01 on the given socket: "),
+            e.starts_with("cannot serve http-01 on the `acme-http` socket: ")
+                && e.contains("Tokio"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn publish_and_responder_errors_say_what_and_where() {
+        assert_eq!(
+            PublishError::TokenNotBase64url("../x".into()).to_string(),
+            r#"the CA sent a token that is not base64url: "../x""#
+        );
+        assert_eq!(
+            PublishError::CreateDir {
+                dir: PathBuf::from("/srv/www/.well-known/acme-challenge"),
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            }
+            .to_string(),
+            "creating /srv/www/.well-known/acme-challenge: permission denied"
+        );
+        assert_eq!(
+            NoResponder::WebrootUnset.to_string(),
+            r#"challenge = "webroot" needs `webroot`"#
+        );
+        assert_eq!(
+            NoResponder::NoSocket.to_string(),
+            "no `acme-http` socket from systemd: enable postmaster-acme.socket (port 80) and restart postmaster, or use challenge = \"webroot\""
         );
     }
 

@@ -16,7 +16,6 @@
 //!
 //! Nothing here touches the installed pair: the caller installs what [`obtain`] returns.
 
-use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,18 +25,17 @@ use crate::apply;
 use crate::tls;
 use crate::tls::PairProblem;
 
-pub mod account;
-pub mod http01;
-pub mod order;
-pub mod schedule;
+pub(crate) mod account;
+pub(crate) mod http01;
+pub(crate) mod order;
+pub(crate) mod schedule;
 
-pub use account::{ACCOUNT_FILE, account, register, stored_account};
-pub use http01::{Http01Server, Responder};
-pub use order::{ISSUANCE_TIMEOUT, VALIDATION_TIMEOUT, obtain};
-pub use schedule::{
-    ARI_ASK_AGAIN_MAX, ARI_ASK_AGAIN_MIN, MAX_RETRY, RenewalWindow, SCHEDULE_FILE, Schedule,
-    certificate_id, renewal_time, renewal_window, retry_after, unix_secs,
-};
+pub use account::{ACCOUNT_FILE, account};
+pub(crate) use account::{register, stored_account};
+pub use http01::{Http01Server, NoResponder, PublishError, Responder};
+pub use order::obtain;
+pub use schedule::{RenewalWindow, certificate_id, renewal_window};
+pub(crate) use schedule::{Schedule, renewal_time};
 
 /// What went wrong talking to the CA or preparing to. Each text says what happened
 /// and what to do about it.
@@ -94,8 +92,8 @@ pub enum AcmeError {
         "the authorization for {name} is {status}: the CA will not issue for it (order again later)"
     )]
     Authorization { name: String, status: String },
-    #[error("cannot publish the http-01 answer for {name}: {detail}")]
-    Publish { name: String, detail: String },
+    #[error("cannot publish the http-01 answer for {name}: {source}")]
+    Publish { name: String, source: PublishError },
     /// `hint` says what must be true for the challenge to pass (see [`Responder::hint`]).
     #[error("the CA could not validate {name} with {challenge}: {detail} ({hint})")]
     Challenge {
@@ -110,11 +108,9 @@ pub enum AcmeError {
     Protocol { step: &'static str, detail: String },
     #[error("the certificate the CA issued cannot be used: {0}")]
     Issued(PairProblem),
-    #[error("cannot serve http-01 on the given socket: {0}")]
-    Listener(io::Error),
     /// Why http-01 cannot be answered at all (the configuration says how to fix it).
     #[error("{0}")]
-    NoResponder(String),
+    NoResponder(NoResponder),
 }
 
 pub(crate) fn protocol(step: &'static str) -> impl FnOnce(instant_acme::Error) -> AcmeError {

@@ -12,9 +12,9 @@ use super::{AcmeError, Responder, protocol};
 use crate::tls;
 
 /// How long [`obtain`] waits for the CA to validate all challenges.
-pub const VALIDATION_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const VALIDATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long [`obtain`] waits for the CA to issue once the order is finalized.
-pub const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Orders a certificate for `names`, answers http-01 through `responder`, and returns
 /// (chain PEM, PKCS#8 key PEM) once [`tls::validate_pair`] accepted them for `names`.
@@ -87,9 +87,9 @@ pub async fn obtain(
             published.tokens.push(challenge.token.clone());
             responder
                 .publish(&challenge.token, key_authorization.as_str())
-                .map_err(|detail| AcmeError::Publish {
+                .map_err(|source| AcmeError::Publish {
                     name: name.clone(),
-                    detail,
+                    source,
                 })?;
             challenge
                 .set_ready()

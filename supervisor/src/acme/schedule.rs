@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{AcmeError, store};
 
 /// The renewal schedule, below the state directory.
-pub const SCHEDULE_FILE: &str = "acme/schedule.json";
+pub(crate) const SCHEDULE_FILE: &str = "acme/schedule.json";
 
 /// When to renew a certificate valid from `not_before` to `not_after`.
 ///
@@ -25,7 +25,7 @@ pub const SCHEDULE_FILE: &str = "acme/schedule.json";
 ///
 /// `jitter` comes from the caller's RNG, in 0..=1 (clamped; NaN counts as 0). A
 /// certificate whose dates are reversed gets `not_before`: renew at once.
-pub fn renewal_time(
+pub(crate) fn renewal_time(
     cert_not_before: SystemTime,
     cert_not_after: SystemTime,
     ari_window: Option<(SystemTime, SystemTime)>,
@@ -48,7 +48,7 @@ pub fn renewal_time(
 }
 
 /// The longest wait between two attempts after failures.
-pub const MAX_RETRY: Duration = Duration::from_secs(6 * 3600);
+pub(crate) const MAX_RETRY: Duration = Duration::from_secs(6 * 3600);
 
 /// How long to wait after `failures` consecutive failed attempts: 1 min, 2, 4, 8, …
 /// capped at 6 h (reached at the 10th failure; 0 failures counts as 1).
@@ -59,40 +59,40 @@ pub const MAX_RETRY: Duration = Duration::from_secs(6 * 3600);
 /// name per hour: the first 5 attempts span 15 minutes, the next ones fall under the
 /// limit). The 6-hour cap still tries 4 times a day, so a fix is picked up within
 /// hours, and with a 30-day margin there are over 100 tries before expiry.
-pub fn retry_after(failures: u32) -> Duration {
+pub(crate) fn retry_after(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
     Duration::from_secs(60u64 << exponent).min(MAX_RETRY)
 }
 
 /// What the daemon remembers between runs about renewal: `STATE_DIR/acme/schedule.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// Unix seconds: when to try next (0: at once).
-    pub next_attempt: u64,
+    pub(crate) next_attempt: u64,
     /// Consecutive failed attempts, reset by a success.
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// Unix seconds of the last attempt.
-    pub last_attempt: Option<u64>,
+    pub(crate) last_attempt: Option<u64>,
     /// `"ok"` or the last error's text.
-    pub last_result: Option<String>,
+    pub(crate) last_result: Option<String>,
     /// Unix seconds: the renewal window the CA last suggested (ARI), start and end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ari_window: Option<(u64, u64)>,
+    pub(crate) ari_window: Option<(u64, u64)>,
     /// Unix seconds: when to ask the CA for renewal information again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ari_next_check: Option<u64>,
+    pub(crate) ari_next_check: Option<u64>,
 }
 
 /// How soon the CA's renewal information is asked again at the earliest, whatever
 /// its Retry-After says: a CA's mistake must not make every host hammer it.
-pub const ARI_ASK_AGAIN_MIN: Duration = Duration::from_secs(3600);
+pub(crate) const ARI_ASK_AGAIN_MIN: Duration = Duration::from_secs(3600);
 /// How long at most until it is asked again: RFC 9773 wants clients to keep asking,
 /// so that a CA can call renewals early (after a mass revocation, say); and a CA
 /// that starts offering ARI is noticed within a day.
-pub const ARI_ASK_AGAIN_MAX: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const ARI_ASK_AGAIN_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Unix seconds of `t` (0 before 1970).
-pub fn unix_secs(t: SystemTime) -> u64 {
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -101,12 +101,12 @@ fn from_unix_secs(secs: u64) -> SystemTime {
 }
 
 impl Schedule {
-    pub fn path(state_dir: &Path) -> PathBuf {
+    pub(crate) fn path(state_dir: &Path) -> PathBuf {
         state_dir.join(SCHEDULE_FILE)
     }
 
     /// The stored schedule; `None` when there is none yet.
-    pub fn load(state_dir: &Path) -> Result<Option<Schedule>, AcmeError> {
+    pub(crate) fn load(state_dir: &Path) -> Result<Option<Schedule>, AcmeError> {
         let path = Self::path(state_dir);
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -126,23 +126,23 @@ impl Schedule {
     }
 
     /// Stores the schedule atomically (mode 0644: it holds nothing secret).
-    pub fn store(&self, state_dir: &Path) -> Result<(), AcmeError> {
+    pub(crate) fn store(&self, state_dir: &Path) -> Result<(), AcmeError> {
         let json = serde_json::to_vec_pretty(self).expect("the schedule serializes to JSON");
         store(&Self::path(state_dir), &json, 0o644, "the renewal schedule")
     }
 
-    pub fn next_attempt_time(&self) -> SystemTime {
+    pub(crate) fn next_attempt_time(&self) -> SystemTime {
         from_unix_secs(self.next_attempt)
     }
 
     /// True when an attempt is due at `now`.
-    pub fn due(&self, now: SystemTime) -> bool {
+    pub(crate) fn due(&self, now: SystemTime) -> bool {
         unix_secs(now) >= self.next_attempt
     }
 
     /// An attempt at `now` succeeded; the next one is at `next` (see [`renewal_time`]),
     /// planned with `ari`, the CA's window for the new certificate if it gave one.
-    pub fn record_success(
+    pub(crate) fn record_success(
         &mut self,
         now: SystemTime,
         next: SystemTime,
@@ -161,7 +161,7 @@ impl Schedule {
 
     /// An attempt at `now` failed with `error`; the next one follows [`retry_after`],
     /// but not before `at_least` (a CA's rate limit).
-    pub fn record_failure(&mut self, now: SystemTime, error: &str, at_least: Duration) {
+    pub(crate) fn record_failure(&mut self, now: SystemTime, error: &str, at_least: Duration) {
         self.failures = self.failures.saturating_add(1);
         self.last_attempt = Some(unix_secs(now));
         self.last_result = Some(error.to_string());
@@ -170,7 +170,7 @@ impl Schedule {
 
     /// True when the CA's renewal information is to be asked again at `now`: only
     /// while renewals succeed, since after a failure the retries come anyway.
-    pub fn ari_due(&self, now: SystemTime) -> bool {
+    pub(crate) fn ari_due(&self, now: SystemTime) -> bool {
         self.failures == 0 && self.ari_next_check.is_some_and(|at| unix_secs(now) >= at)
     }
 
@@ -180,7 +180,7 @@ impl Schedule {
     /// [`renewal_time`]; a window in the past means at once); the same window again
     /// keeps the plan, so that asking often does not re-draw it; while attempts
     /// fail, the back-off keeps the plan. Returns whether the plan moved.
-    pub fn record_renewal_info(
+    pub(crate) fn record_renewal_info(
         &mut self,
         now: SystemTime,
         answer: Result<Option<RenewalWindow>, ()>,

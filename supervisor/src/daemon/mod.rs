@@ -61,7 +61,7 @@ const TLS_PORTS: [(u16, StartTls); 7] = [
     (110, StartTls::Pop3),
 ];
 
-pub fn run(config_path: &Path) -> Result<(), StartError> {
+pub(crate) fn run(config_path: &Path) -> Result<(), StartError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -90,7 +90,7 @@ struct Daemon {
     /// The http-01 server on the port 80 socket systemd handed over, if it did. It
     /// is taken once per start (the descriptor cannot be taken twice), and kept
     /// across reloads whatever the configuration says.
-    http01: Option<Result<acme::Http01Server, String>>,
+    http01: Option<Result<acme::Http01Server, acme::NoResponder>>,
     /// DKIM: what DNS said about each published selector, and when to ask again.
     signing: signing::Signing,
     /// Failed-login counts and blocks, shared with the policy listener and D-Bus.
@@ -106,7 +106,7 @@ struct Daemon {
 /// What the daemon keeps for ACME between attempts.
 struct Acme {
     /// How http-01 challenges are answered; `Err` says why they cannot be.
-    responder: Result<acme::Responder, String>,
+    responder: Result<acme::Responder, acme::NoResponder>,
     /// When to try next, and how the last attempts went; survives restarts.
     schedule: acme::Schedule,
 }
@@ -1010,7 +1010,7 @@ impl serve::Host for LiveHost<'_> {
         self.daemon.running(&unit).await
     }
 
-    async fn republish(&mut self) -> Result<(), String> {
+    async fn republish(&mut self) -> Result<(), serve::RepublishError> {
         let table = self
             .daemon
             .resolved
@@ -1021,8 +1021,8 @@ impl serve::Host for LiveHost<'_> {
         let republished =
             tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+                .map_err(|e| serve::RepublishError::Interrupted(e.to_string()))
+                .and_then(|r| r.map_err(|e| serve::RepublishError::Table(e.to_string())));
         match &republished {
             Ok(()) => info!(
                 "postfix's smtpd processes start over for the new certificate (sender_login table republished)"
@@ -1140,7 +1140,7 @@ fn installed_as_obtained(
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("{0}")]
@@ -1156,7 +1156,7 @@ pub enum StartError {
 
 /// Why an ACME attempt did not end with its certificate installed.
 #[derive(Debug, thiserror::Error)]
-pub enum ObtainError {
+pub(crate) enum ObtainError {
     #[error(
         "the certificate comes from files another tool writes (tls.source = \"files\"), not from ACME"
     )]
@@ -1219,7 +1219,7 @@ fn resolve_policy_clients(names: &[String]) -> (Vec<u32>, Vec<String>) {
 /// listening socket systemd hands over as `acme-http`, or the webroot) and the
 /// schedule from an earlier run.
 /// Starts the http-01 server on the `acme-http` socket systemd passed, if any.
-fn take_http01_socket() -> Option<Result<acme::Http01Server, String>> {
+fn take_http01_socket() -> Option<Result<acme::Http01Server, acme::NoResponder>> {
     let fds = sd_notify::listen_fds_with_names()
         .map(|fds| fds.collect::<Vec<_>>())
         .unwrap_or_default();
@@ -1227,12 +1227,15 @@ fn take_http01_socket() -> Option<Result<acme::Http01Server, String>> {
     // SAFETY: systemd passed this descriptor to us alone, as a listening socket
     // (postmaster-acme.socket); nothing else owns it, and it is taken only here, once.
     let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    Some(acme::Http01Server::start(listener).map_err(|e| e.to_string()))
+    Some(
+        acme::Http01Server::start(listener)
+            .map_err(|e| acme::NoResponder::SocketUnusable(std::sync::Arc::new(e))),
+    )
 }
 
 fn acme_setup(
     config: &Config,
-    http01: Option<&Result<acme::Http01Server, String>>,
+    http01: Option<&Result<acme::Http01Server, acme::NoResponder>>,
 ) -> Option<Acme> {
     if config.tls.source != TlsSource::Acme {
         return None;
@@ -1240,12 +1243,12 @@ fn acme_setup(
     let responder = match config.acme.challenge {
         crate::config::Challenge::Webroot => match &config.acme.webroot {
             Some(dir) => Ok(acme::Responder::Webroot(dir.clone())),
-            None => Err("challenge = \"webroot\" needs `webroot`".to_string()),
+            None => Err(acme::NoResponder::WebrootUnset),
         },
         crate::config::Challenge::Http01 => match http01 {
             Some(Ok(server)) => Ok(acme::Responder::Listener(server.clone())),
             Some(Err(e)) => Err(e.clone()),
-            None => Err("no `acme-http` socket from systemd: enable postmaster-acme.socket (port 80) and restart postmaster, or use challenge = \"webroot\"".to_string()),
+            None => Err(acme::NoResponder::NoSocket),
         },
     };
     if let Err(e) = &responder {

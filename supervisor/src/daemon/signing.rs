@@ -20,13 +20,13 @@ use crate::status::{DkimDomainStatus, DkimKeyStatus, DkimStatus};
 use crate::tls;
 
 /// What DNS said, by record name.
-pub type Seen = BTreeMap<String, dkim::Seen>;
+pub(crate) type Seen = BTreeMap<String, dkim::Seen>;
 
 /// One round of DNS questions may take this long at most; what has not answered
 /// by then is "unknown" this round.
 const DNS_ROUND: Duration = Duration::from_secs(10);
 
-pub struct Signing {
+pub(crate) struct Signing {
     seen: Seen,
     last_asked: Option<SystemTime>,
     /// When to ask DNS next; `None` while a round is under way.
@@ -36,7 +36,7 @@ pub struct Signing {
 }
 
 impl Signing {
-    pub fn new() -> Signing {
+    pub(crate) fn new() -> Signing {
         Signing {
             seen: Seen::new(),
             last_asked: None,
@@ -46,7 +46,7 @@ impl Signing {
     }
 
     /// Resolves when DNS is to be asked again.
-    pub fn due(&self, config: &Config) -> impl std::future::Future<Output = ()> + use<> {
+    pub(crate) fn due(&self, config: &Config) -> impl std::future::Future<Output = ()> + use<> {
         let at = self.next_ask.filter(|_| config.dkim.enabled);
         async move {
             match at {

@@ -13,7 +13,7 @@
 //! the DNS record text and rspamd's configuration. Making keys and keeping the
 //! files is [`store`]'s.
 
-pub mod store;
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,24 +22,24 @@ use serde::{Deserialize, Serialize};
 
 /// What is known about every domain's keys. Survives restarts (`dkim.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
-    pub domains: BTreeMap<String, Vec<Key>>,
+pub(crate) struct State {
+    pub(crate) domains: BTreeMap<String, Vec<Key>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Key {
+pub(crate) struct Key {
     /// The DNS label under `_domainkey.<domain>`; new for every key.
-    pub selector: String,
-    pub algorithm: Algorithm,
+    pub(crate) selector: String,
+    pub(crate) algorithm: Algorithm,
     /// Unix seconds.
-    pub created: i64,
+    pub(crate) created: i64,
     /// Base64 of the DER SubjectPublicKeyInfo: the `p=` of the DNS record.
-    pub public_key: String,
-    pub phase: Phase,
+    pub(crate) public_key: String,
+    pub(crate) phase: Phase,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Algorithm {
+pub(crate) enum Algorithm {
     #[serde(rename = "rsa-2048")]
     Rsa2048,
     /// A second signature beside the RSA one (RFC 8463), on request: receivers
@@ -50,7 +50,7 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// The `k=` tag of the DNS record.
-    pub fn dns_tag(self) -> &'static str {
+    pub(crate) fn dns_tag(self) -> &'static str {
         match self {
             Algorithm::Rsa2048 => "rsa",
             Algorithm::Ed25519 => "ed25519",
@@ -59,7 +59,7 @@ impl Algorithm {
 
     /// The algorithms the configuration signs with: RSA always, Ed25519 too
     /// when asked for.
-    pub fn enabled(dkim: &crate::config::Dkim) -> Vec<Algorithm> {
+    pub(crate) fn enabled(dkim: &crate::config::Dkim) -> Vec<Algorithm> {
         let mut algorithms = vec![Algorithm::Rsa2048];
         if dkim.ed25519 {
             algorithms.push(Algorithm::Ed25519);
@@ -70,7 +70,7 @@ impl Algorithm {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "kebab-case")]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Made by a rotation; used once DNS shows it.
     Pending,
     /// The key mail is signed with (one per domain). `since`: Unix seconds.
@@ -82,12 +82,12 @@ pub enum Phase {
 
 impl Key {
     /// The record's name, without the trailing dot.
-    pub fn record_name(&self, domain: &str) -> String {
+    pub(crate) fn record_name(&self, domain: &str) -> String {
         format!("{}._domainkey.{domain}", self.selector)
     }
 
     /// The TXT record's text (before it is split into strings).
-    pub fn record_text(&self) -> String {
+    pub(crate) fn record_text(&self) -> String {
         format!(
             "v=DKIM1; k={}; p={}",
             self.algorithm.dns_tag(),
@@ -96,32 +96,28 @@ impl Key {
     }
 
     /// The private key's file name in the key directory.
-    pub fn file_name(&self, domain: &str) -> String {
+    pub(crate) fn file_name(&self, domain: &str) -> String {
         format!("{domain}.{}.key", self.selector)
     }
 }
 
 impl State {
-    pub fn keys(&self, domain: &str) -> &[Key] {
+    pub(crate) fn keys(&self, domain: &str) -> &[Key] {
         self.domains.get(domain).map_or(&[], Vec::as_slice)
     }
 
     /// The RSA key in use (every domain has one once postmaster made it).
-    pub fn active(&self, domain: &str) -> Option<&Key> {
+    pub(crate) fn active(&self, domain: &str) -> Option<&Key> {
         self.active_of(domain, Algorithm::Rsa2048)
     }
 
-    pub fn pending(&self, domain: &str) -> Option<&Key> {
-        self.pending_of(domain, Algorithm::Rsa2048)
-    }
-
-    pub fn active_of(&self, domain: &str, algorithm: Algorithm) -> Option<&Key> {
+    pub(crate) fn active_of(&self, domain: &str, algorithm: Algorithm) -> Option<&Key> {
         self.keys(domain)
             .iter()
             .find(|k| k.algorithm == algorithm && matches!(k.phase, Phase::Active { .. }))
     }
 
-    pub fn pending_of(&self, domain: &str, algorithm: Algorithm) -> Option<&Key> {
+    pub(crate) fn pending_of(&self, domain: &str, algorithm: Algorithm) -> Option<&Key> {
         self.keys(domain)
             .iter()
             .find(|k| k.algorithm == algorithm && k.phase == Phase::Pending)
@@ -129,7 +125,7 @@ impl State {
 
     /// Puts a new key in; `activate` makes it the one in use at once (a domain's
     /// first key), else it waits for DNS.
-    pub fn add(&mut self, domain: &str, mut key: Key, activate: bool, now: i64) {
+    pub(crate) fn add(&mut self, domain: &str, mut key: Key, activate: bool, now: i64) {
         key.phase = if activate {
             Phase::Active { since: now }
         } else {
@@ -144,7 +140,7 @@ impl State {
     /// The pending key becomes the one in use; the one it replaces must stay
     /// published for `keep_published` more seconds. Returns false when there is
     /// no such pending key.
-    pub fn activate(
+    pub(crate) fn activate(
         &mut self,
         domain: &str,
         selector: &str,
@@ -176,7 +172,13 @@ impl State {
 
     /// A key no longer used: its record must stay published for `keep_published`
     /// more seconds. Returns false when there is no such key in use or waiting.
-    pub fn retire(&mut self, domain: &str, selector: &str, now: i64, keep_published: i64) -> bool {
+    pub(crate) fn retire(
+        &mut self,
+        domain: &str,
+        selector: &str,
+        now: i64,
+        keep_published: i64,
+    ) -> bool {
         let key = self
             .domains
             .get_mut(domain)
@@ -195,7 +197,7 @@ impl State {
     }
 
     /// A selector no key of `domain` has had: `pm` and the date, then a letter.
-    pub fn new_selector(&self, domain: &str, now: i64) -> String {
+    pub(crate) fn new_selector(&self, domain: &str, now: i64) -> String {
         let date: String = crate::tls::format_rfc3339(unix_time(now))[..10]
             .chars()
             .filter(char::is_ascii_digit)
@@ -218,7 +220,7 @@ impl State {
 /// What DNS was seen to say about one selector's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "record", content = "detail", rename_all = "kebab-case")]
-pub enum Seen {
+pub(crate) enum Seen {
     /// A TXT record with exactly this key.
     Present,
     /// No DKIM record at that name.
@@ -244,7 +246,7 @@ impl std::fmt::Display for Seen {
 
 /// Judges the TXT records found at a selector's name (each record's strings
 /// already joined) against the key.
-pub fn judge(key: &Key, found: &[String]) -> Seen {
+pub(crate) fn judge(key: &Key, found: &[String]) -> Seen {
     let dkim: Vec<&String> = found
         .iter()
         .filter(|t| {
@@ -281,7 +283,7 @@ fn tags(text: &str) -> BTreeMap<String, String> {
 
 /// The next thing to do for one domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Make a key; `activate`: use it at once (the domain has none of that
     /// algorithm in use).
     Generate {
@@ -298,17 +300,17 @@ pub enum Step {
 
 /// When keys are replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Seconds after which the key in use is rotated on its own.
-    pub rotate_after: Option<i64>,
+    pub(crate) rotate_after: Option<i64>,
     /// Seconds a replaced key stays published.
-    pub keep_published: i64,
+    pub(crate) keep_published: i64,
     /// What mail is signed with.
-    pub algorithms: Vec<Algorithm>,
+    pub(crate) algorithms: Vec<Algorithm>,
 }
 
 impl Policy {
-    pub fn from_config(dkim: &crate::config::Dkim) -> Policy {
+    pub(crate) fn from_config(dkim: &crate::config::Dkim) -> Policy {
         const DAY: i64 = 86_400;
         Policy {
             rotate_after: dkim.rotate_after_days.map(|d| i64::from(d) * DAY),
@@ -320,7 +322,7 @@ impl Policy {
 
 /// What to do for `domains`, given the keys and what DNS said about them
 /// (`seen`, by record name).
-pub fn plan(
+pub(crate) fn plan(
     state: &State,
     domains: &[String],
     seen: &BTreeMap<String, Seen>,
@@ -397,7 +399,12 @@ fn plan_key(
 /// The selectors whose records should be in DNS now (in use, waiting to be used,
 /// or replaced but still needed), of the algorithms signed with, per domain: what
 /// the daemon asks DNS about and `postmaster dns` prints.
-pub fn published(state: &State, domain: &str, now: i64, algorithms: &[Algorithm]) -> Vec<Key> {
+pub(crate) fn published(
+    state: &State,
+    domain: &str,
+    now: i64,
+    algorithms: &[Algorithm],
+) -> Vec<Key> {
     state
         .keys(domain)
         .iter()
@@ -413,7 +420,7 @@ pub fn published(state: &State, domain: &str, now: i64, algorithms: &[Algorithm]
 }
 
 /// One line about a key, for `postmaster status`.
-pub fn describe_phase(key: &Key, now: i64) -> String {
+pub(crate) fn describe_phase(key: &Key, now: i64) -> String {
     match key.phase {
         Phase::Active { since } => format!("in use since {}", fmt_time(since)),
         Phase::Pending => "waiting for its DNS record before it is used".into(),
@@ -424,15 +431,15 @@ pub fn describe_phase(key: &Key, now: i64) -> String {
     }
 }
 
-pub fn fmt_time(secs: i64) -> String {
+pub(crate) fn fmt_time(secs: i64) -> String {
     crate::tls::format_utc(unix_time(secs))
 }
 
-pub fn unix_time(secs: i64) -> std::time::SystemTime {
+pub(crate) fn unix_time(secs: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64)
 }
 
-pub fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -442,7 +449,7 @@ pub fn unix_now() -> i64 {
 /// one per algorithm signed with (RSA first). A domain without one is absent, so
 /// rspamd does not sign for it (the static part of the configuration turns off
 /// every fallback key).
-pub fn rspamd_domains(
+pub(crate) fn rspamd_domains(
     state: &State,
     domains: &[String],
     key_dir: &Path,
@@ -477,7 +484,7 @@ pub fn rspamd_domains(
 
 /// A TXT record's text as zone-file strings of at most 255 bytes each (RFC 1035
 /// 3.3.14; a DKIM record of an RSA-2048 key is longer than one string).
-pub fn txt_strings(text: &str) -> Vec<String> {
+pub(crate) fn txt_strings(text: &str) -> Vec<String> {
     text.as_bytes()
         .chunks(255)
         .map(|c| String::from_utf8_lossy(c).into_owned())

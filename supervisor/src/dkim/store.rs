@@ -20,10 +20,10 @@ use crate::apply::{self, ApplyError};
 use crate::config::Config;
 
 /// rspamd's table of keys, relative to the generated directory.
-pub const RSPAMD_DOMAINS: &str = "rspamd/dkim_domains.conf";
+pub(crate) const RSPAMD_DOMAINS: &str = "rspamd/dkim_domains.conf";
 
 #[derive(Debug, thiserror::Error)]
-pub enum DkimError {
+pub(crate) enum DkimError {
     #[error("cannot read the DKIM state {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -46,7 +46,7 @@ pub enum DkimError {
 }
 
 /// Reads the state; a missing file is an empty state (no keys yet).
-pub fn load(config: &Config) -> Result<State, DkimError> {
+pub(crate) fn load(config: &Config) -> Result<State, DkimError> {
     let path = config.dkim_state_file();
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DkimError::Damaged {
@@ -69,7 +69,7 @@ fn save(config: &Config, state: &State) -> Result<(), DkimError> {
 /// for DNS). RSA: PKCS#8 PEM, and base64 of the DER SubjectPublicKeyInfo. Ed25519
 /// (RFC 8463): base64 of the 32-byte seed followed by the 32-byte public key,
 /// rspamd's format, and base64 of the raw public key.
-pub fn generate(algorithm: Algorithm) -> Result<(String, String), DkimError> {
+pub(crate) fn generate(algorithm: Algorithm) -> Result<(String, String), DkimError> {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     match algorithm {
         Algorithm::Ed25519 => {
@@ -103,7 +103,7 @@ pub fn generate(algorithm: Algorithm) -> Result<(String, String), DkimError> {
 /// Carries out `steps`: a new key's file is written before the state names it,
 /// and the state before rspamd's table does, so nothing ever refers to a key that
 /// is not there. Returns one line per step for the journal.
-pub fn carry_out(
+pub(crate) fn carry_out(
     config: &Config,
     state: &mut State,
     steps: &[Step],
@@ -169,7 +169,7 @@ pub fn carry_out(
 
 /// Writes rspamd's table of keys; returns whether it changed (rspamd then needs
 /// a reload to sign with it).
-pub fn write_rspamd_domains(config: &Config, state: &State) -> Result<bool, DkimError> {
+pub(crate) fn write_rspamd_domains(config: &Config, state: &State) -> Result<bool, DkimError> {
     let path = config.generated_dir.join(RSPAMD_DOMAINS);
     let dir = path.parent().expect("a file in a directory");
     std::fs::create_dir_all(dir).map_err(|source| {
@@ -190,7 +190,7 @@ pub fn write_rspamd_domains(config: &Config, state: &State) -> Result<bool, Dkim
 
 /// Whether rspamd can read what is made in the key directory: it must be setgid
 /// and of a group other than the writer's own (rspamd's).
-pub fn check_key_directory(dir: &Path) -> Result<(), DkimError> {
+pub(crate) fn check_key_directory(dir: &Path) -> Result<(), DkimError> {
     let refused = || DkimError::KeyDirectory {
         path: dir.to_path_buf(),
     };

@@ -14,14 +14,14 @@ use super::{Found, Purpose, RType, Record, Verdict};
 use crate::config::Config;
 use crate::dkim;
 
-pub struct Dns {
+pub(crate) struct Dns {
     resolver: Resolver<TokioRuntimeProvider>,
 }
 
 /// Why DNS cannot be asked at all (as opposed to a question without an answer,
 /// which is a [`Found`] error).
 #[derive(Debug, thiserror::Error)]
-pub enum LookupError {
+pub(crate) enum LookupError {
     #[error("cannot read the resolver configuration (/etc/resolv.conf): {0}")]
     Configuration(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot set up a resolver: {0}")]
@@ -30,7 +30,7 @@ pub enum LookupError {
 
 impl Dns {
     /// A resolver configured as the host's.
-    pub fn system() -> Result<Dns, LookupError> {
+    pub(crate) fn system() -> Result<Dns, LookupError> {
         let mut builder =
             Resolver::builder_tokio().map_err(|e| LookupError::Configuration(Box::new(e)))?;
         // What the world sees is in DNS: /etc/hosts often names this very host
@@ -44,7 +44,7 @@ impl Dns {
 
     /// The records of `rtype` at `name`, in presentation form (see [`Found`]).
     /// No such name or no such record is an empty list, not an error.
-    pub async fn find(&self, name: &str, rtype: RType) -> Found {
+    pub(crate) async fn find(&self, name: &str, rtype: RType) -> Found {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         let answer = match rtype {
             RType::A | RType::AAAA => self.resolver.lookup_ip(fqdn.as_str()).await.map(|l| {
@@ -80,7 +80,7 @@ impl Dns {
     }
 
     /// The TXT records at a DKIM selector's name, judged against its key.
-    pub async fn seen(&self, domain: &str, key: &dkim::Key) -> dkim::Seen {
+    pub(crate) async fn seen(&self, domain: &str, key: &dkim::Key) -> dkim::Seen {
         match self.find(&key.record_name(domain), RType::TXT).await {
             Ok(found) => dkim::judge(key, &found),
             Err(why) => dkim::Seen::Unknown(why),
@@ -110,7 +110,7 @@ fn data_of<'a>(data: impl Iterator<Item = &'a RData>) -> Vec<String> {
 /// Every record of [`super::records`] with what DNS says about it. Without
 /// configured addresses, the host name's A/AAAA records are looked up and the
 /// reverse name of each is checked.
-pub async fn check(config: &Config, keys: &dkim::State, now: i64) -> Vec<(Record, Verdict)> {
+pub(crate) async fn check(config: &Config, keys: &dkim::State, now: i64) -> Vec<(Record, Verdict)> {
     let mut records = super::records(config, keys, now);
     let dns = match Dns::system() {
         Ok(dns) => dns,

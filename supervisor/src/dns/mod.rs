@@ -5,7 +5,7 @@
 //! zone-file form, [`judge`] compares what was found with what should be. Asking
 //! DNS is [`lookup`]'s.
 
-pub mod lookup;
+pub(crate) mod lookup;
 
 use std::net::IpAddr;
 
@@ -15,7 +15,11 @@ use crate::config::Config;
 use crate::dkim;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum RType {
+#[allow(
+    clippy::upper_case_acronyms,
+    reason = "record types as DNS spells them, also in `postmaster dns --json`"
+)]
+pub(crate) enum RType {
     A,
     AAAA,
     MX,
@@ -25,7 +29,7 @@ pub enum RType {
 }
 
 impl RType {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             RType::A => "A",
             RType::AAAA => "AAAA",
@@ -40,7 +44,7 @@ impl RType {
 /// What a record is for: decides how what DNS says is judged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Purpose {
+pub(crate) enum Purpose {
     /// The host's address (A/AAAA).
     Address,
     /// The reverse name of the host's address, set at the hosting provider.
@@ -59,20 +63,20 @@ pub enum Purpose {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// The hosted domain the record serves (the host name for its own records).
-    pub domain: String,
+    pub(crate) domain: String,
     /// Fully qualified, without the trailing dot.
-    pub name: String,
+    pub(crate) name: String,
     #[serde(rename = "type")]
-    pub rtype: RType,
+    pub(crate) rtype: RType,
     /// The record's data in presentation form; a TXT record's whole text, unsplit.
-    pub value: String,
+    pub(crate) value: String,
     /// Whether mail suffers without it (`--check` exits non-zero).
-    pub required: bool,
-    pub purpose: Purpose,
+    pub(crate) required: bool,
+    pub(crate) purpose: Purpose,
     /// One line for a person.
-    pub comment: String,
+    pub(crate) comment: String,
 }
 
 /// The SRV records of RFC 6186 (and RFC 8314's submissions): service, port.
@@ -87,7 +91,7 @@ const SRV: &[(&str, u16, u16)] = &[
 ];
 
 /// Every record the mail host needs, per hosted domain, then the host's own.
-pub fn records(config: &Config, keys: &dkim::State, now: i64) -> Vec<Record> {
+pub(crate) fn records(config: &Config, keys: &dkim::State, now: i64) -> Vec<Record> {
     let host = &config.host_name;
     let mut out = Vec::new();
     for domain in &config.domains {
@@ -175,7 +179,7 @@ pub fn records(config: &Config, keys: &dkim::State, now: i64) -> Vec<Record> {
 }
 
 /// The in-addr.arpa / ip6.arpa name of an address.
-pub fn reverse_name(ip: IpAddr) -> String {
+pub(crate) fn reverse_name(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
@@ -195,7 +199,7 @@ pub fn reverse_name(ip: IpAddr) -> String {
 }
 
 /// The records in zone-file form, grouped by domain, each with its comment.
-pub fn zone_text(config: &Config, records: &[Record]) -> String {
+pub(crate) fn zone_text(config: &Config, records: &[Record]) -> String {
     let ttl = config.dns.ttl;
     let mut out = String::new();
     let mut current: Option<&str> = None;
@@ -244,7 +248,7 @@ fn quoted_strings(text: &str) -> String {
 /// What DNS says about a record, judged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "verdict", content = "found", rename_all = "kebab-case")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Ok,
     Missing,
     /// Something else is there: what.
@@ -256,10 +260,10 @@ pub enum Verdict {
 /// What a lookup found at a record's name, in presentation form: MX as
 /// `PREF HOST`, SRV as `PRIO WEIGHT PORT HOST`, TXT with each record's strings
 /// joined, names with or without the trailing dot.
-pub type Found = Result<Vec<String>, String>;
+pub(crate) type Found = Result<Vec<String>, String>;
 
 /// Judges what was found at `record.name` (of `record.rtype`) against the record.
-pub fn judge(record: &Record, found: &Found, keys: &dkim::State) -> Verdict {
+pub(crate) fn judge(record: &Record, found: &Found, keys: &dkim::State) -> Verdict {
     let found = match found {
         Ok(found) => found,
         Err(why) => return Verdict::Unknown(why.clone()),

@@ -117,7 +117,12 @@ fn lift_lets_the_address_in_and_forgets_its_failures() {
     );
     assert_eq!(
         Source::parse("mail.example.org").unwrap_err(),
-        "`mail.example.org` is not an IP address (like 192.0.2.7 or 2001:db8::1)"
+        NotAnAddress("mail.example.org".into())
+    );
+    assert_eq!(
+        NotAnAddress("mail.example.org\n".into()).to_string(),
+        "`mail.example.org\\n` is not an IP address (like 192.0.2.7 or 2001:db8::1)",
+        "control characters are shown escaped"
     );
 }
 

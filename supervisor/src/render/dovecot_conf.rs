@@ -15,7 +15,7 @@ const LEARN_SPAM: &str = include_str!("templates/sieve-learn-spam.sieve");
 const LEARN_HAM: &str = include_str!("templates/sieve-learn-ham.sieve");
 const PIPE_LEARN: &str = include_str!("templates/sieve-pipe-learn.sh");
 
-pub fn render(config: &Config, config_file: &str) -> String {
+pub(crate) fn render(config: &Config, config_file: &str) -> String {
     let (template, learning, imap_sieve) = match (config.dovecot.version, config.inbound.learning) {
         (DovecotVersion::V2_4, true) => (DOVECOT_2_4, LEARNING_2_4, "yes"),
         (DovecotVersion::V2_4, false) => (DOVECOT_2_4, "", "no"),
@@ -54,7 +54,7 @@ pub fn render(config: &Config, config_file: &str) -> String {
 /// pipe messages to. The learning ones only with `[inbound] learning`: they need
 /// the pipe extension, which dovecot.conf enables only then (sievec refuses them
 /// without it).
-pub fn sieve(config: &Config, config_file: &str) -> Vec<(&'static str, String, Kind)> {
+pub(crate) fn sieve(config: &Config, config_file: &str) -> Vec<(&'static str, String, Kind)> {
     let file = |template: &str, class: &str| {
         fill(
             template,

@@ -20,7 +20,7 @@ fn target_address(config: &Config, target: &Target) -> String {
 /// Each mailbox address maps to itself. postfix looks up the full address before
 /// `@domain`, so these identity entries keep a catch-all from swallowing mail for
 /// real mailboxes (the seed's `@domain thomas` captured everything).
-pub fn virtual_alias_entries(config: &Config, accounts: &Accounts) -> Vec<(String, String)> {
+pub(crate) fn virtual_alias_entries(config: &Config, accounts: &Accounts) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for name in accounts.mailboxes.keys() {
         for domain in &config.domains {
@@ -39,13 +39,13 @@ pub fn virtual_alias_entries(config: &Config, accounts: &Accounts) -> Vec<(Strin
     out
 }
 
-pub fn virtual_alias(config: &Config, accounts: &Accounts) -> String {
+pub(crate) fn virtual_alias(config: &Config, accounts: &Accounts) -> String {
     table(virtual_alias_entries(config, accounts))
 }
 
 /// Every mailbox address: the recipients postfix delivers to dovecot over LMTP.
 /// (The value is unused with LMTP delivery but must be present.)
-pub fn virtual_mailbox(config: &Config, accounts: &Accounts) -> String {
+pub(crate) fn virtual_mailbox(config: &Config, accounts: &Accounts) -> String {
     let mut rows = Vec::new();
     for name in accounts.mailboxes.keys() {
         for domain in &config.domains {
@@ -57,7 +57,10 @@ pub fn virtual_mailbox(config: &Config, accounts: &Accounts) -> String {
 
 /// Which logins own each sender address: a mailbox owns its addresses, every alias
 /// that delivers to it alone, and what its `send_as` grants.
-pub fn sender_owners(config: &Config, accounts: &Accounts) -> BTreeMap<String, BTreeSet<String>> {
+pub(crate) fn sender_owners(
+    config: &Config,
+    accounts: &Accounts,
+) -> BTreeMap<String, BTreeSet<String>> {
     let mut owners: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut own = |address: String, login: &str| {
         owners.entry(address).or_default().insert(login.to_string());
@@ -82,7 +85,7 @@ pub fn sender_owners(config: &Config, accounts: &Accounts) -> BTreeMap<String, B
     owners
 }
 
-pub fn sender_login(config: &Config, accounts: &Accounts) -> String {
+pub(crate) fn sender_login(config: &Config, accounts: &Accounts) -> String {
     table(
         sender_owners(config, accounts)
             .into_iter()

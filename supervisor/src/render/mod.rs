@@ -25,11 +25,9 @@ use std::path::PathBuf;
 use crate::accounts::Accounts;
 use crate::config::{Config, MapType};
 
-pub use maps::{sender_owners, virtual_alias_entries};
-
 /// What a file is, which decides how it is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A postfix lookup table source: compiled with `postmap` after writing.
     PostfixMap,
     /// dovecot's passwd-file: holds password hashes, so not world-readable.
@@ -42,61 +40,61 @@ pub enum Kind {
 
 /// One rendered file, named relative to the directory it goes in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct File {
-    pub path: PathBuf,
-    pub content: String,
-    pub kind: Kind,
+pub(crate) struct File {
+    pub(crate) path: PathBuf,
+    pub(crate) content: String,
+    pub(crate) kind: Kind,
 }
 
 /// The relative paths of the generated files, named once.
-pub mod paths {
-    pub const VIRTUAL_ALIAS: &str = "postfix/virtual_alias";
-    pub const VIRTUAL_MAILBOX: &str = "postfix/virtual_mailbox";
-    pub const SENDER_LOGIN: &str = "postfix/sender_login";
-    pub const PASSWD_FILE: &str = "dovecot/users";
-    pub const MAIN_CF: &str = "postfix/main.cf";
-    pub const MASTER_CF: &str = "postfix/master.cf";
-    pub const DOVECOT_CONF: &str = "dovecot/dovecot.conf";
-    pub const RSPAMD_DKIM_SIGNING: &str = "rspamd/local.d/dkim_signing.conf";
-    pub const RSPAMD_SETTINGS: &str = "rspamd/local.d/settings.conf";
-    pub const RSPAMD_WORKER_PROXY: &str = "rspamd/override.d/worker-proxy.inc";
-    pub const RSPAMD_OPTIONS: &str = "rspamd/override.d/options.inc";
-    pub const RSPAMD_ACTIONS: &str = "rspamd/local.d/actions.conf";
-    pub const RSPAMD_MILTER_HEADERS: &str = "rspamd/local.d/milter_headers.conf";
-    pub const RSPAMD_DMARC: &str = "rspamd/local.d/dmarc.conf";
-    pub const RSPAMD_MULTIMAP: &str = "rspamd/local.d/multimap.conf";
-    pub const RSPAMD_HOSTED_DOMAINS: &str = "rspamd/local.d/postmaster_hosted_domains.map";
-    pub const RSPAMD_FORCE_ACTIONS: &str = "rspamd/local.d/force_actions.conf";
-    pub const RSPAMD_CLASSIFIER_BAYES: &str = "rspamd/local.d/classifier-bayes.conf";
-    pub const RSPAMD_WORKER_CONTROLLER: &str = "rspamd/override.d/worker-controller.inc";
-    pub const SIEVE_SPAM_TO_JUNK: &str = "dovecot/sieve/spam-to-junk.sieve";
-    pub const SIEVE_LEARN_SPAM: &str = "dovecot/sieve/learn-spam.sieve";
-    pub const SIEVE_LEARN_HAM: &str = "dovecot/sieve/learn-ham.sieve";
-    pub const SIEVE_PIPE_LEARN_SPAM: &str = "dovecot/sieve-pipe/rspamd-learn-spam";
-    pub const SIEVE_PIPE_LEARN_HAM: &str = "dovecot/sieve-pipe/rspamd-learn-ham";
-    pub const TMPFILES_LEARNING: &str = "tmpfiles.d/postmaster-learning.conf";
+pub(crate) mod paths {
+    pub(crate) const VIRTUAL_ALIAS: &str = "postfix/virtual_alias";
+    pub(crate) const VIRTUAL_MAILBOX: &str = "postfix/virtual_mailbox";
+    pub(crate) const SENDER_LOGIN: &str = "postfix/sender_login";
+    pub(crate) const PASSWD_FILE: &str = "dovecot/users";
+    pub(crate) const MAIN_CF: &str = "postfix/main.cf";
+    pub(crate) const MASTER_CF: &str = "postfix/master.cf";
+    pub(crate) const DOVECOT_CONF: &str = "dovecot/dovecot.conf";
+    pub(crate) const RSPAMD_DKIM_SIGNING: &str = "rspamd/local.d/dkim_signing.conf";
+    pub(crate) const RSPAMD_SETTINGS: &str = "rspamd/local.d/settings.conf";
+    pub(crate) const RSPAMD_WORKER_PROXY: &str = "rspamd/override.d/worker-proxy.inc";
+    pub(crate) const RSPAMD_OPTIONS: &str = "rspamd/override.d/options.inc";
+    pub(crate) const RSPAMD_ACTIONS: &str = "rspamd/local.d/actions.conf";
+    pub(crate) const RSPAMD_MILTER_HEADERS: &str = "rspamd/local.d/milter_headers.conf";
+    pub(crate) const RSPAMD_DMARC: &str = "rspamd/local.d/dmarc.conf";
+    pub(crate) const RSPAMD_MULTIMAP: &str = "rspamd/local.d/multimap.conf";
+    pub(crate) const RSPAMD_HOSTED_DOMAINS: &str = "rspamd/local.d/postmaster_hosted_domains.map";
+    pub(crate) const RSPAMD_FORCE_ACTIONS: &str = "rspamd/local.d/force_actions.conf";
+    pub(crate) const RSPAMD_CLASSIFIER_BAYES: &str = "rspamd/local.d/classifier-bayes.conf";
+    pub(crate) const RSPAMD_WORKER_CONTROLLER: &str = "rspamd/override.d/worker-controller.inc";
+    pub(crate) const SIEVE_SPAM_TO_JUNK: &str = "dovecot/sieve/spam-to-junk.sieve";
+    pub(crate) const SIEVE_LEARN_SPAM: &str = "dovecot/sieve/learn-spam.sieve";
+    pub(crate) const SIEVE_LEARN_HAM: &str = "dovecot/sieve/learn-ham.sieve";
+    pub(crate) const SIEVE_PIPE_LEARN_SPAM: &str = "dovecot/sieve-pipe/rspamd-learn-spam";
+    pub(crate) const SIEVE_PIPE_LEARN_HAM: &str = "dovecot/sieve-pipe/rspamd-learn-ham";
+    pub(crate) const TMPFILES_LEARNING: &str = "tmpfiles.d/postmaster-learning.conf";
     /// rspamd's resolver (`[inbound] resolver`); override.d/options.inc is another file.
-    pub const RSPAMD_RESOLVER: &str = "rspamd/local.d/options.inc";
-    pub const UNBOUND: &str = "unbound/unbound.conf.d/postmaster.conf";
+    pub(crate) const RSPAMD_RESOLVER: &str = "rspamd/local.d/options.inc";
+    pub(crate) const UNBOUND: &str = "unbound/unbound.conf.d/postmaster.conf";
 }
 
 /// Where the rendered files are installed (their paths above, under `/etc`), for
 /// the files that name each other.
-pub mod installed {
-    pub const SIEVE_DIR: &str = "/etc/dovecot/sieve";
-    pub const SIEVE_PIPE_DIR: &str = "/etc/dovecot/sieve-pipe";
+pub(crate) mod installed {
+    pub(crate) const SIEVE_DIR: &str = "/etc/dovecot/sieve";
+    pub(crate) const SIEVE_PIPE_DIR: &str = "/etc/dovecot/sieve-pipe";
     /// rspamd's controller socket and its directory (tmpfiles.d).
-    pub const CONTROLLER_DIR: &str = "/run/rspamd-learn";
-    pub const CONTROLLER_SOCKET: &str = "/run/rspamd-learn/controller.sock";
+    pub(crate) const CONTROLLER_DIR: &str = "/run/rspamd-learn";
+    pub(crate) const CONTROLLER_SOCKET: &str = "/run/rspamd-learn/controller.sock";
     /// valkey as Debian configures it: 127.0.0.1 only.
-    pub const BAYES_SERVERS: &str = "127.0.0.1:6379";
+    pub(crate) const BAYES_SERVERS: &str = "127.0.0.1:6379";
     /// rspamd's client, which the learning programs run (a store path on NixOS,
     /// which fills the same template: nix/lib/inbound.nix).
-    pub const RSPAMC: &str = "/usr/bin/rspamc";
+    pub(crate) const RSPAMC: &str = "/usr/bin/rspamc";
 }
 
 /// The files that follow the accounts file.
-pub fn generated(config: &Config, accounts: &Accounts) -> Vec<File> {
+pub(crate) fn generated(config: &Config, accounts: &Accounts) -> Vec<File> {
     let header = |what: &str| {
         format!(
             "# {what}\n# Generated by postmaster from {}; edit that file, not this one.\n",
@@ -148,7 +146,7 @@ pub fn generated(config: &Config, accounts: &Accounts) -> Vec<File> {
 /// for it: passwd-file first. When one is removed, postfix must stop accepting mail
 /// for it before LMTP would refuse that mail (a bounce to a possibly forged sender):
 /// maps first. `previous_passwd_file` is the passwd-file now in place, if any.
-pub fn in_safe_order(
+pub(crate) fn in_safe_order(
     mut files: Vec<File>,
     previous_passwd_file: Option<&str>,
     accounts: &Accounts,
@@ -178,9 +176,9 @@ fn passwd_file_logins(text: &str) -> impl Iterator<Item = &str> {
 /// lower (2.4: 10) the rest were deferred with "451 4.3.0 Too many concurrent
 /// deliveries for user" and waited for postfix's next queue run, minutes later.
 /// 20 is postfix's default_destination_concurrency_limit.
-pub const LMTP_CONCURRENCY: u32 = 20;
+pub(crate) const LMTP_CONCURRENCY: u32 = 20;
 
-pub fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec<File> {
+pub(crate) fn host_config(config: &Config, map_type: MapType, config_file: &str) -> Vec<File> {
     let mut files = vec![
         File {
             path: paths::MAIN_CF.into(),

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use crate::accounts::Accounts;
 use crate::config::{Config, DovecotVersion};
 
-pub fn render(config: &Config, accounts: &Accounts) -> String {
+pub(crate) fn render(config: &Config, accounts: &Accounts) -> String {
     let mut out = String::new();
     let dc = &config.dovecot;
     for m in accounts.mailboxes.values() {

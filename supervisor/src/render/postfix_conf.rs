@@ -6,7 +6,7 @@ use crate::config::{Config, MapType};
 const MAIN_CF: &str = include_str!("templates/main.cf");
 const MASTER_CF: &str = include_str!("templates/master.cf");
 
-pub fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String {
+pub(crate) fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String {
     let sender_restrictions = if config.postfix.reject_unknown_sender_domain {
         "reject_non_fqdn_sender, reject_unknown_sender_domain"
     } else {
@@ -45,6 +45,6 @@ pub fn main_cf(config: &Config, map_type: MapType, config_file: &str) -> String 
     )
 }
 
-pub fn master_cf(config_file: &str) -> String {
+pub(crate) fn master_cf(config_file: &str) -> String {
     fill(MASTER_CF, &[("CONFIG_FILE", config_file.to_string())])
 }

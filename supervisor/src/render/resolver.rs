@@ -18,7 +18,7 @@ const UNBOUND: &str = include_str!("templates/unbound-postmaster.conf");
 
 /// rspamd's `local.d/options.inc`: which resolver it asks. Rendered for both
 /// choices, so that installing the rendered files replaces an earlier choice.
-pub fn rspamd_options(config: &Config, config_file: &str) -> String {
+pub(crate) fn rspamd_options(config: &Config, config_file: &str) -> String {
     let template = match config.inbound.resolver {
         Resolver::Local => RSPAMD_LOCAL,
         Resolver::System => RSPAMD_SYSTEM,
@@ -28,7 +28,7 @@ pub fn rspamd_options(config: &Config, config_file: &str) -> String {
 
 /// unbound's drop-in (`unbound.conf.d/postmaster.conf`), when the checks use
 /// the local resolver.
-pub fn unbound(config: &Config, config_file: &str) -> Option<String> {
+pub(crate) fn unbound(config: &Config, config_file: &str) -> Option<String> {
     (config.inbound.resolver == Resolver::Local)
         .then(|| fill(UNBOUND, &[("CONFIG_FILE", config_file.to_string())]))
 }

@@ -24,7 +24,7 @@ const TMPFILES_LEARNING: &str = include_str!("templates/tmpfiles-learning.conf")
 /// The checks of mail arriving on port 25 (`[inbound]`): rspamd's `local.d` files
 /// by path. Rendered whether or not the checks are on: postfix decides whether
 /// port-25 mail reaches rspamd at all (`inbound_milters` in main.cf).
-pub fn inbound(config: &Config, config_file: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn inbound(config: &Config, config_file: &str) -> Vec<(&'static str, String)> {
     let file = |template: &str| {
         fill(
             template,
@@ -78,7 +78,7 @@ fn score(n: f64) -> String {
 /// milter` names, when that is a `unix:` socket (a path relative to postfix's
 /// queue directory is taken from Debian's); `None` for an `inet:` milter, which
 /// is left as rspamd has it.
-pub fn worker_proxy(config: &Config, config_file: &str) -> Option<String> {
+pub(crate) fn worker_proxy(config: &Config, config_file: &str) -> Option<String> {
     let path = config.dkim.milter.strip_prefix("unix:")?;
     let socket = if path.starts_with('/') {
         path.to_string()
@@ -92,11 +92,11 @@ pub fn worker_proxy(config: &Config, config_file: &str) -> Option<String> {
 }
 
 /// rspamd's `local.d/settings.conf`: outgoing mail is signed, not scanned.
-pub fn settings(config_file: &str) -> String {
+pub(crate) fn settings(config_file: &str) -> String {
     fill(SETTINGS, &[("CONFIG_FILE", config_file.to_string())])
 }
 
-pub fn dkim_signing(config: &Config, config_file: &str) -> String {
+pub(crate) fn dkim_signing(config: &Config, config_file: &str) -> String {
     fill(
         DKIM_SIGNING,
         &[

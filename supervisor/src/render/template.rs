@@ -3,7 +3,7 @@
 
 /// Replaces every `@NAME@` with its value. A placeholder left unfilled is a bug in
 /// postmaster, caught by the tests of every template.
-pub fn fill(template: &str, values: &[(&str, String)]) -> String {
+pub(crate) fn fill(template: &str, values: &[(&str, String)]) -> String {
     let mut out = template.to_string();
     for (name, value) in values {
         out = out.replace(&format!("@{name}@"), value);
@@ -13,7 +13,7 @@ pub fn fill(template: &str, values: &[(&str, String)]) -> String {
 
 /// The placeholders still in `text`.
 #[cfg(test)]
-pub fn unfilled(text: &str) -> Vec<String> {
+pub(crate) fn unfilled(text: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find('@') {

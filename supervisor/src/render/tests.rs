@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use super::maps::{sender_owners, virtual_alias_entries};
 use super::*;
 use crate::diag::Source;
 

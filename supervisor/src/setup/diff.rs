@@ -8,7 +8,7 @@ const CONTEXT: usize = 3;
 
 /// `old` → `new` as a unified diff with `---`/`+++` headers naming `old_name` and
 /// `new_name`; empty when the texts are equal.
-pub fn unified(old_name: &str, new_name: &str, old: &str, new: &str) -> String {
+pub(crate) fn unified(old_name: &str, new_name: &str, old: &str, new: &str) -> String {
     if old == new {
         return String::new();
     }

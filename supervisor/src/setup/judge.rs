@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// The ports setup makes postfix and dovecot listen on, which no other program may
 /// hold: SMTP, submissions, submission, IMAPS, POP3S.
-pub const MAIL_PORTS: [u16; 5] = [25, 465, 587, 993, 995];
+pub(crate) const MAIL_PORTS: [u16; 5] = [25, 465, 587, 993, 995];
 
 /// Programs that may hold the mail ports: postfix's master (and the smtpd it
 /// hands the socket to) and dovecot (and its login processes). A second run of
@@ -24,7 +24,7 @@ const MAIL_PROGRAMS: [&str; 6] = [
 
 /// Why setup will not go on. Display says what is wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     NotRoot,
     /// Not Debian 13: what /etc/os-release says.
     NotDebian13 {
@@ -127,7 +127,7 @@ fn os_release_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Debian 13 (ID=debian, VERSION_ID=13), from /etc/os-release's text.
-pub fn judge_os(os_release: Option<&str>) -> Result<(), Refusal> {
+pub(crate) fn judge_os(os_release: Option<&str>) -> Result<(), Refusal> {
     let Some(text) = os_release else {
         return Err(Refusal::NotDebian13 {
             found: "a system without /etc/os-release".into(),
@@ -147,13 +147,13 @@ pub fn judge_os(os_release: Option<&str>) -> Result<(), Refusal> {
 /// A listening TCP socket: its port and the socket inode that names it in
 /// `/proc/PID/fd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Listener {
-    pub port: u16,
-    pub inode: u64,
+pub(crate) struct Listener {
+    pub(crate) port: u16,
+    pub(crate) inode: u64,
 }
 
 /// The listening sockets in the text of `/proc/net/tcp` or `/proc/net/tcp6`.
-pub fn listeners(proc_net_tcp: &str) -> Vec<Listener> {
+pub(crate) fn listeners(proc_net_tcp: &str) -> Vec<Listener> {
     const LISTEN: &str = "0A";
     proc_net_tcp
         .lines()
@@ -173,7 +173,7 @@ pub fn listeners(proc_net_tcp: &str) -> Vec<Listener> {
 /// Refusals for mail ports held by programs other than postfix and dovecot.
 /// `holders` lists, per mail port that listens, the names (comm) of the processes
 /// that hold the socket.
-pub fn judge_ports(holders: &[(u16, BTreeSet<String>)]) -> Vec<Refusal> {
+pub(crate) fn judge_ports(holders: &[(u16, BTreeSet<String>)]) -> Vec<Refusal> {
     holders
         .iter()
         .filter(|(port, _)| MAIL_PORTS.contains(port))
@@ -188,12 +188,12 @@ pub fn judge_ports(holders: &[(u16, BTreeSet<String>)]) -> Vec<Refusal> {
 /// What Debian knows about the configuration files on this host, to tell its own
 /// files from an admin's.
 #[derive(Debug, Clone, Default)]
-pub struct DebianFacts {
+pub(crate) struct DebianFacts {
     /// `/usr/share/postfix/master.cf.dist`: what postfix's postinst installs.
-    pub master_cf_dist: Option<String>,
+    pub(crate) master_cf_dist: Option<String>,
     /// Configuration files (dpkg conffiles) that `dpkg --verify` reports as changed
     /// or missing.
-    pub changed_conffiles: BTreeSet<PathBuf>,
+    pub(crate) changed_conffiles: BTreeSet<PathBuf>,
 }
 
 /// The main.cf parameters Debian's postfix package writes (main.cf.debian, the
@@ -257,7 +257,12 @@ fn main_cf_parameters(text: &str) -> Vec<(String, String)> {
 /// configuration rather than Debian's untouched original (`None`: it is Debian's,
 /// or not configuration Debian ships, and equal to what setup writes).
 /// `content` is what is there now, `desired` what setup would write.
-pub fn foreign(path: &Path, content: &[u8], desired: &[u8], facts: &DebianFacts) -> Option<String> {
+pub(crate) fn foreign(
+    path: &Path,
+    content: &[u8],
+    desired: &[u8],
+    facts: &DebianFacts,
+) -> Option<String> {
     if content == desired {
         return None;
     }
@@ -300,7 +305,7 @@ pub fn foreign(path: &Path, content: &[u8], desired: &[u8], facts: &DebianFacts)
 
 /// Changed dovecot conffiles that postmaster's dovecot.conf would silently drop: it
 /// is complete and includes nothing from conf.d.
-pub fn dropped_dovecot_changes(facts: &DebianFacts) -> Vec<Refusal> {
+pub(crate) fn dropped_dovecot_changes(facts: &DebianFacts) -> Vec<Refusal> {
     facts
         .changed_conffiles
         .iter()
@@ -317,7 +322,7 @@ pub fn dropped_dovecot_changes(facts: &DebianFacts) -> Vec<Refusal> {
 /// The conffiles `dpkg --verify` reports as changed or missing. Its lines are
 /// `??5?????? c /etc/file` (the third column 5: the digest differs) or
 /// `missing   c /etc/file`.
-pub fn changed_conffiles(dpkg_verify: &str) -> BTreeSet<PathBuf> {
+pub(crate) fn changed_conffiles(dpkg_verify: &str) -> BTreeSet<PathBuf> {
     dpkg_verify
         .lines()
         .filter_map(|l| {
@@ -332,7 +337,7 @@ pub fn changed_conffiles(dpkg_verify: &str) -> BTreeSet<PathBuf> {
 
 /// The Debian packages a mail host needs that dpkg does not list as installed.
 /// `status` is `dpkg-query -W -f '${Package} ${db:Status-Abbrev}\n'` for them.
-pub fn missing_packages<'a>(wanted: &[&'a str], status: &str) -> Vec<&'a str> {
+pub(crate) fn missing_packages<'a>(wanted: &[&'a str], status: &str) -> Vec<&'a str> {
     let installed: BTreeSet<&str> = status
         .lines()
         .filter_map(|l| {

@@ -14,10 +14,10 @@
 //!
 //! This file is the edge: it gathers the facts, runs apt-get and systemctl, writes.
 
-pub mod diff;
-pub mod judge;
-pub mod plan;
-pub mod text;
+pub(crate) mod diff;
+pub(crate) mod judge;
+pub(crate) mod plan;
+pub(crate) mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -37,17 +37,17 @@ use text::{Certificate, NewConfig};
 
 /// What the command line asked for, validated.
 #[derive(Debug, Clone)]
-pub struct Options {
-    pub config_path: PathBuf,
-    pub host: Option<String>,
-    pub domains: Vec<String>,
-    pub certificate: Option<Certificate>,
-    pub yes: bool,
-    pub force: bool,
+pub(crate) struct Options {
+    pub(crate) config_path: PathBuf,
+    pub(crate) host: Option<String>,
+    pub(crate) domains: Vec<String>,
+    pub(crate) certificate: Option<Certificate>,
+    pub(crate) yes: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug)]
-pub enum SetupError {
+pub(crate) enum SetupError {
     /// Refused before changing anything it names; each says what to do.
     Refused(Vec<Refusal>),
     /// An upgrade was shown and not made: run again with --yes.
@@ -430,7 +430,7 @@ fn print_diffs<'a>(steps: impl Iterator<Item = &'a Step>) {
 }
 
 /// `postmaster setup`.
-pub fn setup(opts: &Options) -> Result<(), SetupError> {
+pub(crate) fn setup(opts: &Options) -> Result<(), SetupError> {
     if !is_root() {
         return Err(Refusal::NotRoot.into());
     }
@@ -949,7 +949,7 @@ fn report(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
 
 /// `postmaster uninstall`: stops and removes what setup added, puts Debian's
 /// files back, and says what it leaves.
-pub fn uninstall(config_path: &Path) -> Result<(), SetupError> {
+pub(crate) fn uninstall(config_path: &Path) -> Result<(), SetupError> {
     if !is_root() {
         return Err(Refusal::NotRoot.into());
     }

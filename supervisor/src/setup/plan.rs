@@ -15,40 +15,40 @@ use super::judge::{self, DebianFacts, Refusal};
 /// directory, not under /var/lib/postmaster: the daemon's user owns that one and
 /// could rename a subdirectory there and put its own in place, and uninstall, as
 /// root, writes the "originals" it lists back into /etc.
-pub const MANIFEST: &str = "/var/lib/postmaster-setup/manifest.json";
+pub(crate) const MANIFEST: &str = "/var/lib/postmaster-setup/manifest.json";
 /// Where the files setup replaced are kept (same paths below it).
-pub const ORIGINALS: &str = "/var/lib/postmaster-setup/originals";
+pub(crate) const ORIGINALS: &str = "/var/lib/postmaster-setup/originals";
 
 /// A file setup installs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Desired {
-    pub path: PathBuf,
-    pub content: Vec<u8>,
-    pub mode: u32,
+pub(crate) struct Desired {
+    pub(crate) path: PathBuf,
+    pub(crate) content: Vec<u8>,
+    pub(crate) mode: u32,
 }
 
 /// What setup installed, recorded after each run that changed anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     /// Every file setup installed: its sha256 as installed, and where the file it
     /// replaced (Debian's) was kept, if there was one.
-    pub files: BTreeMap<PathBuf, Installed>,
+    pub(crate) files: BTreeMap<PathBuf, Installed>,
     /// Files setup created once and leaves to the admin (config, accounts).
-    pub created: Vec<PathBuf>,
+    pub(crate) created: Vec<PathBuf>,
     /// Debian packages setup installed (uninstall names them, removes none).
-    pub packages: Vec<String>,
+    pub(crate) packages: Vec<String>,
     /// A whole setup finished: from now on a change to an installed file is an
     /// upgrade, shown first and made only with --yes.
-    pub complete: bool,
+    pub(crate) complete: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Installed {
-    pub sha256: String,
-    pub original: Option<PathBuf>,
+pub(crate) struct Installed {
+    pub(crate) sha256: String,
+    pub(crate) original: Option<PathBuf>,
 }
 
-pub fn sha256(content: &[u8]) -> String {
+pub(crate) fn sha256(content: &[u8]) -> String {
     Sha256::digest(content)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -57,7 +57,7 @@ pub fn sha256(content: &[u8]) -> String {
 
 /// What happens to one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// On disk as setup would write it.
     Unchanged,
     /// Not there: written.
@@ -75,16 +75,16 @@ pub enum Action {
 
 /// One file's plan: the action and the difference it makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    pub path: PathBuf,
-    pub action: Action,
+pub(crate) struct Step {
+    pub(crate) path: PathBuf,
+    pub(crate) action: Action,
     /// What is there now → what setup writes (empty for Unchanged and Create).
-    pub diff: String,
+    pub(crate) diff: String,
 }
 
 /// Decides each file's action. `on_disk` maps every desired path to what is
 /// there now (None: nothing).
-pub fn plan(
+pub(crate) fn plan(
     desired: &[Desired],
     on_disk: &BTreeMap<PathBuf, Option<Vec<u8>>>,
     manifest: &Manifest,
@@ -134,7 +134,7 @@ fn describe_change(path: &Path, old: &[u8], new: &[u8]) -> String {
 
 /// What setup does with a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Write what the plan says (possibly nothing).
     Proceed,
     /// An upgrade of a finished setup: show the differences, change nothing
@@ -145,7 +145,7 @@ pub enum Verdict {
 
 /// The whole decision: admins' files are never replaced without --force, and a
 /// finished setup changes nothing without --yes.
-pub fn decide(steps: &[Step], manifest: &Manifest, yes: bool, force: bool) -> Verdict {
+pub(crate) fn decide(steps: &[Step], manifest: &Manifest, yes: bool, force: bool) -> Verdict {
     if !force {
         let refusals: Vec<Refusal> = steps
             .iter()
@@ -174,7 +174,7 @@ pub fn decide(steps: &[Step], manifest: &Manifest, yes: bool, force: bool) -> Ve
 
 /// What uninstall does with one file setup installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Removal {
+pub(crate) enum Removal {
     /// Put the original back (from ORIGINALS).
     Restore(PathBuf),
     /// Setup created it: delete it.
@@ -185,7 +185,7 @@ pub enum Removal {
     Gone,
 }
 
-pub fn removal(installed: &Installed, now: Option<&[u8]>) -> Removal {
+pub(crate) fn removal(installed: &Installed, now: Option<&[u8]>) -> Removal {
     match now {
         None => Removal::Gone,
         Some(c) if sha256(c) != installed.sha256 => Removal::Leave,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// Where the certificate comes from, as the flags chose it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Certificate {
+pub(crate) enum Certificate {
     /// postmaster obtains it from Let's Encrypt; the contact addresses, if any.
     Acme { contact: Vec<String> },
     /// Another tool (certbot, the admin) keeps these files up to date.
@@ -15,14 +15,14 @@ pub enum Certificate {
 
 /// The configuration setup writes when there is none yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewConfig {
-    pub host_name: String,
-    pub domains: Vec<String>,
-    pub certificate: Certificate,
+pub(crate) struct NewConfig {
+    pub(crate) host_name: String,
+    pub(crate) domains: Vec<String>,
+    pub(crate) certificate: Certificate,
 }
 
 /// Where the every-key example is installed (setup puts it there).
-pub const EXAMPLE_PATH: &str = "/usr/local/share/doc/postmaster/postmaster.example.toml";
+pub(crate) const EXAMPLE_PATH: &str = "/usr/local/share/doc/postmaster/postmaster.example.toml";
 
 fn quoted(s: &str) -> String {
     // The values are host names, domains, paths and mail addresses; TOML's basic
@@ -35,7 +35,7 @@ fn list(items: &[String]) -> String {
     format!("[{}]", inner.join(", "))
 }
 
-pub fn config_toml(c: &NewConfig) -> String {
+pub(crate) fn config_toml(c: &NewConfig) -> String {
     let tls = match &c.certificate {
         Certificate::Acme { contact } => format!(
             "[tls]\n\
@@ -104,7 +104,7 @@ pub fn config_toml(c: &NewConfig) -> String {
     )
 }
 
-pub fn accounts_toml(domains: &[String]) -> String {
+pub(crate) fn accounts_toml(domains: &[String]) -> String {
     let first = domains.first().map(String::as_str).unwrap_or("example.org");
     format!(
         "# postmaster's accounts: mailboxes, aliases and catch-alls. Only password\n\

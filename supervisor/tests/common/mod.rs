@@ -7,18 +7,18 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_postmaster");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_postmaster");
 
 /// Runs a system tool that the test command installs; a missing tool fails the
 /// test with a message saying how to get it, never skips it.
-pub fn tool(program: &str, args: &[&str]) -> Output {
+pub(crate) fn tool(program: &str, args: &[&str]) -> Output {
     Command::new(program)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} ({e}); install postfix, postfix-lmdb and dovecot-core (the README's test command does)"))
 }
 
-pub fn postmaster(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+pub(crate) fn postmaster(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(config)
@@ -40,25 +40,25 @@ pub fn postmaster(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-pub fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-pub fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A configuration and accounts file in a temporary directory, with the generated
 /// directory inside it.
-pub struct Setup {
-    pub dir: tempfile::TempDir,
-    pub config: PathBuf,
-    pub accounts: PathBuf,
-    pub generated: PathBuf,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: PathBuf,
+    pub(crate) accounts: PathBuf,
+    pub(crate) generated: PathBuf,
 }
 
 impl Setup {
-    pub fn new(extra_config: &str, accounts: &str) -> Setup {
+    pub(crate) fn new(extra_config: &str, accounts: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.toml");
         let accounts_path = dir.path().join("accounts.toml");
@@ -86,7 +86,7 @@ impl Setup {
         }
     }
 
-    pub fn seed() -> Setup {
+    pub(crate) fn seed() -> Setup {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let accounts =
             std::fs::read_to_string(manifest.join("../examples/seed/accounts.toml")).unwrap();
