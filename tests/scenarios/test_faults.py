@@ -130,6 +130,7 @@ def test_full_disk_keeps_the_last_good_state_and_recovers_by_itself(host, server
     good = host.accounts
     pending = with_mailbox(good, "fiona", "fiona-secret-7")
     restarts_before = restarts(host)
+    failures_before = len(logged(host, "applying the accounts failed", lines=2000))
     b.run(["sh", "-c", MOUNT_SMALL_DISK], check=True)
     try:
         # The daemon (in a mount namespace of its own) writes to the small disk: it
@@ -151,6 +152,11 @@ def test_full_disk_keeps_the_last_good_state_and_recovers_by_itself(host, server
         assert out.returncode == 1, out
         assert "No space left on device" in out.stderr and f"{GENERATED}/" in out.stderr, out
         assert b.run(["postmaster", "status"]).returncode == 1
+        # Retried by itself, every few seconds while the disk stays full (1, 2, 4 s
+        # ... apart): more tries than the edit's, the reload's and one 30 s backstop
+        # look could make.
+        mc.wait_for("the apply retried while the disk is full", lambda: len(
+            logged(host, "applying the accounts failed", lines=2000)) >= failures_before + 4, timeout=20)
 
         # The last good state keeps serving: no torn file, old logins and mail work,
         # the new mailbox does not exist yet.
