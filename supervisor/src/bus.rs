@@ -51,8 +51,9 @@ pub(crate) struct Supervisor {
     pub(crate) requests: mpsc::Sender<Request>,
     pub(crate) status: watch::Receiver<Status>,
     /// To report the units' live state with each Status call. Which units those are
-    /// comes with the status: a reload may change them.
-    pub(crate) systemd: Option<crate::systemd::Systemd>,
+    /// comes with the status: a reload may change them. A channel, not a value: after
+    /// the bus restarts, systemd may answer on the new connection later than we do.
+    pub(crate) systemd: watch::Receiver<Option<crate::systemd::Systemd>>,
     /// The failed-login counts and blocks, shared with the policy listener: blocks
     /// are read and lifted here directly, not through the event loop, so a long
     /// apply never holds up an admin letting someone back in.
@@ -74,7 +75,8 @@ impl Supervisor {
         if let Some(l) = &mut status.logins {
             l.blocked = crate::logins::lock(&self.logins).blocks(crate::logins::unix_now());
         }
-        if let Some(systemd) = &self.systemd {
+        let systemd = self.systemd.borrow().clone();
+        if let Some(systemd) = &systemd {
             for unit in &mut status.units {
                 *unit = systemd.unit_state(&unit.name).await;
             }

@@ -42,6 +42,9 @@ trait Unit {
 trait Service {
     #[zbus(property, name = "MainPID")]
     fn main_pid(&self) -> zbus::Result<u32>;
+    /// How the last reload ended: `success`, `exit-code`, `timeout`, …
+    #[zbus(property)]
+    fn reload_result(&self) -> zbus::Result<String>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,28 +151,87 @@ impl Systemd {
                         };
                         let (_id, removed_job, _unit, result): (u32, OwnedObjectPath, String, String) = message?.body().deserialize()?;
                         if removed_job == job {
-                            return Ok(result);
+                            return Ok(Some(result));
                         }
                     }
                     _ = poll.tick() => {
                         if job_proxy.state().await.is_err() {
-                            return Ok("done".to_string());
+                            return Ok(None);
                         }
                     }
                 }
             }
         };
-        match tokio::time::timeout(timeout, wait).await {
-            Err(_) => Err(SystemdError::Timeout {
-                unit: unit.to_string(),
-                timeout,
-            }),
-            Ok(Err(e)) => Err(e.into()),
-            Ok(Ok(result)) if result == "done" => Ok(()),
-            Ok(Ok(result)) => Err(SystemdError::JobFailed {
+        let signalled = match tokio::time::timeout(timeout, wait).await {
+            Err(_) => {
+                return Err(SystemdError::Timeout {
+                    unit: unit.to_string(),
+                    timeout,
+                });
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(signalled)) => signalled,
+        };
+        // Without the signal, the job's end says nothing of how it ended: a reload
+        // whose ExecReload failed ends as quietly as one that worked. The unit
+        // keeps that.
+        let kept = match signalled {
+            Some(_) => None,
+            None => self.reload_result(unit).await,
+        };
+        match reload_failure(signalled.as_deref(), kept.as_deref()) {
+            None => Ok(()),
+            Some(result) => Err(SystemdError::JobFailed {
                 unit: unit.to_string(),
                 result,
             }),
         }
+    }
+
+    /// The unit's record of how its last reload ended, if it keeps one.
+    async fn reload_result(&self, unit: &str) -> Option<String> {
+        let path = self.manager.get_unit(unit).await.ok()?;
+        let service = ServiceProxy::builder(&self.connection)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .ok()?;
+        service.reload_result().await.ok()
+    }
+}
+
+/// Why a reload failed, from the job's result in systemd's JobRemoved signal when
+/// it was seen, else from the unit's ReloadResult; `None` when it worked (or when
+/// neither says otherwise).
+fn reload_failure(signalled: Option<&str>, kept: Option<&str>) -> Option<String> {
+    match (signalled, kept) {
+        (Some("done"), _) => None,
+        (Some(result), _) => Some(result.to_string()),
+        (None, Some(result)) if result != "success" => Some(result.to_string()),
+        (None, _) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reload_failure;
+
+    #[test]
+    fn a_reload_failed_when_the_signal_or_else_the_unit_says_so() {
+        assert_eq!(reload_failure(Some("done"), None), None);
+        assert_eq!(reload_failure(Some("failed"), None), Some("failed".into()));
+        assert_eq!(
+            reload_failure(Some("timeout"), Some("success")),
+            Some("timeout".into())
+        );
+        // Only the job's disappearance was seen: the unit's record decides.
+        assert_eq!(reload_failure(None, Some("success")), None);
+        assert_eq!(
+            reload_failure(None, Some("exit-code")),
+            Some("exit-code".into())
+        );
+        // A unit that keeps no record (not a service): nothing says it failed.
+        assert_eq!(reload_failure(None, None), None);
     }
 }

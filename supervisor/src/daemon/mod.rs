@@ -47,6 +47,19 @@ const SETTLE: Duration = Duration::from_secs(2);
 const BACKSTOP: Duration = Duration::from_secs(30);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
 const RELOAD_ATTEMPTS: u32 = 3;
+/// How often to try again to reach the system bus, systemd on it, or our name.
+const BUS_RETRY: Duration = Duration::from_secs(1);
+/// An apply that failed (a full disk, say) is tried again after this, doubling up
+/// to [`ACCOUNTS_RETRY_MOST`]: the space may come back at any moment, and nobody
+/// may touch the accounts file again to make us look. An apply that changes
+/// nothing is cheap, so trying every few seconds costs little.
+const ACCOUNTS_RETRY_FIRST: Duration = Duration::from_secs(1);
+const ACCOUNTS_RETRY_MOST: Duration = Duration::from_secs(10);
+/// A certificate that postfix or dovecot could not be made to serve (a reload
+/// that failed every attempt) is served again after this, doubling up to
+/// [`SERVING_RETRY_MOST`].
+const SERVING_RETRY_FIRST: Duration = Duration::from_secs(5);
+const SERVING_RETRY_MOST: Duration = Duration::from_secs(300);
 /// The least wait after the CA refused an order for its rate limits: they count
 /// over hours, and asking sooner only fails again.
 const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(3600);
@@ -101,6 +114,10 @@ struct Daemon {
         std::net::SocketAddr,
         Result<tokio::task::AbortHandle, String>,
     )>,
+    /// When to apply the accounts again after an apply failed.
+    accounts_retry: Option<Retry>,
+    /// When to serve the installed certificate again after serving it failed.
+    serving_retry: Option<Retry>,
 }
 
 /// What the daemon keeps for ACME between attempts.
@@ -118,30 +135,24 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
     let (requests_tx, mut requests) = mpsc::channel::<Request>(8);
     let (seen_tx, mut seen_rx) = mpsc::channel::<signing::Seen>(1);
 
-    let connection = match zbus::Connection::system().await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            error!(error = %e, "cannot connect to the system bus: no reloads, no D-Bus interface");
-            None
-        }
+    let (systemd_tx, systemd_rx) = watch::channel(None);
+    let mut link = BusLink {
+        connection: None,
+        object_served: false,
+        name_owned: false,
+        systemd: systemd_tx,
+        supervisor: None,
+        trouble: None,
     };
-    let systemd = match &connection {
-        Some(c) => match Systemd::new(c.clone()).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                error!(error = %e, "cannot talk to systemd: postfix and dovecot cannot be reloaded");
-                None
-            }
-        },
-        None => None,
-    };
+    link.connect().await;
+    let systemd = link.systemd();
 
     let config_logins = config.logins.clone();
     let mut daemon = Daemon {
         config_path: config_path.to_path_buf(),
         installed: certificate::installed(&config),
         resolved: Resolved::probe(config),
-        systemd: systemd.clone(),
+        systemd,
         status: status_tx,
         watcher,
         accounts_seen: None,
@@ -155,6 +166,8 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
             config_logins.clone(),
         ))),
         policy: None,
+        accounts_retry: None,
+        serving_retry: None,
     };
     daemon.logins_setup();
     daemon.acme = acme_setup(&daemon.resolved.config, daemon.http01.as_ref());
@@ -165,19 +178,13 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
     daemon.watch();
     daemon.check(true).await;
 
-    let mut bus_name_owned = false;
-    if let Some(c) = &connection {
-        let supervisor = bus::Supervisor {
-            requests: requests_tx.clone(),
-            status: status_rx,
-            systemd,
-            logins: daemon.logins.clone(),
-        };
-        match c.object_server().at(bus::OBJECT_PATH, supervisor).await {
-            Ok(_) => bus_name_owned = own_bus_name(c).await,
-            Err(e) => error!(error = %e, "cannot serve the D-Bus interface"),
-        }
-    }
+    link.supervisor = Some(SupervisorParts {
+        requests: requests_tx.clone(),
+        status: status_rx,
+        systemd: systemd_rx,
+        logins: daemon.logins.clone(),
+    });
+    link.offer().await;
 
     notify(&[sd_notify::NotifyState::Ready]);
     info!(summary = %daemon.status.borrow().summary(), "ready");
@@ -199,7 +206,8 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
         tokio::spawn(feed_watchdog(every, busy_since.clone()));
     }
     let mut backstop = tokio::time::interval(BACKSTOP);
-    let mut name_retry = tokio::time::interval(Duration::from_secs(2));
+    let mut bus_retry = tokio::time::interval(BUS_RETRY);
+    bus_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     backstop.tick().await;
 
     loop {
@@ -223,6 +231,17 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
             }
         };
         let ask_dns = daemon.signing.due(&daemon.resolved.config);
+        let accounts_retry = Retry::due(daemon.accounts_retry);
+        let serving_retry = Retry::due(daemon.serving_retry);
+        let bus_lost = {
+            let connection = link.connection.clone();
+            async move {
+                match connection {
+                    Some(c) => c.closed().await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
         busy_since.store(0, std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             Some(first) = changes.recv() => {
@@ -279,12 +298,39 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
                 let _ = daemon.check_dkim(&[]).await;
                 daemon.publish();
             }
-            // The bus may refuse the name at boot, before it has re-read its
-            // policy: keep asking.
-            _ = name_retry.tick(), if !bus_name_owned && connection.is_some() => {
-                if let Some(c) = &connection {
-                    bus_name_owned = own_bus_name(c).await;
+            _ = accounts_retry => {
+                busy(&busy_since);
+                let due = daemon.accounts_retry;
+                daemon.check_accounts(false).await;
+                // A look that ended before applying (the file became unreadable or
+                // invalid meanwhile) leaves the retry as it was: it is done with.
+                if daemon.accounts_retry == due {
+                    daemon.accounts_retry = None;
                 }
+                daemon.publish();
+            }
+            _ = serving_retry => {
+                busy(&busy_since);
+                let due = daemon.serving_retry;
+                daemon.serve_again().await;
+                if daemon.serving_retry == due {
+                    daemon.serving_retry = None;
+                }
+                daemon.publish();
+            }
+            // dbus restarted, or killed: everything on the bus is set up again on a
+            // new connection, by the retry below.
+            _ = bus_lost => {
+                link.lost();
+                daemon.systemd = None;
+            }
+            // The bus may be away (restarting), or refuse the name at boot before it
+            // has re-read its policy, or systemd may not be on the new bus yet: keep
+            // trying.
+            _ = bus_retry.tick(), if !link.complete() => {
+                link.connect().await;
+                link.offer().await;
+                daemon.systemd = link.systemd();
             }
             Some(request) = requests.recv() => {
                 busy(&busy_since);
@@ -717,6 +763,8 @@ impl Daemon {
         let accounts = match pipeline::parse_accounts(&self.resolved.config, &path, bytes) {
             Ok(a) => a,
             Err(invalid) => {
+                // Only a change of the file can mend it: no timed retry.
+                self.accounts_retry = None;
                 self.accounts_refused(invalid.0.iter().map(|d| d.to_string()).collect());
                 return;
             }
@@ -727,6 +775,9 @@ impl Daemon {
             accounts.aliases.len(),
             accounts.catch_all.len(),
         );
+        // Paired with "accounts applied" (or "applying the accounts failed"): a
+        // daemon that stopped between the two stopped during an apply.
+        info!(file = %path.display(), "applying the accounts");
         let applied =
             tokio::task::spawn_blocking(move || pipeline::apply_accounts(&resolved, &accounts))
                 .await
@@ -741,6 +792,14 @@ impl Daemon {
                     .collect();
                 if report.changed() {
                     info!(file = %path.display(), mailboxes = counts.0, aliases = counts.1, written = ?written, "accounts applied");
+                } else {
+                    info!(file = %path.display(), "accounts unchanged: nothing written");
+                }
+                if let Some(retry) = self.accounts_retry.take() {
+                    info!(
+                        failed_attempts = retry.failures,
+                        "accounts applied after earlier attempts failed"
+                    );
                 }
                 self.status.send_modify(|s| {
                     let a = &mut s.accounts;
@@ -752,10 +811,16 @@ impl Daemon {
                 });
             }
             Err(e) => {
-                error!(error = %e, "applying the accounts failed; will retry");
-                // Not marked as seen: the next look tries again.
+                // Not marked as seen: the next look tries again, and one comes soon
+                // even if nothing else happens.
                 self.accounts_seen = None;
-                self.accounts_refused(vec![e]);
+                let retry_in = Retry::fail(
+                    &mut self.accounts_retry,
+                    ACCOUNTS_RETRY_FIRST,
+                    ACCOUNTS_RETRY_MOST,
+                );
+                error!(error = %e, ?retry_in, "applying the accounts failed; the last applied accounts keep being served");
+                self.status.send_modify(|s| s.accounts.errors = vec![e]);
             }
         }
     }
@@ -855,16 +920,34 @@ impl Daemon {
         self.show_certificate(&info, Some(event(true, "installed".into())));
         self.installed = Some(info.clone());
         self.publish();
+        self.serving_retry = None;
+        self.serve_installed(&info).await;
+    }
 
+    /// Serves the installed certificate again after serving it failed.
+    async fn serve_again(&mut self) {
+        let Some(info) = self.installed.clone() else {
+            self.serving_retry = None;
+            return;
+        };
+        let failures = self.serving_retry.map_or(0, |r| r.failures);
+        info!(fingerprint = %info.sha256_fingerprint, failed_attempts = failures, "serving the installed certificate again");
+        self.serve_installed(&info).await;
+    }
+
+    /// Makes postfix and dovecot serve `info` (installed already), checks what the
+    /// ports serve, and schedules another go if they do not serve it: a reload that
+    /// failed must not leave the old certificate served until the next change.
+    async fn serve_installed(&mut self, info: &CertInfo) {
         let started = Instant::now();
-        let outcome = serve::serve(&mut LiveHost {
-            daemon: self,
-            info: &info,
-        })
-        .await;
+        let outcome = serve::serve(&mut LiveHost { daemon: self, info }).await;
         let verified = match outcome {
-            serve::Outcome::NothingRunning => return,
+            serve::Outcome::NothingRunning => {
+                self.serving_retry = None;
+                return;
+            }
             serve::Outcome::Served { postfix_reloaded } => {
+                self.serving_retry = None;
                 let took = started.elapsed();
                 info!(
                     took_ms = took.as_millis() as u64,
@@ -880,7 +963,12 @@ impl Daemon {
                     .iter()
                     .map(|f| format!("port {}: {}", f.port, f.why))
                     .collect();
-                error!(failures = ?detail, "the new certificate is not served everywhere");
+                let retry_in = Retry::fail(
+                    &mut self.serving_retry,
+                    SERVING_RETRY_FIRST,
+                    SERVING_RETRY_MOST,
+                );
+                error!(failures = ?detail, ?retry_in, "the new certificate is not served everywhere; trying again later");
                 event(false, detail.join("; "))
             }
         };
@@ -1267,6 +1355,182 @@ fn acme_setup(
     })
 }
 
+/// What the D-Bus interface is made of; kept to serve it again on a new connection.
+struct SupervisorParts {
+    requests: mpsc::Sender<Request>,
+    status: watch::Receiver<Status>,
+    systemd: watch::Receiver<Option<Systemd>>,
+    logins: crate::logins::Shared,
+}
+
+/// The daemon's place on the system bus. The bus can go away under a running
+/// daemon (`systemctl restart dbus`, a crash of the broker): the connection then
+/// closes, and everything on it (systemd's client and its subscription, the
+/// served interface, the bus name) is set up again on a new connection, piece by
+/// piece as each becomes possible.
+struct BusLink {
+    connection: Option<zbus::Connection>,
+    object_served: bool,
+    name_owned: bool,
+    /// systemd's client on the current connection, shared with the interface.
+    systemd: watch::Sender<Option<Systemd>>,
+    /// `None` until the first look is done: the name is offered only after it.
+    supervisor: Option<SupervisorParts>,
+    /// The last problem reported, so that a bus that stays away is reported once,
+    /// not every second.
+    trouble: Option<String>,
+}
+
+impl BusLink {
+    fn systemd(&self) -> Option<Systemd> {
+        self.systemd.borrow().clone()
+    }
+
+    /// Whether everything is in place (nothing left to retry).
+    fn complete(&self) -> bool {
+        self.connection.is_some()
+            && self.systemd.borrow().is_some()
+            && (self.supervisor.is_none() || (self.object_served && self.name_owned))
+    }
+
+    fn report(&mut self, problem: String) {
+        if self.trouble.as_ref() != Some(&problem) {
+            error!(error = %problem, "system bus: retrying every {BUS_RETRY:?}");
+            self.trouble = Some(problem);
+        }
+    }
+
+    /// Connects to the bus and to systemd on it, as far as that is possible now.
+    async fn connect(&mut self) {
+        if self.connection.as_ref().is_some_and(|c| c.is_closed()) {
+            self.lost();
+        }
+        let connection = match &self.connection {
+            Some(c) => c.clone(),
+            None => match zbus::Connection::system().await {
+                Ok(c) => {
+                    if self.trouble.is_some() {
+                        info!("connected to the system bus again");
+                    }
+                    self.connection = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    self.report(format!(
+                        "cannot connect to the system bus: {e}; no reloads, no D-Bus interface"
+                    ));
+                    return;
+                }
+            },
+        };
+        if self.systemd.borrow().is_none() {
+            match Systemd::new(connection).await {
+                Ok(s) => {
+                    self.systemd.send_replace(Some(s));
+                }
+                Err(e) => self.report(format!(
+                    "cannot talk to systemd: {e}; postfix and dovecot cannot be reloaded"
+                )),
+            }
+        }
+        if self.complete() {
+            self.trouble = None;
+        }
+    }
+
+    /// Serves the interface and owns its name on the current connection.
+    async fn offer(&mut self) {
+        let (Some(connection), Some(parts)) = (&self.connection, &self.supervisor) else {
+            return;
+        };
+        let connection = connection.clone();
+        if !self.object_served {
+            let supervisor = bus::Supervisor {
+                requests: parts.requests.clone(),
+                status: parts.status.clone(),
+                systemd: parts.systemd.clone(),
+                logins: parts.logins.clone(),
+            };
+            match connection
+                .object_server()
+                .at(bus::OBJECT_PATH, supervisor)
+                .await
+            {
+                Ok(_) => self.object_served = true,
+                Err(e) => {
+                    self.report(format!("cannot serve the D-Bus interface: {e}"));
+                    return;
+                }
+            }
+        }
+        if !self.name_owned {
+            self.name_owned = own_bus_name(&connection).await;
+        }
+        if self.complete() {
+            self.trouble = None;
+        }
+    }
+
+    /// The connection closed: nothing on it works any more.
+    fn lost(&mut self) {
+        warn!("the connection to the system bus was lost (was dbus restarted?); reconnecting");
+        self.connection = None;
+        self.object_served = false;
+        self.name_owned = false;
+        self.systemd.send_replace(None);
+        self.trouble = Some("lost".into());
+    }
+}
+
+/// A step that failed, to be tried again after a pause that doubles with each
+/// failure in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retry {
+    at: Instant,
+    /// Failures in a row so far.
+    failures: u32,
+}
+
+impl Retry {
+    /// The next try after one more failure than `previous` counted.
+    fn after_failure(
+        previous: Option<Retry>,
+        first: Duration,
+        most: Duration,
+        now: Instant,
+    ) -> Retry {
+        let failures = previous.map_or(1, |r| r.failures.saturating_add(1));
+        Retry {
+            at: now + pause(failures, first, most),
+            failures,
+        }
+    }
+
+    /// Counts one more failure in `slot` and sets its next try; returns the pause.
+    fn fail(slot: &mut Option<Retry>, first: Duration, most: Duration) -> Duration {
+        let now = Instant::now();
+        let next = Retry::after_failure(*slot, first, most, now);
+        *slot = Some(next);
+        next.at - now
+    }
+
+    /// Resolves when `retry` is due; never without one.
+    async fn due(retry: Option<Retry>) {
+        match retry {
+            Some(r) => tokio::time::sleep_until(r.at.into()).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The pause after `failures` failures in a row: `first`, doubling, at most `most`.
+fn pause(failures: u32, first: Duration, most: Duration) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    first.saturating_mul(factor).min(most)
+}
+
 async fn own_bus_name(connection: &zbus::Connection) -> bool {
     match connection.request_name(bus::BUS_NAME).await {
         Ok(()) => {
@@ -1462,5 +1726,29 @@ mod tests {
         let (names, _, inbound) = describe("[inbound]\nresolver = \"system\"\n");
         assert_eq!(names, all[..4]);
         assert_eq!(inbound.unwrap().resolver_unit, None);
+    }
+
+    #[test]
+    fn retries_back_off_doubling_up_to_a_limit() {
+        let (first, most) = (Duration::from_secs(1), Duration::from_secs(30));
+        let pauses: Vec<u64> = (1..=7).map(|n| pause(n, first, most).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30]);
+        // However many failures: no overflow, still the limit.
+        assert_eq!(pause(40, first, most), most);
+        assert_eq!(pause(u32::MAX, first, most), most);
+    }
+
+    #[test]
+    fn a_retry_counts_the_failures_in_a_row() {
+        let now = Instant::now();
+        let (first, most) = (Duration::from_secs(5), Duration::from_secs(300));
+        let one = Retry::after_failure(None, first, most, now);
+        assert_eq!((one.failures, one.at), (1, now + first));
+        let two = Retry::after_failure(Some(one), first, most, now);
+        assert_eq!((two.failures, two.at), (2, now + 2 * first));
+        // A success forgets them (the daemon drops its Retry): the next failure
+        // starts over at the first pause.
+        let again = Retry::after_failure(None, first, most, now);
+        assert_eq!(again.at, now + first);
     }
 }
