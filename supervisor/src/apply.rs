@@ -70,22 +70,91 @@ impl Report {
     }
 }
 
-/// Writes `files` under `dir` (creating subdirectories), each atomically.
+/// Writes `files` under `dir` (creating subdirectories), each atomically, in the
+/// order given.
+///
+/// The changed maps are compiled first, all at once (one `postmap` each, side by
+/// side: a one-line edit of a large accounts file changes two or three maps, and
+/// compiling them one after the other doubled the wait); nothing is put in place
+/// until every one of them compiled, so a map postmap refuses leaves every file as
+/// it was. Then each changed file is renamed into place in `files`' order, which
+/// is the order that keeps mail safe (see [`crate::render::in_safe_order`]).
 pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Report, ApplyError> {
     let passwd_gid = match &options.passwd_group {
         Some(name) => Some(group_id(name)?.ok_or_else(|| ApplyError::NoSuchGroup(name.clone()))?),
         None => None,
     };
-    let mut report = Report::default();
+    // Leftovers of a killed run go before this run makes temporaries of its own.
+    let mut parents: Vec<PathBuf> = Vec::new();
     for file in files {
         let path = dir.join(&file.path);
-        let parent = path.parent().expect("a file under a directory");
-        fs::create_dir_all(parent).map_err(io_err("creating directory", parent))?;
-        remove_stale_temporaries(parent)?;
-        let changed = match (file.kind, options.compile_maps) {
-            (Kind::PostfixMap, Some(map_type)) => {
-                write_map(&path, &file.content, map_type, &options.postmap)?
+        let parent = path
+            .parent()
+            .expect("a file under a directory")
+            .to_path_buf();
+        if !parents.contains(&parent) {
+            fs::create_dir_all(&parent).map_err(io_err("creating directory", &parent))?;
+            remove_stale_temporaries(&parent)?;
+            parents.push(parent);
+        }
+    }
+    let mut compiling: Vec<Option<Compiling>> = Vec::with_capacity(files.len());
+    let mut failed = None;
+    for file in files {
+        let started = match (file.kind, options.compile_maps) {
+            (Kind::PostfixMap, Some(map_type)) if failed.is_none() => {
+                let path = dir.join(&file.path);
+                match start_map(&path, &file.content, map_type, &options.postmap) {
+                    Ok(started) => started,
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
+                }
             }
+            _ => None,
+        };
+        compiling.push(started);
+    }
+    // Every child is waited for, even after a failure: no postmap is left running
+    // on a temporary that is about to be removed.
+    let mut compiled: Vec<Option<Compiled>> = Vec::with_capacity(files.len());
+    for started in compiling {
+        compiled.push(match started {
+            None => None,
+            Some(c) => match c.finish() {
+                Ok(done) if failed.is_none() => Some(done),
+                Ok(done) => {
+                    done.discard();
+                    None
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    None
+                }
+            },
+        });
+    }
+    if let Some(e) = failed {
+        for done in compiled.into_iter().flatten() {
+            done.discard();
+        }
+        return Err(e);
+    }
+
+    let mut report = Report::default();
+    let mut compiled = compiled.into_iter();
+    for file in files {
+        let path = dir.join(&file.path);
+        let done = compiled.next().flatten();
+        let changed = match (file.kind, options.compile_maps) {
+            (Kind::PostfixMap, Some(_)) => match done {
+                Some(done) => {
+                    done.put_in_place()?;
+                    true
+                }
+                None => false,
+            },
             (Kind::PasswdFile, _) => {
                 let (mode, gid) = if passwd_gid.is_some() {
                     (0o640, passwd_gid)
@@ -118,7 +187,7 @@ pub(crate) fn write_atomic(
     if let Some(meta) = &old
         && meta.permissions().mode() & 0o7777 == mode
         && gid.is_none_or(|g| meta.gid() == g)
-        && fs::read(path).is_ok_and(|c| c == content)
+        && same_content(path, content)
     {
         return Ok(false);
     }
@@ -177,57 +246,164 @@ fn bump_mtime(f: &fs::File, old: &fs::Metadata) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes a map source and compiles it; the compiled table is built under a
-/// temporary name and renamed into place.
-fn write_map(
-    path: &Path,
-    content: &str,
-    map_type: MapType,
-    postmap: &Path,
-) -> Result<bool, ApplyError> {
+/// Whether a map needs compiling: its source differs from `content`, or its
+/// table is missing or older than its source (a run killed between the two
+/// renames, or a table removed by hand).
+fn map_is_current(path: &Path, content: &[u8], map_type: MapType) -> bool {
     let table = with_suffix(path, map_type.suffix());
-    let source_same = fs::read(path).is_ok_and(|c| c == content.as_bytes());
     let table_fresh = match (fs::metadata(&table), fs::metadata(path)) {
         (Ok(t), Ok(s)) => t.modified().ok() >= s.modified().ok(),
         _ => false,
     };
-    if source_same && table_fresh {
-        return Ok(false);
+    table_fresh && same_content(path, content)
+}
+
+/// Whether the file at `path` holds exactly `content`, read in pieces: a map of
+/// 100,000 aliases is not read into a second copy just to be compared.
+fn same_content(path: &Path, content: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = fs::File::open(path) else {
+        return false;
+    };
+    if f.metadata().map(|m| m.len()).ok() != u64::try_from(content.len()).ok() {
+        return false;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut rest = content;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return rest.is_empty(),
+            Ok(n) if n <= rest.len() && buf[..n] == rest[..n] => rest = &rest[n..],
+            Ok(_) => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A map whose new source is written under a temporary name and whose `postmap`
+/// runs.
+struct Compiling {
+    path: PathBuf,
+    tmp_source: PathBuf,
+    tmp_table: PathBuf,
+    table: PathBuf,
+    child: std::process::Child,
+}
+
+/// A map compiled under temporary names, ready to be renamed into place.
+struct Compiled {
+    path: PathBuf,
+    tmp_source: PathBuf,
+    tmp_table: PathBuf,
+    table: PathBuf,
+}
+
+/// Writes a changed map's source under a temporary name and starts `postmap` on
+/// it; `None` when the map is current.
+fn start_map(
+    path: &Path,
+    content: &str,
+    map_type: MapType,
+    postmap: &Path,
+) -> Result<Option<Compiling>, ApplyError> {
+    if map_is_current(path, content.as_bytes(), map_type) {
+        return Ok(None);
     }
     let tmp_source = temporary_name(path);
     let tmp_table = with_suffix(&tmp_source, map_type.suffix());
-    let result = (|| {
-        write_new(&tmp_source, content.as_bytes(), 0o644)?;
-        let out = Command::new(postmap)
+    let started = write_new(&tmp_source, content.as_bytes(), 0o644).and_then(|()| {
+        Command::new(postmap)
             .arg(format!("{}:{}", map_type.name(), tmp_source.display()))
-            .output()
-            .map_err(io_err("running postmap for", path))?;
-        if !out.status.success() {
-            return Err(ApplyError::Postmap {
-                path: path.to_path_buf(),
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(io_err("running postmap for", path))
+    });
+    match started {
+        Ok(child) => Ok(Some(Compiling {
+            path: path.to_path_buf(),
+            table: with_suffix(path, map_type.suffix()),
+            tmp_source,
+            tmp_table,
+            child,
+        })),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp_source);
+            Err(e)
         }
-        // postfix reads the maps as its own user; the daemon's umask must not
-        // decide that, so the table gets the source's mode explicitly.
-        let table_file = fs::File::open(&tmp_table).map_err(io_err("opening", &tmp_table))?;
-        table_file
-            .set_permissions(fs::Permissions::from_mode(0o644))
-            .map_err(io_err("setting the mode of", &tmp_table))?;
-        table_file
-            .sync_all()
-            .map_err(io_err("flushing", &tmp_table))?;
-        // The table first: a crash between the renames leaves an old source next to
-        // a new table, which differs from the next rendering and is rebuilt.
-        fs::rename(&tmp_table, &table).map_err(io_err("renaming into place", &table))?;
-        fs::rename(&tmp_source, path).map_err(io_err("renaming into place", path))?;
-        sync_dir(path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp_source);
-        let _ = fs::remove_file(&tmp_table);
     }
-    result.map(|()| true)
+}
+
+impl Compiling {
+    /// Waits for `postmap`; the table gets its mode and is flushed.
+    fn finish(self) -> Result<Compiled, ApplyError> {
+        let Compiling {
+            path,
+            tmp_source,
+            tmp_table,
+            table,
+            child,
+        } = self;
+        let done = Compiled {
+            path,
+            tmp_source,
+            tmp_table,
+            table,
+        };
+        let result = (|| {
+            let out = child
+                .wait_with_output()
+                .map_err(io_err("running postmap for", &done.path))?;
+            if !out.status.success() {
+                return Err(ApplyError::Postmap {
+                    path: done.path.clone(),
+                    detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+            // postfix reads the maps as its own user; the daemon's umask must not
+            // decide that, so the table gets the source's mode explicitly.
+            let table_file =
+                fs::File::open(&done.tmp_table).map_err(io_err("opening", &done.tmp_table))?;
+            table_file
+                .set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(io_err("setting the mode of", &done.tmp_table))?;
+            table_file
+                .sync_all()
+                .map_err(io_err("flushing", &done.tmp_table))
+        })();
+        match result {
+            Ok(()) => Ok(done),
+            Err(e) => {
+                done.discard();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Compiled {
+    /// The table first: a crash between the renames leaves an old source next to
+    /// a new table, which differs from the next rendering and is rebuilt.
+    fn put_in_place(self) -> Result<(), ApplyError> {
+        let result = (|| {
+            fs::rename(&self.tmp_table, &self.table)
+                .map_err(io_err("renaming into place", &self.table))?;
+            fs::rename(&self.tmp_source, &self.path)
+                .map_err(io_err("renaming into place", &self.path))?;
+            sync_dir(&self.path)
+        })();
+        if result.is_err() {
+            self.discard();
+        }
+        result
+    }
+
+    fn discard(self) {
+        let _ = fs::remove_file(&self.tmp_source);
+        let _ = fs::remove_file(&self.tmp_table);
+    }
 }
 
 /// Puts a copy of the compiled table of the map `source` in place of the table: the
@@ -435,6 +611,193 @@ mod tests {
             "{e}"
         );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_map_is_current_only_with_the_same_source_and_a_table_no_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("virtual_alias");
+        let table = dir.path().join("virtual_alias.lmdb");
+        fs::write(&source, "a@example.org\ta@example.org\n").unwrap();
+        assert!(
+            !map_is_current(&source, b"a@example.org\ta@example.org\n", MapType::Lmdb),
+            "no table yet"
+        );
+        fs::write(&table, "compiled").unwrap();
+        assert!(map_is_current(
+            &source,
+            b"a@example.org\ta@example.org\n",
+            MapType::Lmdb
+        ));
+        assert!(!map_is_current(
+            &source,
+            b"a@example.org\tb@example.org\n",
+            MapType::Lmdb
+        ));
+        assert!(
+            !map_is_current(&source, b"a@example.org\ta@example.org\n", MapType::Hash),
+            "a table of another type"
+        );
+        // A source newer than its table (a run killed between the renames).
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(&table)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(!map_is_current(
+            &source,
+            b"a@example.org\ta@example.org\n",
+            MapType::Lmdb
+        ));
+    }
+
+    #[test]
+    fn content_is_compared_in_pieces_to_the_last_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("map");
+        let mut content = vec![b'x'; 200_000];
+        fs::write(&p, &content).unwrap();
+        assert!(same_content(&p, &content));
+        content[199_999] = b'y';
+        assert!(
+            !same_content(&p, &content),
+            "a difference past the first piece"
+        );
+        assert!(!same_content(&p, &content[..100]), "a shorter content");
+        assert!(!same_content(&dir.path().join("none"), b""), "no file");
+    }
+
+    /// A stand-in for postmap, as an executable script in `dir`.
+    fn fake_postmap(dir: &Path, script: &str) -> PathBuf {
+        let path = dir.join("postmap");
+        fs::write(&path, format!("#!/bin/sh\n{script}")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn map(path: &str, content: &str) -> File {
+        File {
+            path: path.into(),
+            content: content.into(),
+            kind: Kind::PostfixMap,
+        }
+    }
+
+    fn options(postmap: PathBuf) -> Options {
+        Options {
+            compile_maps: Some(MapType::Lmdb),
+            passwd_group: None,
+            postmap,
+        }
+    }
+
+    #[test]
+    fn changed_maps_compile_side_by_side_and_unchanged_ones_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = dir.path().join("generated");
+        // Each compile waits (5 s at most) until two have started: run one after
+        // the other, the first gives up and the apply fails.
+        let marks = dir.path().join("marks");
+        fs::create_dir(&marks).unwrap();
+        let postmap = fake_postmap(
+            dir.path(),
+            &format!(
+                r#"src="${{1#lmdb:}}"
+touch "{m}/$(basename "$src")"
+i=0
+while [ "$(ls -A "{m}" | wc -l)" -lt 2 ]; do
+  i=$((i+1)); [ $i -gt 500 ] && exit 3; sleep 0.01
+done
+cp "$src" "$src.lmdb"
+"#,
+                m = marks.display()
+            ),
+        );
+        let files = [
+            map("postfix/virtual_alias", "a@example.org\tm@example.org\n"),
+            map("postfix/sender_login", "a@example.org\tm\n"),
+        ];
+        let report = apply(&generated, &files, &options(postmap.clone())).unwrap();
+        assert_eq!(report.written.len(), 2, "{report:?}");
+        assert_eq!(
+            fs::read_to_string(generated.join("postfix/virtual_alias.lmdb")).unwrap(),
+            "a@example.org\tm@example.org\n"
+        );
+        // Nothing changed: postmap is not even run (it would wait and fail).
+        fs::remove_dir_all(&marks).unwrap();
+        let report = apply(&generated, &files, &options(postmap)).unwrap();
+        assert!(report.written.is_empty(), "{report:?}");
+        assert_just_the_maps(&generated);
+    }
+
+    /// The two maps' sources and tables are all there is: no temporary is left.
+    fn assert_just_the_maps(generated: &Path) {
+        let names: std::collections::BTreeSet<String> = fs::read_dir(generated.join("postfix"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let want = [
+            "sender_login",
+            "sender_login.lmdb",
+            "virtual_alias",
+            "virtual_alias.lmdb",
+        ];
+        assert!(names.iter().eq(want.iter()), "{names:?}");
+    }
+
+    #[test]
+    fn a_map_postmap_refuses_leaves_every_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = dir.path().join("generated");
+        let postmap = fake_postmap(
+            dir.path(),
+            r#"src="${1#lmdb:}"
+if grep -q refuse "$src"; then echo "bad line in $src" >&2; exit 1; fi
+cp "$src" "$src.lmdb"
+"#,
+        );
+        let passwd = File {
+            path: "dovecot/users".into(),
+            content: "m:{SHA512-CRYPT}old\n".into(),
+            kind: Kind::PasswdFile,
+        };
+        let before = [
+            passwd.clone(),
+            map("postfix/virtual_alias", "old\n"),
+            map("postfix/sender_login", "old\n"),
+        ];
+        apply(&generated, &before, &options(postmap.clone())).unwrap();
+        let after = [
+            File {
+                content: "m:{SHA512-CRYPT}new\n".into(),
+                ..passwd
+            },
+            map("postfix/virtual_alias", "new\n"),
+            map("postfix/sender_login", "refuse\n"),
+        ];
+        let e = apply(&generated, &after, &options(postmap))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("postmap could not compile ") && e.contains("sender_login: bad line"),
+            "{e}"
+        );
+        // The map that compiled is not in place either, nor the passwd-file.
+        for (path, old) in [
+            ("dovecot/users", "m:{SHA512-CRYPT}old\n"),
+            ("postfix/virtual_alias", "old\n"),
+            ("postfix/virtual_alias.lmdb", "old\n"),
+            ("postfix/sender_login.lmdb", "old\n"),
+        ] {
+            assert_eq!(
+                fs::read_to_string(generated.join(path)).unwrap(),
+                old,
+                "{path}"
+            );
+        }
+        assert_just_the_maps(&generated);
     }
 
     #[test]

@@ -71,7 +71,7 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
     }
 
     // The alias keys as written, and every concrete address with the key it came from.
-    let mut alias_keys: Vec<(String, RawTargets<'_>)> = Vec::new();
+    let mut alias_keys: Vec<(&str, RawTargets<'_>)> = Vec::new();
     let mut aliases: BTreeMap<Address, usize> = BTreeMap::new();
     if let Some((_, v)) = tomlwalk::get(root, "aliases")
         && let Some(table) = tomlwalk::as_table(d, v, "`aliases`")
@@ -81,13 +81,18 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
             let Some(addresses) = alias_addresses(d, policy, name, key.span()) else {
                 continue;
             };
-            let Some(targets) = tomlwalk::as_str_or_list(d, value, &format!("alias `{name}`"))
-            else {
-                continue;
+            // The common case, one target, without naming the alias for an error
+            // that cannot happen: 100,000 aliases made 100,000 such names.
+            let targets = match value.get_ref() {
+                toml::de::DeValue::String(s) => vec![(value.span(), s.as_ref())],
+                _ => match tomlwalk::as_str_or_list(d, value, &format!("alias `{name}`")) {
+                    Some(targets) => targets,
+                    None => continue,
+                },
             };
             let index = alias_keys.len();
             alias_keys.push((
-                name.to_string(),
+                name,
                 RawTargets {
                     key_span: key.span(),
                     targets,
@@ -103,16 +108,17 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
                         ),
                         "remove this alias: mail to it reaches the mailbox without one",
                     );
-                } else if let std::collections::btree_map::Entry::Vacant(slot) =
-                    aliases.entry(address.clone())
-                {
-                    slot.insert(index);
                 } else {
-                    d.error(
-                        key.span(),
-                        format!("`{address}` is defined twice in [aliases]"),
-                        "keep one of the two (a bare name like `postmaster` stands for it in every hosted domain)",
-                    );
+                    match aliases.entry(address) {
+                        std::collections::btree_map::Entry::Vacant(slot) => {
+                            slot.insert(index);
+                        }
+                        std::collections::btree_map::Entry::Occupied(slot) => d.error(
+                            key.span(),
+                            format!("`{}` is defined twice in [aliases]", slot.key()),
+                            "keep one of the two (a bare name like `postmaster` stands for it in every hosted domain)",
+                        ),
+                    }
                 }
             }
         }
@@ -163,22 +169,35 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
         mailboxes: &mailboxes,
         aliases: &aliases,
     };
-    let resolved_keys: Vec<Option<Vec<Target>>> = alias_keys
+    let mut resolved_keys: Vec<Option<Vec<Target>>> = alias_keys
         .iter()
-        .map(|(name, raw)| resolver.resolve(d, raw, &format!("alias `{name}`")))
-        .collect();
-    let resolved_aliases: BTreeMap<Address, Vec<Target>> = aliases
-        .iter()
-        .filter_map(|(address, &i)| Some((address.clone(), resolved_keys[i].clone()?)))
+        .map(|(name, raw)| resolver.resolve(d, raw, &|| format!("alias `{name}`")))
         .collect();
     let mut catch_all = BTreeMap::new();
     for (domain, raw) in &catch_all_raw {
-        let what = format!("catch-all of `{domain}`");
-        if let Some(t) = resolver.resolve(d, raw, &what) {
+        if let Some(t) = resolver.resolve(d, raw, &|| format!("catch-all of `{domain}`")) {
             catch_all.insert(domain.clone(), t);
         }
     }
-    report_loops(d, &resolved_aliases, &aliases, &alias_keys);
+    report_loops(d, &resolved_keys, &aliases, &alias_keys);
+    // A bare name stands for one address per hosted domain, which share its
+    // targets: the last of them takes them, the others get a copy.
+    let mut uses = vec![0usize; resolved_keys.len()];
+    for &i in aliases.values() {
+        uses[i] += 1;
+    }
+    let resolved_aliases: BTreeMap<Address, Vec<Target>> = aliases
+        .into_iter()
+        .filter_map(|(address, i)| {
+            uses[i] -= 1;
+            let targets = if uses[i] == 0 {
+                resolved_keys[i].take()?
+            } else {
+                resolved_keys[i].clone()?
+            };
+            Some((address, targets))
+        })
+        .collect();
 
     Some(Accounts {
         mailboxes,
@@ -433,9 +452,10 @@ impl Resolver<'_> {
         &self,
         d: &mut Diagnostics<'_>,
         raw: &RawTargets<'_>,
-        what: &str,
+        what: &dyn Fn() -> String,
     ) -> Option<Vec<Target>> {
         if raw.targets.is_empty() {
+            let what = what();
             d.error(
                 raw.key_span.clone(),
                 format!("{what} delivers to nothing"),
@@ -448,6 +468,7 @@ impl Resolver<'_> {
         for (span, text) in &raw.targets {
             match self.target(text) {
                 Ok(t) if out.contains(&t) => {
+                    let what = what();
                     d.error(
                         span.clone(),
                         format!("{what} lists `{text}` twice"),
@@ -457,7 +478,7 @@ impl Resolver<'_> {
                 }
                 Ok(t) => out.push(t),
                 Err((message, hint)) => {
-                    d.error(span.clone(), format!("{what}: {message}"), hint);
+                    d.error(span.clone(), format!("{}: {message}", what()), hint);
                     ok = false;
                 }
             }
@@ -505,17 +526,26 @@ impl Resolver<'_> {
 /// loop's first member in file order.
 fn report_loops(
     d: &mut Diagnostics<'_>,
-    resolved: &BTreeMap<Address, Vec<Target>>,
+    resolved_keys: &[Option<Vec<Target>>],
     aliases: &BTreeMap<Address, usize>,
-    keys: &[(String, RawTargets<'_>)],
+    keys: &[(&str, RawTargets<'_>)],
 ) {
     let key_span = |a: &Address| keys[aliases[a]].1.key_span.clone();
+    let resolved = Resolved {
+        aliases,
+        resolved_keys,
+    };
     let mut reported: BTreeSet<Address> = BTreeSet::new();
-    for start in resolved.keys() {
-        if reported.contains(start) {
+    for start in aliases.keys() {
+        // Only an alias that delivers to another alias can be part of a loop; most
+        // deliver to mailboxes, and need no search.
+        let to_an_alias = resolved
+            .targets(start)
+            .any(|t| matches!(t, Target::Alias(_)));
+        if !to_an_alias || reported.contains(start) {
             continue;
         }
-        if let Some(cycle) = find_cycle(resolved, start) {
+        if let Some(cycle) = find_cycle(&resolved, start) {
             let text: Vec<String> = cycle.iter().map(|a| a.to_string()).collect();
             let first = cycle
                 .iter()
@@ -531,16 +561,33 @@ fn report_loops(
     }
 }
 
+/// The resolved targets of each alias address, while they are still kept by key.
+struct Resolved<'r> {
+    aliases: &'r BTreeMap<Address, usize>,
+    resolved_keys: &'r [Option<Vec<Target>>],
+}
+
+impl Resolved<'_> {
+    /// The targets of `address`: none when it is no alias or did not resolve.
+    fn targets(&self, address: &Address) -> impl Iterator<Item = &Target> {
+        self.aliases
+            .get(address)
+            .and_then(|&i| self.resolved_keys[i].as_ref())
+            .into_iter()
+            .flatten()
+    }
+}
+
 /// A path of aliases from `start` back to `start`, if there is one.
-fn find_cycle(resolved: &BTreeMap<Address, Vec<Target>>, start: &Address) -> Option<Vec<Address>> {
+fn find_cycle(resolved: &Resolved<'_>, start: &Address) -> Option<Vec<Address>> {
     fn visit(
-        resolved: &BTreeMap<Address, Vec<Target>>,
+        resolved: &Resolved<'_>,
         start: &Address,
         at: &Address,
         path: &mut Vec<Address>,
         seen: &mut BTreeSet<Address>,
     ) -> bool {
-        for t in resolved.get(at).into_iter().flatten() {
+        for t in resolved.targets(at) {
             if let Target::Alias(next) = t {
                 if next == start {
                     return true;

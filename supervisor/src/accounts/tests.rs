@@ -313,3 +313,40 @@ fn every_error_is_reported_in_one_pass() {
     );
     assert_eq!(e.len(), 4, "{e:#?}");
 }
+
+#[test]
+fn a_bare_alias_gives_every_hosted_domain_the_same_targets() {
+    // The addresses of one key share its resolved targets: each must get them
+    // whole, the last one as well as the first.
+    let a = parse_text(
+        "[mailboxes.thomas]\npassword = \"HASH\"\n[mailboxes.anna]\npassword = \"HASH\"\n[aliases]\nteam = [\"thomas\", \"anna@example.net\", \"pal@elsewhere.example\"]\n",
+    )
+    .unwrap();
+    let want = vec![
+        Target::Mailbox("thomas".into()),
+        Target::Mailbox("anna".into()),
+        Target::External(Address::parse("pal@elsewhere.example").unwrap()),
+    ];
+    for address in ["team@example.org", "team@example.net"] {
+        assert_eq!(
+            a.aliases[&Address::parse(address).unwrap()],
+            want,
+            "{address}"
+        );
+    }
+}
+
+#[test]
+fn a_loop_is_found_whichever_alias_the_file_names_first() {
+    // The search starts only at aliases that deliver to an alias; an alias into
+    // the loop from outside it is not part of it.
+    let e = errors(
+        "[mailboxes.thomas]\npassword = \"HASH\"\n[aliases]\n\"in@example.org\" = \"z@example.org\"\n\"z@example.org\" = \"y@example.org\"\n\"y@example.org\" = [\"thomas\", \"z@example.org\"]\n",
+    );
+    assert_eq!(
+        e,
+        vec![
+            "accounts.toml:5:1: alias loop: y@example.org → z@example.org → y@example.org; make one of these aliases deliver to a mailbox",
+        ]
+    );
+}

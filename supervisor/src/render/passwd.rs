@@ -9,8 +9,8 @@ use std::fmt::Write;
 use crate::accounts::Accounts;
 use crate::config::{Config, DovecotVersion};
 
-pub(crate) fn render(config: &Config, accounts: &Accounts) -> String {
-    let mut out = String::new();
+/// Appends the passwd-file's lines to `out`.
+pub(crate) fn render(config: &Config, accounts: &Accounts, out: &mut String) {
     let dc = &config.dovecot;
     for m in accounts.mailboxes.values() {
         let home = config.dovecot.mail_root.join(&m.name);
@@ -40,7 +40,6 @@ pub(crate) fn render(config: &Config, accounts: &Accounts) -> String {
         )
         .expect("writing to a String");
     }
-    out
 }
 
 /// A byte count in the largest unit that states it exactly, as dovecot reads sizes.
