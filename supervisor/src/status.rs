@@ -110,6 +110,10 @@ pub(crate) struct AccountsStatus {
     pub(crate) applied: Option<Event>,
     /// Why the file as it is now is not being served (every problem), if it is not.
     pub(crate) errors: Vec<String>,
+    /// The errors are not the file's: it is valid, but writing what follows from it
+    /// failed (a full disk, a map postmap refused); the daemon tries again by itself.
+    #[serde(default)]
+    pub(crate) apply_failed: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,9 +235,11 @@ impl Status {
         }
         if let Some(first) = self.accounts.errors.first() {
             let more = self.accounts.errors.len() - 1;
-            line.push_str(&format!(
-                "; ACCOUNTS FILE REFUSED (last good kept): {first}"
-            ));
+            line.push_str(&if self.accounts.apply_failed {
+                format!("; ACCOUNTS NOT APPLIED (last good kept, retrying): {first}")
+            } else {
+                format!("; ACCOUNTS FILE REFUSED (last good kept): {first}")
+            });
             if more > 0 {
                 line.push_str(&format!(" (+{more} more)"));
             }
@@ -510,6 +516,14 @@ mod tests {
         );
         assert!(!s.healthy());
         assert!(s.human().contains("  error:    a.toml:4:1: worse\n"));
+        // A valid file whose apply failed is not called refused.
+        s.accounts.errors = vec!["writing /var/lib/postmaster/generated/.users.postmaster-tmp: No space left on device (os error 28)".into()];
+        s.accounts.apply_failed = true;
+        assert_eq!(
+            s.summary(),
+            "serving 2 mailboxes for example.org; ACCOUNTS NOT APPLIED (last good kept, retrying): writing /var/lib/postmaster/generated/.users.postmaster-tmp: No space left on device (os error 28)"
+        );
+        assert!(!s.healthy());
     }
 
     #[test]

@@ -805,6 +805,7 @@ impl Daemon {
                     let a = &mut s.accounts;
                     (a.mailboxes, a.alias_addresses, a.catch_alls) = counts;
                     a.errors.clear();
+                    a.apply_failed = false;
                     if report.changed() || a.applied.is_none() {
                         a.applied = Some(event(true, format!("{} file(s) written", written.len())));
                     }
@@ -820,7 +821,10 @@ impl Daemon {
                     ACCOUNTS_RETRY_MOST,
                 );
                 error!(error = %e, ?retry_in, "applying the accounts failed; the last applied accounts keep being served");
-                self.status.send_modify(|s| s.accounts.errors = vec![e]);
+                self.status.send_modify(|s| {
+                    s.accounts.errors = vec![e];
+                    s.accounts.apply_failed = true;
+                });
             }
         }
     }
@@ -829,7 +833,10 @@ impl Daemon {
         for e in &errors {
             error!(error = %e, "accounts file refused; the last good accounts keep being served");
         }
-        self.status.send_modify(|s| s.accounts.errors = errors);
+        self.status.send_modify(|s| {
+            s.accounts.errors = errors;
+            s.accounts.apply_failed = false;
+        });
     }
 
     /// Looks at the source pair and acts on what [`certificate::decide`] says.
