@@ -179,7 +179,8 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
     deferred = [line for line in journal.splitlines() if "status=deferred" in line]
     # What the daemons say about sessions a reload cut, for the reader of a failure.
     cut = [line for line in journal.splitlines() if any(
-        what in line for what in ("Auth server restarted", "Server shutting down", "while receiving the initial"))]
+        what in line for what in ("Auth server restarted", "Server shutting down", "while receiving the initial",
+                                  "Internal login failure", "Login aborted"))]
     return {
         "seconds": seconds,
         "accepted": counts.accepted,
