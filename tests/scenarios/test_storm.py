@@ -12,7 +12,7 @@ unix/fifo listeners"), LMTP's private/dovecot-lmtp included. An LMTP connection
 postfix opened to the old socket that no lmtp process accepted yet dies with it:
 postfix logs "lost connection ... while receiving the initial server greeting" and
 defers the mail, which its next try delivers (the storm flushes the queue, and
-counts it lost if it never arrives). Several can die at one reload (3 at once seen),
+counts it lost if it never arrives). Several can die at one reload (2 at once seen),
 at most as many as postfix opens to that socket at once
 (lmtp_destination_concurrency_limit). Any other deferral fails the test (dovecot's
 "421 4.3.2 Server shutting down" of a reload with shutdown_clients = yes did).
