@@ -396,6 +396,11 @@ let
     first_valid_gid = cfg.vmail.gid;
     last_valid_gid = cfg.vmail.gid;
     recipient_delimiter = "+";
+    # A reload (each renewal: postmaster reloads dovecot) lets old processes finish
+    # what they serve instead of ending it: with yes, lmtp answers deliveries in
+    # flight "421 4.3.2 Server shutting down" (duplicates, deferrals). Stopping the
+    # unit still ends them all.
+    shutdown_clients = false;
     "namespace inbox" = inboxNamespace;
   }
   // dovecotListeners;

@@ -712,6 +712,13 @@ let
           ]
           [ "postfix" "0660" ]
         )
+        (check "dovecot 2.4 and 2.3: a reload lets LMTP deliveries in flight finish"
+          [
+            fullDovecot.shutdown_clients
+            dovecot23.services.dovecot2.settings.shutdown_clients
+          ]
+          [ false false ]
+        )
         (check "dovecot: special-use mailboxes" (noSection fullDovecot."namespace inbox"."mailbox Junk") {
           auto = "subscribe";
           special_use = "\\Junk";

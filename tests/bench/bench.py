@@ -1687,12 +1687,15 @@ def print_report(r: dict) -> None:
     st = r.get("storm")
     if st:
         print()
-        print(f"reload storm, {st['seconds']:.0f} s ({st['disturbances']} reloads/edits; target 0 for all but accepted):")
+        print(f"reload storm, {st['seconds']:.0f} s ({st['disturbances']} reloads/edits, "
+              f"{st.get('dovecot_reloads', '?')} of them dovecot reloads; target 0 for all but accepted):")
         print(f"  accepted {st['accepted']}  lost {st['lost']}  duplicated {st['duplicated']}  "
-              f"deferred {st['deferred']}  failed sessions {st['failed_sessions']}  "
+              f"deferred {st['deferred']} ({st.get('deferred_at_reload', '?')} of them a greeting lost at a reload)  "
+              f"failed sessions {st['failed_sessions']}  "
               f"logins {st['logins']}  failed logins {st['failed_logins']}"
-              + ("  (mail still queued at the end)" if st["still_queued"] else ""))
-        for e in st["errors"] + st["deferred_lines"]:
+              + ("  (mail still queued at the end)" if st["still_queued"] else "")
+              + (f"  ({st['failed_disturbances']} reloads/edits FAILED)" if st.get("failed_disturbances") else ""))
+        for e in st["errors"] + st["deferred_lines"] + st.get("cut_lines", []):
             print(f"    {e}")
     sg = r.get("signing")
     if sg:
