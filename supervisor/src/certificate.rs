@@ -2,16 +2,45 @@
 //! serve: read, validate (tls.rs), install as one file. Shared by `postmaster run`
 //! and `postmaster apply`; reloading and checking what is served is the daemon's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::apply;
 use crate::config::Config;
 use crate::tls::{self, CertInfo};
 
+/// Why a file of the source pair cannot be read. The text starts with the path:
+/// `postmaster setup` prints it before its hint (a key the daemon's group may not
+/// read), and the system tests look for it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot read {}: {source}", path.display())]
+pub(crate) struct SourceUnreadable {
+    pub(crate) path: PathBuf,
+    /// Shared: the [`Decision`] that carries it is `Clone`, an `io::Error` is not.
+    pub(crate) source: Arc<std::io::Error>,
+}
+
+/// The same file failing the same way (an `io::Error` has no equality of its own),
+/// so that tests compare decisions whole.
+impl PartialEq for SourceUnreadable {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+            && self.source.kind() == other.source.kind()
+            && self.source.raw_os_error() == other.source.raw_os_error()
+    }
+}
+
+impl Eq for SourceUnreadable {}
+
 /// Reads the source pair (`tls.cert`, `tls.key`).
-pub(crate) fn read_source(config: &Config) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+pub(crate) fn read_source(config: &Config) -> Result<(Vec<u8>, Vec<u8>), SourceUnreadable> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| SourceUnreadable {
+            path: p.to_path_buf(),
+            source: Arc::new(e),
+        })
+    };
     Ok((read(&config.tls.cert)?, read(&config.tls.key)?))
 }
 
@@ -32,9 +61,9 @@ pub(crate) fn prepare(
 
 /// A self-signed pair for the host's names, so postfix and dovecot can start before
 /// a real certificate exists.
-pub(crate) fn placeholder(config: &Config) -> Result<(CertInfo, Vec<u8>), String> {
+pub(crate) fn placeholder(config: &Config) -> Result<(CertInfo, Vec<u8>), tls::PairProblem> {
     let (chain, key) = tls::self_signed_placeholder(&config.certificate_names(), SystemTime::now());
-    prepare(config, chain.as_bytes(), key.as_bytes()).map_err(|p| p.to_string())
+    prepare(config, chain.as_bytes(), key.as_bytes())
 }
 
 /// Writes the pair atomically where postfix and dovecot read it.
@@ -43,6 +72,16 @@ pub(crate) fn install(config: &Config, pair: &[u8]) -> Result<(), apply::ApplyEr
     create_parent(&target)?;
     // Only the owner (and root, which postfix and dovecot read it as) may read a key.
     apply::write_atomic(&target, pair, 0o600, None).map(|_| ())
+}
+
+/// Why the daemon could not install a pair; the status shows this text.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InstallFailed {
+    #[error("installing the certificate failed: {0}")]
+    Write(#[source] apply::ApplyError),
+    /// The blocking task that writes it panicked or was cancelled.
+    #[error("installing the certificate failed: {0}")]
+    Interrupted(#[source] tokio::task::JoinError),
 }
 
 /// Writes a pair obtained over ACME where `tls.cert` and `tls.key` point, from
@@ -98,17 +137,30 @@ pub(crate) enum Decision {
 /// Why the source pair is not used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refusal {
-    pub(crate) why: String,
+    pub(crate) why: RefusalReason,
     /// The writer may be halfway through the pair (a cp writes two files): look
     /// again soon before reporting it loudly.
     pub(crate) may_be_in_progress: bool,
+}
+
+/// What is wrong with the source pair; the text is what `postmaster apply` prints
+/// and the status shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RefusalReason {
+    /// ACME has not written a pair yet, and no placeholder is installed either.
+    #[error("no certificate obtained yet")]
+    NotObtainedYet,
+    #[error(transparent)]
+    Unreadable(SourceUnreadable),
+    #[error(transparent)]
+    Pair(tls::PairProblem),
 }
 
 /// Decides what to do with the pair `read` from the source files (see
 /// [`read_source`]), given the pair `installed` now.
 pub(crate) fn decide(
     config: &Config,
-    read: Result<(Vec<u8>, Vec<u8>), String>,
+    read: Result<(Vec<u8>, Vec<u8>), SourceUnreadable>,
     installed: Option<&CertInfo>,
 ) -> Decision {
     let refused = |refusal: Refusal| {
@@ -127,9 +179,9 @@ pub(crate) fn decide(
                 return Decision::AwaitingAcme;
             }
             let why = if awaiting_acme {
-                "no certificate obtained yet".to_string()
+                RefusalReason::NotObtainedYet
             } else {
-                why
+                RefusalReason::Unreadable(why)
             };
             return refused(Refusal {
                 why,
@@ -139,8 +191,8 @@ pub(crate) fn decide(
     };
     match prepare(config, &chain, &key) {
         Err(problem) => refused(Refusal {
-            why: problem.to_string(),
             may_be_in_progress: problem.may_be_in_progress(),
+            why: RefusalReason::Pair(problem),
         }),
         Ok((info, _))
             if installed.is_some_and(|i| i.sha256_fingerprint == info.sha256_fingerprint) =>
@@ -211,7 +263,11 @@ mod tests {
             panic!("refused, installed kept")
         };
         assert!(!refusal.may_be_in_progress, "{refusal:?}");
-        assert!(refusal.why.contains("mail.example.org"), "{}", refusal.why);
+        assert!(
+            refusal.why.to_string().contains("mail.example.org"),
+            "{}",
+            refusal.why
+        );
         assert!(matches!(
             decide(&config, Ok(wrong), None),
             Decision::Placeholder(_)
@@ -225,25 +281,80 @@ mod tests {
         };
         assert!(refusal.may_be_in_progress, "{refusal:?}");
         // Unreadable files.
-        let unreadable = Err("cannot read /x/fullchain.pem: No such file or directory".to_string());
+        let unreadable = read_source(&config).unwrap_err();
         assert_eq!(
-            decide(&config, unreadable, Some(&installed)),
+            decide(&config, Err(unreadable.clone()), Some(&installed)),
             Decision::Keep(Refusal {
-                why: "cannot read /x/fullchain.pem: No such file or directory".into(),
+                why: RefusalReason::Unreadable(unreadable),
                 may_be_in_progress: false
             })
         );
+    }
+
+    /// `postmaster setup` and the system tests look for these texts.
+    #[test]
+    fn why_a_source_pair_is_refused_reads_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config("files", dir.path());
+        let unreadable = read_source(&config).unwrap_err();
+        assert_eq!(unreadable.path, dir.path().join("fullchain.pem"));
+        assert_eq!(
+            unreadable.to_string(),
+            format!(
+                "cannot read {}/fullchain.pem: No such file or directory (os error 2)",
+                dir.path().display()
+            )
+        );
+        std::fs::write(dir.path().join("fullchain.pem"), b"").unwrap();
+        assert_eq!(
+            read_source(&config).unwrap_err().to_string(),
+            format!(
+                "cannot read {}/key.pem: No such file or directory (os error 2)",
+                dir.path().display()
+            )
+        );
+        assert_eq!(
+            RefusalReason::Unreadable(unreadable.clone()).to_string(),
+            unreadable.to_string()
+        );
+        assert_eq!(
+            RefusalReason::NotObtainedYet.to_string(),
+            "no certificate obtained yet"
+        );
+        assert_eq!(
+            RefusalReason::Pair(tls::PairProblem::Swapped).to_string(),
+            tls::PairProblem::Swapped.to_string()
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn why_an_install_failed_reads_as_before() {
+        let write = apply::ApplyError::Io {
+            action: "writing",
+            path: "/var/lib/postmaster/pair.pem".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(
+            InstallFailed::Write(write).to_string(),
+            "installing the certificate failed: writing /var/lib/postmaster/pair.pem: No space left on device (os error 28)"
+        );
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let cancelled = task.await.unwrap_err();
+        let text = format!("installing the certificate failed: {cancelled}");
+        assert!(text.ends_with("was cancelled"), "{text}");
+        assert_eq!(InstallFailed::Interrupted(cancelled).to_string(), text);
     }
 
     #[test]
     fn before_the_first_acme_certificate_the_placeholder_serves() {
         let dir = tempfile::tempdir().unwrap();
         let config = config("acme", dir.path());
-        let missing = || Err("cannot read the chain".to_string());
+        let missing = || read_source(&config);
         assert_eq!(
             decide(&config, missing(), None),
             Decision::Placeholder(Refusal {
-                why: "no certificate obtained yet".into(),
+                why: RefusalReason::NotObtainedYet,
                 may_be_in_progress: false
             })
         );

@@ -537,7 +537,7 @@ fn apply_certificate(config: &Config) -> Result<(), Failure> {
                     "certificate not usable ({}); installing a self-signed placeholder",
                     refusal.why
                 );
-                certificate::placeholder(config).map_err(Failure::Failed)?
+                certificate::placeholder(config).map_err(|p| Failure::Failed(p.to_string()))?
             }
             Decision::Install(info, pair) => (info, pair),
         };

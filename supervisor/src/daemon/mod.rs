@@ -916,11 +916,11 @@ impl Daemon {
             tokio::task::spawn_blocking(move || certificate::install(&config, &pair)).await;
         let failed = match written {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
+            Ok(Err(e)) => Some(certificate::InstallFailed::Write(e)),
+            Err(e) => Some(certificate::InstallFailed::Interrupted(e)),
         };
         if let Some(e) = failed {
-            self.certificate_refused(format!("installing the certificate failed: {e}"));
+            self.certificate_refused(e);
             return;
         }
         info!(subject = %info.subject, names = ?info.names, fingerprint = %info.sha256_fingerprint, "certificate installed");
@@ -1033,9 +1033,10 @@ impl Daemon {
         }
     }
 
-    fn certificate_refused(&mut self, why: String) {
+    fn certificate_refused(&mut self, why: impl std::fmt::Display) {
         error!(error = %why, "certificate pair refused; the current certificate keeps being served");
-        self.status.send_modify(|s| s.certificate.error = Some(why));
+        self.status
+            .send_modify(|s| s.certificate.error = Some(why.to_string()));
     }
 
     fn show_certificate(&mut self, info: &CertInfo, installed: Option<Event>) {
