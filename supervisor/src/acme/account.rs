@@ -160,9 +160,20 @@ pub(crate) async fn register(
     Ok(account)
 }
 
+/// Why the external account binding key is not base64url; the text follows "cannot
+/// read the external account binding key PATH: ".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NotBase64url {
+    /// `position` counts characters from 1.
+    #[error("character {position} ({found:?}) is not base64url")]
+    Character { position: usize, found: char },
+    #[error("the text is cut short (its length is not possible for base64url)")]
+    CutShort,
+}
+
 /// Decodes base64url (RFC 4648 §5), with or without padding; also accepts the
 /// standard alphabet's `+` and `/`, which people paste by mistake.
-fn base64url_decode(text: &str) -> Result<Vec<u8>, String> {
+fn base64url_decode(text: &str) -> Result<Vec<u8>, NotBase64url> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
     for (i, c) in text.trim_end_matches('=').chars().enumerate() {
@@ -172,7 +183,12 @@ fn base64url_decode(text: &str) -> Result<Vec<u8>, String> {
             '0'..='9' => c as u32 - '0' as u32 + 52,
             '-' | '+' => 62,
             '_' | '/' => 63,
-            _ => return Err(format!("character {} ({c:?}) is not base64url", i + 1)),
+            _ => {
+                return Err(NotBase64url::Character {
+                    position: i + 1,
+                    found: c,
+                });
+            }
         };
         acc = (acc << 6) | v;
         bits += 6;
@@ -183,7 +199,7 @@ fn base64url_decode(text: &str) -> Result<Vec<u8>, String> {
         }
     }
     if bits >= 6 {
-        return Err("the text is cut short (its length is not possible for base64url)".into());
+        return Err(NotBase64url::CutShort);
     }
     Ok(out)
 }
@@ -199,10 +215,29 @@ mod tests {
         assert_eq!(base64url_decode("_-8").unwrap(), [0xff, 0xef]);
         assert_eq!(base64url_decode("/+8").unwrap(), [0xff, 0xef]);
         assert_eq!(base64url_decode("").unwrap(), b"");
-        assert!(base64url_decode("a").is_err());
+        assert_eq!(base64url_decode("a"), Err(NotBase64url::CutShort));
         assert_eq!(
-            base64url_decode("ab c").unwrap_err(),
+            base64url_decode("ab c"),
+            Err(NotBase64url::Character {
+                position: 3,
+                found: ' '
+            })
+        );
+    }
+
+    #[test]
+    fn why_a_key_is_not_base64url_reads_as_before() {
+        assert_eq!(
+            NotBase64url::Character {
+                position: 3,
+                found: ' '
+            }
+            .to_string(),
             "character 3 (' ') is not base64url"
+        );
+        assert_eq!(
+            NotBase64url::CutShort.to_string(),
+            "the text is cut short (its length is not possible for base64url)"
         );
     }
 
