@@ -34,7 +34,7 @@ pub use account::{ACCOUNT_FILE, account};
 pub(crate) use account::{register, stored_account};
 pub use http01::{Http01Server, NoResponder, PublishError, Responder};
 pub use order::obtain;
-pub use schedule::{RenewalWindow, certificate_id, renewal_window};
+pub use schedule::{RenewalInfoUnavailable, RenewalWindow, certificate_id, renewal_window};
 pub(crate) use schedule::{Schedule, renewal_time};
 
 /// What went wrong talking to the CA or preparing to. Each text says what happened

@@ -244,12 +244,24 @@ pub struct RenewalWindow {
     pub ask_again: Duration,
 }
 
+/// Why the CA could not be asked when to renew (ARI): the daemon logs it and keeps
+/// the plan it made, so the text is the one of what failed, unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewalInfoUnavailable {
+    /// The stored account (whose CA directory says where to ask) cannot be used.
+    #[error(transparent)]
+    Account(super::AcmeError),
+    /// The CA or the connection to it failed.
+    #[error(transparent)]
+    Ca(instant_acme::Error),
+}
+
 /// The CA's suggested renewal window for certificate `id`: `Ok(None)` when the CA
 /// does not offer ARI; `Err` says why asking failed.
 pub async fn renewal_window(
     account: &Account,
     id: &CertificateIdentifier<'_>,
-) -> Result<Option<RenewalWindow>, String> {
+) -> Result<Option<RenewalWindow>, RenewalInfoUnavailable> {
     match account.renewal_info(id).await {
         Ok((info, ask_again)) => {
             let window = info.suggested_window;
@@ -263,13 +275,29 @@ pub async fn renewal_window(
             }))
         }
         Err(instant_acme::Error::Unsupported(_)) => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(RenewalInfoUnavailable::Ca(e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn why_renewal_info_is_unavailable_is_what_failed() {
+        assert_eq!(
+            RenewalInfoUnavailable::Ca(instant_acme::Error::Str("renewalInfo")).to_string(),
+            "missing data: renewalInfo"
+        );
+        let account = super::super::AcmeError::AccountFile {
+            path: "/var/lib/postmaster/acme/account.json".into(),
+            detail: "expected value at line 1 column 1".into(),
+        };
+        assert_eq!(
+            RenewalInfoUnavailable::Account(account).to_string(),
+            "the ACME account file /var/lib/postmaster/acme/account.json cannot be used: expected value at line 1 column 1 (remove it to register a new account)"
+        );
+    }
 
     fn t(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)

@@ -572,7 +572,7 @@ impl Daemon {
             {
                 Ok(Some(account)) => acme::renewal_window(&account, &id).await,
                 Ok(None) => return,
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(acme::RenewalInfoUnavailable::Account(e)),
             };
         let Some(acme_state) = self.acme.as_mut() else {
             return;
