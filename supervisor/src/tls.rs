@@ -19,6 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 use x509_parser::time::ASN1Time;
 
@@ -196,8 +197,10 @@ pub fn validate_pair(
         }
     }
     let leaf = &parsed[0];
-    let names =
-        leaf_names(leaf).map_err(|reason| PairProblem::BadCertificate { index: 1, reason })?;
+    let names = leaf_names(leaf).map_err(|e| PairProblem::BadCertificate {
+        index: 1,
+        reason: e.to_string(),
+    })?;
     let uncovered = required_names
         .iter()
         .find(|required| !names.iter().any(|n| name_covers(n, required)));
@@ -400,9 +403,10 @@ fn asn1_time(t: SystemTime) -> ASN1Time {
 }
 
 /// DNS SANs, else the CN (RFC 6125: clients ignore the CN once any DNS SAN exists).
-fn leaf_names(leaf: &X509Certificate<'_>) -> Result<Vec<String>, String> {
+/// `Err` is the parser's reason the SAN extension cannot be read (two of them, say).
+fn leaf_names(leaf: &X509Certificate<'_>) -> Result<Vec<String>, X509Error> {
     let mut names = Vec::new();
-    if let Some(san) = leaf.subject_alternative_name().map_err(|e| e.to_string())? {
+    if let Some(san) = leaf.subject_alternative_name()? {
         for general in &san.value.general_names {
             if let GeneralName::DNSName(name) = general {
                 names.push((*name).to_string());
@@ -679,6 +683,8 @@ mod tests {
         from: u64,
         until: u64,
         eku: Vec<ExtendedKeyUsagePurpose>,
+        /// Added as they are, after the ones the fields make.
+        extensions: Vec<rcgen::CustomExtension>,
     }
 
     impl Default for Leaf<'_> {
@@ -688,6 +694,7 @@ mod tests {
                 from: NOW - DAY,
                 until: NOW + 89 * DAY,
                 eku: Vec::new(),
+                extensions: Vec::new(),
             }
         }
     }
@@ -702,6 +709,7 @@ mod tests {
             params.not_before = asn1_time(at(self.from)).to_datetime();
             params.not_after = asn1_time(at(self.until)).to_datetime();
             params.extended_key_usages = self.eku.clone();
+            params.custom_extensions = self.extensions.clone();
             params.signed_by(key, issuer).unwrap().pem()
         }
     }
@@ -1533,6 +1541,30 @@ bQagrclPl0GZVULb/drE4UHB1tSt26aMwel9duxs9yahCN2y2jp7sA==
             Err(PairProblem::ChainNotPem(
                 "the CERTIFICATE that begins on line 1 is not valid base64".to_string()
             ))
+        );
+    }
+
+    /// A SAN extension the parser refuses (here: two of them) refuses the pair with
+    /// the parser's reason, instead of falling back to the CN.
+    #[test]
+    fn a_leaf_whose_names_cannot_be_read() {
+        let pki = Pki::new();
+        // subjectAltName (2.5.29.17) again: SEQUENCE { dNSName "a.example" }.
+        let mut second = b"\x30\x0b\x82\x09".to_vec();
+        second.extend_from_slice(b"a.example");
+        let (chain, key) = pki.pair(Leaf {
+            extensions: vec![rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 17],
+                second,
+            )],
+            ..Leaf::default()
+        });
+        assert_eq!(
+            validate(&chain, &key, &["mail.example.org"]),
+            Err(PairProblem::BadCertificate {
+                index: 1,
+                reason: X509Error::DuplicateExtensions.to_string()
+            })
         );
     }
 
