@@ -10,7 +10,7 @@ use hickory_resolver::config::ResolveHosts;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
-use super::{Found, Purpose, RType, Record, Verdict};
+use super::{Found, NoAnswer, Purpose, RType, Record, Verdict};
 use crate::config::Config;
 use crate::dkim;
 
@@ -75,7 +75,7 @@ impl Dns {
         match answer {
             Ok(found) => Ok(found),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(NoAnswer(e)),
         }
     }
 
@@ -83,7 +83,7 @@ impl Dns {
     pub(crate) async fn seen(&self, domain: &str, key: &dkim::Key) -> dkim::Seen {
         match self.find(&key.record_name(domain), RType::TXT).await {
             Ok(found) => dkim::judge(key, &found),
-            Err(why) => dkim::Seen::Unknown(why),
+            Err(why) => dkim::Seen::Unknown(why.to_string()),
         }
     }
 }
@@ -146,7 +146,7 @@ pub(crate) async fn check(config: &Config, keys: &dkim::State, now: i64) -> Vec<
                     purpose: Purpose::Address,
                     comment: format!("{host} is this server"),
                 },
-                unknown.map_or(Verdict::Missing, Verdict::Unknown),
+                unknown.map_or(Verdict::Missing, |why| Verdict::Unknown(why.to_string())),
             ));
         }
         for ip in addresses {

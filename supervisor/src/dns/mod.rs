@@ -260,13 +260,20 @@ pub(crate) enum Verdict {
 /// What a lookup found at a record's name, in presentation form: MX as
 /// `PREF HOST`, SRV as `PRIO WEIGHT PORT HOST`, TXT with each record's strings
 /// joined, names with or without the trailing dot.
-pub(crate) type Found = Result<Vec<String>, String>;
+pub(crate) type Found = Result<Vec<String>, NoAnswer>;
+
+/// Why DNS did not answer one question (a timeout, a failing server): what is
+/// there is unknown, which is not the same as missing. The text is the resolver's,
+/// shown as the record's `unknown` verdict.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub(crate) struct NoAnswer(pub(crate) hickory_resolver::net::NetError);
 
 /// Judges what was found at `record.name` (of `record.rtype`) against the record.
 pub(crate) fn judge(record: &Record, found: &Found, keys: &dkim::State) -> Verdict {
     let found = match found {
         Ok(found) => found,
-        Err(why) => return Verdict::Unknown(why.clone()),
+        Err(why) => return Verdict::Unknown(why.to_string()),
     };
     match &record.purpose {
         Purpose::Spf => one_of_kind(found, "v=spf1", &record.value, |t| {

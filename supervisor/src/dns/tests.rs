@@ -248,10 +248,20 @@ fn what_dns_says_is_judged_exactly() {
         judge(
             "example.org",
             RType::MX,
-            Err("no answer from 127.0.0.1:53".into())
+            Err(NoAnswer("no answer from 127.0.0.1:53".into()))
         ),
         Verdict::Unknown("no answer from 127.0.0.1:53".into())
     );
+}
+
+#[test]
+fn no_answer_says_what_the_resolver_said() {
+    use hickory_resolver::net::NetError;
+    assert_eq!(
+        NoAnswer(NetError::from("no answer from 127.0.0.1:53")).to_string(),
+        "no answer from 127.0.0.1:53"
+    );
+    assert_eq!(NoAnswer(NetError::Timeout).to_string(), "request timed out");
 }
 
 #[test]
