@@ -450,6 +450,27 @@ fn proc_net_address(address: SocketAddr) -> String {
     format!("{words}:{:04X}", address.port())
 }
 
+/// Why failed logins are not limited although `[logins]` asks for it; the daemon
+/// logs it and the status shows it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotLimited {
+    /// The policy listener could not be bound (the port is taken, say).
+    #[error(
+        "cannot listen on {address} for dovecot's auth policy requests ({source}); failed logins are not limited"
+    )]
+    CannotListen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    /// `policy_clients` names users this host does not have: no request can be
+    /// trusted, so every one is refused.
+    #[error(
+        "[logins] policy_clients: no user {} on this host: dovecot's auth policy requests are refused, so failed logins are not limited",
+        names.join(", ")
+    )]
+    UnknownClients { names: Vec<String> },
+}
+
 /// Binds the policy listener (loopback only: the configuration refuses anything else).
 pub(crate) fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = std::net::TcpListener::bind(address)?;

@@ -112,7 +112,7 @@ struct Daemon {
     /// could not be bound.
     policy: Option<(
         std::net::SocketAddr,
-        Result<tokio::task::AbortHandle, String>,
+        Result<tokio::task::AbortHandle, crate::logins::NotLimited>,
     )>,
     /// When to apply the accounts again after an apply failed.
     accounts_retry: Option<Retry>,
@@ -383,9 +383,9 @@ impl Daemon {
                         tokio::spawn(crate::logins::serve(listener, self.logins.clone()))
                             .abort_handle()
                     })
-                    .map_err(|e| {
-                        error!(%address, error = %e, "logins: cannot listen for dovecot's auth policy requests; failed logins are not limited");
-                        format!("cannot listen on {address} for dovecot's auth policy requests ({e}); failed logins are not limited")
+                    .map_err(|source| {
+                        error!(%address, error = %source, "logins: cannot listen for dovecot's auth policy requests; failed logins are not limited");
+                        crate::logins::NotLimited::CannotListen { address, source }
                     });
                 (address, bound)
             });
@@ -393,14 +393,11 @@ impl Daemon {
         let (uids, unknown) = resolve_policy_clients(&limits.policy_clients);
         crate::logins::lock(&self.logins).set_client_uids(uids);
         let error = match &self.policy {
-            Some((_, Err(e))) => Some(e.clone()),
+            Some((_, Err(e))) => Some(e.to_string()),
             _ if wanted.is_some() && !unknown.is_empty() => {
-                let e = format!(
-                    "[logins] policy_clients: no user {} on this host: dovecot's auth policy requests are refused, so failed logins are not limited",
-                    unknown.join(", ")
-                );
+                let e = crate::logins::NotLimited::UnknownClients { names: unknown };
                 error!("logins: {e}");
-                Some(e)
+                Some(e.to_string())
             }
             _ => None,
         };

@@ -267,3 +267,22 @@ fn root_and_the_policy_clients_are_answered_nobody_else() {
     assert!(g.answers(107));
     assert!(!g.answers(1000));
 }
+
+#[test]
+fn why_failed_logins_are_not_limited_reads_as_before() {
+    let taken = NotLimited::CannotListen {
+        address: "127.0.0.1:12346".parse().unwrap(),
+        source: std::io::Error::from_raw_os_error(98),
+    };
+    assert_eq!(
+        taken.to_string(),
+        "cannot listen on 127.0.0.1:12346 for dovecot's auth policy requests (Address already in use (os error 98)); failed logins are not limited"
+    );
+    let unknown = NotLimited::UnknownClients {
+        names: vec!["`dovecot`".into(), "`dovenull`".into()],
+    };
+    assert_eq!(
+        unknown.to_string(),
+        "[logins] policy_clients: no user `dovecot`, `dovenull` on this host: dovecot's auth policy requests are refused, so failed logins are not limited"
+    );
+}
