@@ -778,8 +778,8 @@ impl Daemon {
         let applied =
             tokio::task::spawn_blocking(move || pipeline::apply_accounts(&resolved, &accounts))
                 .await
-                .map_err(|e| format!("the apply task failed: {e}"))
-                .and_then(|r| r.map_err(|e| e.to_string()));
+                .map_err(AccountsNotApplied::Interrupted)
+                .and_then(|r| r.map_err(AccountsNotApplied::Apply));
         match applied {
             Ok(report) => {
                 let written: Vec<String> = report
@@ -819,7 +819,7 @@ impl Daemon {
                 );
                 error!(error = %e, ?retry_in, "applying the accounts failed; the last applied accounts keep being served");
                 self.status.send_modify(|s| {
-                    s.accounts.errors = vec![e];
+                    s.accounts.errors = vec![e.to_string()];
                     s.accounts.apply_failed = true;
                 });
             }
@@ -1267,6 +1267,18 @@ pub(crate) enum ObtainError {
     },
 }
 
+/// Why the accounts were not applied (the last applied ones keep being served, and
+/// the daemon tries again); the status shows this text.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AccountsNotApplied {
+    /// Writing or compiling a generated file failed: apply's text, naming the file.
+    #[error(transparent)]
+    Apply(apply::ApplyError),
+    /// The blocking task that applies them panicked or was cancelled.
+    #[error("the apply task failed: {0}")]
+    Interrupted(#[source] tokio::task::JoinError),
+}
+
 /// How long to wait for more events after `change`: a file that was completed
 /// (renamed into place, or closed by its writer) is looked at almost at once; a
 /// write still under way may be followed by more. A certificate pair is two files,
@@ -1645,14 +1657,18 @@ mod tests {
             ObtainError::NotAcme.to_string(),
             "the certificate comes from files another tool writes (tls.source = \"files\"), not from ACME"
         );
-        let full = apply::ApplyError::Io {
+        let full = |path: &str| apply::ApplyError::Io {
             action: "writing",
-            path: "/var/lib/postmaster/tls/key.pem".into(),
+            path: path.into(),
             source: std::io::Error::from_raw_os_error(28),
         };
         assert_eq!(
-            ObtainError::Store(full).to_string(),
+            ObtainError::Store(full("/var/lib/postmaster/tls/key.pem")).to_string(),
             "storing the new certificate failed: writing /var/lib/postmaster/tls/key.pem: No space left on device (os error 28)"
+        );
+        assert_eq!(
+            AccountsNotApplied::Apply(full("/var/lib/postmaster/postfix/virtual")).to_string(),
+            "writing /var/lib/postmaster/postfix/virtual: No space left on device (os error 28)"
         );
         let signal = StartError::Signal {
             signal: "SIGHUP",
@@ -1662,6 +1678,16 @@ mod tests {
             signal.to_string(),
             "cannot handle SIGHUP: Operation not permitted (os error 1)"
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_interrupted_apply_says_so() {
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let cancelled = task.await.unwrap_err();
+        let text = format!("the apply task failed: {cancelled}");
+        assert!(text.ends_with("was cancelled"), "{text}");
+        assert_eq!(AccountsNotApplied::Interrupted(cancelled).to_string(), text);
     }
 
     /// Describes the host with `extra` configuration; the units the status then
