@@ -321,6 +321,19 @@ async fn serve(listener: tokio::net::TcpListener, answers: Answers, limits: Limi
     }
 }
 
+/// Why a connection on port 80 ended without a served exchange. Only logged at
+/// debug level: anyone on the internet can open and abandon connections.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEnded {
+    #[error("nothing received in time")]
+    Silent,
+    #[error("not done in time")]
+    TooSlow,
+    /// hyper refused the request or the connection failed (its text).
+    #[error(transparent)]
+    Http(hyper::Error),
+}
+
 /// Serves one request on `stream`, within the limits, then closes it.
 async fn connection(
     stream: tokio::net::TcpStream,
@@ -336,7 +349,7 @@ async fn connection(
             .await
             .is_err()
         {
-            return Err("nothing received in time".to_string());
+            return Err(ConnectionEnded::Silent);
         }
         let service = hyper::service::service_fn(|request: Request<Incoming>| {
             let response = respond(request.method(), request.uri().path(), &answers);
@@ -344,10 +357,10 @@ async fn connection(
         });
         http.serve_connection(TokioIo::new(stream), service)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(ConnectionEnded::Http)
     })
     .await
-    .unwrap_or_else(|_| Err("not done in time".to_string()));
+    .unwrap_or(Err(ConnectionEnded::TooSlow));
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "http-01: connection ended");
     }
@@ -486,6 +499,33 @@ impl Pool {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn why_a_connection_ended_is_logged_as_before() {
+        assert_eq!(
+            ConnectionEnded::Silent.to_string(),
+            "nothing received in time"
+        );
+        assert_eq!(ConnectionEnded::TooSlow.to_string(), "not done in time");
+        // hyper's own text, nothing added: a request that is not HTTP.
+        let (mut client, server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"\x16\x03\x01 hello\r\n\r\n")
+            .await
+            .unwrap();
+        let service = hyper::service::service_fn(|_: Request<Incoming>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+                String::new(),
+            )))
+        });
+        let refused = http1::Builder::new()
+            .serve_connection(TokioIo::new(server), service)
+            .await
+            .unwrap_err();
+        let text = refused.to_string();
+        assert!(text.starts_with("invalid HTTP"), "{text}");
+        assert_eq!(ConnectionEnded::Http(refused).to_string(), text);
+    }
 
     #[test]
     fn tokens_that_are_not_base64url_are_refused() {
