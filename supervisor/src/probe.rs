@@ -75,6 +75,21 @@ pub enum ProbeError {
     },
 }
 
+/// Why a port was not seen serving the expected certificate by the deadline; the
+/// journal and the status show the text, after the port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotServing {
+    /// It serves another certificate (the old one, as a rule); fingerprints.
+    #[error("serves {seen}, not {expected}")]
+    OtherCertificate { seen: String, expected: String },
+    /// Its last probe failed.
+    #[error(transparent)]
+    Probe(ProbeError),
+    /// No probe of it finished within the deadline.
+    #[error("no probe finished within {0:?}")]
+    NoProbeFinished(Duration),
+}
+
 /// Rounded up to whole milliseconds: a timeout computed from a deadline should read
 /// "800ms", not "799.936325ms".
 fn whole_millis(d: Duration) -> Duration {
@@ -141,7 +156,7 @@ pub async fn wait_until_served(
     server_name: &str,
     fingerprint: &str,
     deadline: Duration,
-) -> Result<Duration, Vec<(SocketAddr, String)>> {
+) -> Result<Duration, Vec<(SocketAddr, NotServing)>> {
     if addrs.is_empty() {
         return Ok(Duration::ZERO);
     }
@@ -198,9 +213,15 @@ pub async fn wait_until_served(
         .zip(latest)
         .filter_map(|(&(addr, _), result)| match result {
             Some(Ok(seen)) if seen == fingerprint => None,
-            Some(Ok(seen)) => Some((addr, format!("serves {seen}, not {fingerprint}"))),
-            Some(Err(e)) => Some((addr, e.to_string())),
-            None => Some((addr, format!("no probe finished within {deadline:?}"))),
+            Some(Ok(seen)) => Some((
+                addr,
+                NotServing::OtherCertificate {
+                    seen,
+                    expected: fingerprint.to_string(),
+                },
+            )),
+            Some(Err(e)) => Some((addr, NotServing::Probe(e))),
+            None => Some((addr, NotServing::NoProbeFinished(deadline))),
         })
         .collect())
 }
@@ -1204,7 +1225,7 @@ mod tests {
         // Only the hung port: the other one was seen switching.
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert_eq!(failed[0].0, hung.addr);
-        let said = &failed[0].1;
+        let said = failed[0].1.to_string();
         assert!(
             said.starts_with("timed out after ") && said.ends_with("(waiting for the greeting)"),
             "{said}"
@@ -1239,13 +1260,42 @@ mod tests {
             failed[0],
             (
                 stale.addr,
-                format!("serves {}, not {}", old.fingerprint, new.fingerprint)
+                NotServing::OtherCertificate {
+                    seen: old.fingerprint.clone(),
+                    expected: new.fingerprint.clone()
+                }
             )
         );
+        assert_eq!(
+            failed[0].1.to_string(),
+            format!("serves {}, not {}", old.fingerprint, new.fingerprint)
+        );
         assert_eq!(failed[1].0, silent.addr);
+        let said = failed[1].1.to_string();
         assert!(
-            failed[1].1.starts_with("timed out after ")
-                && failed[1].1.ends_with("(waiting for the greeting)")
+            said.starts_with("timed out after ") && said.ends_with("(waiting for the greeting)"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn why_a_port_does_not_serve_reads_as_before() {
+        assert_eq!(
+            NotServing::OtherCertificate {
+                seen: "AA:BB".into(),
+                expected: "CC:DD".into()
+            }
+            .to_string(),
+            "serves AA:BB, not CC:DD"
+        );
+        let addr: SocketAddr = "127.0.0.1:587".parse().unwrap();
+        assert_eq!(
+            NotServing::Probe(ProbeError::NoCertificate { addr }).to_string(),
+            "127.0.0.1:587 completed the TLS handshake without showing a certificate"
+        );
+        assert_eq!(
+            NotServing::NoProbeFinished(Duration::from_secs(15)).to_string(),
+            "no probe finished within 15s"
         );
     }
 }

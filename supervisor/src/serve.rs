@@ -46,11 +46,37 @@ impl Server {
     }
 }
 
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Server::Dovecot => "dovecot",
+            Server::Postfix => "postfix",
+        })
+    }
+}
+
 /// One port that does not serve the new certificate, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PortFailure {
     pub(crate) port: u16,
-    pub(crate) why: String,
+    pub(crate) why: NotServed,
+}
+
+/// Why a port does not serve the new certificate; the journal and the status show
+/// the text, after the port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum NotServed {
+    /// The server could not be reloaded: it still serves the old certificate.
+    /// `why` is [`ReloadResult::Failed`]'s.
+    #[error("{server} could not be reloaded: {why}")]
+    NotReloaded { server: Server, why: String },
+    /// What the port was seen doing by the deadline.
+    #[error(transparent)]
+    Seen(crate::probe::NotServing),
+    /// The driver answered an action with another's observation (a bug): every
+    /// port fails rather than guess. Says which, as debug text.
+    #[error("internal error: {0}")]
+    Confused(String),
 }
 
 /// What the host is asked to do next.
@@ -150,13 +176,13 @@ pub(crate) enum Next {
 }
 
 /// Every port of `server`, failed for `why`.
-fn all_ports(server: Server, why: &str) -> Vec<PortFailure> {
+fn all_ports(server: Server, why: &NotServed) -> Vec<PortFailure> {
     server
         .ports()
         .iter()
         .map(|&port| PortFailure {
             port,
-            why: why.to_string(),
+            why: why.clone(),
         })
         .collect()
 }
@@ -194,7 +220,10 @@ impl Serving {
                 self.checked = true;
                 self.failures.extend(all_ports(
                     Server::Dovecot,
-                    &format!("dovecot could not be reloaded: {e}"),
+                    &NotServed::NotReloaded {
+                        server: Server::Dovecot,
+                        why: e,
+                    },
                 ));
                 self.ask_postfix()
             }
@@ -236,7 +265,10 @@ impl Serving {
             (Phase::ReloadingPostfix { .. }, O::Reloaded(ReloadResult::Failed(e))) => {
                 self.failures.extend(all_ports(
                     Server::Postfix,
-                    &format!("postfix could not be reloaded: {e}"),
+                    &NotServed::NotReloaded {
+                        server: Server::Postfix,
+                        why: e,
+                    },
                 ));
                 self.finish()
             }
@@ -246,7 +278,7 @@ impl Serving {
             }
             (phase, seen) => {
                 self.checked = true;
-                let why = format!("internal error: {seen:?} does not answer {phase:?}");
+                let why = NotServed::Confused(format!("{seen:?} does not answer {phase:?}"));
                 self.failures.extend(all_ports(Server::Dovecot, &why));
                 self.failures.extend(all_ports(Server::Postfix, &why));
                 self.finish()
@@ -380,7 +412,10 @@ mod tests {
     fn late(port: u16) -> PortFailure {
         PortFailure {
             port,
-            why: "serves the old certificate".into(),
+            why: NotServed::Seen(crate::probe::NotServing::OtherCertificate {
+                seen: "old".into(),
+                expected: "new".into(),
+            }),
         }
     }
 
@@ -501,7 +536,7 @@ mod tests {
         assert!(
             failures
                 .iter()
-                .all(|f| f.why == "dovecot could not be reloaded: Job failed"),
+                .all(|f| f.why.to_string() == "dovecot could not be reloaded: Job failed"),
             "{failures:?}"
         );
         assert!(
@@ -632,7 +667,37 @@ mod tests {
         assert!(
             failures[0]
                 .why
+                .to_string()
                 .starts_with("internal error: Running(true) does not answer ReloadingDovecot")
+        );
+    }
+
+    #[test]
+    fn why_a_port_does_not_serve_reads_as_before() {
+        let not_reloaded = |server, why: &str| NotServed::NotReloaded {
+            server,
+            why: why.into(),
+        };
+        assert_eq!(
+            not_reloaded(
+                Server::Dovecot,
+                "reloading dovecot.service ended with result `failed`"
+            )
+            .to_string(),
+            "dovecot could not be reloaded: reloading dovecot.service ended with result `failed`"
+        );
+        assert_eq!(
+            not_reloaded(Server::Postfix, "no connection to systemd").to_string(),
+            "postfix could not be reloaded: no connection to systemd"
+        );
+        assert_eq!(
+            NotServed::Seen(crate::probe::NotServing::NoProbeFinished(SERVED_DEADLINE)).to_string(),
+            "no probe finished within 15s"
+        );
+        assert_eq!(
+            NotServed::Confused("Running(true) does not answer ReloadingDovecot".into())
+                .to_string(),
+            "internal error: Running(true) does not answer ReloadingDovecot"
         );
     }
 }

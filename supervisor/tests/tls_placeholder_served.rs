@@ -104,9 +104,13 @@ async fn a_new_placeholder_is_not_mistaken_for_the_served_one() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].0, addr);
     assert!(
-        failed[0].1.starts_with("serves ")
-            && failed[0]
-                .1
-                .ends_with(&format!(", not {}", new.sha256_fingerprint))
+        matches!(&failed[0].1, probe::NotServing::OtherCertificate { expected, .. } if *expected == new.sha256_fingerprint),
+        "{:?}",
+        failed[0].1
+    );
+    let said = failed[0].1.to_string();
+    assert!(
+        said.starts_with("serves ") && said.ends_with(&format!(", not {}", new.sha256_fingerprint)),
+        "{said}"
     );
 }

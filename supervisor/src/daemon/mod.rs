@@ -1148,7 +1148,7 @@ impl serve::Host for LiveHost<'_> {
             late.into_iter()
                 .map(|(addr, why)| serve::PortFailure {
                     port: addr.port(),
-                    why,
+                    why: serve::NotServed::Seen(why),
                 })
                 .collect::<Vec<_>>()
         });
