@@ -57,6 +57,28 @@ impl Signing {
     }
 }
 
+/// Why `postmaster dkim rotate` rotated no key; the command prints the texts.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotRotated {
+    #[error("DKIM signing is off ([dkim] enabled = false)")]
+    SigningOff,
+    #[error("{domain} is not a hosted domain (domains: {})", hosted.join(", "))]
+    NotHosted { domain: String, hosted: Vec<String> },
+    /// The key store cannot be read, or making the keys failed.
+    #[error(transparent)]
+    Keys(DkimError),
+    /// The key a rotation would replace is not in use yet: rotating it would leave
+    /// the domain without a published key to switch to.
+    #[error(
+        "{domain}: key {selector} is still waiting for its DNS record {record}; publish it (postmaster dns prints it)"
+    )]
+    AwaitingRecord {
+        domain: String,
+        selector: String,
+        record: String,
+    },
+}
+
 impl Daemon {
     /// Starts a round of DNS questions about every published selector; the
     /// answers come back through `answers`.
@@ -172,48 +194,42 @@ impl Daemon {
     /// `postmaster dkim rotate [DOMAIN]`.
     pub(super) async fn rotate_dkim(&mut self, domain: &str) -> Outcome {
         let config = self.resolved.config.clone();
-        let refuse = |why: String| Outcome {
+        let refuse = |why: Vec<NotRotated>| Outcome {
             ok: false,
             summary: "no key was rotated".into(),
-            errors: vec![why],
+            errors: why.iter().map(ToString::to_string).collect(),
         };
         if !config.dkim.enabled {
-            return refuse("DKIM signing is off ([dkim] enabled = false)".into());
+            return refuse(vec![NotRotated::SigningOff]);
         }
         let domains: Vec<String> = if domain.is_empty() {
             config.domains.clone()
         } else if config.domains.iter().any(|d| d == domain) {
             vec![domain.to_string()]
         } else {
-            return refuse(format!(
-                "{domain} is not a hosted domain (domains: {})",
-                config.domains.join(", ")
-            ));
+            return refuse(vec![NotRotated::NotHosted {
+                domain: domain.to_string(),
+                hosted: config.domains.clone(),
+            }]);
         };
         let state = match dkim::store::load(&config) {
             Ok(state) => state,
-            Err(e) => return refuse(e.to_string()),
+            Err(e) => return refuse(vec![NotRotated::Keys(e)]),
         };
         let algorithms = dkim::Algorithm::enabled(&config.dkim);
-        let waiting: Vec<String> = domains
+        let waiting: Vec<NotRotated> = domains
             .iter()
             .flat_map(|d| algorithms.iter().map(move |a| (d, *a)))
             .filter_map(|(d, a)| {
-                state.pending_of(d, a).map(|k| {
-                    format!(
-                        "{d}: key {} is still waiting for its DNS record {}; publish it (postmaster dns prints it)",
-                        k.selector,
-                        k.record_name(d)
-                    )
+                state.pending_of(d, a).map(|k| NotRotated::AwaitingRecord {
+                    domain: d.clone(),
+                    selector: k.selector.clone(),
+                    record: k.record_name(d),
                 })
             })
             .collect();
         if !waiting.is_empty() {
-            return Outcome {
-                ok: false,
-                summary: "no key was rotated".into(),
-                errors: waiting,
-            };
+            return refuse(waiting);
         }
         let steps: Vec<Step> = domains
             .iter()
@@ -250,7 +266,7 @@ impl Daemon {
                     errors: Vec::new(),
                 }
             }
-            Err(e) => refuse(e.to_string()),
+            Err(e) => refuse(vec![NotRotated::Keys(e)]),
         }
     }
 
@@ -302,4 +318,40 @@ impl Daemon {
 
 fn check_every(config: &Config) -> Duration {
     Duration::from_secs(config.dkim.dns_check_seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn why_no_key_was_rotated_reads_as_before() {
+        assert_eq!(
+            NotRotated::SigningOff.to_string(),
+            "DKIM signing is off ([dkim] enabled = false)"
+        );
+        assert_eq!(
+            NotRotated::NotHosted {
+                domain: "example.com".into(),
+                hosted: vec!["example.org".into(), "example.net".into()]
+            }
+            .to_string(),
+            "example.com is not a hosted domain (domains: example.org, example.net)"
+        );
+        let damaged = DkimError::Damaged {
+            path: "/var/lib/postmaster/dkim/state.json".into(),
+            detail: "EOF while parsing".into(),
+        };
+        let text = damaged.to_string();
+        assert_eq!(NotRotated::Keys(damaged).to_string(), text);
+        assert_eq!(
+            NotRotated::AwaitingRecord {
+                domain: "example.org".into(),
+                selector: "pm202612r".into(),
+                record: "pm202612r._domainkey.example.org".into()
+            }
+            .to_string(),
+            "example.org: key pm202612r is still waiting for its DNS record pm202612r._domainkey.example.org; publish it (postmaster dns prints it)"
+        );
+    }
 }
