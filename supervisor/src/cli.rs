@@ -288,7 +288,7 @@ fn setup_result(r: Result<(), setup::SetupError>) -> Result<(), Failure> {
             Err(Failure::Reported)
         }
         Err(setup::SetupError::Invalid(i)) => Err(Failure::Invalid(i)),
-        Err(setup::SetupError::Failed(m)) => Err(Failure::Failed(m)),
+        Err(setup::SetupError::Failed(m)) => Err(Failure::Failed(m.to_string())),
     }
 }
 

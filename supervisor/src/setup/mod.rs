@@ -55,7 +55,71 @@ pub(crate) enum SetupError {
     /// The configuration (given or written) is invalid.
     Invalid(Invalid),
     /// A step failed: a program, a file.
-    Failed(String),
+    Failed(StepFailed),
+}
+
+/// Why a step of setup or uninstall failed once the host was judged fit: a
+/// program, a file. The command prints the text.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepFailed {
+    #[error("cannot run {program}: {source}")]
+    CannotRun {
+        program: &'static str,
+        source: std::io::Error,
+    },
+    /// `command` is the program and its arguments; `stderr` what it said, trimmed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Program {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    /// `args` as given to apt-get; `missing` the packages it was to install.
+    #[error(
+        "`apt-get {args}` failed ({status}); install {missing} yourself (or fix the package sources), then run setup again"
+    )]
+    Apt {
+        args: String,
+        status: std::process::ExitStatus,
+        missing: String,
+    },
+    /// The certificate is installed through `postmaster apply` as the daemon's
+    /// user; everything it printed.
+    #[error("`postmaster apply` as user postmaster failed: {stdout}{stderr}")]
+    ApplyAsPostmaster { stdout: String, stderr: String },
+    #[error(
+        "{} is damaged ({source}); it records what setup installed: restore it, or remove it and run setup with --force",
+        plan::MANIFEST
+    )]
+    ManifestDamaged { source: serde_json::Error },
+    #[error(
+        "setup has not installed anything here ({} is missing); nothing to remove",
+        plan::MANIFEST
+    )]
+    NothingInstalled,
+    #[error(
+        "{} does not exist yet: name the mail host and its domains, e.g. `postmaster setup --host mail.example.org --domain example.org`",
+        .0.display()
+    )]
+    NoConfiguration(PathBuf),
+    #[error("group postmaster is missing after systemd-sysusers")]
+    NoPostmasterGroup,
+    /// `doing` is "reading", "keeping" (a copy of Debian's file) or "removing".
+    #[error("{doing} {}: {source}", path.display())]
+    File {
+        doing: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file operation whose error names no path: the system's text alone.
+    #[error(transparent)]
+    Io(std::io::Error),
+    /// Writing a file, or reading /etc/group (the text names the file).
+    #[error(transparent)]
+    Apply(crate::apply::ApplyError),
+    /// The DKIM keys whose records the summary lists cannot be read.
+    #[error(transparent)]
+    Dkim(crate::dkim::store::DkimError),
 }
 
 impl From<Refusal> for SetupError {
@@ -64,8 +128,18 @@ impl From<Refusal> for SetupError {
     }
 }
 
-fn failed(what: impl std::fmt::Display) -> SetupError {
-    SetupError::Failed(what.to_string())
+impl From<StepFailed> for SetupError {
+    fn from(e: StepFailed) -> Self {
+        SetupError::Failed(e)
+    }
+}
+
+fn file_failed(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StepFailed {
+    move |source| StepFailed::File {
+        doing,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The Debian packages every mail host setup makes needs.
@@ -225,18 +299,18 @@ fn read_opt(path: &Path) -> Option<Vec<u8>> {
     fs::read(path).ok()
 }
 
-fn run(program: &str, args: &[&str]) -> Result<String, SetupError> {
+fn run(program: &'static str, args: &[&str]) -> Result<String, SetupError> {
     let out = Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| failed(format!("cannot run {program}: {e}")))?;
+        .map_err(|source| StepFailed::CannotRun { program, source })?;
     if !out.status.success() {
-        return Err(failed(format!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(StepFailed::Program {
+            command: format!("{program} {}", args.join(" ")),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+        .into());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -296,27 +370,22 @@ fn debian_facts() -> DebianFacts {
 
 fn load_manifest() -> Result<Manifest, SetupError> {
     match fs::read(plan::MANIFEST) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            failed(format!(
-                "{} is damaged ({e}); it records what setup installed: restore it, or remove it \
-                 and run setup with --force",
-                plan::MANIFEST
-            ))
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|source| StepFailed::ManifestDamaged { source }.into()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
-        Err(e) => Err(failed(format!("reading {}: {e}", plan::MANIFEST))),
+        Err(e) => Err(file_failed("reading", Path::new(plan::MANIFEST))(e).into()),
     }
 }
 
 fn save_manifest(m: &Manifest) -> Result<(), SetupError> {
     let path = Path::new(plan::MANIFEST);
     let dir = path.parent().expect("has a parent");
-    fs::create_dir_all(dir).map_err(failed)?;
+    fs::create_dir_all(dir).map_err(StepFailed::Io)?;
     // Root's alone: what is recorded here is written back into /etc by uninstall.
     fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .map_err(failed)?;
+        .map_err(StepFailed::Io)?;
     let text = serde_json::to_string_pretty(m).expect("manifest serialises");
-    crate::apply::write_atomic(path, text.as_bytes(), 0o600, None).map_err(failed)?;
+    crate::apply::write_atomic(path, text.as_bytes(), 0o600, None).map_err(StepFailed::Apply)?;
     Ok(())
 }
 
@@ -358,11 +427,7 @@ fn configuration(opts: &Options) -> Result<(Config, Option<String>), SetupError>
         return Ok((config, None));
     }
     let (Some(host), false) = (&opts.host, opts.domains.is_empty()) else {
-        return Err(failed(format!(
-            "{} does not exist yet: name the mail host and its domains, e.g. `postmaster setup \
-             --host mail.example.org --domain example.org`",
-            opts.config_path.display()
-        )));
+        return Err(StepFailed::NoConfiguration(opts.config_path.clone()).into());
     };
     let text = text::config_toml(&NewConfig {
         host_name: host.clone(),
@@ -442,8 +507,8 @@ pub(crate) fn setup(opts: &Options) -> Result<(), SetupError> {
     }
     let (config, new_config) = configuration(opts)?;
     let mut manifest = load_manifest()?;
-    let exe = std::env::current_exe().map_err(failed)?;
-    let binary = fs::read(&exe).map_err(|e| failed(format!("reading {}: {e}", exe.display())))?;
+    let exe = std::env::current_exe().map_err(StepFailed::Io)?;
+    let binary = fs::read(&exe).map_err(file_failed("reading", &exe))?;
 
     // Everything is judged before anything changes; once more after packages are
     // installed, when postconf can say what it supports.
@@ -550,16 +615,19 @@ fn install_packages(missing: &[&str]) -> Result<(), SetupError> {
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
-            .map_err(|e| failed(format!("cannot run apt-get: {e}")))?;
+            .map_err(|source| StepFailed::CannotRun {
+                program: "apt-get",
+                source,
+            })?;
         if status.success() {
             Ok(())
         } else {
-            Err(failed(format!(
-                "`apt-get {}` failed ({status}); install {} yourself (or fix the package \
-                 sources), then run setup again",
-                args.join(" "),
-                missing.join(" ")
-            )))
+            Err(StepFailed::Apt {
+                args: args.join(" "),
+                status,
+                missing: missing.join(" "),
+            }
+            .into())
         }
     };
     apt(&["update", "-q"])?;
@@ -572,7 +640,7 @@ fn install_packages(missing: &[&str]) -> Result<(), SetupError> {
 /// checked when they exist.
 fn ensure_vmail(config: &Config) -> Result<(), SetupError> {
     let d = &config.dovecot;
-    let group = crate::apply::group_id(&d.vmail_user).map_err(failed)?;
+    let group = crate::apply::group_id(&d.vmail_user).map_err(StepFailed::Apply)?;
     match group {
         Some(gid) if gid != d.vmail_gid => {
             return Err(Refusal::VmailIds {
@@ -655,17 +723,16 @@ fn install_files(p: &Planned, manifest: &mut Manifest, pass: Pass) -> Result<(),
                 // Kept once: a second replacement must not overwrite Debian's copy.
                 let keep = Path::new(plan::ORIGINALS).join(path.strip_prefix("/").unwrap_or(path));
                 if !keep.exists() {
-                    fs::create_dir_all(keep.parent().expect("has a parent")).map_err(failed)?;
-                    fs::copy(path, &keep)
-                        .map_err(|e| failed(format!("keeping {}: {e}", path.display())))?;
+                    fs::create_dir_all(keep.parent().expect("has a parent"))
+                        .map_err(StepFailed::Io)?;
+                    fs::copy(path, &keep).map_err(file_failed("keeping", path))?;
                 }
                 original = Some(keep);
             }
             Action::LocallyChanged => {
                 if path.exists() {
                     let kept = PathBuf::from(format!("{}.postmaster-local", path.display()));
-                    fs::copy(path, &kept)
-                        .map_err(|e| failed(format!("keeping {}: {e}", path.display())))?;
+                    fs::copy(path, &kept).map_err(file_failed("keeping", path))?;
                     println!(
                         "kept your version of {} as {}",
                         path.display(),
@@ -675,8 +742,9 @@ fn install_files(p: &Planned, manifest: &mut Manifest, pass: Pass) -> Result<(),
             }
         }
         if step.action != Action::Unchanged {
-            fs::create_dir_all(path.parent().expect("absolute")).map_err(failed)?;
-            crate::apply::write_atomic(path, &want.content, want.mode, Some(0)).map_err(failed)?;
+            fs::create_dir_all(path.parent().expect("absolute")).map_err(StepFailed::Io)?;
+            crate::apply::write_atomic(path, &want.content, want.mode, Some(0))
+                .map_err(StepFailed::Apply)?;
             println!("{}: {}", past(&step.action), path.display());
         }
         manifest.files.insert(
@@ -710,19 +778,21 @@ fn write_admin_files(
 ) -> Result<(), SetupError> {
     if let Some(text) = new_config {
         let path = &opts.config_path;
-        fs::create_dir_all(path.parent().unwrap_or(Path::new("/"))).map_err(failed)?;
-        crate::apply::write_atomic(path, text.as_bytes(), 0o644, Some(0)).map_err(failed)?;
+        fs::create_dir_all(path.parent().unwrap_or(Path::new("/"))).map_err(StepFailed::Io)?;
+        crate::apply::write_atomic(path, text.as_bytes(), 0o644, Some(0))
+            .map_err(StepFailed::Apply)?;
         println!("created: {}", path.display());
         manifest.created.push(path.clone());
     }
     let accounts = &config.accounts_file;
     if !accounts.exists() {
         let gid = crate::apply::group_id("postmaster")
-            .map_err(failed)?
-            .ok_or_else(|| failed("group postmaster is missing after systemd-sysusers"))?;
-        fs::create_dir_all(accounts.parent().unwrap_or(Path::new("/"))).map_err(failed)?;
+            .map_err(StepFailed::Apply)?
+            .ok_or(StepFailed::NoPostmasterGroup)?;
+        fs::create_dir_all(accounts.parent().unwrap_or(Path::new("/"))).map_err(StepFailed::Io)?;
         let text = text::accounts_toml(&config.domains);
-        crate::apply::write_atomic(accounts, text.as_bytes(), 0o640, Some(gid)).map_err(failed)?;
+        crate::apply::write_atomic(accounts, text.as_bytes(), 0o640, Some(gid))
+            .map_err(StepFailed::Apply)?;
         println!("created: {}", accounts.display());
         manifest.created.push(accounts.clone());
     }
@@ -758,15 +828,15 @@ fn as_daemon_apply(config_path: &Path) -> Result<(), SetupError> {
         .arg(config_path)
         .arg("apply")
         .output()
-        .map_err(failed)?;
+        .map_err(StepFailed::Io)?;
     // Exit 1 is a broken accounts file, which the daemon reports and keeps
     // reporting; the certificate is in place all the same.
     if !out.status.success() && out.status.code() != Some(1) {
-        return Err(failed(format!(
-            "`postmaster apply` as user postmaster failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )));
+        return Err(StepFailed::ApplyAsPostmaster {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -923,7 +993,7 @@ fn report(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
         })
         .collect();
     let _ = writeln!(out, "Listening: {}", listed.join(", "));
-    let keys = crate::dkim::store::load(config).map_err(failed)?;
+    let keys = crate::dkim::store::load(config).map_err(StepFailed::Dkim)?;
     let records = crate::dns::records(config, &keys, crate::dkim::unix_now());
     let _ = writeln!(
         out,
@@ -955,10 +1025,7 @@ pub(crate) fn uninstall(config_path: &Path) -> Result<(), SetupError> {
     }
     let manifest = load_manifest()?;
     if manifest.files.is_empty() {
-        return Err(failed(format!(
-            "setup has not installed anything here ({} is missing); nothing to remove",
-            plan::MANIFEST
-        )));
+        return Err(StepFailed::NothingInstalled.into());
     }
     let config = Config::load(config_path).ok();
     for unit in [SERVICE, ACME_SOCKET] {
@@ -972,15 +1039,14 @@ pub(crate) fn uninstall(config_path: &Path) -> Result<(), SetupError> {
         let now = read_opt(path);
         match plan::removal(installed, now.as_deref()) {
             Removal::Restore(original) => {
-                let content = fs::read(&original)
-                    .map_err(|e| failed(format!("reading {}: {e}", original.display())))?;
-                let mode = fs::metadata(&original).map_err(failed)?.mode() & 0o7777;
-                crate::apply::write_atomic(path, &content, mode, Some(0)).map_err(failed)?;
+                let content = fs::read(&original).map_err(file_failed("reading", &original))?;
+                let mode = fs::metadata(&original).map_err(StepFailed::Io)?.mode() & 0o7777;
+                crate::apply::write_atomic(path, &content, mode, Some(0))
+                    .map_err(StepFailed::Apply)?;
                 restored.push(path.display().to_string());
             }
             Removal::Delete => {
-                fs::remove_file(path)
-                    .map_err(|e| failed(format!("removing {}: {e}", path.display())))?;
+                fs::remove_file(path).map_err(file_failed("removing", path))?;
                 // The compiled form setup made of a Sieve script goes with it.
                 if path.extension().is_some_and(|e| e == "sieve") {
                     let _ = fs::remove_file(path.with_extension("svbin"));
@@ -1052,4 +1118,96 @@ pub(crate) fn uninstall(config_path: &Path) -> Result<(), SetupError> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// `postmaster setup` and `uninstall` print these texts.
+    #[test]
+    fn why_a_step_failed_reads_as_before() {
+        let t = |e: StepFailed| e.to_string();
+        let enoent = || std::io::Error::from_raw_os_error(2);
+        let exit_1 = std::process::ExitStatus::from_raw(1 << 8);
+        assert_eq!(
+            t(StepFailed::CannotRun {
+                program: "sievec",
+                source: enoent()
+            }),
+            "cannot run sievec: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            t(StepFailed::Program {
+                command: "postfix check".into(),
+                status: exit_1,
+                stderr: "postfix: fatal: bad".into()
+            }),
+            "`postfix check` failed (exit status: 1): postfix: fatal: bad"
+        );
+        assert_eq!(
+            t(StepFailed::Apt {
+                args: "install -y postfix".into(),
+                status: exit_1,
+                missing: "postfix dovecot-core".into()
+            }),
+            "`apt-get install -y postfix` failed (exit status: 1); install postfix dovecot-core yourself \
+             (or fix the package sources), then run setup again"
+        );
+        assert_eq!(
+            t(StepFailed::ApplyAsPostmaster {
+                stdout: "written: x\n".into(),
+                stderr: "refused\n".into()
+            }),
+            "`postmaster apply` as user postmaster failed: written: x\nrefused\n"
+        );
+        let damaged = serde_json::from_slice::<Manifest>(b"{").unwrap_err();
+        assert_eq!(
+            t(StepFailed::ManifestDamaged { source: damaged }),
+            format!(
+                "{} is damaged (EOF while parsing an object at line 1 column 1); it records what setup \
+                 installed: restore it, or remove it and run setup with --force",
+                plan::MANIFEST
+            )
+        );
+        assert_eq!(
+            t(StepFailed::NothingInstalled),
+            format!(
+                "setup has not installed anything here ({} is missing); nothing to remove",
+                plan::MANIFEST
+            )
+        );
+        assert_eq!(
+            t(StepFailed::NoConfiguration(
+                "/etc/postmaster/config.toml".into()
+            )),
+            "/etc/postmaster/config.toml does not exist yet: name the mail host and its domains, \
+             e.g. `postmaster setup --host mail.example.org --domain example.org`"
+        );
+        assert_eq!(
+            t(StepFailed::NoPostmasterGroup),
+            "group postmaster is missing after systemd-sysusers"
+        );
+        assert_eq!(
+            t(StepFailed::File {
+                doing: "keeping",
+                path: "/etc/postfix/main.cf".into(),
+                source: enoent()
+            }),
+            "keeping /etc/postfix/main.cf: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            t(StepFailed::Io(enoent())),
+            "No such file or directory (os error 2)"
+        );
+        let write = crate::apply::ApplyError::NoSuchGroup("postmaster".into());
+        let text = write.to_string();
+        assert_eq!(t(StepFailed::Apply(write)), text);
+        let dkim = crate::dkim::store::DkimError::KeyDirectory {
+            path: "/var/lib/postmaster/dkim".into(),
+        };
+        let text = dkim.to_string();
+        assert_eq!(t(StepFailed::Dkim(dkim)), text);
+    }
 }
