@@ -67,9 +67,8 @@ pub(crate) struct PortFailure {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum NotServed {
     /// The server could not be reloaded: it still serves the old certificate.
-    /// `why` is [`ReloadResult::Failed`]'s.
     #[error("{server} could not be reloaded: {why}")]
-    NotReloaded { server: Server, why: String },
+    NotReloaded { server: Server, why: ReloadFailed },
     /// What the port was seen doing by the deadline.
     #[error(transparent)]
     Seen(crate::probe::NotServing),
@@ -122,8 +121,34 @@ pub(crate) enum ReloadResult {
     /// The unit does not run: it reads the new files when it starts.
     NotRunning,
     /// Every attempt failed; the unit still serves the old certificate.
-    Failed(String),
+    Failed(ReloadFailed),
 }
+
+/// Why a reload failed after every attempt; the journal and the status show it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ReloadFailed {
+    /// The daemon has no D-Bus connection to systemd.
+    #[error("no connection to systemd")]
+    NoSystemd,
+    /// systemd's answer to the last attempt; shared, since the sequence's values
+    /// are `Clone` and a D-Bus error is not.
+    #[error(transparent)]
+    Systemd(std::sync::Arc<crate::systemd::SystemdError>),
+}
+
+/// The same failure saying the same (a D-Bus error has no equality of its own), so
+/// that tests compare outcomes whole.
+impl PartialEq for ReloadFailed {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ReloadFailed::NoSystemd, ReloadFailed::NoSystemd) => true,
+            (ReloadFailed::Systemd(a), ReloadFailed::Systemd(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ReloadFailed {}
 
 /// Where the sequence stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,6 +434,15 @@ mod tests {
             .block_on(serve(host))
     }
 
+    fn job_failed(unit: &str) -> ReloadFailed {
+        ReloadFailed::Systemd(std::sync::Arc::new(
+            crate::systemd::SystemdError::JobFailed {
+                unit: unit.into(),
+                result: "failed".into(),
+            },
+        ))
+    }
+
     fn late(port: u16) -> PortFailure {
         PortFailure {
             port,
@@ -518,7 +552,7 @@ mod tests {
     fn a_failed_dovecot_reload_fails_its_ports_without_waiting_and_postfix_still_gets_the_certificate()
      {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::Failed("Job failed".into())],
+            dovecot_reload: vec![ReloadResult::Failed(job_failed("dovecot.service"))],
             postfix_running: true,
             republish: Some(Ok(())),
             served: vec![Ok(())],
@@ -536,7 +570,8 @@ mod tests {
         assert!(
             failures
                 .iter()
-                .all(|f| f.why.to_string() == "dovecot could not be reloaded: Job failed"),
+                .all(|f| f.why.to_string()
+                    == "dovecot could not be reloaded: reloading dovecot.service ended with result `failed`"),
             "{failures:?}"
         );
         assert!(
@@ -567,7 +602,7 @@ mod tests {
     fn a_failed_postfix_reload_fails_every_postfix_port() {
         let mut host = FakeHost {
             dovecot_reload: vec![ReloadResult::Done],
-            postfix_reload: vec![ReloadResult::Failed("Access denied".into())],
+            postfix_reload: vec![ReloadResult::Failed(ReloadFailed::NoSystemd)],
             postfix_running: true,
             republish: Some(Ok(())),
             served: vec![Ok(()), Err(vec![late(25)])],
@@ -674,22 +709,24 @@ mod tests {
 
     #[test]
     fn why_a_port_does_not_serve_reads_as_before() {
-        let not_reloaded = |server, why: &str| NotServed::NotReloaded {
-            server,
-            why: why.into(),
-        };
         assert_eq!(
-            not_reloaded(
-                Server::Dovecot,
-                "reloading dovecot.service ended with result `failed`"
-            )
+            NotServed::NotReloaded {
+                server: Server::Dovecot,
+                why: job_failed("dovecot.service")
+            }
             .to_string(),
             "dovecot could not be reloaded: reloading dovecot.service ended with result `failed`"
         );
         assert_eq!(
-            not_reloaded(Server::Postfix, "no connection to systemd").to_string(),
+            NotServed::NotReloaded {
+                server: Server::Postfix,
+                why: ReloadFailed::NoSystemd
+            }
+            .to_string(),
             "postfix could not be reloaded: no connection to systemd"
         );
+        assert_eq!(job_failed("postfix.service"), job_failed("postfix.service"));
+        assert_ne!(job_failed("postfix.service"), ReloadFailed::NoSystemd);
         assert_eq!(
             NotServed::Seen(crate::probe::NotServing::NoProbeFinished(SERVED_DEADLINE)).to_string(),
             "no probe finished within 15s"

@@ -986,7 +986,7 @@ impl Daemon {
             self.status.send_modify(|s| {
                 s.last_reload = Some(event(false, "no connection to systemd".into()))
             });
-            return ReloadResult::Failed("no connection to systemd".into());
+            return ReloadResult::Failed(serve::ReloadFailed::NoSystemd);
         };
         let state = systemd.unit_state(unit).await;
         if state.active_state != "active" && state.active_state != "reloading" {
@@ -1009,7 +1009,9 @@ impl Daemon {
                 }
                 Err(e) => {
                     error!(unit = %unit, error = %e, "reload failed");
-                    break (ReloadResult::Failed(e.to_string()), format!("{unit}: {e}"));
+                    let detail = format!("{unit}: {e}");
+                    let failed = serve::ReloadFailed::Systemd(std::sync::Arc::new(e));
+                    break (ReloadResult::Failed(failed), detail);
                 }
             }
         };
