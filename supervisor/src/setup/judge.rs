@@ -39,7 +39,7 @@ pub(crate) enum Refusal {
     /// not install it.
     Foreign {
         path: PathBuf,
-        why: String,
+        why: ForeignReason,
     },
     /// A file setup installed was changed (or removed) since.
     LocallyChanged {
@@ -253,6 +253,31 @@ fn main_cf_parameters(text: &str) -> Vec<(String, String)> {
     params
 }
 
+/// Why a file setup would replace is someone's configuration; the text follows
+/// "PATH is not Debian's and not postmaster's: ".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ForeignReason {
+    /// main.cf parameters Debian's main.cf does not set.
+    #[error("it sets {}, which Debian's main.cf does not", .0.join(", "))]
+    SetsParameters(Vec<String>),
+    #[error("it relays through {0}")]
+    RelaysThrough(String),
+    #[error("it differs from Debian's /usr/share/postfix/master.cf.dist")]
+    DiffersFromDist,
+    #[error("/usr/share/postfix/master.cf.dist, to compare it with, is missing")]
+    DistMissing,
+    #[error("it was changed after its package installed it (dpkg --verify)")]
+    ChangedSinceInstalled,
+    /// A changed conf.d file, which postmaster's complete dovecot.conf ignores.
+    #[error(
+        "it was changed after dovecot was installed, and postmaster's dovecot.conf does not read conf.d"
+    )]
+    DovecotConfDIgnored,
+    /// Not a file Debian ships, and different from what setup writes.
+    #[error("setup did not install it")]
+    NotInstalledBySetup,
+}
+
 /// Why the file at `path`, which setup did not install, is someone's
 /// configuration rather than Debian's untouched original (`None`: it is Debian's,
 /// or not configuration Debian ships, and equal to what setup writes).
@@ -262,7 +287,7 @@ pub(crate) fn foreign(
     content: &[u8],
     desired: &[u8],
     facts: &DebianFacts,
-) -> Option<String> {
+) -> Option<ForeignReason> {
     if content == desired {
         return None;
     }
@@ -276,30 +301,25 @@ pub(crate) fn foreign(
                 .filter(|k| !DEBIAN_MAIN_CF.contains(k))
                 .collect();
             if !extra.is_empty() {
-                return Some(format!(
-                    "it sets {}, which Debian's main.cf does not",
-                    extra.join(", ")
+                return Some(ForeignReason::SetsParameters(
+                    extra.iter().map(|k| k.to_string()).collect(),
                 ));
             }
             params
                 .iter()
                 .find(|(k, v)| k == "relayhost" && !v.is_empty())
-                .map(|(_, v)| format!("it relays through {v}"))
+                .map(|(_, v)| ForeignReason::RelaysThrough(v.clone()))
         }
         "/etc/postfix/master.cf" => match &facts.master_cf_dist {
             Some(dist) if *dist == text => None,
-            Some(_) => Some("it differs from Debian's /usr/share/postfix/master.cf.dist".into()),
-            None => {
-                Some("/usr/share/postfix/master.cf.dist, to compare it with, is missing".into())
-            }
+            Some(_) => Some(ForeignReason::DiffersFromDist),
+            None => Some(ForeignReason::DistMissing),
         },
-        _ if facts.changed_conffiles.contains(path) => {
-            Some("it was changed after its package installed it (dpkg --verify)".into())
-        }
+        _ if facts.changed_conffiles.contains(path) => Some(ForeignReason::ChangedSinceInstalled),
         p if p.starts_with("/etc/dovecot/") || p.starts_with("/etc/postfix/") => None,
         // Not a file Debian ships (rspamd's local.d, postmaster's own files), and
         // different from what setup writes: someone put it there.
-        _ => Some("setup did not install it".into()),
+        _ => Some(ForeignReason::NotInstalledBySetup),
     }
 }
 
@@ -312,9 +332,7 @@ pub(crate) fn dropped_dovecot_changes(facts: &DebianFacts) -> Vec<Refusal> {
         .filter(|p| p.starts_with("/etc/dovecot/conf.d"))
         .map(|p| Refusal::Foreign {
             path: p.clone(),
-            why: "it was changed after dovecot was installed, and postmaster's dovecot.conf does \
-                  not read conf.d"
-                .into(),
+            why: ForeignReason::DovecotConfDIgnored,
         })
         .collect()
 }
@@ -448,13 +466,55 @@ mod tests {
         );
         assert_eq!(
             foreign(p, virt.as_bytes(), b"ours", &facts()).unwrap(),
-            "it sets virtual_mailbox_domains, smtpd_milters, which Debian's main.cf does not"
+            ForeignReason::SetsParameters(vec![
+                "virtual_mailbox_domains".into(),
+                "smtpd_milters".into()
+            ])
         );
         let relay =
             DEBIAN_MAIN_CF_TEXT.replace("relayhost = ", "relayhost = [smtp.isp.example]:587");
         assert_eq!(
             foreign(p, relay.as_bytes(), b"ours", &facts()).unwrap(),
+            ForeignReason::RelaysThrough("[smtp.isp.example]:587".into())
+        );
+    }
+
+    /// The refusal setup prints quotes these after the path.
+    #[test]
+    fn why_a_file_is_someone_s_reads_as_before() {
+        let t = |r: ForeignReason| r.to_string();
+        assert_eq!(
+            t(ForeignReason::SetsParameters(vec![
+                "virtual_mailbox_domains".into(),
+                "smtpd_milters".into()
+            ])),
+            "it sets virtual_mailbox_domains, smtpd_milters, which Debian's main.cf does not"
+        );
+        assert_eq!(
+            t(ForeignReason::RelaysThrough(
+                "[smtp.isp.example]:587".into()
+            )),
             "it relays through [smtp.isp.example]:587"
+        );
+        assert_eq!(
+            t(ForeignReason::DiffersFromDist),
+            "it differs from Debian's /usr/share/postfix/master.cf.dist"
+        );
+        assert_eq!(
+            t(ForeignReason::DistMissing),
+            "/usr/share/postfix/master.cf.dist, to compare it with, is missing"
+        );
+        assert_eq!(
+            t(ForeignReason::ChangedSinceInstalled),
+            "it was changed after its package installed it (dpkg --verify)"
+        );
+        assert_eq!(
+            t(ForeignReason::DovecotConfDIgnored),
+            "it was changed after dovecot was installed, and postmaster's dovecot.conf does not read conf.d"
+        );
+        assert_eq!(
+            t(ForeignReason::NotInstalledBySetup),
+            "setup did not install it"
         );
     }
 
@@ -465,7 +525,10 @@ mod tests {
             foreign(p, b"smtp inet n - y - - smtpd\n", b"ours", &facts()),
             None
         );
-        assert!(foreign(p, b"smtp inet n - y - - postscreen\n", b"ours", &facts()).is_some());
+        assert_eq!(
+            foreign(p, b"smtp inet n - y - - postscreen\n", b"ours", &facts()),
+            Some(ForeignReason::DiffersFromDist)
+        );
     }
 
     #[test]
@@ -474,15 +537,14 @@ mod tests {
         let conf = Path::new("/etc/dovecot/dovecot.conf");
         assert_eq!(foreign(conf, b"debian's", b"ours", &f), None);
         f.changed_conffiles.insert(conf.into());
-        assert!(
-            foreign(conf, b"admin's", b"ours", &f)
-                .unwrap()
-                .contains("dpkg --verify")
+        assert_eq!(
+            foreign(conf, b"admin's", b"ours", &f),
+            Some(ForeignReason::ChangedSinceInstalled)
         );
         let rspamd = Path::new("/etc/rspamd/local.d/actions.conf");
         assert_eq!(
-            foreign(rspamd, b"reject = 20;", b"reject = 15;", &f).unwrap(),
-            "setup did not install it"
+            foreign(rspamd, b"reject = 20;", b"reject = 15;", &f),
+            Some(ForeignReason::NotInstalledBySetup)
         );
         assert_eq!(foreign(rspamd, b"same", b"same", &f), None);
     }

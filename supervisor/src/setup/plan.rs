@@ -70,7 +70,7 @@ pub(crate) enum Action {
     /// Installed by setup, changed or removed by someone since.
     LocallyChanged,
     /// Someone's configuration that setup did not install.
-    Foreign(String),
+    Foreign(judge::ForeignReason),
 }
 
 /// One file's plan: the action and the difference it makes.
@@ -333,7 +333,7 @@ mod tests {
             &DebianFacts::default(),
         );
         assert!(
-            matches!(&steps[0].action, Action::Foreign(why) if why.contains("virtual_mailbox_domains"))
+            matches!(&steps[0].action, Action::Foreign(judge::ForeignReason::SetsParameters(p)) if p == &["virtual_mailbox_domains"])
         );
         assert!(
             matches!(decide(&steps, &Manifest::default(), true, false), Verdict::Refuse(r) if r.len() == 1)
