@@ -103,16 +103,33 @@ pub(crate) enum Observation {
 
 /// Why the table postfix's smtpd processes have open was not republished (postfix
 /// is reloaded instead). The sequence only needs to know that it failed; the
-/// journal needs what failed and where, kept as the text that says so.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// journal needs what failed and where. Shared, since the sequence's values are
+/// `Clone` and these errors are not.
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum RepublishError {
     /// Writing or compiling the fresh copy failed: apply's text, naming the file.
-    #[error("{0}")]
-    Table(String),
+    #[error(transparent)]
+    Table(std::sync::Arc<crate::apply::ApplyError>),
     /// The blocking task that republishes panicked or was cancelled.
     #[error("republishing stopped before it finished: {0}")]
-    Interrupted(String),
+    Interrupted(std::sync::Arc<tokio::task::JoinError>),
 }
+
+/// The same failure saying the same (neither error has an equality of its own), so
+/// that tests compare observations whole.
+impl PartialEq for RepublishError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (RepublishError::Table(a), RepublishError::Table(b)) => a.to_string() == b.to_string(),
+            (RepublishError::Interrupted(a), RepublishError::Interrupted(b)) => {
+                a.to_string() == b.to_string()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for RepublishError {}
 
 /// How a reload went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -506,16 +523,29 @@ mod tests {
         );
     }
 
-    #[test]
-    fn republish_errors_say_what_failed() {
+    fn postmap_failed(detail: &str) -> RepublishError {
+        RepublishError::Table(std::sync::Arc::new(crate::apply::ApplyError::Postmap {
+            path: "/var/lib/postmaster/sender_login".into(),
+            detail: detail.into(),
+        }))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn republish_errors_say_what_failed() {
         assert_eq!(
-            RepublishError::Table("postmap could not compile /x/sender_login: exit 1".into())
-                .to_string(),
-            "postmap could not compile /x/sender_login: exit 1"
+            postmap_failed("exit 1").to_string(),
+            "postmap could not compile /var/lib/postmaster/sender_login: exit 1"
         );
+        assert_eq!(postmap_failed("exit 1"), postmap_failed("exit 1"));
+        assert_ne!(postmap_failed("exit 1"), postmap_failed("exit 2"));
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let cancelled = task.await.unwrap_err();
+        let text = format!("republishing stopped before it finished: {cancelled}");
+        assert!(text.ends_with("was cancelled"), "{text}");
         assert_eq!(
-            RepublishError::Interrupted("task 7 panicked".into()).to_string(),
-            "republishing stopped before it finished: task 7 panicked"
+            RepublishError::Interrupted(std::sync::Arc::new(cancelled)).to_string(),
+            text
         );
     }
 
@@ -525,10 +555,7 @@ mod tests {
             dovecot_reload: vec![ReloadResult::Done],
             postfix_reload: vec![ReloadResult::Done],
             postfix_running: true,
-            republish: Some(Err(RepublishError::Table(
-                "postmap could not compile /var/lib/postmaster/sender_login: No space left on device"
-                    .into(),
-            ))),
+            republish: Some(Err(postmap_failed("No space left on device"))),
             served: vec![Ok(()), Ok(())],
             ..FakeHost::default()
         };

@@ -1116,8 +1116,8 @@ impl serve::Host for LiveHost<'_> {
         let republished =
             tokio::task::spawn_blocking(move || apply::republish_table(&table, map_type))
                 .await
-                .map_err(|e| serve::RepublishError::Interrupted(e.to_string()))
-                .and_then(|r| r.map_err(|e| serve::RepublishError::Table(e.to_string())));
+                .map_err(|e| serve::RepublishError::Interrupted(std::sync::Arc::new(e)))
+                .and_then(|r| r.map_err(|e| serve::RepublishError::Table(std::sync::Arc::new(e))));
         match &republished {
             Ok(()) => info!(
                 "postfix's smtpd processes start over for the new certificate (sender_login table republished)"
