@@ -373,6 +373,48 @@ EOF
 }
 check "inbound: nix/lib/inbound.nix as postmaster render (rspamd's files, main.cf, master.cf)" inbound_as_render
 
+# Password guessing on NixOS as on Debian: the auth policy block of dovecot.conf
+# that nix/lib/logins.nix gives the module (services.dovecot2.includeFiles)
+# against the one `postmaster render` writes in its place (between "## Password
+# guessing" and the passdb), byte for byte, for 2.4 and 2.3 with limits and an
+# address other than the defaults, and with the guard off.
+logins_as_render() {
+  local dir=$work/logins limits
+  mkdir -p "$dir" || return 1
+  nix-instantiate --eval --strict --json nix/tests/lib-eval.nix --argstr workDir "$dir" -A logins >"$dir/logins.json" || return 1
+  if [ -z "$(postmaster_build)" ]; then
+    echo "(no build of postmaster in target/: not compared with postmaster render)"
+    return 0
+  fi
+  limits=('[logins]' 'block_after_failures = 3' 'failure_window_seconds = 60' 'block_seconds = 120'
+    'policy_address = "127.0.0.2:10099"')
+  render_as "$dir" 2.4 '[dovecot]' 'version = "2.4"' "${limits[@]}" || return 1
+  render_as "$dir" 2.3 '[dovecot]' 'version = "2.3"' "${limits[@]}" || return 1
+  render_as "$dir" off '[logins]' 'block_after_failures = 0' || return 1
+  "$python" - "$dir" <<'EOF' || return 1
+import json, pathlib, re, sys
+d = pathlib.Path(sys.argv[1])
+nix = json.loads((d / "logins.json").read_text())
+bad = []
+def block(out):
+    conf = (d / out / "dovecot/dovecot.conf").read_text()
+    m = re.search(r"\n## Password guessing\n(.*?)\n# One file, two roles", conf, re.S)
+    return m.group(1) if m else f"(no auth policy block in {out}/dovecot/dovecot.conf)"
+for version, text in nix["policy"].items():
+    rendered = block(f"out-{version}")
+    if rendered != text:
+        bad.append(f"dovecot {version}: the auth policy block differs:\n--- postmaster render\n{rendered}--- nix/lib/logins.nix\n{text}")
+rendered = block("out-off")
+if rendered != nix["off"]:
+    bad.append(f"guard off: the block differs:\n--- postmaster render\n{rendered}--- nix/lib/logins.nix\n{nix['off']}")
+if "auth_policy" in (d / "out-off/dovecot/dovecot.conf").read_text():
+    bad.append("guard off: postmaster render's dovecot.conf still has an auth_policy setting")
+print("\n".join(bad) or "nix/lib/logins.nix gives dovecot's auth policy block as postmaster render writes it (2.4 and 2.3; off)")
+sys.exit(1 if bad else 0)
+EOF
+}
+check "logins: nix/lib/logins.nix as postmaster render (dovecot.conf's auth policy block)" logins_as_render
+
 # The flake's outputs, without nixpkgs: a stub with just what the outputs
 # function touches before any value is asked for.
 check "flake.nix: outputs for both systems, nixosModules.default exists" \
