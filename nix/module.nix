@@ -13,8 +13,11 @@
 #   services.postfix: enable, package, user, group, enableSmtp, enableSubmission(s),
 #     submission(s)Options, settings.main (freeform; queue_directory is set by
 #     nixpkgs' module with mkDefault)
-#   services.dovecot2: enable, package, enablePAM, createMailUser, settings
-#     (freeform, "type name" section keys), sieve.scripts (Dovecot 2.3 only; it
+#   services.dovecot2: enable, package, enablePAM, createMailUser, includeFiles
+#     (IMAPSieve's and the auth policy's blocks, as `postmaster render` writes
+#     them), settings (freeform, "type name" section keys; "service auth".user,
+#     which the older module sets to root, else default_internal_user: who asks
+#     the policy listener), sieve.scripts (Dovecot 2.3 only; it
 #     needs settings.mail_uid and mail_gid), and group where declared (26.05) or
 #     settings.default_internal_group where not (newer); the package's
 #     passthru.dovecot_pigeonhole; its unit is dovecot.service
@@ -57,6 +60,7 @@ let
   accountsLib = import ./lib/accounts.nix;
   dkimLib = import ./lib/dkim.nix;
   inboundLib = import ./lib/inbound.nix;
+  loginsLib = import ./lib/logins.nix;
   settingsFormat = pkgs.formats.toml { };
 
   stateDir = "/var/lib/postmaster";
@@ -115,6 +119,15 @@ let
   dovecotEffectiveGroup =
     if dovecotHasGroup then dovecotCfg.group else dovecotCfg.settings.default_internal_group;
   queueDir = postfixCfg.settings.main.queue_directory;
+  # The user dovecot's auth process runs as, and so the owner of its connections
+  # to postmaster's policy listener, which answers only root and
+  # `[logins] policy_clients`: root with the older module (it sets
+  # "service auth".user), default_internal_user with the newer (dovecot's own
+  # default for that service; nixpkgs' default_internal_user is dovecot2).
+  dovecotAuthUser =
+    dovecotCfg.settings."service auth".user or dovecotCfg.settings.default_internal_user;
+  # Password guessing ([logins]): dovecot's auth asks postmaster before each login.
+  loginsGuard = cfg.logins.blockAfterFailures > 0;
   dovecot24 = lib.versionAtLeast dovecotCfg.package.version "2.4";
   primaryDomain = if cfg.domains == [ ] then "localhost" else builtins.head cfg.domains;
 
@@ -200,6 +213,13 @@ let
       vmail_uid = cfg.vmail.uid;
       vmail_gid = cfg.vmail.gid;
     };
+    logins = {
+      block_after_failures = cfg.logins.blockAfterFailures;
+      failure_window_seconds = cfg.logins.failureWindowSeconds;
+      block_seconds = cfg.logins.blockSeconds;
+      policy_address = cfg.logins.policyAddress;
+      policy_clients = [ dovecotAuthUser ];
+    };
   }
   // optionalAttrs (cfg.tls.source == "acme") {
     acme = lib.filterAttrs (_: v: v != null) {
@@ -243,6 +263,7 @@ let
     dns = "set services.postmaster.dns instead";
     inbound = "set services.postmaster.inbound instead";
     dovecot = "set services.postmaster.mailRoot, .vmail or services.dovecot2.package instead";
+    logins = "set services.postmaster.logins instead (policy_clients is the user dovecot's auth runs as)";
     "postfix.map_type" = "fixed at hash (nixpkgs' postfix has no lmdb)";
     "postfix.message_size_limit" = "set services.postmaster.messageSizeLimit instead";
     "postfix.reject_unknown_sender_domain" =
@@ -1111,6 +1132,50 @@ in
       };
     };
 
+    logins = {
+      blockAfterFailures = mkOption {
+        type = types.ints.unsigned;
+        default = 10;
+        example = 5;
+        description = ''
+          Password guessing: after this many failed logins from one address
+          within {option}`services.postmaster.logins.failureWindowSeconds` (IMAP,
+          POP3 and SMTP AUTH alike), every further login from it is refused for
+          {option}`services.postmaster.logins.blockSeconds`, even with the right
+          password; other addresses are not affected (an IPv6 address counts by
+          its /64). dovecot's auth asks the postmaster daemon before each login
+          and reports how it ended (dovecot's auth policy,
+          {option}`services.dovecot2.includeFiles`); only the daemon's answers
+          count, no firewall, no root. `postmaster status` lists the blocked
+          addresses, `postmaster unblock ADDRESS` lifts one. While the daemon does
+          not answer, logins are allowed. `0`: nobody is blocked, and dovecot
+          asks nothing.
+        '';
+      };
+      failureWindowSeconds = mkOption {
+        type = types.ints.positive;
+        default = 600;
+        description = "The failed logins counted are those of the last this many seconds.";
+      };
+      blockSeconds = mkOption {
+        type = types.ints.positive;
+        default = 900;
+        description = "How long a blocked address is refused, in seconds.";
+      };
+      policyAddress = mkOption {
+        type = types.strMatching loginsLib.policyAddressPattern;
+        default = "127.0.0.1:10041";
+        example = "[::1]:10041";
+        description = ''
+          Where the daemon answers dovecot's auth policy requests (HTTP; a
+          loopback address and port). It answers only connections made by root
+          and by the user dovecot's auth runs as, which the module writes into
+          `[logins] policy_clients`: any other local user could otherwise report
+          failed logins for an address and so block it.
+        '';
+      };
+    };
+
     extraConfig = mkOption {
       type = settingsFormat.type;
       default = { };
@@ -1568,11 +1633,28 @@ in
         # Learning from Junk: IMAPSieve's block of dovecot.conf, the same text
         # `postmaster render` puts into Debian's (templates/dovecot-*-learning.conf):
         # the scripts and programs it names are in /etc below.
-        includeFiles = lib.optional learning (
-          pkgs.writeText "postmaster-learning.conf" (
-            inboundLib.dovecotLearning (if dovecot24 then "2.4" else "2.3")
+        includeFiles =
+          lib.optional learning (
+            pkgs.writeText "postmaster-learning.conf" (
+              inboundLib.dovecotLearning (if dovecot24 then "2.4" else "2.3")
+            )
           )
-        );
+          # Password guessing: dovecot's auth policy block, the same text
+          # `postmaster render` puts into Debian's dovecot.conf; nothing with the
+          # guard off (dovecot then asks nobody).
+          ++ lib.optional loginsGuard (
+            pkgs.writeText "postmaster-auth-policy.conf" (
+              loginsLib.dovecotPolicy {
+                version = if dovecot24 then "2.4" else "2.3";
+                inherit (cfg.logins)
+                  blockAfterFailures
+                  failureWindowSeconds
+                  blockSeconds
+                  policyAddress
+                  ;
+              }
+            )
+          );
         settings = mkMerge [
           (optionalAttrs (!dovecotHasGroup) { default_internal_group = mkDefault dovecotGroup; })
           dovecotCommon

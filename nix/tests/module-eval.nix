@@ -374,6 +374,29 @@ let
       };
       rspamdUnit = full.systemd.services.rspamd;
       inboundLearning = import ../lib/inbound.nix;
+      # Password guessing: dovecot's auth policy block as `postmaster render`
+      # writes it (tests/nix-checks.sh compares nix/lib/logins.nix with postmaster
+      # render itself), with [logins]' defaults unless given.
+      loginsLib = import ../lib/logins.nix;
+      authPolicy =
+        version: limits:
+        loginsLib.dovecotPolicy (
+          {
+            inherit version;
+            blockAfterFailures = 10;
+            failureWindowSeconds = 600;
+            blockSeconds = 900;
+            policyAddress = "127.0.0.1:10041";
+          }
+          // limits
+        );
+      # Who dovecot's auth runs as, so who asks postmaster's policy listener:
+      # the older module (the one that declares services.dovecot2.group) makes
+      # the auth service root; the newer leaves dovecot's default, the internal
+      # user, dovecot2.
+      olderDovecot = (evalFull base).options.services.dovecot2 ? group;
+      dovecotAuthUser = if olderDovecot then "root" else "dovecot2";
+      includedTexts = c: map (f: f.text) c.services.dovecot2.includeFiles;
       proxy = full.services.rspamd.workers.rspamd_proxy;
 
       # Before NixOS 26.05, nixpkgs' dovecot module picks Dovecot 2.3.
@@ -442,6 +465,9 @@ let
           );
           wrongTypeScoreString = reject { services.postmaster.inbound.addHeaderScore = "6"; } (
             wrongType "services.postmaster.inbound.addHeaderScore" "positive integer or floating point number, meaning >0"
+          );
+          wrongTypePolicyAddress = reject { services.postmaster.logins.policyAddress = "0.0.0.0:10041"; } (
+            wrongType "services.postmaster.logins.policyAddress" "string matching the pattern ${loginsLib.policyAddressPattern}"
           );
           wrongTypeEnum = reject { services.postmaster.tls.source = lib.mkForce "letsencrypt"; } (
             wrongType "services.postmaster.tls.source" "one of \"acme\", \"files\""
@@ -972,6 +998,13 @@ let
             vmail_uid = 5000;
             vmail_gid = 5000;
           };
+          logins = {
+            block_after_failures = 10;
+            failure_window_seconds = 600;
+            block_seconds = 900;
+            policy_address = "127.0.0.1:10041";
+            policy_clients = [ dovecotAuthUser ];
+          };
         })
         (check "accounts file: the default path, created when missing"
           [
@@ -1416,18 +1449,18 @@ let
         (check
           "learning: dovecot 2.4 and 2.3 include IMAPSieve's block as postmaster renders it, imap_sieve for IMAP"
           [
-            (map (f: f.text) full.services.dovecot2.includeFiles)
+            (builtins.head (includedTexts full))
             (noSection fullDovecot."protocol imap".mail_plugins)
-            (map (f: f.text) dovecot23.services.dovecot2.includeFiles)
+            (builtins.head (includedTexts dovecot23))
             dovecot23.services.dovecot2.settings."protocol imap".mail_plugins
           ]
           [
-            [ (inboundLearning.dovecotLearning "2.4") ]
+            (inboundLearning.dovecotLearning "2.4")
             {
               imap_quota = true;
               imap_sieve = true;
             }
-            [ (inboundLearning.dovecotLearning "2.3") ]
+            (inboundLearning.dovecotLearning "2.3")
             "$mail_plugins imap_quota imap_sieve"
           ]
         )
@@ -1442,7 +1475,8 @@ let
             [
               (tomlOf c).inbound.learning
               (c.services.redis.servers ? rspamd && c.services.redis.servers.rspamd.enable)
-              c.services.dovecot2.includeFiles
+              # Only the auth policy's block is left.
+              (includedTexts c)
               (noSection c.services.dovecot2.settings."protocol imap".mail_plugins)
               (c.environment.etc ? "dovecot/sieve/learn-spam.sieve")
               (rspamdEtc c)."local.d/classifier-bayes.conf".text
@@ -1456,7 +1490,7 @@ let
           [
             false
             false
-            [ ]
+            [ (authPolicy "2.4" { }) ]
             { imap_quota = true; }
             false
             (inboundLearning.bayesLocals {
@@ -1470,6 +1504,146 @@ let
             false
           ]
         )
+        (check
+          "logins: dovecot 2.4 and 2.3 ask postmaster's policy listener before each login, as postmaster renders it"
+          [
+            (includedTexts full)
+            (includedTexts dovecot23)
+            (lib.hasInfix "\nauth_policy_server_url = http://127.0.0.1:10041/\n" (authPolicy "2.4" { }))
+            (lib.hasInfix "\nauth_policy_request_attributes = remote=%{rip} protocol=%s\n" (
+              authPolicy "2.3" { }
+            ))
+            # Only the auth policy asks: no setting of the same name beside it.
+            (builtins.filter (lib.hasPrefix "auth_policy") (builtins.attrNames fullDovecot))
+          ]
+          [
+            [
+              (inboundLearning.dovecotLearning "2.4")
+              (authPolicy "2.4" { })
+            ]
+            [
+              (inboundLearning.dovecotLearning "2.3")
+              (authPolicy "2.3" { })
+            ]
+            true
+            true
+            [ ]
+          ]
+        )
+        (check
+          "logins: policy_clients is the user dovecot's auth runs as (root with the older module, dovecot2 with the newer), for 2.4 and 2.3"
+          [
+            (tomlOf full).logins.policy_clients
+            (authReader full).user
+            (tomlOf dovecot23).logins.policy_clients
+            (authReader dovecot23).user
+          ]
+          [
+            [ dovecotAuthUser ]
+            dovecotAuthUser
+            [ dovecotAuthUser ]
+            dovecotAuthUser
+          ]
+        )
+        (check "logins: an auth service given another user names that user"
+          (tomlOf (eval {
+            imports = [ base ];
+            services.dovecot2.settings."service auth".user = lib.mkForce "dovecot-auth";
+          })).logins.policy_clients
+          [ "dovecot-auth" ]
+        )
+        (check "logins: the limits and the listener's address reach config.toml and dovecot (2.4 and 2.3)"
+          (
+            let
+              limits = {
+                services.postmaster.logins = {
+                  blockAfterFailures = 3;
+                  failureWindowSeconds = 60;
+                  blockSeconds = 120;
+                  policyAddress = "[::1]:9000";
+                };
+              };
+              c = eval {
+                imports = [
+                  base
+                  limits
+                ];
+              };
+              c23 = eval {
+                imports = [
+                  base
+                  limits
+                ];
+                system.stateVersion = "25.11";
+              };
+            in
+            [
+              (tomlOf c).logins
+              (lib.last (includedTexts c))
+              (lib.last (includedTexts c23))
+              (lib.hasPrefix "# 3 failed logins from one address within 60 s block it for 120 s\n" (
+                lib.last (includedTexts c)
+              ))
+              (lib.hasInfix "\nauth_policy_server_url = http://[::1]:9000/\n" (lib.last (includedTexts c23)))
+            ]
+          )
+          (
+            let
+              limits = {
+                blockAfterFailures = 3;
+                failureWindowSeconds = 60;
+                blockSeconds = 120;
+                policyAddress = "[::1]:9000";
+              };
+            in
+            [
+              {
+                block_after_failures = 3;
+                failure_window_seconds = 60;
+                block_seconds = 120;
+                policy_address = "[::1]:9000";
+                policy_clients = [ dovecotAuthUser ];
+              }
+              (authPolicy "2.4" limits)
+              (authPolicy "2.3" limits)
+              true
+              true
+            ]
+          )
+        )
+        (check "logins off (blockAfterFailures = 0): dovecot asks nobody, config.toml says so"
+          (
+            let
+              c = eval {
+                imports = [ base ];
+                services.postmaster.logins.blockAfterFailures = 0;
+              };
+              c23 = eval {
+                imports = [ base ];
+                services.postmaster.logins.blockAfterFailures = 0;
+                system.stateVersion = "25.11";
+              };
+            in
+            [
+              (includedTexts c)
+              (includedTexts c23)
+              (tomlOf c).logins.block_after_failures
+              (builtins.any (lib.hasInfix "auth_policy") (includedTexts c ++ includedTexts c23))
+              (failing c)
+            ]
+          )
+          [
+            [ (inboundLearning.dovecotLearning "2.4") ]
+            [ (inboundLearning.dovecotLearning "2.3") ]
+            0
+            false
+            [ ]
+          ]
+        )
+        (refuses "refuses: [logins] in extraConfig (policy_clients is dovecot's auth user)" (eval {
+          imports = [ base ];
+          services.postmaster.extraConfig.logins.policy_clients = [ "nobody" ];
+        }) "logins: set services.postmaster.logins instead")
         (refuses "refuses: learning without the checks of port 25" (eval {
           imports = [ base ];
           services.postmaster.inbound = {
