@@ -17,6 +17,11 @@
 #                     being served, and `postmaster status` names file:line:column
 #   dovecot23         the same mail host on Dovecot 2.3 (system.stateVersion 25.11,
 #                     so nixpkgs keeps dovecot_2_3): the bed's scenario suite again
+#   logins            password guessing (tests/scenarios/test_logins.py): wrong
+#                     passwords over IMAP, POP3 and SMTP AUTH block the guesser's
+#                     address, another address still logs in, `postmaster status`
+#                     lists the block, `postmaster unblock` lifts it; only dovecot's
+#                     auth (and root) may report to the policy listener
 { pkgs, module }:
 
 let
@@ -30,6 +35,7 @@ in
   acme = test ./acme.nix;
   broken-accounts = test ./broken-accounts.nix;
   dovecot23 = test ./dovecot23.nix;
+  logins = test ./logins.nix;
 
   # Evaluation only, no VM: the builtins-only helpers (nix/tests/lib-eval.nix) and
   # the module with lib.evalModules (nix/tests/module-eval.nix: the VM tests' mail

@@ -156,6 +156,11 @@ let
         common = testCommon;
         inherit pkgs;
       }).nodes.mail;
+    logins =
+      (import ./logins.nix {
+        common = testCommon;
+        inherit pkgs;
+      }).nodes.mail;
   };
 
   failing = config: map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
@@ -579,6 +584,7 @@ let
         (sound "the VM test's mail node (accounts file)" nodes.file)
         (sound "the VM test's mail node (ACME from pebble)" nodes.acme)
         (sound "the VM test's mail node (Dovecot 2.3)" nodes.dovecot23)
+        (sound "the VM test's mail node (password guessing)" nodes.logins)
         (check "the VM tests' mail nodes: accounts, TLS source, Dovecot version"
           [
             (tomlOf nodes.declared).accounts_file
@@ -1537,12 +1543,14 @@ let
             (authReader full).user
             (tomlOf dovecot23).logins.policy_clients
             (authReader dovecot23).user
+            (tomlOf nodes.logins).logins.policy_clients
           ]
           [
             [ dovecotAuthUser ]
             dovecotAuthUser
             [ dovecotAuthUser ]
             dovecotAuthUser
+            [ dovecotAuthUser ]
           ]
         )
         (check "logins: an auth service given another user names that user"

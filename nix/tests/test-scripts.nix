@@ -32,4 +32,5 @@ in
   broken-accounts = script ./broken-accounts.nix;
   acme = script ./acme.nix;
   dovecot23 = script ./dovecot23.nix;
+  logins = script ./logins.nix;
 }

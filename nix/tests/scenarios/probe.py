@@ -1,6 +1,6 @@
 """One check of the mail host at a time, for the NixOS VM test scripts.
 
-    postmaster-probe login USER PASSWORD
+    postmaster-probe login USER PASSWORD [--protocol imap|pop3|smtp]
     postmaster-probe submit USER PASSWORD --from ADDR --to ADDR [--read USER:PASSWORD ...]
     postmaster-probe inbound --to ADDR [--read USER:PASSWORD ...]
     postmaster-probe gtube --to ADDR
@@ -10,7 +10,8 @@
 
 Everything goes through tests/scenarios/mailclient.py, like the bed's scenarios.
 The server and the CA to trust come from POSTMASTER_TEST_SERVER and
-POSTMASTER_TEST_CA (--server, --ca override them). Exit 0 when the check holds;
+POSTMASTER_TEST_CA (--server, --ca override them); --timeout bounds each
+network operation (20 s). Exit 0 when the check holds;
 otherwise a message on stderr and exit 1.
 """
 
@@ -75,11 +76,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="postmaster-probe")
     parser.add_argument("--server", default=os.environ.get("POSTMASTER_TEST_SERVER", "mail"))
     parser.add_argument("--ca", default=os.environ.get("POSTMASTER_TEST_CA"))
+    # dovecot delays the logins of an address after its failures (up to 15 s).
+    parser.add_argument("--timeout", type=float, default=20.0, help="seconds per network operation")
     sub = parser.add_subparsers(dest="check", required=True)
 
-    p = sub.add_parser("login", help="IMAPS login (993)")
+    p = sub.add_parser("login", help="a login: IMAPS (993), POP3S (995) or SMTP AUTH after STARTTLS (587)")
     p.add_argument("user")
     p.add_argument("password")
+    p.add_argument("--protocol", choices=("imap", "pop3", "smtp"), default="imap")
 
     p = sub.add_parser("submit", help="submit on 587 and read it back over IMAPS")
     p.add_argument("user")
@@ -112,10 +116,20 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.ca:
         parser.error("no CA: set POSTMASTER_TEST_CA or pass --ca")
-    server = mc.Server(address=args.server, ca_file=args.ca)
+    server = mc.Server(address=args.server, ca_file=args.ca, timeout=args.timeout)
 
     if args.check == "login":
-        mc.imap_login(server, args.user, args.password).logout()
+        # A refused login raises (smtplib's errors are OSErrors): exit 1.
+        if args.protocol == "imap":
+            mc.imap_login(server, args.user, args.password).logout()
+        elif args.protocol == "pop3":
+            pop = poplib.POP3_SSL(server.address, 995, context=mc.tls_context(server), timeout=server.timeout)
+            pop.user(args.user)
+            pop.pass_(args.password)
+            pop.quit()
+        else:
+            with mc.smtp(server, 587, "starttls") as s:
+                s.login(args.user, args.password)
         return 0
 
     if args.check == "submit":
