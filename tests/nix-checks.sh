@@ -245,18 +245,29 @@ render_as() {
   "$pm" --config "$dir/config.toml" render --out "$dir/out-$name" >/dev/null
 }
 
+# lib_eval_for_render NAME: lib-eval.nix's attribute NAME (what a nix/lib helper
+# gives, with workDir $work/NAME) into $work/NAME/NAME.json, for a comparison
+# with `postmaster render` run there. Returns 2, after saying so, when no build
+# of postmaster is at hand to compare with.
+lib_eval_for_render() {
+  local dir=$work/$1
+  mkdir -p "$dir" || return 1
+  nix-instantiate --eval --strict --json nix/tests/lib-eval.nix --argstr workDir "$dir" -A "$1" >"$dir/$1.json" || return 1
+  if [ -z "$(postmaster_build)" ]; then
+    echo "(no build of postmaster in target/: not compared with postmaster render)"
+    return 2
+  fi
+}
+
 # DKIM on NixOS as on Debian: what nix/lib/dkim.nix gives the module (rspamd's
 # local.d/dkim_signing.conf, main.cf's milter settings, the submission services'
 # options) against what `postmaster render` writes, with DKIM on and off, when a
 # build of postmaster is at hand.
 dkim_as_render() {
-  local dir=$work/dkim enabled
-  mkdir -p "$dir" || return 1
-  nix-instantiate --eval --strict --json nix/tests/lib-eval.nix --argstr workDir "$dir" -A dkim >"$dir/dkim.json" || return 1
-  if [ -z "$(postmaster_build)" ]; then
-    echo "(no build of postmaster in target/: not compared with postmaster render)"
-    return 0
-  fi
+  local dir=$work/dkim enabled rc=0
+  lib_eval_for_render dkim || rc=$?
+  [ "$rc" -ne 2 ] || return 0
+  [ "$rc" -eq 0 ] || return 1
   for enabled in true false; do
     render_as "$dir" "$enabled" '[dkim]' "enabled = $enabled" || return 1
   done
@@ -302,13 +313,10 @@ check "DKIM: nix/lib/dkim.nix as postmaster render (dkim_signing.conf, settings.
 # inbound_milters, the smtp service's options) against what `postmaster render`
 # writes, with the checks on (scores 20 and 5.5) and off.
 inbound_as_render() {
-  local dir=$work/inbound enabled
-  mkdir -p "$dir" || return 1
-  nix-instantiate --eval --strict --json nix/tests/lib-eval.nix --argstr workDir "$dir" -A inbound >"$dir/inbound.json" || return 1
-  if [ -z "$(postmaster_build)" ]; then
-    echo "(no build of postmaster in target/: not compared with postmaster render)"
-    return 0
-  fi
+  local dir=$work/inbound enabled rc=0
+  lib_eval_for_render inbound || rc=$?
+  [ "$rc" -ne 2 ] || return 0
+  [ "$rc" -eq 0 ] || return 1
   for enabled in true false; do
     render_as "$dir" "$enabled" '[inbound]' "enabled = $enabled" 'reject_score = 20' 'add_header_score = 5.5' || return 1
   done
@@ -379,13 +387,10 @@ check "inbound: nix/lib/inbound.nix as postmaster render (rspamd's files, main.c
 # guessing" and the passdb), byte for byte, for 2.4 and 2.3 with limits and an
 # address other than the defaults, and with the guard off.
 logins_as_render() {
-  local dir=$work/logins limits
-  mkdir -p "$dir" || return 1
-  nix-instantiate --eval --strict --json nix/tests/lib-eval.nix --argstr workDir "$dir" -A logins >"$dir/logins.json" || return 1
-  if [ -z "$(postmaster_build)" ]; then
-    echo "(no build of postmaster in target/: not compared with postmaster render)"
-    return 0
-  fi
+  local dir=$work/logins limits rc=0
+  lib_eval_for_render logins || rc=$?
+  [ "$rc" -ne 2 ] || return 0
+  [ "$rc" -eq 0 ] || return 1
   limits=('[logins]' 'block_after_failures = 3' 'failure_window_seconds = 60' 'block_seconds = 120'
     'policy_address = "127.0.0.2:10099"')
   render_as "$dir" 2.4 '[dovecot]' 'version = "2.4"' "${limits[@]}" || return 1
