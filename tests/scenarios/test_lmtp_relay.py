@@ -123,6 +123,23 @@ def test_a_restart_of_the_relay_refuses_no_delivery(host, server, thomas):
         mc.imap_find(server, *thomas, subject)
 
 
+def test_the_socket_comes_up_with_sockets_target_as_at_boot_and_starts_the_relay(host, server, anna):
+    """Enabled, the socket belongs to sockets.target, which a boot starts before
+    postfix; the relay starts with the first delivery and finds the socket."""
+    bed = host.bed
+    bed.systemctl("stop", "postmaster-lmtp.service", "postmaster-lmtp.socket")
+    assert not bed.is_active("postmaster-lmtp.socket")
+    bed.systemctl("start", "sockets.target")
+    assert bed.is_active("postmaster-lmtp.socket")
+    assert not bed.is_active("postmaster-lmtp.service")
+    start = since(bed)
+    subject = mc.unique_subject("after sockets.target")
+    assert mc.send_inbound(server, OUTSIDE, ["anna@example.net"], subject) == {}
+    mc.imap_find(server, *anna, subject)
+    assert bed.is_active("postmaster-lmtp.service")
+    assert "relaying LMTP from" in relay_log(bed, start), relay_log(bed, start)
+
+
 def test_the_relay_units_verify_clean_and_are_hardened(host):
     bed = host.bed
     units = [f"/usr/local/lib/systemd/system/postmaster-lmtp.{kind}" for kind in ("socket", "service")]
