@@ -128,6 +128,9 @@ let
     dovecotCfg.settings."service auth".user or dovecotCfg.settings.default_internal_user;
   # Password guessing ([logins]): dovecot's auth asks postmaster before each login.
   loginsGuard = cfg.logins.blockAfterFailures > 0;
+  # dovecot's LMTP socket, and the one systemd holds in front of it for postfix.
+  lmtpDovecotSocket = "${queueDir}/private/dovecot-lmtp";
+  lmtpRelaySocket = "${queueDir}/private/postmaster-lmtp";
   dovecot24 = lib.versionAtLeast dovecotCfg.package.version "2.4";
   primaryDomain = if cfg.domains == [ ] then "localhost" else builtins.head cfg.domains;
 
@@ -388,8 +391,9 @@ let
     # ManageSieve for the users' own filters, with the same logins: ssl = required
     # refuses AUTHENTICATE before STARTTLS.
     "service managesieve-login"."inet_listener sieve".port = 4190;
-    # postfix: virtual_transport = lmtp:unix:private/dovecot-lmtp
-    "service lmtp"."unix_listener ${queueDir}/private/dovecot-lmtp" = {
+    # postfix: virtual_transport = lmtp:unix:private/postmaster-lmtp, relayed here
+    # by postmaster-lmtp.service, as postfix.
+    "service lmtp"."unix_listener ${lmtpDovecotSocket}" = {
       mode = "0600";
       inherit (postfixCfg) user group;
     };
@@ -540,6 +544,37 @@ let
     SystemCallArchitectures = "native";
   };
   mailDaemonHardening = mapAttrs (_: mkDefault) pathFreeSandbox;
+
+  # The LMTP relay, as units/postmaster-lmtp.service: postfix's user (dovecot's
+  # socket is postfix's 0600), no network but unix sockets, nothing writable, and of
+  # /var only the directory of dovecot's socket (a bind mount of the directory sees
+  # the socket dovecot recreates at each reload).
+  lmtpRelaySandbox = pathFreeSandbox // {
+    User = postfixCfg.user;
+    Group = postfixCfg.group;
+    UMask = "0077";
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    TemporaryFileSystem = "/var:ro";
+    BindReadOnlyPaths = [ "${queueDir}/private" ];
+    PrivateMounts = true;
+    CapabilityBoundingSet = [ "" ];
+    AmbientCapabilities = [ "" ];
+    # Not RemoveIPC: it would remove user postfix's IPC objects, postfix's own.
+    PrivateUsers = true;
+    DevicePolicy = "closed";
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    PrivateNetwork = true;
+    RestrictAddressFamilies = [ "AF_UNIX" ];
+    IPAddressDeny = "any";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged @resources"
+    ];
+    SystemCallErrorNumber = "EPERM";
+  };
 
   hardening = pathFreeSandbox // {
     User = "postmaster";
@@ -1516,7 +1551,8 @@ in
           virtual_mailbox_domains = cfg.domains;
           virtual_mailbox_maps = [ (mapRef "virtual_mailbox") ];
           virtual_alias_maps = [ (mapRef "virtual_alias") ];
-          virtual_transport = "lmtp:unix:private/dovecot-lmtp";
+          # systemd's socket, relayed to dovecot's (postmaster-lmtp, below).
+          virtual_transport = "lmtp:unix:private/postmaster-lmtp";
 
           recipient_delimiter = "+";
           message_size_limit = cfg.messageSizeLimit;
@@ -1741,6 +1777,45 @@ in
           // optionalAttrs (cfg.acme.eab.hmacKeyFile != null) {
             LoadCredential = [ "eab-hmac-key:${cfg.acme.eab.hmacKeyFile}" ];
           };
+      };
+    }
+
+    {
+      # ---- postfix's LMTP deliveries to dovecot, across dovecot's reloads ----------
+      # As units/postmaster-lmtp.{socket,service}: a dovecot reload unlinks and
+      # recreates its LMTP socket, and a delivery postfix had just connected to the
+      # old one was deferred. postfix delivers to this socket instead, which systemd
+      # holds; `postmaster lmtp-relay` behind it waits for dovecot's greeting (trying
+      # again while the socket is replaced) and then copies bytes both ways
+      # unchanged. Only postfix may connect (0600), as to dovecot's own socket.
+      # private/ is postfix's; postfix-setup's `postfix set-permissions` makes it
+      # postfix's 0700 even if systemd made it first.
+      systemd.sockets.postmaster-lmtp = {
+        description = "postmaster LMTP relay socket (postfix to dovecot)";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = [ lmtpRelaySocket ];
+        socketConfig = {
+          SocketUser = postfixCfg.user;
+          SocketGroup = postfixCfg.group;
+          SocketMode = "0600";
+          DirectoryMode = "0700";
+          Service = "postmaster-lmtp.service";
+        };
+      };
+      systemd.services.postmaster-lmtp = {
+        description = "postmaster LMTP relay (postfix to dovecot, across dovecot reloads)";
+        requires = [ "postmaster-lmtp.socket" ];
+        after = [ "postmaster-lmtp.socket" ];
+        # A new binary: the relay restarts, the socket keeps listening (deliveries
+        # wait in it, none is refused).
+        restartTriggers = [ cfg.package ];
+        serviceConfig = lmtpRelaySandbox // {
+          ExecStart = "${lib.getExe' cfg.package "postmaster"} lmtp-relay --backend ${lmtpDovecotSocket}";
+          # Lets the deliveries it serves finish on SIGTERM.
+          TimeoutStopSec = "90s";
+          Restart = "on-failure";
+          RestartSec = "1s";
+        };
       };
     }
 

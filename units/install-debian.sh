@@ -13,7 +13,9 @@
 # Where things go (the binary is built from source, so /usr/local where systemd
 # looks there; D-Bus and polkit have no /usr/local directory):
 #   /usr/local/bin/postmaster
-#   /usr/local/lib/systemd/system/postmaster.service, postmaster-acme.socket
+#   /usr/local/lib/systemd/system/postmaster.service, postmaster-acme.socket,
+#     postmaster-lmtp.socket, postmaster-lmtp.service (postfix's deliveries to dovecot:
+#     main.cf as `postmaster render` writes it delivers to that socket)
 #   /usr/local/lib/sysusers.d/postmaster.conf, /usr/local/lib/tmpfiles.d/postmaster.conf
 #   /usr/local/lib/systemd/system/{dovecot,postfix,postfix@}.service.d/50-postmaster-hardening.conf
 #   /usr/share/dbus-1/system.d/io.postmaster.Supervisor1.conf
@@ -65,10 +67,13 @@ getent group _rspamd >/dev/null ||
 	fail "dovecot's ManageSieve server is missing: install dovecot-managesieved first"
 
 changed=no
+# put_changed: whether the last put changed anything.
+put_changed=no
 # put MODE SOURCE TARGET: installs SOURCE as TARGET, root's, unless it is there
 # already. Renamed into place: dbus-daemon, polkitd and a running postmaster never
 # see half a file (and the temporary name ends in none of the suffixes they read).
 put() {
+	put_changed=no
 	if [ -f "$3" ] && cmp -s "$2" "$3" && [ "$(stat -c %a:%u:%g "$3")" = "$(printf %o "$1"):0:0" ]; then
 		return 0
 	fi
@@ -77,11 +82,18 @@ put() {
 	mv -f "$3.postmaster-new" "$3"
 	echo "installed $3"
 	changed=yes
+	put_changed=yes
 }
 
 put 0755 "$binary" /usr/local/bin/postmaster
+# The LMTP relay runs the binary too: a new one, or a new relay unit, restarts it.
+lmtp_changed=$put_changed
 put 0644 "$here/postmaster.service" /usr/local/lib/systemd/system/postmaster.service
 put 0644 "$here/postmaster-acme.socket" /usr/local/lib/systemd/system/postmaster-acme.socket
+put 0644 "$here/postmaster-lmtp.socket" /usr/local/lib/systemd/system/postmaster-lmtp.socket
+lmtp_socket_changed=$put_changed
+put 0644 "$here/postmaster-lmtp.service" /usr/local/lib/systemd/system/postmaster-lmtp.service
+[ "$put_changed" = no ] || lmtp_changed=yes
 put 0644 "$here/sysusers-postmaster.conf" /usr/local/lib/sysusers.d/postmaster.conf
 put 0644 "$here/tmpfiles-postmaster.conf" /usr/local/lib/tmpfiles.d/postmaster.conf
 # postfix and dovecot, hardened (drop-ins over Debian's units). They take effect at
@@ -107,7 +119,20 @@ fi
 systemctl daemon-reload
 
 if [ "$enable" = yes ]; then
-	systemctl enable postmaster.service
+	systemctl enable postmaster.service postmaster-lmtp.socket
+fi
+# The socket postfix delivers to: listening before postfix reads a main.cf that
+# names it. A changed socket unit takes effect when bound again (systemd will not
+# restart a socket whose service runs); a new binary or relay unit restarts the
+# relay only (the socket keeps listening: deliveries wait, none is refused).
+if systemctl --quiet is-enabled postmaster-lmtp.socket; then
+	if [ "$lmtp_socket_changed" = yes ] && systemctl --quiet is-active postmaster-lmtp.socket; then
+		systemctl stop postmaster-lmtp.service
+		systemctl restart postmaster-lmtp.socket
+	else
+		systemctl start postmaster-lmtp.socket
+	fi
+	[ "$lmtp_changed" = no ] || systemctl try-restart postmaster-lmtp.service
 fi
 if systemctl --quiet is-active postmaster.service; then
 	[ "$changed" = no ] || systemctl restart postmaster.service
@@ -117,5 +142,5 @@ elif [ "$enable" = yes ]; then
 fi
 
 if [ "$enable" = no ] && ! systemctl --quiet is-enabled postmaster.service; then
-	echo "postmaster is installed, not enabled; start it with: systemctl enable --now postmaster.service"
+	echo "postmaster is installed, not enabled; start it with: systemctl enable --now postmaster.service postmaster-lmtp.socket"
 fi

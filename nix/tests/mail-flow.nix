@@ -55,6 +55,26 @@
     with subtest("the bed's scenarios (tests/scenarios/test_mail_flow.py) pass"):
         client.succeed("postmaster-scenarios >&2")
 
+    with subtest("LMTP: deliveries go through postmaster-lmtp.socket and the relay, as postfix, and wait out a dovecot restart"):
+        queue = "/var/lib/postfix/queue/private"
+        mail.succeed(f"test \"$(stat -c '%F %U:%G %a' {queue}/postmaster-lmtp)\" = 'socket postfix:postfix 600'")
+        mail.succeed("systemctl is-active postmaster-lmtp.socket postmaster-lmtp.service")
+        mail.succeed("test \"$(ps -o user= -p $(systemctl show -P MainPID postmaster-lmtp.service))\" = postfix")
+        mail.succeed("journalctl -u postfix --no-pager | grep 'status=sent' | grep -qF '[private/postmaster-lmtp]'")
+        mail.fail("journalctl -u postfix --no-pager | grep 'status=sent' | grep -qF '[private/dovecot-lmtp]'")
+        # dovecot down while a delivery arrives: the relay waits for it, postfix defers nothing.
+        since = mail.succeed("date -d '-1 second' '+%Y-%m-%d %H:%M:%S'").strip()
+        mail.succeed("systemctl stop dovecot.service")
+        mail.succeed(
+            "printf 'From: root@example.org\\nTo: thomas@example.org\\nSubject: lmtp-relay-waits\\n\\nwaited\\n'"
+            " | sendmail -f root@example.org thomas@example.org"
+        )
+        mail.succeed("sleep 3")
+        mail.succeed("systemctl start dovecot.service")
+        mail.wait_until_succeeds("grep -rlF lmtp-relay-waits /var/vmail/thomas/Maildir | grep -q .", timeout=60)
+        mail.fail(f"journalctl -u postfix --no-pager --since '{since}' | grep -q 'status=deferred'")
+        mail.succeed(f"journalctl -u postmaster-lmtp --no-pager --since '{since}' | grep -qF 'greeted at try'")
+
     with subtest("DKIM: submitted and local mail leaves signed for its From domain, mail from port 25 passes unsigned"):
         mail.succeed("test \"$(stat -c '%U:%G %a' /var/lib/postmaster/dkim)\" = 'postmaster:rspamd 2750'")
         mail.succeed("test \"$(stat -c '%U:%G %a' /run/rspamd/rspamd-milter.sock)\" = 'rspamd:postfix 660'")

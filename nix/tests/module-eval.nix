@@ -744,6 +744,39 @@ let
           ]
           [ "postfix" "0660" ]
         )
+        (check
+          "LMTP: postfix delivers to systemd's socket (postfix's, 0600), relayed as postfix to dovecot's, which stays"
+          [
+            fullMain.virtual_transport
+            full.systemd.sockets.postmaster-lmtp.listenStreams
+            full.systemd.sockets.postmaster-lmtp.wantedBy
+            full.systemd.sockets.postmaster-lmtp.socketConfig.SocketUser
+            full.systemd.sockets.postmaster-lmtp.socketConfig.SocketMode
+            full.systemd.services.postmaster-lmtp.requires
+            (builtins.match ".*/bin/postmaster lmtp-relay --backend (.*)" full.systemd.services.postmaster-lmtp.serviceConfig.ExecStart)
+            full.systemd.services.postmaster-lmtp.serviceConfig.User
+            full.systemd.services.postmaster-lmtp.serviceConfig.PrivateNetwork
+            full.systemd.services.postmaster-lmtp.serviceConfig.RestrictAddressFamilies
+            full.systemd.services.postmaster-lmtp.serviceConfig.BindReadOnlyPaths
+            (full.systemd.services.postmaster-lmtp.serviceConfig ? RemoveIPC)
+            (fullDovecot."service lmtp" ? "unix_listener /var/lib/postfix/queue/private/dovecot-lmtp")
+          ]
+          [
+            "lmtp:unix:private/postmaster-lmtp"
+            [ "/var/lib/postfix/queue/private/postmaster-lmtp" ]
+            [ "sockets.target" ]
+            "postfix"
+            "0600"
+            [ "postmaster-lmtp.socket" ]
+            [ "/var/lib/postfix/queue/private/dovecot-lmtp" ]
+            "postfix"
+            true
+            [ "AF_UNIX" ]
+            [ "/var/lib/postfix/queue/private" ]
+            false
+            true
+          ]
+        )
         (check "dovecot 2.4 and 2.3: a reload lets LMTP deliveries in flight finish"
           [
             fullDovecot.shutdown_clients

@@ -157,6 +157,23 @@ pub(crate) enum Commands {
     /// Stop and remove what `postmaster setup` installed and put Debian's
     /// configuration back; mail, keys, accounts and configuration stay.
     Uninstall,
+    /// Relay postfix's LMTP deliveries to dovecot from the socket systemd holds
+    /// (postmaster-lmtp.socket, started by systemd as postmaster-lmtp.service):
+    /// connects to dovecot and waits for its greeting, trying again while a dovecot
+    /// reload replaces its socket, then copies the bytes both ways unchanged.
+    #[command(name = "lmtp-relay")]
+    LmtpRelay {
+        /// dovecot's LMTP socket.
+        #[arg(long, default_value = crate::lmtp_relay::DEFAULT_BACKEND)]
+        backend: PathBuf,
+        /// Seconds one delivery waits for dovecot's greeting before postfix is
+        /// answered 421 (it keeps the mail and tries again later).
+        #[arg(long, default_value_t = 30)]
+        give_up_after: u64,
+        /// Deliveries relayed at once; more wait in the socket, unrefused.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        max_connections: u32,
+    },
     /// Catch-alls in the accounts file: set, unset.
     #[command(name = "catch-all")]
     CatchAll {
@@ -245,6 +262,19 @@ pub fn run(cli: Cli) -> ExitCode {
             }))
         }
         Commands::Uninstall => setup_result(setup::uninstall(&cli.config)),
+        Commands::LmtpRelay {
+            backend,
+            give_up_after,
+            max_connections,
+        } => {
+            crate::logging::init();
+            crate::lmtp_relay::run(crate::lmtp_relay::Settings {
+                backend,
+                give_up_after: std::time::Duration::from_secs(give_up_after),
+                max_connections: max_connections as usize,
+            })
+            .map_err(Failure::Failed)
+        }
     };
     match result {
         Ok(()) => ExitCode::Ok,

@@ -31,6 +31,9 @@
 //!   upgrade shows (pure), and the effects (apt-get, files, systemctl).
 //! - [`logins`]: password guessing refused: dovecot's auth asks the daemon before
 //!   each login and reports each failure; blocks in the status, lifted by `unblock`.
+//! - [`lmtp_relay`]: `postmaster lmtp-relay`, postfix's LMTP deliveries to dovecot
+//!   through a socket systemd holds, so that a dovecot reload (which replaces its
+//!   own socket) defers none.
 //! - [`cli`]: the `postmaster` command line.
 //!
 //! Only what the binary (`cli`) and the integration tests (`acme`, `apply`,
@@ -49,6 +52,7 @@ pub(crate) mod daemon;
 pub(crate) mod diag;
 pub(crate) mod dkim;
 pub(crate) mod dns;
+pub(crate) mod lmtp_relay;
 pub(crate) mod logging;
 pub(crate) mod logins;
 pub(crate) mod password;

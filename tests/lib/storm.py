@@ -25,10 +25,15 @@ MAILBOX = "thomas"
 # A dovecot reload unlinks and recreates every unix listener, LMTP's
 # private/dovecot-lmtp included (src/master/service-listen.c, listener_equals():
 # "always unlink and recreate unix/fifo listeners"). A connection postfix made to the
-# old socket that no process accepted yet dies with that socket: postfix loses it
-# before the greeting and defers the mail (delivered at its next try).
-SOCKET_REPLACED = re.compile(r"status=deferred \(lost connection with \S*\[private/dovecot-lmtp\] "
+# old socket that no process accepted yet died with that socket: postfix lost it
+# before the greeting and deferred the mail (delivered at its next try). postfix now
+# delivers to private/postmaster-lmtp, which systemd holds, and `postmaster
+# lmtp-relay` behind it tries again until dovecot greets: neither socket's name may
+# show up here any more.
+SOCKET_REPLACED = re.compile(r"status=deferred \(lost connection with \S*\[private/(?:dovecot|postmaster)-lmtp\] "
                              r"while receiving the initial server greeting\)")
+# The relay's line for a delivery it saved that way (supervisor/src/lmtp_relay.rs).
+RELAY_RETRIED = "dovecot's LMTP socket was being replaced: greeted at try"
 
 
 @dataclass
@@ -136,6 +141,14 @@ def _disturb_once(bed, i: int, renewals: tuple[str, ...], added: str | None) -> 
         bed.run(["systemctl", "reload", "postmaster.service"], timeout=60, check=True)
 
 
+def relay_retries(host: mailhost.MailHost, since: str) -> int:
+    """How many deliveries the LMTP relay had to try again for: each one a delivery
+    that postfix would have deferred had it connected to dovecot's socket itself."""
+    out = host.bed.run(["journalctl", "--no-pager", "-q", "--since", since, "-u", "postmaster-lmtp.service"],
+                       timeout=60).stdout
+    return sum(RELAY_RETRIED in line for line in out.splitlines())
+
+
 def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, every: float = 3.0,
         settle: float = 90.0, renewals: tuple[str, ...] = ("dovecot.service", "postfix.service")) -> dict:
     """Runs the storm for `seconds`, waits for the queue to empty (at most `settle`),
@@ -185,6 +198,10 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
     journal = host.bed.run(["journalctl", "--no-pager", "-q", "--since", since, "SYSLOG_FACILITY=2"],
                            timeout=60).stdout
     deferred = [line for line in journal.splitlines() if "status=deferred" in line]
+    # Deliveries into dovecot, and which socket postfix gave each to: the relay's
+    # (postmaster-lmtp), or dovecot's own, which a reload replaces under it.
+    lmtp_sent = [line for line in journal.splitlines() if "/lmtp[" in line and "status=sent" in line]
+    via_relay = sum("[private/postmaster-lmtp]" in line for line in lmtp_sent)
     # Deferrals of the one kind a dovecot reload causes (see SOCKET_REPLACED).
     at_reload = [line for line in deferred if SOCKET_REPLACED.search(line)]
     # What the daemons say about sessions a reload cut, for the reader of a failure.
@@ -203,6 +220,9 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
         "failed_logins": counts.failed_logins,
         "disturbances": counts.disturbances,
         "failed_disturbances": counts.failed_disturbances,
+        "via_relay": via_relay,
+        "around_relay": len(lmtp_sent) - via_relay,
+        "relay_retries": relay_retries(host, since),
         "dovecot_reloads": sum("SIGHUP received - reloading configuration" in line for line in journal.splitlines()),
         "still_queued": not drained,
         "errors": counts.errors[:10],

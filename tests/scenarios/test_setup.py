@@ -104,7 +104,7 @@ def test_setup_upgrade_and_uninstall_on_a_bare_debian_13_host(bare):
     assert "replaced (original kept): /etc/postfix/main.cf" in out, out
     assert "postmaster setup: done" in out, out
     for unit in ("postfix.service active", "dovecot.service active", "rspamd.service active",
-                 "postmaster.service active"):
+                 "postmaster.service active", "postmaster-lmtp.socket active"):
         assert unit in out, f"report lacks {unit!r}:\n{out}"
     assert "Listening: 25 (" in out and "587 (" in out and "993 (" in out, out
     assert "example.org.\t" in out or "example.org. " in out, f"no DNS records in the report:\n{out}"
@@ -125,6 +125,9 @@ def test_setup_upgrade_and_uninstall_on_a_bare_debian_13_host(bare):
         mc.submit(server, port, *dora, "dora@example.org", ["dora@example.net"], subject)
         got = mc.imap_find(server, *dora, subject)
         assert got["From"] == "dora@example.org"
+    # Delivered through the LMTP relay's socket, which setup enabled (it listens at boot).
+    assert bed.run(["systemctl", "is-enabled", "postmaster-lmtp.socket"]).stdout.strip() == "enabled"
+    assert bed.is_active("postmaster-lmtp.service"), "the relay did not start with the first delivery"
     code, text = mc.rcpt_reply(server, 25, "starttls", "dora@example.org", "victim@elsewhere.example")
     assert code == 554 and "Relay access denied" in text, (code, text)
     code, text = mc.rcpt_reply(server, 587, "starttls", "dora@example.org", "victim@elsewhere.example")
@@ -186,6 +189,9 @@ def test_setup_upgrade_and_uninstall_on_a_bare_debian_13_host(bare):
     assert not bed.path("/usr/local/bin/postmaster").exists()
     assert not bed.path("/usr/local/lib/systemd/system/postmaster.service").exists()
     assert bed.run(["systemctl", "is-active", "postmaster.service"]).stdout.strip() != "active"
+    for unit in ("postmaster-lmtp.socket", "postmaster-lmtp.service"):
+        assert bed.run(["systemctl", "is-active", unit]).stdout.strip() != "active", unit
+        assert not bed.path(f"/usr/local/lib/systemd/system/{unit}").exists(), unit
     assert bed.path("/etc/postfix/main.cf").read_text() == debian_main_cf
     assert bed.path("/etc/dovecot/dovecot.conf").read_text() == debian_dovecot_conf
     assert bed.path("/var/vmail/dora").is_dir(), "uninstall removed mail"

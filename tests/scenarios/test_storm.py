@@ -1,21 +1,26 @@
 """A short reload storm (tests/lib/storm.py, the same as ./bench --only storm):
 renewals (dovecot and postfix reloaded), accounts edits and `systemctl reload
 postmaster` while mail flows in on 25 and 587 and users log in over IMAPS. Nothing
-accepted may be lost or doubled, no SMTP session may fail, and nothing may be
-deferred but for the one cause below.
+accepted may be lost, doubled or deferred, and no SMTP session may fail.
 
-What a dovecot reload still cuts, both from dovecot's design, no setting changes it:
-
-Deliveries: a reload unlinks and recreates every unix listener
+Deliveries: a dovecot reload unlinks and recreates every unix listener
 (src/master/service-listen.c, listener_equals(): "always unlink and recreate
 unix/fifo listeners"), LMTP's private/dovecot-lmtp included. An LMTP connection
-postfix opened to the old socket that no lmtp process accepted yet dies with it:
-postfix logs "lost connection ... while receiving the initial server greeting" and
-defers the mail, which its next try delivers (the storm flushes the queue, and
-counts it lost if it never arrives). Several can die at one reload (2 at once seen),
-at most as many as postfix opens to that socket at once
-(lmtp_destination_concurrency_limit). Any other deferral fails the test (dovecot's
-"421 4.3.2 Server shutting down" of a reload with shutdown_clients = yes did).
+postfix had opened to the old socket that no lmtp process accepted yet died with it:
+postfix logged "lost connection ... while receiving the initial server greeting" and
+deferred the mail (0 to 2 in a 60 s storm). postfix now delivers to
+private/postmaster-lmtp, a socket systemd holds, and `postmaster lmtp-relay` behind
+it tries again until dovecot greets (units/postmaster-lmtp.*): no deferral at all.
+With postfix delivering to dovecot's socket directly, the deferrals come back, and
+test_lmtp_relay.py's delivery while dovecot is down fails at once.
+
+One deferral the relay cannot prevent, seen only in storms with a dovecot reload
+every 3 to 4 s (twice in 33 reloads, never in this storm's shape): lmtp answers
+RCPT "451 4.3.0 Temporary internal error" because the reload cut its user lookup
+("auth-master: userdb lookup(...): Disconnected unexpectedly"). The RCPT was sent,
+so no relay may try again; should this test fail with that line, it is that.
+
+What a dovecot reload still cuts, from dovecot's design, no setting changes it:
 
 IMAPS logins: a login in flight at a reload can be cut; the client sees its LOGIN
 answered by a closed connection. Two ways, seen in the journal: imap-login's hand-off
@@ -49,12 +54,11 @@ def test_a_reload_storm_loses_and_doubles_no_mail(host, world):
     noticed = {k: r[k] for k in ("lost", "duplicated", "failed_sessions")}
     assert noticed == dict.fromkeys(noticed, 0), report
     assert not r["still_queued"], report
-    # Deferred only as a reload's replaced LMTP socket defers (see above), and no
-    # more at each reload than postfix has connections open to it.
-    assert r["deferred"] == r["deferred_at_reload"], report
-    lmtp_at_once = int(host.bed.run(["postconf", "-h", "lmtp_destination_concurrency_limit"],
-                                    check=True).stdout)
-    assert r["deferred_at_reload"] <= lmtp_at_once * r["dovecot_reloads"], report
+    # Not one deferral: the LMTP relay waits out the replacement of dovecot's socket.
+    assert r["deferred"] == 0, report
+    # And that was the relay's doing: every delivery went through it (a storm can
+    # pass without deferrals by luck; postfix's log says which socket it used).
+    assert r["around_relay"] == 0 and r["via_relay"] >= r["accepted"], report
     login_errors = [e for e in r["errors"] if e.startswith("imaps login")]
     assert all(CUT_BY_A_RELOAD in e for e in login_errors), report
     # At most the one login in flight at each dovecot reload (see above).

@@ -180,6 +180,10 @@ fn local_resolver(config: &Config) -> bool {
 const BINARY: &str = "/usr/local/bin/postmaster";
 const SERVICE: &str = "postmaster.service";
 const ACME_SOCKET: &str = "postmaster-acme.socket";
+/// postfix's LMTP deliveries to dovecot, through a socket systemd holds across
+/// dovecot's reloads (`postmaster lmtp-relay`, units/postmaster-lmtp.socket).
+const LMTP_SOCKET: &str = "postmaster-lmtp.socket";
+const LMTP_SERVICE: &str = "postmaster-lmtp.service";
 
 /// postmaster's own files, carried in the binary (units/ in the source tree).
 fn own_files() -> Vec<(&'static str, &'static str, u32)> {
@@ -192,6 +196,16 @@ fn own_files() -> Vec<(&'static str, &'static str, u32)> {
         (
             "/usr/local/lib/systemd/system/postmaster-acme.socket",
             include_str!("../../../units/postmaster-acme.socket"),
+            0o644,
+        ),
+        (
+            "/usr/local/lib/systemd/system/postmaster-lmtp.socket",
+            include_str!("../../../units/postmaster-lmtp.socket"),
+            0o644,
+        ),
+        (
+            "/usr/local/lib/systemd/system/postmaster-lmtp.service",
+            include_str!("../../../units/postmaster-lmtp.service"),
             0o644,
         ),
         (
@@ -881,6 +895,7 @@ fn start_services(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
             .iter()
             .any(|s| s.action != Action::Unchanged && pred(&s.path))
     };
+    start_lmtp_relay(steps)?;
     // What rspamd asks (unbound) and keeps Bayes in (valkey) first, then rspamd,
     // which postfix's milters need.
     let mut mail = Vec::new();
@@ -943,6 +958,32 @@ fn start_services(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// The socket postfix delivers to (main.cf's virtual_transport) listening before
+/// postfix reads that, and the relay behind it running what was installed.
+fn start_lmtp_relay(steps: &[Step]) -> Result<(), SetupError> {
+    let changed = |path: &Path| {
+        steps
+            .iter()
+            .any(|s| s.action != Action::Unchanged && s.path == path)
+    };
+    let unit = |name: &str| Path::new("/usr/local/lib/systemd/system").join(name);
+    systemctl(&["enable", "--quiet", LMTP_SOCKET])?;
+    if changed(&unit(LMTP_SOCKET)) && unit_active(LMTP_SOCKET) {
+        // A changed socket only takes effect when bound again; systemd refuses to
+        // restart a socket whose service runs.
+        systemctl(&["stop", LMTP_SERVICE])?;
+        systemctl(&["restart", LMTP_SOCKET])?;
+    } else {
+        systemctl(&["start", LMTP_SOCKET])?;
+    }
+    if changed(&unit(LMTP_SERVICE)) || changed(Path::new(BINARY)) {
+        // Only if it runs (else its socket starts it at the next delivery). The
+        // socket keeps listening meanwhile: deliveries wait, none is refused.
+        systemctl(&["try-restart", LMTP_SERVICE])?;
+    }
+    Ok(())
+}
+
 fn report(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
     let changed = steps
         .iter()
@@ -966,6 +1007,7 @@ fn report(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
         config.units.dovecot.as_str(),
         config.units.rspamd.as_str(),
         SERVICE,
+        LMTP_SOCKET,
     ];
     let states: Vec<String> = units
         .iter()
@@ -1028,7 +1070,7 @@ pub(crate) fn uninstall(config_path: &Path) -> Result<(), SetupError> {
         return Err(StepFailed::NothingInstalled.into());
     }
     let config = Config::load(config_path).ok();
-    for unit in [SERVICE, ACME_SOCKET] {
+    for unit in [SERVICE, ACME_SOCKET, LMTP_SOCKET, LMTP_SERVICE] {
         // Not there (a half-finished setup) is fine: nothing to stop.
         let _ = systemctl(&["disable", "--now", "--quiet", unit]);
     }
@@ -1076,7 +1118,9 @@ pub(crate) fn uninstall(config_path: &Path) -> Result<(), SetupError> {
     let _ = fs::remove_file(plan::MANIFEST);
     let _ = fs::remove_dir(Path::new(plan::MANIFEST).parent().expect("has a parent"));
 
-    println!("postmaster uninstall: stopped and disabled {SERVICE} and {ACME_SOCKET}.");
+    println!(
+        "postmaster uninstall: stopped and disabled {SERVICE}, {ACME_SOCKET}, {LMTP_SOCKET} and {LMTP_SERVICE}."
+    );
     println!(
         "Removed {removed} file{} setup installed.",
         if removed == 1 { "" } else { "s" }

@@ -1,0 +1,419 @@
+//! `postmaster lmtp-relay`: postfix's LMTP deliveries reach dovecot through a
+//! socket systemd holds (postmaster-lmtp.socket), so a dovecot reload costs none.
+//!
+//! Why it exists: a dovecot reload unlinks and recreates every unix listener, its
+//! LMTP socket included (src/master/service-listen.c, listener_equals(): "always
+//! unlink and recreate unix/fifo listeners"). A connection postfix made to the old
+//! socket that no lmtp process accepted yet dies with it, and a connect between the
+//! unlink and the new bind fails: postfix defers the mail to its next queue run,
+//! minutes later. systemd's socket never goes away. Behind it this relay connects to
+//! dovecot and waits for dovecot's greeting, trying again while the socket is being
+//! replaced; only then does it greet postfix with it and copy bytes both ways,
+//! unchanged.
+//!
+//! It never tries again once a byte of postfix's went to dovecot: from then on a lost
+//! connection is postfix's to handle, exactly as without the relay, so the relay
+//! cannot cause a duplicate. LMTP over loopback TCP would have avoided the unix
+//! socket's replacement too, but lets any local user inject mail past rspamd; this
+//! keeps both sockets postfix's own (0600).
+
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// Where dovecot's LMTP listener is on Debian (dovecot.conf as rendered).
+pub(crate) const DEFAULT_BACKEND: &str = "/var/spool/postfix/private/dovecot-lmtp";
+
+/// The longest greeting taken: RFC 5321 allows 512 octets a reply line, and a
+/// greeting may have several lines. Anything longer is not dovecot's.
+const GREETING_LIMIT: usize = 4096;
+
+/// The first pause between two tries, doubled each time up to [`LAST_PAUSE`]: a
+/// reload replaces the socket within milliseconds (bench: the storm), so the first
+/// tries come fast; a dovecot that is restarting takes seconds, and is not hammered.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const LAST_PAUSE: Duration = Duration::from_millis(200);
+
+/// What postfix is told when dovecot did not greet in time: a 4xx, so postfix
+/// keeps the mail and tries again later (as it would have without the relay).
+const GAVE_UP: &[u8] =
+    b"421 4.3.0 Mailbox delivery (dovecot LMTP) not reachable, try again later\r\n";
+
+/// How the relay runs (the command line's options).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// dovecot's LMTP socket.
+    pub(crate) backend: PathBuf,
+    /// How long one delivery waits for dovecot to greet before postfix is told 421.
+    /// Well below postfix's lmtp_helo_timeout (300 s), which would defer it anyway.
+    pub(crate) give_up_after: Duration,
+    /// Connections served at once; more wait in the socket's backlog, unrefused.
+    pub(crate) max_connections: usize,
+}
+
+/// How far a greeting has come, from the bytes read so far.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Greeting {
+    /// No complete reply yet.
+    Incomplete,
+    /// A complete reply (all its lines): its code, and how many bytes it spans.
+    Complete { code: u16, len: usize },
+    /// Not an SMTP reply, or longer than `limit`.
+    Invalid,
+}
+
+/// Judges the bytes read from dovecot before anything went to it: a reply is one
+/// line `NNN text`, or several `NNN-text` lines ended by one `NNN text`, each
+/// ending in LF (CRLF in practice), the same code on every line (RFC 5321 4.2.1).
+pub(crate) fn greeting(buf: &[u8], limit: usize) -> Greeting {
+    let mut start = 0;
+    let mut first_code = None;
+    loop {
+        let rest = &buf[start..];
+        let Some(newline) = rest.iter().position(|&b| b == b'\n') else {
+            // A line that is already wrong, or too long, will not become right.
+            let wrong_start = rest.iter().take(3).any(|b| !b.is_ascii_digit())
+                || rest
+                    .get(3)
+                    .is_some_and(|b| !matches!(b, b' ' | b'-' | b'\r'));
+            return if wrong_start || buf.len() >= limit {
+                Greeting::Invalid
+            } else {
+                Greeting::Incomplete
+            };
+        };
+        let end = start + newline + 1;
+        if end > limit {
+            return Greeting::Invalid;
+        }
+        let line = &rest[..newline];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(code) = reply_code(line) else {
+            return Greeting::Invalid;
+        };
+        if *first_code.get_or_insert(code) != code {
+            return Greeting::Invalid;
+        }
+        match line.get(3) {
+            None | Some(b' ') => return Greeting::Complete { code, len: end },
+            Some(b'-') => start = end,
+            Some(_) => return Greeting::Invalid,
+        }
+    }
+}
+
+fn reply_code(line: &[u8]) -> Option<u16> {
+    let digits = line.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The pause before try `attempt + 1` (0 is the pause after the first try).
+pub(crate) fn pause(attempt: u32) -> Duration {
+    FIRST_PAUSE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(LAST_PAUSE)
+}
+
+/// Whether a failed connect to dovecot's socket can succeed later. During a
+/// reload: NotFound (unlinked, not yet bound again), ConnectionRefused (bound, not
+/// yet listening; or the old file, nobody behind it), PermissionDenied (bound by the
+/// master as root, not yet chowned to postfix), WouldBlock (its backlog is full).
+/// Anything else (a path that is not a socket, one too long) waiting will not mend.
+pub(crate) fn retryable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::PermissionDenied
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// Why one try to reach a greeting dovecot failed.
+#[derive(Debug)]
+enum Try {
+    /// Worth another try (before the deadline).
+    Again(String),
+    /// Not worth another: postfix is told 421 at once.
+    Stop(String),
+}
+
+/// Connects to dovecot and reads its greeting. Nothing is written to dovecot here:
+/// whatever goes wrong, nothing of the delivery has reached it.
+async fn greeted_once(backend: &Path) -> Result<(UnixStream, Vec<u8>), Try> {
+    let mut stream = UnixStream::connect(backend).await.map_err(|e| {
+        let why = format!("connecting to {}: {e}", backend.display());
+        if retryable(&e) {
+            Try::Again(why)
+        } else {
+            Try::Stop(why)
+        }
+    })?;
+    let mut buf = Vec::with_capacity(128);
+    let mut chunk = [0u8; 512];
+    loop {
+        // Any read error before a byte was sent is a connection that can be made
+        // again: typically the old socket's queue thrown away (ECONNRESET or EOF).
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| Try::Again(format!("reading dovecot's greeting: {e}")))?;
+        if n == 0 {
+            return Err(Try::Again(
+                "dovecot closed the connection before its greeting".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match greeting(&buf, GREETING_LIMIT) {
+            Greeting::Incomplete => {}
+            // A 4xx greeting ("421 ... shutting down") says: not now. Nothing was
+            // sent, so another connection is as safe as the first.
+            Greeting::Complete { code, len } if code / 100 == 4 => {
+                return Err(Try::Again(format!(
+                    "dovecot greeted {}",
+                    String::from_utf8_lossy(&buf[..len]).trim_end()
+                )));
+            }
+            // 2xx, or a 5xx postfix must see as it is.
+            Greeting::Complete { .. } => return Ok((stream, buf)),
+            Greeting::Invalid => {
+                return Err(Try::Stop(format!(
+                    "not an LMTP greeting from {}: {:?}",
+                    backend.display(),
+                    String::from_utf8_lossy(&buf[..buf.len().min(100)])
+                )));
+            }
+        }
+    }
+}
+
+/// Tries until dovecot greets or `settings.give_up_after` passes. Returns the
+/// connection, its greeting's bytes, and how many tries it took.
+async fn greeted(settings: &Settings) -> Result<(UnixStream, Vec<u8>, u32), String> {
+    let deadline = Instant::now() + settings.give_up_after;
+    let mut attempt = 0u32;
+    loop {
+        let why = match tokio::time::timeout_at(deadline, greeted_once(&settings.backend)).await {
+            Ok(Ok((stream, greeting))) => return Ok((stream, greeting, attempt + 1)),
+            Ok(Err(Try::Stop(why))) => return Err(why),
+            Ok(Err(Try::Again(why))) => why,
+            Err(_) => "dovecot did not greet in time".to_string(),
+        };
+        let wait = pause(attempt);
+        attempt += 1;
+        if Instant::now() + wait >= deadline {
+            return Err(format!(
+                "no greeting after {attempt} tries in {:?}: {why}",
+                settings.give_up_after
+            ));
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One delivery connection from postfix, to its end.
+async fn relay(mut client: UnixStream, settings: &Settings) {
+    match greeted(settings).await {
+        Ok((mut backend, greeting, tries)) => {
+            if tries > 1 {
+                // What the relay is for: without it this delivery would have been
+                // deferred. Counted by the storm bench.
+                tracing::info!("dovecot's LMTP socket was being replaced: greeted at try {tries}");
+            }
+            if let Err(e) = client.write_all(&greeting).await {
+                tracing::debug!("postfix left before dovecot's greeting reached it: {e}");
+                return;
+            }
+            // From here on every byte passes unchanged, and nothing is tried again.
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                tracing::debug!("LMTP connection ended: {e}");
+            }
+        }
+        Err(why) => {
+            tracing::warn!("{why}; answered postfix 421 (it keeps the mail and tries again)");
+            let _ = client.write_all(GAVE_UP).await;
+            let _ = client.shutdown().await;
+        }
+    }
+}
+
+/// Serves `listener` until SIGTERM, then lets the deliveries in flight finish (at
+/// most `settings.give_up_after` plus a little): the socket stays with systemd, and
+/// postfix's next connections wait in it for the next relay.
+pub(crate) async fn serve(listener: UnixListener, settings: Settings) -> io::Result<()> {
+    let settings = Arc::new(settings);
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let mut term = signal(SignalKind::terminate())?;
+    loop {
+        let slot = tokio::select! {
+            _ = term.recv() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let client = tokio::select! {
+            _ = term.recv() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => client,
+                Err(e) => {
+                    // EMFILE and the like: pass, the connection waits in the backlog.
+                    tracing::warn!("accepting a connection from postfix: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            relay(client, &settings).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    let grace = settings.give_up_after + Duration::from_secs(5);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopping with LMTP connections still open after {grace:?}");
+    }
+    Ok(())
+}
+
+/// `postmaster lmtp-relay`: the socket systemd passes (exactly one, LISTEN_FDS),
+/// served until SIGTERM.
+pub(crate) fn run(settings: Settings) -> Result<(), String> {
+    // SAFETY: called before the runtime starts any thread.
+    let mut fds: Vec<RawFd> = unsafe { sd_notify::listen_fds_and_unset_env() }
+        .map_err(|e| format!("reading LISTEN_FDS: {e}"))?
+        .collect();
+    let fd = match (fds.pop(), fds.is_empty()) {
+        (Some(fd), true) => fd,
+        _ => {
+            return Err(
+                "lmtp-relay serves the one socket systemd passes it (postmaster-lmtp.socket); \
+                 start it with systemctl start postmaster-lmtp.socket"
+                    .into(),
+            );
+        }
+    };
+    // SAFETY: systemd passed this descriptor to this process, which owns it from now.
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    // Fails unless it is a unix socket.
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("the socket systemd passed is not a unix socket: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("socket: {e}"))?;
+    tracing::info!(
+        "relaying LMTP from {:?} to {}",
+        local.as_pathname().unwrap_or(Path::new("?")),
+        settings.backend.display()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(async {
+        let listener = UnixListener::from_std(listener).map_err(|e| e.to_string())?;
+        serve(listener, settings).await.map_err(|e| e.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(code: u16, len: usize) -> Greeting {
+        Greeting::Complete { code, len }
+    }
+
+    #[test]
+    fn dovecots_greeting_is_complete_at_its_line_end() {
+        let g = b"220 mail.example.org Dovecot (Debian) ready.\r\n";
+        assert_eq!(greeting(g, GREETING_LIMIT), complete(220, g.len()));
+        // Every shorter prefix still needs more.
+        for n in 0..g.len() {
+            assert_eq!(
+                greeting(&g[..n], GREETING_LIMIT),
+                Greeting::Incomplete,
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_multiline_greeting_ends_at_its_last_line() {
+        let g = b"220-first\r\n220-second\r\n220 last\r\n";
+        assert_eq!(greeting(&g[..11], GREETING_LIMIT), Greeting::Incomplete);
+        assert_eq!(greeting(&g[..23], GREETING_LIMIT), Greeting::Incomplete);
+        assert_eq!(greeting(g, GREETING_LIMIT), complete(220, g.len()));
+        // A bare code, and LF alone, are replies too.
+        assert_eq!(greeting(b"220\n", GREETING_LIMIT), complete(220, 4));
+    }
+
+    #[test]
+    fn what_is_not_a_greeting_is_invalid_as_soon_as_it_shows() {
+        assert_eq!(greeting(b"HTTP/1.1", GREETING_LIMIT), Greeting::Invalid);
+        assert_eq!(greeting(b"22x", GREETING_LIMIT), Greeting::Invalid);
+        assert_eq!(
+            greeting(b"220x ready\r\n", GREETING_LIMIT),
+            Greeting::Invalid
+        );
+        assert_eq!(
+            greeting(b"220-a\r\n421 b\r\n", GREETING_LIMIT),
+            Greeting::Invalid
+        );
+        // Too long: with and without a line end.
+        let long = [b"220 ".as_slice(), &[b'a'; 100]].concat();
+        assert_eq!(greeting(&long, 50), Greeting::Invalid);
+        assert_eq!(
+            greeting(&[long.as_slice(), b"\r\n"].concat(), 50),
+            Greeting::Invalid
+        );
+        assert_eq!(greeting(&long, 200), Greeting::Incomplete);
+    }
+
+    #[test]
+    fn a_4xx_greeting_is_complete_with_its_code() {
+        let g = b"421 4.3.2 Server shutting down\r\n";
+        assert_eq!(greeting(g, GREETING_LIMIT), complete(421, g.len()));
+    }
+
+    #[test]
+    fn pauses_double_from_10_ms_to_200_ms() {
+        let ms: Vec<u128> = (0..8).map(|a| pause(a).as_millis()).collect();
+        assert_eq!(ms, [10, 20, 40, 80, 160, 200, 200, 200]);
+        assert_eq!(pause(u32::MAX), LAST_PAUSE);
+    }
+
+    #[test]
+    fn what_a_reload_does_to_a_connect_is_retried_the_rest_is_not() {
+        use io::ErrorKind::*;
+        for kind in [
+            NotFound,
+            ConnectionRefused,
+            PermissionDenied,
+            WouldBlock,
+            ConnectionReset,
+        ] {
+            assert!(retryable(&io::Error::from(kind)), "{kind:?}");
+        }
+        for kind in [InvalidInput, NotADirectory, Unsupported, OutOfMemory] {
+            assert!(!retryable(&io::Error::from(kind)), "{kind:?}");
+        }
+    }
+}
