@@ -1690,7 +1690,8 @@ def print_report(r: dict) -> None:
         print(f"reload storm, {st['seconds']:.0f} s ({st['disturbances']} reloads/edits, "
               f"{st.get('dovecot_reloads', '?')} of them dovecot reloads; target 0 for all but accepted):")
         print(f"  accepted {st['accepted']}  lost {st['lost']}  duplicated {st['duplicated']}  "
-              f"deferred {st['deferred']} ({st.get('deferred_at_reload', '?')} of them a greeting lost at a reload; "
+              f"deferred {st['deferred']} ({st.get('deferred_at_reload', '?')} of them a greeting lost at a reload, "
+              f"{st.get('deferred_userdb_cut', '?')} a user lookup dovecot's reload cut; "
               f"{st.get('relay_retries', '?')} saved by the LMTP relay's retry)  "
               f"failed sessions {st['failed_sessions']}  "
               f"logins {st['logins']}  failed logins {st['failed_logins']}"

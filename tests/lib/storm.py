@@ -32,6 +32,12 @@ MAILBOX = "thomas"
 # show up here any more.
 SOCKET_REPLACED = re.compile(r"status=deferred \(lost connection with \S*\[private/(?:dovecot|postmaster)-lmtp\] "
                              r"while receiving the initial server greeting\)")
+# The one deferral the relay cannot prevent: a reload cuts lmtp's user lookup (dovecot
+# logs "auth-master: userdb lookup(...): Disconnected unexpectedly") and lmtp answers
+# the RCPT with a 451; the RCPT was sent, so nobody may try it again but postfix.
+USERDB_CUT = re.compile(r"status=deferred \(host \S*\[private/postmaster-lmtp\] said: 451 4\.3\.0 .*"
+                        r"\(in reply to RCPT TO command\)\)")
+USERDB_CUT_EVIDENCE = re.compile(r"auth-master: userdb lookup\(.*\): Disconnected unexpectedly")
 # The relay's line for a delivery it saved that way (supervisor/src/lmtp_relay.rs).
 RELAY_RETRIED = "dovecot's LMTP socket was being replaced: greeted at try"
 
@@ -204,10 +210,14 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
     via_relay = sum("[private/postmaster-lmtp]" in line for line in lmtp_sent)
     # Deferrals of the one kind a dovecot reload causes (see SOCKET_REPLACED).
     at_reload = [line for line in deferred if SOCKET_REPLACED.search(line)]
+    # Deferrals of the kind no relay can prevent (see USERDB_CUT), counted only with
+    # dovecot's own line for the cut lookup beside them.
+    userdb_cut = [line for line in deferred if USERDB_CUT.search(line)]
+    cut_lookups = sum(bool(USERDB_CUT_EVIDENCE.search(line)) for line in journal.splitlines())
     # What the daemons say about sessions a reload cut, for the reader of a failure.
     cut = [line for line in journal.splitlines() if any(
         what in line for what in ("Auth server restarted", "Server shutting down", "while receiving the initial",
-                                  "Internal login failure", "Login aborted"))]
+                                  "Internal login failure", "Login aborted", "Disconnected unexpectedly"))]
     return {
         "seconds": seconds,
         "accepted": counts.accepted,
@@ -215,6 +225,8 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
         "duplicated": sum(n - 1 for n in seen.values() if n > 1),
         "deferred": len(deferred),
         "deferred_at_reload": len(at_reload),
+        "deferred_userdb_cut": len(userdb_cut) if cut_lookups else 0,
+        "cut_lookups": cut_lookups,
         "failed_sessions": counts.failed_sessions,
         "logins": counts.logins,
         "failed_logins": counts.failed_logins,
