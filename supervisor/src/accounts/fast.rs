@@ -14,7 +14,7 @@
 //! "example.org" = "thomas"
 //! ```
 //!
-//! with comments and blank lines anywhere. Strings are basic without escapes, or
+//! with comments and blank lines anywhere, and the mailboxes before `[aliases]`. Strings are basic without escapes, or
 //! literal. Whatever else TOML allows (escapes, multi-line strings or arrays,
 //! dotted keys, inline tables, CRLF line ends, ...) makes [`parse`] give up, and so
 //! does every mistake, TOML or not: the whole-file parse then reads the file, and
@@ -68,7 +68,9 @@ pub(super) fn parse(source: &Source, policy: &Policy) -> Option<Accounts> {
             match section {
                 Section::Aliases if !std::mem::replace(&mut seen_aliases, true) => {}
                 Section::CatchAll if !std::mem::replace(&mut seen_catch_all, true) => {}
-                Section::Mailbox(name) => {
+                // An alias is checked against the mailboxes as it is read, so they
+                // must all be known by then (the whole-file parse reads them first).
+                Section::Mailbox(name) if !seen_aliases => {
                     mailbox = Some(Fields {
                         name,
                         password: None,

@@ -95,6 +95,13 @@ fn the_bench_file_is_read_line_by_line() {
 }
 
 #[test]
+fn the_seed_is_read_line_by_line() {
+    let a = taken(include_str!("../../../examples/seed/accounts.toml"));
+    assert_eq!(a.aliases.len(), 16);
+    assert_eq!(a.catch_all.len(), 2);
+}
+
+#[test]
 fn other_valid_forms_go_the_whole_file_way_with_the_same_result() {
     let forms = [
         // Escapes, multi-line strings and arrays, dotted keys, inline tables.
@@ -109,6 +116,9 @@ fn other_valid_forms_go_the_whole_file_way_with_the_same_result() {
         "[mailboxes]\nthomas.password = \"HASH\"\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\n[\"aliases\"]\npostmaster = \"thomas\"\n",
         "aliases = { postmaster = \"thomas\" }\n[mailboxes.thomas]\npassword = \"HASH\"\n",
+        // The aliases before a mailbox.
+        "[aliases]\npostmaster = \"thomas\"\n[mailboxes.thomas]\npassword = \"HASH\"\n",
+        "[mailboxes.anna]\npassword = \"HASH\"\n[aliases]\npostmaster = \"thomas\"\n[mailboxes.thomas]\npassword = \"HASH\"\n",
         // Numbers TOML writes other ways, CRLF line ends, a byte-order mark.
         "[mailboxes.thomas]\npassword = \"HASH\"\nquota = 1_048_576\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\nquota = 0x100000\n",
@@ -157,6 +167,8 @@ fn every_mistake_goes_the_whole_file_way_with_its_diagnostics() {
         "[mailboxes.thomas]\npassword = \"HASH\"\nsend_as = [\"@elsewhere.example\"]\n",
         "[mailboxes.\"Bad Name\"]\npassword = \"HASH\"\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\n[aliases]\nthomas = \"thomas\"\n",
+        // An alias that is a mailbox's address, the mailbox defined after it.
+        "[mailboxes.thomas]\npassword = \"HASH\"\n[aliases]\nanna = \"thomas\"\n[mailboxes.anna]\npassword = \"HASH\"\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\n[aliases]\nx = \"nobody\"\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\n[aliases]\nx = []\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\n[aliases]\nx = [\"thomas\", \"thomas\"]\n",
