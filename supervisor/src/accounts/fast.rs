@@ -14,12 +14,13 @@
 //! "example.org" = "thomas"
 //! ```
 //!
-//! with comments and blank lines anywhere, and the mailboxes before `[aliases]`. Strings are basic without escapes, or
-//! literal. Whatever else TOML allows (escapes, multi-line strings or arrays,
-//! dotted keys, inline tables, CRLF line ends, ...) makes [`parse`] give up, and so
-//! does every mistake, TOML or not: the whole-file parse then reads the file, and
-//! it alone reports problems. So this path only has to be right about files it
-//! accepts, and its result is the whole-file parse's (the tests hold it to that).
+//! with comments and blank lines anywhere, and the mailboxes before `[aliases]`.
+//! Strings are basic without escapes, or literal. Whatever else TOML allows
+//! (escapes, multi-line strings or arrays, dotted keys, inline tables, CRLF line
+//! ends, ...) makes [`parse`] give up, and so does every mistake, TOML or not: the
+//! whole-file parse then reads the file, and it alone reports problems. So this
+//! path only has to be right about files it accepts, and its result is the
+//! whole-file parse's (the tests hold it to that).
 
 use std::ops::Range;
 

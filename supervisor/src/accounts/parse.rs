@@ -637,11 +637,13 @@ fn report_loops(
         resolved_keys,
     };
     let mut reported: BTreeSet<Address> = BTreeSet::new();
-    for start in aliases.keys() {
+    for (start, &key) in aliases {
         // Only an alias that delivers to another alias can be part of a loop; most
-        // deliver to mailboxes, and need no search.
-        let to_an_alias = resolved
-            .targets(start)
+        // deliver to mailboxes, and need no search (nor a lookup of their own
+        // address: 100,000 such lookups were 5% of `postmaster check`).
+        let to_an_alias = resolved_keys[key]
+            .iter()
+            .flatten()
             .any(|t| matches!(t, Target::Alias(_)));
         if !to_an_alias || reported.contains(start) {
             continue;
