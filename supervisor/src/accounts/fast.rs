@@ -24,7 +24,7 @@
 
 use std::ops::Range;
 
-use super::parse::{Builder, Policy, parse_send_as, password_of, quota_of_text};
+use super::parse::{Builder, Policy, Written, parse_send_as, password_of, quota_of_text};
 use super::{Accounts, Mailbox};
 use crate::address::check_local_part;
 use crate::diag::{Diagnostics, Source};
@@ -146,10 +146,10 @@ enum Value<'a> {
 
 impl<'a> Value<'a> {
     /// An alias's or catch-all's targets: a string or an array of strings.
-    fn targets(self) -> Option<Vec<(Range<usize>, &'a str)>> {
+    fn targets(self) -> Option<Written<'a>> {
         match self {
-            Value::String(span, s) => Some(vec![(span, s)]),
-            Value::Strings(list) => Some(list),
+            Value::String(span, s) => Some(Written::One(span, s)),
+            Value::Strings(list) => Some(Written::List(list)),
             _ => None,
         }
     }

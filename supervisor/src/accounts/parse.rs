@@ -57,6 +57,13 @@ struct RawTargets {
     targets: Range<usize>,
 }
 
+/// An alias's or catch-all's targets as its value gives them, each with its span:
+/// one string (nearly always, and then without a vector of its own), or a list.
+pub(super) enum Written<'a> {
+    One(Range<usize>, &'a str),
+    List(Vec<(Range<usize>, &'a str)>),
+}
+
 /// What both ways of reading the file share once they have its entries: every
 /// check that is not about TOML's syntax or types, and the resolution of targets.
 pub(super) struct Builder<'a, 'p> {
@@ -88,7 +95,7 @@ impl<'a, 'p> Builder<'a, 'p> {
         d: &mut Diagnostics<'_>,
         name: &'a str,
         key_span: Range<usize>,
-        targets: impl FnOnce(&mut Diagnostics<'_>) -> Option<Vec<(Range<usize>, &'a str)>>,
+        targets: impl FnOnce(&mut Diagnostics<'_>) -> Option<Written<'a>>,
     ) {
         let Some(addresses) = alias_addresses(d, self.policy, name, key_span.clone()) else {
             return;
@@ -136,7 +143,7 @@ impl<'a, 'p> Builder<'a, 'p> {
         d: &mut Diagnostics<'_>,
         domain: &str,
         key_span: Range<usize>,
-        targets: impl FnOnce(&mut Diagnostics<'_>) -> Option<Vec<(Range<usize>, &'a str)>>,
+        targets: impl FnOnce(&mut Diagnostics<'_>) -> Option<Written<'a>>,
     ) {
         if let Err(why) = check_domain(domain) {
             d.error(
@@ -164,9 +171,12 @@ impl<'a, 'p> Builder<'a, 'p> {
         }
     }
 
-    fn push_targets(&mut self, targets: Vec<(Range<usize>, &'a str)>) -> Range<usize> {
+    fn push_targets(&mut self, targets: Written<'a>) -> Range<usize> {
         let from = self.targets.len();
-        self.targets.extend(targets);
+        match targets {
+            Written::One(span, text) => self.targets.push((span, text)),
+            Written::List(list) => self.targets.extend(list),
+        }
         from..self.targets.len()
     }
 
@@ -267,8 +277,9 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
             b.alias(d, name, key.span(), |d| match value.get_ref() {
                 // The common case, one target, without naming the alias for an error
                 // that cannot happen: 100,000 aliases made 100,000 such names.
-                toml::de::DeValue::String(s) => Some(vec![(value.span(), s.as_ref())]),
-                _ => tomlwalk::as_str_or_list(d, value, &format!("alias `{name}`")),
+                toml::de::DeValue::String(s) => Some(Written::One(value.span(), s.as_ref())),
+                _ => tomlwalk::as_str_or_list(d, value, &format!("alias `{name}`"))
+                    .map(Written::List),
             });
         }
     }
@@ -280,6 +291,7 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
             let domain = key_str(key);
             b.catch_all(d, domain, key.span(), |d| {
                 tomlwalk::as_str_or_list(d, value, &format!("catch-all of `{domain}`"))
+                    .map(Written::List)
             });
         }
     }

@@ -157,6 +157,12 @@ pub(crate) fn sender_owners<'a>(config: &Config, accounts: &'a Accounts) -> Send
         }
     }
     for (address, targets) in &accounts.aliases {
+        // Nearly every alias delivers to one mailbox: that one owns it, without
+        // expanding (two allocations each, for 100,000 aliases).
+        if let [Target::Mailbox(only)] = targets.as_slice() {
+            owners.own(format_args!("{address}"), only);
+            continue;
+        }
         let (mailboxes, external) = accounts.expand(targets);
         if let (false, [only]) = (external, mailboxes.iter().collect::<Vec<_>>().as_slice()) {
             owners.own(format_args!("{address}"), only);
