@@ -101,8 +101,8 @@ pub(crate) fn virtual_mailbox(config: &Config, accounts: &Accounts, out: &mut St
 /// then login, without repeats: the order of the map.
 ///
 /// Kept as one text of every address and a sorted list of rows into it: with
-/// 100,000 aliases a map of sets with a string per address took about 40 MiB, more
-/// than anything else in an apply.
+/// 100,000 aliases a map of sets took 110,000 strings and as many B-tree nodes
+/// for sets of one login; this takes two allocations (about 5 MB).
 pub(crate) struct SenderOwners<'a> {
     /// Every address, one after the other.
     text: String,
