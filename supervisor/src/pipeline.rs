@@ -90,13 +90,11 @@ pub(crate) fn apply_accounts(
     accounts: &Accounts,
 ) -> Result<Report, ApplyError> {
     let config = &resolved.config;
-    let previous =
-        std::fs::read_to_string(config.generated_dir.join(render::paths::PASSWD_FILE)).ok();
-    let files = render::in_safe_order(
-        render::generated(config, accounts),
-        previous.as_deref(),
-        accounts,
-    );
+    // No passwd-file yet (a first apply): nothing is removed.
+    let removes_a_login =
+        std::fs::File::open(config.generated_dir.join(render::paths::PASSWD_FILE))
+            .is_ok_and(|f| render::removes_a_login(std::io::BufReader::new(f), accounts));
+    let files = render::in_safe_order(render::generated(config, accounts), removes_a_login);
     let options = apply::Options {
         compile_maps: Some(resolved.map_type),
         passwd_group: Some("dovecot".into()),

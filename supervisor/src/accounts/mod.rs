@@ -20,6 +20,7 @@
 //! every address is valid and hosted, every alias reaches something, nothing loops.
 
 pub(crate) mod edit;
+mod fast;
 mod parse;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,5 +92,7 @@ impl Accounts {
     }
 }
 
+#[cfg(test)]
+mod fast_tests;
 #[cfg(test)]
 mod tests;

@@ -12,9 +12,17 @@ fn policy() -> Policy {
     }
 }
 
+/// Parses `text` the way postmaster does; every test here also holds the line by
+/// line path to the whole-file parse's result, errors included.
 fn parse_text(text: &str) -> Result<Accounts, Vec<String>> {
     let source = Source::new("accounts.toml", text.replace("HASH", HASH));
-    parse(&source, &policy()).map_err(|i| i.0.iter().map(|d| d.to_string()).collect())
+    let result = parse(&source, &policy());
+    assert_eq!(
+        result,
+        parse::parse_whole(&source, &policy()),
+        "the two ways of reading disagree on:\n{text}"
+    );
+    result.map_err(|i| i.0.iter().map(|d| d.to_string()).collect())
 }
 
 /// The errors for `text`, which must be refused.
