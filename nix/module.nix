@@ -1799,6 +1799,8 @@ in
           SocketGroup = postfixCfg.group;
           SocketMode = "0600";
           DirectoryMode = "0700";
+          # No dead socket left in postfix's directory once the unit is gone.
+          RemoveOnStop = true;
           Service = "postmaster-lmtp.service";
         };
       };
@@ -1807,8 +1809,10 @@ in
         requires = [ "postmaster-lmtp.socket" ];
         after = [ "postmaster-lmtp.socket" ];
         # A new binary: the relay restarts, the socket keeps listening (deliveries
-        # wait in it, none is refused).
-        restartTriggers = [ cfg.package ];
+        # wait in it, none is refused). switch-to-configuration would otherwise stop
+        # a socket-activated service together with its socket, and start the socket
+        # again only after the old relay drained (up to 35 s of refused deliveries).
+        stopIfChanged = false;
         serviceConfig = lmtpRelaySandbox // {
           ExecStart = "${lib.getExe' cfg.package "postmaster"} lmtp-relay --backend ${lmtpDovecotSocket}";
           # Lets the deliveries it serves finish on SIGTERM.

@@ -120,6 +120,10 @@ systemctl daemon-reload
 
 if [ "$enable" = yes ]; then
 	systemctl enable postmaster.service postmaster-lmtp.socket
+elif systemctl --quiet is-enabled postmaster.service; then
+	# An upgrade of a host installed before the relay existed: the main.cf postmaster
+	# renders names the relay's socket, so it must listen as well.
+	systemctl enable postmaster-lmtp.socket
 fi
 # The socket postfix delivers to: listening before postfix reads a main.cf that
 # names it. A changed socket unit takes effect when bound again (systemd will not

@@ -753,6 +753,8 @@ let
             full.systemd.sockets.postmaster-lmtp.socketConfig.SocketUser
             full.systemd.sockets.postmaster-lmtp.socketConfig.SocketMode
             full.systemd.services.postmaster-lmtp.requires
+            full.systemd.services.postmaster-lmtp.stopIfChanged
+            full.systemd.sockets.postmaster-lmtp.socketConfig.RemoveOnStop
             (builtins.match ".*/bin/postmaster lmtp-relay --backend (.*)" full.systemd.services.postmaster-lmtp.serviceConfig.ExecStart)
             full.systemd.services.postmaster-lmtp.serviceConfig.User
             full.systemd.services.postmaster-lmtp.serviceConfig.PrivateNetwork
@@ -768,6 +770,8 @@ let
             "postfix"
             "0600"
             [ "postmaster-lmtp.socket" ]
+            false
+            true
             [ "/var/lib/postfix/queue/private/dovecot-lmtp" ]
             "postfix"
             true

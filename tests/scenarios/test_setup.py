@@ -192,6 +192,7 @@ def test_setup_upgrade_and_uninstall_on_a_bare_debian_13_host(bare):
     for unit in ("postmaster-lmtp.socket", "postmaster-lmtp.service"):
         assert bed.run(["systemctl", "is-active", unit]).stdout.strip() != "active", unit
         assert not bed.path(f"/usr/local/lib/systemd/system/{unit}").exists(), unit
+    assert not bed.path("/var/spool/postfix/private/postmaster-lmtp").exists(), "a dead socket left for postfix"
     assert bed.path("/etc/postfix/main.cf").read_text() == debian_main_cf
     assert bed.path("/etc/dovecot/dovecot.conf").read_text() == debian_dovecot_conf
     assert bed.path("/var/vmail/dora").is_dir(), "uninstall removed mail"
