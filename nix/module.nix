@@ -1717,7 +1717,12 @@ in
         ];
         # Without NoNewPrivileges: a Sieve vacation reply goes out through
         # sendmail, whose wrapper is setgid postdrop (as on Debian).
-        serviceConfig = removeAttrs mailDaemonHardening [ "NoNewPrivileges" ];
+        serviceConfig = removeAttrs mailDaemonHardening [ "NoNewPrivileges" ] // {
+          # The daemon waits for dovecot's reload at every new certificate: the
+          # signal `doveadm reload` sends, without a sandbox set up for the command
+          # that sends it, as units/dovecot-hardening.conf does on Debian.
+          ExecReload = lib.mkForce "+${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        };
       };
 
       systemd.services.postmaster-setup = {

@@ -68,6 +68,14 @@ impl Report {
     pub(crate) fn changed(&self) -> bool {
         !self.written.is_empty()
     }
+
+    fn add(&mut self, path: PathBuf, changed: bool) {
+        if changed {
+            self.written.push(path);
+        } else {
+            self.unchanged.push(path);
+        }
+    }
 }
 
 /// Writes `files` under `dir` (creating subdirectories), each atomically, in the
@@ -75,10 +83,15 @@ impl Report {
 ///
 /// The changed maps are compiled first, all at once (one `postmap` each, side by
 /// side: a one-line edit of a large accounts file changes two or three maps, and
-/// compiling them one after the other doubled the wait); nothing is put in place
-/// until every one of them compiled, so a map postmap refuses leaves every file as
-/// it was. Then each changed file is renamed into place in `files`' order, which
-/// is the order that keeps mail safe (see [`crate::render::in_safe_order`]).
+/// compiling them one after the other doubled the wait). Each changed file is
+/// renamed into place in `files`' order, which is the order that keeps mail safe
+/// (see [`crate::render::in_safe_order`]): what comes before every map (the
+/// passwd-file of an edit that adds logins) goes in place before the maps are
+/// compiled, as it would have gone first anyway, so a new mailbox's login does not
+/// wait for postmap; nothing after the first map is put in place until every map
+/// compiled. So a map postmap refuses leaves every map, and all that comes after
+/// the maps, as it was: the host is left in a state the safe order passes
+/// through, and the apply is tried again.
 pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Report, ApplyError> {
     let passwd_gid = match &options.passwd_group {
         Some(name) => Some(group_id(name)?.ok_or_else(|| ApplyError::NoSuchGroup(name.clone()))?),
@@ -97,6 +110,18 @@ pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Rep
             remove_stale_temporaries(&parent)?;
             parents.push(parent);
         }
+    }
+    // What comes before every map goes in place first: it would anyway, and the
+    // maps' temporaries, each flushed to disk, and their postmaps would delay it.
+    let leading = files
+        .iter()
+        .take_while(|f| f.kind != Kind::PostfixMap)
+        .count();
+    let mut report = Report::default();
+    for file in &files[..leading] {
+        let path = dir.join(&file.path);
+        let changed = write_file(&path, file, passwd_gid)?;
+        report.add(path, changed);
     }
     let mut compiling: Vec<Option<Compiling>> = Vec::with_capacity(files.len());
     let mut failed = None;
@@ -142,11 +167,8 @@ pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Rep
         return Err(e);
     }
 
-    let mut report = Report::default();
-    let mut compiled = compiled.into_iter();
-    for file in files {
+    for (file, done) in files.iter().zip(compiled).skip(leading) {
         let path = dir.join(&file.path);
-        let done = compiled.next().flatten();
         let changed = match (file.kind, options.compile_maps) {
             (Kind::PostfixMap, Some(_)) => match done {
                 Some(done) => {
@@ -155,24 +177,26 @@ pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Rep
                 }
                 None => false,
             },
-            (Kind::PasswdFile, _) => {
-                let (mode, gid) = if passwd_gid.is_some() {
-                    (0o640, passwd_gid)
-                } else {
-                    (0o600, None)
-                };
-                write_atomic(&path, file.content.as_bytes(), mode, gid)?
-            }
-            (Kind::Program, _) => write_atomic(&path, file.content.as_bytes(), 0o755, None)?,
-            _ => write_atomic(&path, file.content.as_bytes(), 0o644, None)?,
+            _ => write_file(&path, file, passwd_gid)?,
         };
-        if changed {
-            report.written.push(path);
-        } else {
-            report.unchanged.push(path);
-        }
+        report.add(path, changed);
     }
     Ok(report)
+}
+
+/// Writes a file that is not compiled, with the mode its kind needs (the
+/// passwd-file readable by `passwd_gid`, dovecot's group); returns whether
+/// anything changed.
+fn write_file(path: &Path, file: &File, passwd_gid: Option<u32>) -> Result<bool, ApplyError> {
+    let content = file.content.as_bytes();
+    match file.kind {
+        Kind::PasswdFile => match passwd_gid {
+            Some(gid) => write_atomic(path, content, 0o640, Some(gid)),
+            None => write_atomic(path, content, 0o600, None),
+        },
+        Kind::Program => write_atomic(path, content, 0o755, None),
+        _ => write_atomic(path, content, 0o644, None),
+    }
 }
 
 /// Writes `content` to `path` atomically with `mode` (and group `gid`); returns
@@ -677,6 +701,24 @@ mod tests {
         path
     }
 
+    /// A postmap that runs `first`, then waits (5 s at most, else it fails) until
+    /// `until` holds, then compiles by copying.
+    fn waiting_postmap(dir: &Path, first: &str, until: &str) -> PathBuf {
+        fake_postmap(
+            dir,
+            &format!(
+                r#"src="${{1#lmdb:}}"
+{first}
+i=0
+until {until}; do
+  i=$((i+1)); [ $i -gt 500 ] && exit 3; sleep 0.01
+done
+cp "$src" "$src.lmdb"
+"#
+            ),
+        )
+    }
+
     fn map(path: &str, content: &str) -> File {
         File {
             path: path.into(),
@@ -701,19 +743,11 @@ mod tests {
         // the other, the first gives up and the apply fails.
         let marks = dir.path().join("marks");
         fs::create_dir(&marks).unwrap();
-        let postmap = fake_postmap(
+        let m = marks.display();
+        let postmap = waiting_postmap(
             dir.path(),
-            &format!(
-                r#"src="${{1#lmdb:}}"
-touch "{m}/$(basename "$src")"
-i=0
-while [ "$(ls -A "{m}" | wc -l)" -lt 2 ]; do
-  i=$((i+1)); [ $i -gt 500 ] && exit 3; sleep 0.01
-done
-cp "$src" "$src.lmdb"
-"#,
-                m = marks.display()
-            ),
+            &format!(r#"touch "{m}/$(basename "$src")""#),
+            &format!(r#"[ "$(ls -A "{m}" | wc -l)" -ge 2 ]"#),
         );
         let files = [
             map("postfix/virtual_alias", "a@example.org\tm@example.org\n"),
@@ -747,46 +781,51 @@ cp "$src" "$src.lmdb"
         assert!(names.iter().eq(want.iter()), "{names:?}");
     }
 
-    #[test]
-    fn a_map_postmap_refuses_leaves_every_file_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
-        let generated = dir.path().join("generated");
-        let postmap = fake_postmap(
-            dir.path(),
+    /// What refuses `refuse` and compiles anything else by copying it.
+    fn refusing_postmap(dir: &Path) -> PathBuf {
+        fake_postmap(
+            dir,
             r#"src="${1#lmdb:}"
 if grep -q refuse "$src"; then echo "bad line in $src" >&2; exit 1; fi
 cp "$src" "$src.lmdb"
 "#,
-        );
-        let passwd = File {
+        )
+    }
+
+    fn passwd_file(content: &str) -> File {
+        File {
             path: "dovecot/users".into(),
-            content: "m:{SHA512-CRYPT}old\n".into(),
+            content: content.into(),
             kind: Kind::PasswdFile,
-        };
-        let before = [
-            passwd.clone(),
-            map("postfix/virtual_alias", "old\n"),
-            map("postfix/sender_login", "old\n"),
-        ];
+        }
+    }
+
+    /// `files` applied after the same files with "old" content: postmap refuses
+    /// sender_login. Returns the passwd-file's content afterwards.
+    fn refused_after_old(files: &[File]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = dir.path().join("generated");
+        let postmap = refusing_postmap(dir.path());
+        let before: Vec<File> = files
+            .iter()
+            .map(|f| File {
+                content: match f.kind {
+                    Kind::PasswdFile => "m:{SHA512-CRYPT}old\n".into(),
+                    _ => "old\n".into(),
+                },
+                ..f.clone()
+            })
+            .collect();
         apply(&generated, &before, &options(postmap.clone())).unwrap();
-        let after = [
-            File {
-                content: "m:{SHA512-CRYPT}new\n".into(),
-                ..passwd
-            },
-            map("postfix/virtual_alias", "new\n"),
-            map("postfix/sender_login", "refuse\n"),
-        ];
-        let e = apply(&generated, &after, &options(postmap))
+        let e = apply(&generated, files, &options(postmap))
             .unwrap_err()
             .to_string();
         assert!(
             e.starts_with("postmap could not compile ") && e.contains("sender_login: bad line"),
             "{e}"
         );
-        // The map that compiled is not in place either, nor the passwd-file.
+        // The map that compiled is not in place either.
         for (path, old) in [
-            ("dovecot/users", "m:{SHA512-CRYPT}old\n"),
             ("postfix/virtual_alias", "old\n"),
             ("postfix/virtual_alias.lmdb", "old\n"),
             ("postfix/sender_login.lmdb", "old\n"),
@@ -797,6 +836,55 @@ cp "$src" "$src.lmdb"
                 "{path}"
             );
         }
+        assert_just_the_maps(&generated);
+        fs::read_to_string(generated.join("dovecot/users")).unwrap()
+    }
+
+    #[test]
+    fn a_map_postmap_refuses_leaves_every_map_and_what_follows_them_as_it_was() {
+        let maps = [
+            map("postfix/virtual_alias", "new\n"),
+            map("postfix/sender_login", "refuse\n"),
+        ];
+        // A login removed: the passwd-file comes after the maps, and stays as it was.
+        let last = [maps[0].clone(), maps[1].clone(), passwd_file("")];
+        assert_eq!(refused_after_old(&last), "m:{SHA512-CRYPT}old\n");
+        // Logins added or changed: the passwd-file comes before every map and went
+        // in place before they compiled, as it goes first in any apply.
+        let first = [
+            passwd_file("m:{SHA512-CRYPT}new\n"),
+            maps[0].clone(),
+            maps[1].clone(),
+        ];
+        assert_eq!(refused_after_old(&first), "m:{SHA512-CRYPT}new\n");
+    }
+
+    /// A new mailbox's login does not wait for postmap: the passwd-file that goes
+    /// first is in place before the maps have compiled.
+    #[test]
+    fn a_passwd_file_that_goes_first_is_in_place_before_the_maps_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = dir.path().join("generated");
+        let users = generated.join("dovecot/users");
+        // Each compile waits (5 s at most) for the new passwd-file, and fails
+        // without it.
+        let postmap = waiting_postmap(
+            dir.path(),
+            "",
+            &format!(r#"grep -q new "{}" 2>/dev/null"#, users.display()),
+        );
+        let files = [
+            passwd_file("m:{SHA512-CRYPT}new\n"),
+            map("postfix/virtual_alias", "a@example.org\tm@example.org\n"),
+            map("postfix/sender_login", "a@example.org\tm\n"),
+        ];
+        let report = apply(&generated, &files, &options(postmap)).unwrap();
+        assert_eq!(report.written.len(), 3, "{report:?}");
+        assert_eq!(report.written[0], users);
+        assert_eq!(
+            fs::read_to_string(generated.join("postfix/sender_login.lmdb")).unwrap(),
+            "a@example.org\tm\n"
+        );
         assert_just_the_maps(&generated);
     }
 

@@ -37,6 +37,10 @@ is selected (the other bed is not booted when it is the only part):
    which is dovecot's, not the daemon's. The renames of this series are spread
    evenly over the wall-clock second, so that this wait is sampled fairly.
 
+   After the idle series, 10 of its users log in once more, with no edit, timed
+   the same way (connect + TLS + LOGIN, each from a fresh address): the floor, what
+   this client and dovecot take, which no daemon can take off a trial's figure.
+
 2. certificate replaced -> new certificate served on 993 and 587. Each trial
    writes a new pair into archive/ and replaces the live/ symlinks the way certbot
    does (a symlink under a temporary name renamed over privkey.pem, then over
@@ -202,6 +206,7 @@ CERT_POLL_S = 0.020
 MAX_IN_FLIGHT = 16  # handshakes under way per port; more are not started
 STALL_MS = 1000.0
 TRIAL_GAP_S = 1.1  # idle series: more than dovecot's one second since the last login
+FLOOR_LOGINS = 10  # idle series: logins with no edit afterwards, as the trials' users
 PARTS = ("accounts", "busy", "certificate", "idle", "inbound", "issuance", "scale", "signing", "storm")
 SOURCE_HOSTS = range(10, 251)  # NET.10 - NET.250 as login source addresses
 BUSY_SOURCE_HOST = 9
@@ -552,6 +557,7 @@ def run_accounts(b: Bench, users: list[tuple[str, str, str]], busy: bool) -> dic
         b.healing = False
         b.join_heals()
 
+    floor = [] if busy else login_floor(b, [(u, p) for u, p, _h in users[:FLOOR_LOGINS]])
     # The daemon's side of each trial, from its journal (microsecond timestamps).
     applied = b.journal_entries("accounts applied")
     for t in trials:
@@ -565,6 +571,7 @@ def run_accounts(b: Bench, users: list[tuple[str, str, str]], busy: bool) -> dic
         "trials": [t.__dict__ for t in trials],
         "login_ms": summary([t.login_ms for t in trials]),
         "visible_ms": summary([t.visible_ms for t in trials]),
+        "floor_ms": summary(floor) if floor else None,
         "daemon_ms": summary([t.daemon_ms for t in ok if t.daemon_ms is not None]),
         "failed_trials": len(trials) - len(ok),
         "failed_logins": sum(t.failed_logins for t in trials),
@@ -574,6 +581,32 @@ def run_accounts(b: Bench, users: list[tuple[str, str, str]], busy: bool) -> dic
         "busy_logins": {"ok": busy_count[0], "failed": busy_count[1]} if busy else None,
         "addresses_penalised": b.retired - retired_before,
     }
+
+
+def login_floor(b: Bench, users: list[tuple[str, str]]) -> list[float]:
+    """ms from connect to LOGIN answered OK for mailboxes that exist already, with no
+    edit: what this client and dovecot take, the part of a trial's figure the
+    daemon cannot shorten. One login each, from a fresh address, 0.2 s apart."""
+    floor = []
+    for user, password in users:
+        src = b.take_source()
+        if src is None:
+            break
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        try:
+            m = b.login(src, user, password)
+        except (imaplib.IMAP4.error, OSError, ssl.SSLError) as e:
+            say(f"floor login as {user} failed: {e}")
+            b.retire(src)
+            continue
+        floor.append((time.perf_counter() - t0) * 1000)
+        try:
+            m.logout()
+        except Exception:  # noqa: BLE001
+            pass
+        b.give_back(src)
+    return floor
 
 
 def _login_until_ok(b: Bench, user: str, password: str, deadline: float, every: float = RETRY_EVERY_S):
@@ -1676,6 +1709,8 @@ def print_report(r: dict) -> None:
         row(f"accounts edit -> new login succeeds, {label} (ms)", s, goal)
         row("  rename -> daemon logged \"accounts applied\"", a["daemon_ms"])
         row("  rename -> user in dovecot's passwd-file", a["visible_ms"])
+        if a.get("floor_ms"):
+            row("  login of an existing mailbox, no edit (the floor)", a["floor_ms"])
         notes = [f"{a['failed_logins']} failed logins in {a['trials_with_failed_logins']} trials",
                  f"{a['extra_attempts']} extra attempts", f"{a['failed_trials']} failed trials",
                  f"{a['mailboxes_after']} mailboxes after"]

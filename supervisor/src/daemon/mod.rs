@@ -36,11 +36,13 @@ use crate::watch::{Change, Input, Watcher};
 /// in bursts, and a cp of a pair is two writes.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 /// Quiet time after an event that left a file complete (renamed into place, or
-/// closed by its writer): only what arrives at the same moment is coalesced. It is
-/// the whole of the wait a person sees before a new mailbox can log in; a later
-/// event is simply looked at again (an apply of what is already applied changes
-/// nothing).
-const QUICK: Duration = Duration::from_millis(5);
+/// closed by its writer): none. Only the events already queued with it are
+/// coalesced (a timeout of zero still takes what is ready); any wait here is added
+/// to every edit a person waits for (it was 5 ms, a tenth of a new login's wait). A
+/// later event is simply looked at again: an apply of what is already applied
+/// changes nothing, and a pair whose second half is not there yet waits for it
+/// (`check_certificate`).
+const QUICK: Duration = Duration::ZERO;
 /// Re-check a pair that did not match this soon: the second half may be on its way.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Look at everything this often even without events (lost events, expiry).
@@ -246,29 +248,12 @@ async fn main_loop(config_path: &Path) -> Result<(), StartError> {
         tokio::select! {
             Some(first) = changes.recv() => {
                 busy(&busy_since);
-                // Coalesce a burst into one look at each input it touched. A burst
-                // that so far only completed an accounts file (renamed into place,
-                // or closed by its writer) needs no long wait; a certificate pair
-                // is two files, and its second half may be 100 ms behind.
-                let mut accounts = first.input == Input::Accounts;
-                let mut certificate = first.input == Input::Certificate;
-                let mut quiet = quiet_after(first);
-                let mut quick = quiet == QUICK;
-                let deadline = Instant::now() + Duration::from_secs(2);
-                while let Ok(Some(more)) = tokio::time::timeout(quiet, changes.recv()).await {
-                    accounts |= more.input == Input::Accounts;
-                    certificate |= more.input == Input::Certificate;
-                    quiet = quiet_after(more);
-                    quick = quiet == QUICK;
-                    if Instant::now() > deadline {
-                        break;
-                    }
-                }
-                if accounts {
+                let burst = Burst::collect(first, &mut changes).await;
+                if burst.accounts {
                     daemon.check_accounts(false).await;
                 }
-                if certificate {
-                    daemon.check_certificate(false, quick).await;
+                if burst.certificate {
+                    daemon.check_certificate(false, burst.quick).await;
                 }
                 daemon.publish();
                 daemon.watch();
@@ -1281,8 +1266,44 @@ pub(crate) enum AccountsNotApplied {
     Interrupted(#[source] tokio::task::JoinError),
 }
 
+/// The file events that are looked at together: which inputs they touched, and
+/// whether the last of them left its file complete.
+#[derive(Debug, PartialEq, Eq)]
+struct Burst {
+    accounts: bool,
+    certificate: bool,
+    /// The last event left its file complete: see `check_certificate`.
+    quick: bool,
+}
+
+impl Burst {
+    /// Coalesces `first` and what follows it into one look at each input touched.
+    /// A burst that so far only completed files (renamed into place, or closed by
+    /// their writer) takes only what is already queued; one with a write still
+    /// under way waits for quiet ([`DEBOUNCE`]), at most 2 s in all.
+    async fn collect(first: Change, changes: &mut mpsc::UnboundedReceiver<Change>) -> Burst {
+        let mut burst = Burst {
+            accounts: first.input == Input::Accounts,
+            certificate: first.input == Input::Certificate,
+            quick: first.complete,
+        };
+        let mut quiet = quiet_after(first);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Ok(Some(more)) = tokio::time::timeout(quiet, changes.recv()).await {
+            burst.accounts |= more.input == Input::Accounts;
+            burst.certificate |= more.input == Input::Certificate;
+            burst.quick = more.complete;
+            quiet = quiet_after(more);
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        burst
+    }
+}
+
 /// How long to wait for more events after `change`: a file that was completed
-/// (renamed into place, or closed by its writer) is looked at almost at once; a
+/// (renamed into place, or closed by its writer) is looked at at once; a
 /// write still under way may be followed by more. A certificate pair is two files,
 /// but its look after a completed write waits for the second half by itself (see
 /// `check_certificate`), so it needs no longer wait here.
@@ -1759,6 +1780,65 @@ mod tests {
         let (names, _, inbound) = describe("[inbound]\nresolver = \"system\"\n");
         assert_eq!(names, all[..4]);
         assert_eq!(inbound.unwrap().resolver_unit, None);
+    }
+
+    fn change(input: Input, complete: bool) -> Change {
+        Change { input, complete }
+    }
+
+    /// Paused time since `started` is `expected`, give or take the timer's
+    /// millisecond.
+    fn assert_waited(started: tokio::time::Instant, expected: Duration) {
+        let waited = started.elapsed();
+        assert!(
+            waited >= expected && waited <= expected + Duration::from_millis(1),
+            "waited {waited:?}, not {expected:?}"
+        );
+    }
+
+    /// A file renamed into place is looked at with no wait at all: any wait here is
+    /// part of every new login's. Events already queued with it are taken along.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_completed_file_is_looked_at_at_once_with_what_is_queued() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let started = tokio::time::Instant::now();
+        let burst = Burst::collect(change(Input::Accounts, true), &mut rx).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let expected = Burst {
+            accounts: true,
+            certificate: false,
+            quick: true,
+        };
+        assert_eq!(burst, expected);
+
+        // certbot's two renames (key, then chain) arrive together: one look.
+        tx.send(change(Input::Certificate, true)).unwrap();
+        let burst = Burst::collect(change(Input::Certificate, true), &mut rx).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(burst.certificate && burst.quick && !burst.accounts);
+        assert!(rx.try_recv().is_err(), "the queued event was taken along");
+    }
+
+    /// A write under way (data written, a file created empty) waits for quiet; a
+    /// completing event that follows ends the wait at once.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_write_under_way_waits_for_quiet_or_its_completion() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let started = tokio::time::Instant::now();
+        let burst = Burst::collect(change(Input::Accounts, false), &mut rx).await;
+        assert_waited(started, DEBOUNCE);
+        assert!(burst.accounts && !burst.quick);
+
+        let started = tokio::time::Instant::now();
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(change(Input::Accounts, true)).unwrap();
+            tx
+        });
+        let burst = Burst::collect(change(Input::Accounts, false), &mut rx).await;
+        assert_waited(started, Duration::from_millis(100));
+        assert!(burst.accounts && burst.quick);
+        drop(later.await.unwrap());
     }
 
     #[test]
