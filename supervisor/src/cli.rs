@@ -273,7 +273,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 give_up_after: std::time::Duration::from_secs(give_up_after),
                 max_connections: max_connections as usize,
             })
-            .map_err(Failure::Failed)
+            .map_err(|e| Failure::Failed(e.to_string()))
         }
     };
     match result {

@@ -142,39 +142,93 @@ pub(crate) fn retryable(e: &io::Error) -> bool {
     )
 }
 
-/// Why one try to reach a greeting dovecot failed.
-#[derive(Debug)]
-enum Try {
-    /// Worth another try (before the deadline).
-    Again(String),
-    /// Not worth another: postfix is told 421 at once.
-    Stop(String),
+/// Why one try to reach dovecot's greeting failed. Nothing of the delivery went to
+/// dovecot in any of these.
+#[derive(Debug, thiserror::Error)]
+enum Missed {
+    #[error("connecting to {}: {source}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading dovecot's greeting: {0}")]
+    Read(#[source] io::Error),
+    #[error("dovecot closed the connection before its greeting")]
+    ClosedEarly,
+    /// A 4xx greeting ("421 ... shutting down"): not now.
+    #[error("dovecot greeted {0}")]
+    NotNow(String),
+    #[error("not an LMTP greeting from {}: {seen:?}", path.display())]
+    NotLmtp { path: PathBuf, seen: String },
+    #[error("dovecot did not greet in time")]
+    TimedOut,
+}
+
+impl Missed {
+    /// Whether another try can succeed: what a reload does can, a path that is not a
+    /// socket or a peer that is not dovecot cannot.
+    fn worth_another(&self) -> bool {
+        match self {
+            Missed::Connect { source, .. } => retryable(source),
+            Missed::NotLmtp { .. } => false,
+            Missed::Read(_) | Missed::ClosedEarly | Missed::NotNow(_) | Missed::TimedOut => true,
+        }
+    }
+}
+
+/// Why a delivery got no greeting from dovecot: postfix is told 421 and keeps the
+/// mail.
+#[derive(Debug, thiserror::Error)]
+enum NoGreeting {
+    /// The first failure that no wait can mend.
+    #[error(transparent)]
+    Refused(Missed),
+    #[error("no greeting after {tries} tries in {within:?}: {last}")]
+    GaveUp {
+        tries: u32,
+        within: Duration,
+        last: Missed,
+    },
+}
+
+/// Why `postmaster lmtp-relay` could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RelayError {
+    #[error("reading LISTEN_FDS: {0}")]
+    ListenFds(#[source] io::Error),
+    #[error(
+        "lmtp-relay serves the one socket systemd passes it (postmaster-lmtp.socket); \
+         start it with systemctl start postmaster-lmtp.socket"
+    )]
+    NotOneSocket,
+    #[error("the socket systemd passed is not a unix socket: {0}")]
+    NotUnix(#[source] io::Error),
+    #[error("socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("starting the runtime: {0}")]
+    Runtime(#[source] io::Error),
+    #[error("{0}")]
+    Serve(#[source] io::Error),
 }
 
 /// Connects to dovecot and reads its greeting. Nothing is written to dovecot here:
 /// whatever goes wrong, nothing of the delivery has reached it.
-async fn greeted_once(backend: &Path) -> Result<(UnixStream, Vec<u8>), Try> {
-    let mut stream = UnixStream::connect(backend).await.map_err(|e| {
-        let why = format!("connecting to {}: {e}", backend.display());
-        if retryable(&e) {
-            Try::Again(why)
-        } else {
-            Try::Stop(why)
-        }
-    })?;
+async fn greeted_once(backend: &Path) -> Result<(UnixStream, Vec<u8>), Missed> {
+    let mut stream = UnixStream::connect(backend)
+        .await
+        .map_err(|source| Missed::Connect {
+            path: backend.to_path_buf(),
+            source,
+        })?;
     let mut buf = Vec::with_capacity(128);
     let mut chunk = [0u8; 512];
     loop {
         // Any read error before a byte was sent is a connection that can be made
         // again: typically the old socket's queue thrown away (ECONNRESET or EOF).
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| Try::Again(format!("reading dovecot's greeting: {e}")))?;
+        let n = stream.read(&mut chunk).await.map_err(Missed::Read)?;
         if n == 0 {
-            return Err(Try::Again(
-                "dovecot closed the connection before its greeting".into(),
-            ));
+            return Err(Missed::ClosedEarly);
         }
         buf.extend_from_slice(&chunk[..n]);
         match greeting(&buf, GREETING_LIMIT) {
@@ -182,19 +236,17 @@ async fn greeted_once(backend: &Path) -> Result<(UnixStream, Vec<u8>), Try> {
             // A 4xx greeting ("421 ... shutting down") says: not now. Nothing was
             // sent, so another connection is as safe as the first.
             Greeting::Complete { code, len } if code / 100 == 4 => {
-                return Err(Try::Again(format!(
-                    "dovecot greeted {}",
-                    String::from_utf8_lossy(&buf[..len]).trim_end()
-                )));
+                return Err(Missed::NotNow(
+                    String::from_utf8_lossy(&buf[..len]).trim_end().to_string(),
+                ));
             }
             // 2xx, or a 5xx postfix must see as it is.
             Greeting::Complete { .. } => return Ok((stream, buf)),
             Greeting::Invalid => {
-                return Err(Try::Stop(format!(
-                    "not an LMTP greeting from {}: {:?}",
-                    backend.display(),
-                    String::from_utf8_lossy(&buf[..buf.len().min(100)])
-                )));
+                return Err(Missed::NotLmtp {
+                    path: backend.to_path_buf(),
+                    seen: String::from_utf8_lossy(&buf[..buf.len().min(100)]).into_owned(),
+                });
             }
         }
     }
@@ -202,23 +254,24 @@ async fn greeted_once(backend: &Path) -> Result<(UnixStream, Vec<u8>), Try> {
 
 /// Tries until dovecot greets or `settings.give_up_after` passes. Returns the
 /// connection, its greeting's bytes, and how many tries it took.
-async fn greeted(settings: &Settings) -> Result<(UnixStream, Vec<u8>, u32), String> {
+async fn greeted(settings: &Settings) -> Result<(UnixStream, Vec<u8>, u32), NoGreeting> {
     let deadline = Instant::now() + settings.give_up_after;
     let mut attempt = 0u32;
     loop {
         let why = match tokio::time::timeout_at(deadline, greeted_once(&settings.backend)).await {
             Ok(Ok((stream, greeting))) => return Ok((stream, greeting, attempt + 1)),
-            Ok(Err(Try::Stop(why))) => return Err(why),
-            Ok(Err(Try::Again(why))) => why,
-            Err(_) => "dovecot did not greet in time".to_string(),
+            Ok(Err(why)) if !why.worth_another() => return Err(NoGreeting::Refused(why)),
+            Ok(Err(why)) => why,
+            Err(_) => Missed::TimedOut,
         };
         let wait = pause(attempt);
         attempt += 1;
         if Instant::now() + wait >= deadline {
-            return Err(format!(
-                "no greeting after {attempt} tries in {:?}: {why}",
-                settings.give_up_after
-            ));
+            return Err(NoGreeting::GaveUp {
+                tries: attempt,
+                within: settings.give_up_after,
+                last: why,
+            });
         }
         tokio::time::sleep(wait).await;
     }
@@ -294,30 +347,20 @@ pub(crate) async fn serve(listener: UnixListener, settings: Settings) -> io::Res
 
 /// `postmaster lmtp-relay`: the socket systemd passes (exactly one, LISTEN_FDS),
 /// served until SIGTERM.
-pub(crate) fn run(settings: Settings) -> Result<(), String> {
+pub(crate) fn run(settings: Settings) -> Result<(), RelayError> {
     // SAFETY: called before the runtime starts any thread.
     let mut fds: Vec<RawFd> = unsafe { sd_notify::listen_fds_and_unset_env() }
-        .map_err(|e| format!("reading LISTEN_FDS: {e}"))?
+        .map_err(RelayError::ListenFds)?
         .collect();
     let fd = match (fds.pop(), fds.is_empty()) {
         (Some(fd), true) => fd,
-        _ => {
-            return Err(
-                "lmtp-relay serves the one socket systemd passes it (postmaster-lmtp.socket); \
-                 start it with systemctl start postmaster-lmtp.socket"
-                    .into(),
-            );
-        }
+        _ => return Err(RelayError::NotOneSocket),
     };
     // SAFETY: systemd passed this descriptor to this process, which owns it from now.
     let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
     // Fails unless it is a unix socket.
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("the socket systemd passed is not a unix socket: {e}"))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("socket: {e}"))?;
+    let local = listener.local_addr().map_err(RelayError::NotUnix)?;
+    listener.set_nonblocking(true).map_err(RelayError::Socket)?;
     tracing::info!(
         "relaying LMTP from {:?} to {}",
         local.as_pathname().unwrap_or(Path::new("?")),
@@ -326,10 +369,10 @@ pub(crate) fn run(settings: Settings) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
+        .map_err(RelayError::Runtime)?;
     runtime.block_on(async {
-        let listener = UnixListener::from_std(listener).map_err(|e| e.to_string())?;
-        serve(listener, settings).await.map_err(|e| e.to_string())
+        let listener = UnixListener::from_std(listener).map_err(RelayError::Socket)?;
+        serve(listener, settings).await.map_err(RelayError::Serve)
     })
 }
 
@@ -391,6 +434,57 @@ mod tests {
     fn a_4xx_greeting_is_complete_with_its_code() {
         let g = b"421 4.3.2 Server shutting down\r\n";
         assert_eq!(greeting(g, GREETING_LIMIT), complete(421, g.len()));
+    }
+
+    /// The texts the journal shows (and an admin searches for), pinned.
+    #[test]
+    fn why_a_delivery_got_no_greeting_reads_as_before() {
+        let path = PathBuf::from("/var/spool/postfix/private/dovecot-lmtp");
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let connect = Missed::Connect {
+            path: path.clone(),
+            source: refused,
+        };
+        assert!(connect.worth_another());
+        assert_eq!(
+            NoGreeting::GaveUp {
+                tries: 3,
+                within: Duration::from_secs(30),
+                last: connect,
+            }
+            .to_string(),
+            format!(
+                "no greeting after 3 tries in 30s: connecting to {}: {}",
+                path.display(),
+                io::Error::from(io::ErrorKind::ConnectionRefused)
+            )
+        );
+        let not_lmtp = Missed::NotLmtp {
+            path: path.clone(),
+            seen: "HTTP/1.1".into(),
+        };
+        assert!(!not_lmtp.worth_another());
+        assert_eq!(
+            NoGreeting::Refused(not_lmtp).to_string(),
+            "not an LMTP greeting from /var/spool/postfix/private/dovecot-lmtp: \"HTTP/1.1\""
+        );
+        assert_eq!(
+            Missed::NotNow("421 4.3.2 Server shutting down".into()).to_string(),
+            "dovecot greeted 421 4.3.2 Server shutting down"
+        );
+        assert_eq!(
+            Missed::ClosedEarly.to_string(),
+            "dovecot closed the connection before its greeting"
+        );
+        assert_eq!(
+            Missed::TimedOut.to_string(),
+            "dovecot did not greet in time"
+        );
+        assert_eq!(
+            RelayError::NotOneSocket.to_string(),
+            "lmtp-relay serves the one socket systemd passes it (postmaster-lmtp.socket); \
+             start it with systemctl start postmaster-lmtp.socket"
+        );
     }
 
     #[test]
