@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{Array, DocumentMut, Item, Table, TableLike, Value};
 
-use super::{Accounts, Policy, Target};
+use super::{Accounts, Policy, Target, TargetRef};
 use crate::diag::{Invalid, Source};
 
 /// One change the command line makes.
@@ -569,30 +569,37 @@ pub(crate) fn mailbox_list(accounts: &Accounts, policy: &Policy) -> Vec<MailboxE
 }
 
 pub(crate) fn alias_list(accounts: &Accounts) -> Vec<AliasEntry> {
-    let entry = |address: String, targets: &[Target]| {
-        let (mailboxes, external) = accounts.expand(targets);
+    fn entry<'a>(
+        accounts: &'a Accounts,
+        address: String,
+        targets: Vec<TargetRef<'a>>,
+    ) -> AliasEntry {
+        let (mailboxes, external) = accounts.expand(targets.iter().copied());
         AliasEntry {
             address,
-            targets: targets.iter().map(target_text).collect(),
+            targets: targets.into_iter().map(target_text).collect(),
             mailboxes: mailboxes.into_iter().map(str::to_string).collect(),
             external,
         }
-    };
+    }
     let aliases = accounts
         .aliases
         .iter()
-        .map(|(a, t)| entry(a.to_string(), t));
-    let catch_alls = accounts
-        .catch_all
-        .iter()
-        .map(|(d, t)| entry(format!("@{d}"), t));
+        .map(|(a, t)| entry(accounts, a.to_string(), t.iter().collect()));
+    let catch_alls = accounts.catch_all.iter().map(|(d, t)| {
+        entry(
+            accounts,
+            format!("@{d}"),
+            t.iter().map(Target::as_ref).collect(),
+        )
+    });
     aliases.chain(catch_alls).collect()
 }
 
-fn target_text(t: &Target) -> String {
+fn target_text(t: TargetRef<'_>) -> String {
     match t {
-        Target::Mailbox(name) => name.clone(),
-        Target::Alias(a) | Target::External(a) => a.to_string(),
+        TargetRef::Mailbox(name) => name.to_string(),
+        TargetRef::Alias(a) | TargetRef::External(a) => a.to_string(),
     }
 }
 

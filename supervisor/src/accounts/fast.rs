@@ -148,7 +148,7 @@ impl<'a> Value<'a> {
     /// An alias's or catch-all's targets: a string or an array of strings.
     fn targets(self) -> Option<Written<'a>> {
         match self {
-            Value::String(span, s) => Some(Written::One(span, s)),
+            Value::String(span, s) => Some(Written::One((span, s))),
             Value::Strings(list) => Some(Written::List(list)),
             _ => None,
         }

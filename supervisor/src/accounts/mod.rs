@@ -22,10 +22,12 @@
 pub(crate) mod edit;
 mod fast;
 mod parse;
+mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) use parse::{Policy, parse};
+pub(crate) use table::{Aliases, TargetRef};
 
 use crate::address::Address;
 use crate::password::PasswordHash;
@@ -37,7 +39,7 @@ pub(crate) struct Accounts {
     pub(crate) mailboxes: BTreeMap<String, Mailbox>,
     /// By address: every alias is concrete here (a bare `postmaster` key has become
     /// one alias per hosted domain).
-    pub(crate) aliases: BTreeMap<Address, Vec<Target>>,
+    pub(crate) aliases: Aliases,
     /// By domain: where mail to an address of that domain that nothing else
     /// matches goes.
     pub(crate) catch_all: BTreeMap<String, Vec<Target>>,
@@ -75,17 +77,22 @@ pub(crate) enum Target {
 impl Accounts {
     /// The mailboxes an alias finally delivers to, and whether it also forwards
     /// outside. Aliases are loop-free once parsed, so this terminates.
-    pub(crate) fn expand<'a>(&'a self, targets: &'a [Target]) -> (BTreeSet<&'a str>, bool) {
+    pub(crate) fn expand<'a>(
+        &'a self,
+        targets: impl IntoIterator<Item = TargetRef<'a>>,
+    ) -> (BTreeSet<&'a str>, bool) {
         let mut mailboxes = BTreeSet::new();
         let mut external = false;
-        let mut stack: Vec<&Target> = targets.iter().collect();
+        let mut stack: Vec<TargetRef<'a>> = targets.into_iter().collect();
         while let Some(t) = stack.pop() {
             match t {
-                Target::Mailbox(name) => {
-                    mailboxes.insert(name.as_str());
+                TargetRef::Mailbox(name) => {
+                    mailboxes.insert(name);
                 }
-                Target::External(_) => external = true,
-                Target::Alias(a) => stack.extend(self.aliases.get(a).into_iter().flatten()),
+                TargetRef::External(_) => external = true,
+                TargetRef::Alias(a) => {
+                    stack.extend(self.aliases.get(a).into_iter().flat_map(|t| t.iter()))
+                }
             }
         }
         (mailboxes, external)

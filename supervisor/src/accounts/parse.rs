@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
+use super::table::{self, Aliases, Row, Slot};
 use super::{Accounts, Mailbox, SendAs, Target};
 use crate::address::{Address, check_domain, check_local_part};
 use crate::diag::{Diagnostics, Invalid, Source};
@@ -48,20 +49,59 @@ pub(crate) fn parse_whole(source: &Source, policy: &Policy) -> Result<Accounts, 
     }
 }
 
-/// An alias's or catch-all's targets as written, kept with the key's span until
-/// every alias address is known and they can be resolved.
-struct RawTargets {
-    key_span: Range<usize>,
-    /// Where its targets are in [`Builder`]'s list of all of them: one list, not a
-    /// vector per alias (100,000 of them).
-    targets: Range<usize>,
-}
-
 /// An alias's or catch-all's targets as its value gives them, each with its span:
 /// one string (nearly always, and then without a vector of its own), or a list.
 pub(super) enum Written<'a> {
-    One(Range<usize>, &'a str),
+    One((Range<usize>, &'a str)),
     List(Vec<(Range<usize>, &'a str)>),
+}
+
+impl<'a> Written<'a> {
+    fn as_slice(&self) -> &[(Range<usize>, &'a str)] {
+        match self {
+            Written::One(one) => std::slice::from_ref(one),
+            Written::List(list) => list,
+        }
+    }
+}
+
+/// A catch-all's targets as written, kept with its key's span until every alias
+/// address is known and they can be resolved.
+struct RawTargets<'a> {
+    key_span: Range<usize>,
+    targets: Written<'a>,
+}
+
+/// One `[aliases]` key as read: 20 bytes, for there may be 100,000 of them.
+struct Key {
+    span: (u32, u32),
+    targets: KeyTargets,
+}
+
+impl Key {
+    fn span(&self) -> Range<usize> {
+        self.span.0 as usize..self.span.1 as usize
+    }
+}
+
+/// What became of a key's targets.
+#[derive(Clone, Copy)]
+enum KeyTargets {
+    /// Resolved as the key was read (a mailbox or an outside address each, nearly
+    /// every alias): where its slots are in the table.
+    Resolved { at: u32, count: u32 },
+    /// To resolve once every alias address is known (it is in `later`).
+    Later,
+    /// Did not resolve; the reason is reported.
+    Failed,
+}
+
+/// A key whose targets wait for every alias address to be known (it names an
+/// alias, or something is wrong with it).
+struct Later<'a> {
+    key: usize,
+    name: &'a str,
+    targets: Written<'a>,
 }
 
 /// What both ways of reading the file share once they have its entries: every
@@ -69,12 +109,13 @@ pub(super) enum Written<'a> {
 pub(super) struct Builder<'a, 'p> {
     policy: &'p Policy,
     pub(super) mailboxes: BTreeMap<String, Mailbox>,
-    /// The alias keys as written, and every concrete address with the key it came from.
-    alias_keys: Vec<(&'a str, RawTargets)>,
-    aliases: BTreeMap<Address, usize>,
-    catch_all_raw: BTreeMap<String, RawTargets>,
-    /// Every target as written, with its span.
-    targets: Vec<(Range<usize>, &'a str)>,
+    /// Every alias key, in file order.
+    keys: Vec<Key>,
+    later: Vec<Later<'a>>,
+    /// The aliases being filled in. Until [`Builder::finish`] sorts them, each row's
+    /// `targets` is the index of its key, and a duplicate address is in it twice.
+    table: Aliases,
+    catch_all_raw: BTreeMap<String, RawTargets<'a>>,
 }
 
 impl<'a, 'p> Builder<'a, 'p> {
@@ -82,16 +123,16 @@ impl<'a, 'p> Builder<'a, 'p> {
         Builder {
             policy,
             mailboxes: BTreeMap::new(),
-            alias_keys: Vec::new(),
-            aliases: BTreeMap::new(),
+            keys: Vec::new(),
+            later: Vec::new(),
+            table: Aliases::default(),
             catch_all_raw: BTreeMap::new(),
-            targets: Vec::new(),
         }
     }
 
     /// One `[aliases]` entry; `targets` reads its value (and reports a wrong type).
     /// Every mailbox must be in `mailboxes` by now: an alias that is a mailbox's
-    /// address is refused here.
+    /// address is refused here, and targets that are mailboxes are resolved here.
     pub(super) fn alias(
         &mut self,
         d: &mut Diagnostics<'_>,
@@ -105,15 +146,7 @@ impl<'a, 'p> Builder<'a, 'p> {
         let Some(targets) = targets(d) else {
             return;
         };
-        let index = self.alias_keys.len();
-        let targets = self.push_targets(targets);
-        self.alias_keys.push((
-            name,
-            RawTargets {
-                key_span: key_span.clone(),
-                targets,
-            },
-        ));
+        let key = self.keys.len();
         for address in addresses {
             if self.mailboxes.contains_key(&address.local) {
                 d.error(
@@ -125,18 +158,83 @@ impl<'a, 'p> Builder<'a, 'p> {
                     "remove this alias: mail to it reaches the mailbox without one",
                 );
             } else {
-                match self.aliases.entry(address) {
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        slot.insert(index);
-                    }
-                    std::collections::btree_map::Entry::Occupied(slot) => d.error(
-                        key_span.clone(),
-                        format!("`{}` is defined twice in [aliases]", slot.key()),
-                        "keep one of the two (a bare name like `postmaster` stands for it in every hosted domain)",
-                    ),
+                // A second row of the same address is found and reported once
+                // they are sorted (`finish`).
+                let (at, len) = self.table.push_text(&address.to_string());
+                self.table.rows.push(Row {
+                    at,
+                    len,
+                    local: address.local.len() as u8,
+                    targets: table::offset(key),
+                    count: 0,
+                });
+            }
+        }
+        let targets = match self.resolve_now(&targets) {
+            Some(resolved) => resolved,
+            None => {
+                self.later.push(Later { key, name, targets });
+                KeyTargets::Later
+            }
+        };
+        self.keys.push(Key {
+            span: (table::offset(key_span.start), table::offset(key_span.end)),
+            targets,
+        });
+    }
+
+    /// A key's targets resolved at once when each is a mailbox or an outside
+    /// address, and none is listed twice: what [`Resolver::target`] makes of them,
+    /// without a word to report. `None` leaves them for `finish`.
+    fn resolve_now(&mut self, targets: &Written<'a>) -> Option<KeyTargets> {
+        let list = targets.as_slice();
+        if list.is_empty() {
+            return None;
+        }
+        let (text_before, at) = (self.table.text.len(), self.table.slots.len());
+        for (_, text) in list {
+            let slot = match self.found_now(text) {
+                Some(found) => push_slot(&mut self.table, &found),
+                None => None,
+            };
+            let new = slot.filter(|slot| {
+                let t = self.table.target(slot);
+                !self.table.slots[at..]
+                    .iter()
+                    .any(|s| self.table.target(s) == t)
+            });
+            match new {
+                Some(slot) => self.table.slots.push(slot),
+                None => {
+                    self.table.slots.truncate(at);
+                    self.table.text.truncate(text_before);
+                    return None;
                 }
             }
         }
+        Some(KeyTargets::Resolved {
+            at: table::offset(at),
+            count: table::offset(self.table.slots.len() - at),
+        })
+    }
+
+    /// A target that needs no alias address to resolve: a mailbox or an outside
+    /// address.
+    fn found_now<'t>(&self, text: &'t str) -> Option<Found<'t>> {
+        if !text.contains('@') {
+            return self
+                .mailboxes
+                .contains_key(text)
+                .then_some(Found::Mailbox(text));
+        }
+        let a = Address::parse(text).ok()?;
+        if !self.policy.domains.contains(&a.domain) {
+            return Some(Found::External(a));
+        }
+        let (local, _) = text.rsplit_once('@')?;
+        self.mailboxes
+            .contains_key(local)
+            .then_some(Found::Mailbox(local))
     }
 
     /// One `[catch_all]` entry; `targets` reads its value (and reports a wrong type).
@@ -167,76 +265,141 @@ impl<'a, 'p> Builder<'a, 'p> {
             return;
         }
         if let Some(targets) = targets(d) {
-            let targets = self.push_targets(targets);
             self.catch_all_raw
                 .insert(domain.to_string(), RawTargets { key_span, targets });
         }
     }
 
-    fn push_targets(&mut self, targets: Written<'a>) -> Range<usize> {
-        let from = self.targets.len();
-        match targets {
-            Written::One(span, text) => self.targets.push((span, text)),
-            Written::List(list) => self.targets.extend(list),
-        }
-        from..self.targets.len()
-    }
-
-    /// Resolves every target once every alias address is known.
+    /// Sorts the aliases, reports an address defined twice, resolves the targets
+    /// that waited for every alias address to be known, and reports loops.
     pub(super) fn finish(self, d: &mut Diagnostics<'_>) -> Accounts {
         let Builder {
             policy,
             mailboxes,
-            alias_keys,
-            aliases,
+            mut keys,
+            later,
+            mut table,
             catch_all_raw,
-            targets,
         } = self;
-        // Targets can only be resolved once every alias address is known. They do not
-        // depend on the alias's own domain, so each key is resolved (and reported) once.
+        let mut rows = std::mem::take(&mut table.rows);
+        // By address, and the same address by key: the first in the file first.
+        rows.sort_unstable_by(|a, b| table.cmp_rows(a, b));
+        let mut twice = Vec::new();
+        rows.dedup_by(|row, kept| {
+            let same = table.row_addr(row) == table.row_addr(kept);
+            if same {
+                twice.push(*row);
+            }
+            same
+        });
+        // Reported in the order they were read: by key, then by hosted domain.
+        let domain_index = |row: &Row| {
+            let domain = table.row_addr(row).domain;
+            policy.domains.iter().position(|d| d == domain)
+        };
+        twice.sort_by_key(|row| (row.targets, domain_index(row)));
+        for row in &twice {
+            d.error(
+                keys[row.targets as usize].span(),
+                format!("`{}` is defined twice in [aliases]", table.row_addr(row)),
+                "keep one of the two (a bare name like `postmaster` stands for it in every hosted domain)",
+            );
+        }
+        rows.shrink_to_fit();
+        table.rows = rows;
+
+        // Targets that name an alias can only be resolved now. They do not depend
+        // on the alias's own domain, so each key is resolved (and reported) once.
         let resolver = Resolver {
             policy,
             mailboxes: &mailboxes,
-            aliases: &aliases,
+            table: &table,
         };
-        let mut resolved_keys: Vec<Option<Vec<Target>>> = alias_keys
+        let resolved_later: Vec<Option<Vec<Found<'a>>>> = later
             .iter()
-            .map(|(name, raw)| resolver.resolve(d, raw, &targets, &|| format!("alias `{name}`")))
+            .map(|l| {
+                resolver.resolve(d, keys[l.key].span(), &l.targets, &|| {
+                    format!("alias `{}`", l.name)
+                })
+            })
             .collect();
         let mut catch_all = BTreeMap::new();
         for (domain, raw) in &catch_all_raw {
-            if let Some(t) =
-                resolver.resolve(d, raw, &targets, &|| format!("catch-all of `{domain}`"))
-            {
-                catch_all.insert(domain.clone(), t);
+            if let Some(found) = resolver.resolve(d, raw.key_span.clone(), &raw.targets, &|| {
+                format!("catch-all of `{domain}`")
+            }) {
+                catch_all.insert(
+                    domain.clone(),
+                    found.into_iter().map(Found::target).collect(),
+                );
             }
         }
-        report_loops(d, &resolved_keys, &aliases, &alias_keys);
-        drop((alias_keys, targets));
-        // A bare name stands for one address per hosted domain, which share its
-        // targets: the last of them takes them, the others get a copy.
-        let mut uses = vec![0usize; resolved_keys.len()];
-        for &i in aliases.values() {
-            uses[i] += 1;
+        for (l, found) in later.iter().zip(resolved_later) {
+            keys[l.key].targets = match found {
+                Some(found) => {
+                    let at = table.slots.len();
+                    for f in &found {
+                        let slot = push_slot(&mut table, f).expect("a resolved target");
+                        table.slots.push(slot);
+                    }
+                    KeyTargets::Resolved {
+                        at: table::offset(at),
+                        count: table::offset(table.slots.len() - at),
+                    }
+                }
+                None => KeyTargets::Failed,
+            };
         }
-        let resolved_aliases: BTreeMap<Address, Vec<Target>> = aliases
-            .into_iter()
-            .filter_map(|(address, i)| {
-                uses[i] -= 1;
-                let targets = if uses[i] == 0 {
-                    resolved_keys[i].take()?
-                } else {
-                    resolved_keys[i].clone()?
-                };
-                Some((address, targets))
-            })
-            .collect();
+        report_loops(d, &table, &keys);
+        // Each row gets its key's targets; the addresses of a bare name share them.
+        for row in &mut table.rows {
+            (row.targets, row.count) = match keys[row.targets as usize].targets {
+                KeyTargets::Resolved { at, count } => (at, count),
+                // Reported: these accounts are refused.
+                KeyTargets::Failed | KeyTargets::Later => (0, 0),
+            };
+        }
+        table.text.shrink_to_fit();
+        table.slots.shrink_to_fit();
         Accounts {
             mailboxes,
-            aliases: resolved_aliases,
+            aliases: table,
             catch_all,
         }
     }
+}
+
+/// The slot for a resolved target, its text added to the table's; `None` for an
+/// alias before the table is sorted (it has no row number yet).
+fn push_slot(table: &mut Aliases, found: &Found<'_>) -> Option<Slot> {
+    Some(match found {
+        Found::Mailbox(name) => {
+            let (at, len) = table.push_text(name);
+            Slot {
+                at,
+                len,
+                local: 0,
+                kind: table::Kind::Mailbox,
+            }
+        }
+        Found::Alias { row, .. } => Slot {
+            at: table::offset(*row),
+            len: 0,
+            local: 0,
+            kind: table::Kind::Alias,
+        },
+        Found::External(a) => {
+            let (at, _) = table.push_text(&a.local);
+            table.text.push('@');
+            table.text.push_str(&a.domain);
+            Slot {
+                at,
+                len: (a.local.len() + 1 + a.domain.len()) as u16,
+                local: a.local.len() as u8,
+                kind: table::Kind::External,
+            }
+        }
+    })
 }
 
 fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Option<Accounts> {
@@ -279,7 +442,7 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
             b.alias(d, name, key.span(), |d| match value.get_ref() {
                 // The common case, one target, without naming the alias for an error
                 // that cannot happen: 100,000 aliases made 100,000 such names.
-                toml::de::DeValue::String(s) => Some(Written::One(value.span(), s.as_ref())),
+                toml::de::DeValue::String(s) => Some(Written::One((value.span(), s.as_ref()))),
                 _ => tomlwalk::as_str_or_list(d, value, &format!("alias `{name}`"))
                     .map(Written::List),
             });
@@ -554,31 +717,54 @@ fn alias_addresses(
     }
 }
 
+/// A target resolved.
+#[derive(Debug, PartialEq, Eq)]
+enum Found<'t> {
+    Mailbox(&'t str),
+    /// The alias's row in the sorted table.
+    Alias {
+        row: usize,
+        address: Address,
+    },
+    External(Address),
+}
+
+impl Found<'_> {
+    fn target(self) -> Target {
+        match self {
+            Found::Mailbox(name) => Target::Mailbox(name.to_string()),
+            Found::Alias { address, .. } => Target::Alias(address),
+            Found::External(a) => Target::External(a),
+        }
+    }
+}
+
 struct Resolver<'r> {
     policy: &'r Policy,
     mailboxes: &'r BTreeMap<String, Mailbox>,
-    aliases: &'r BTreeMap<Address, usize>,
+    /// Sorted, without duplicates.
+    table: &'r Aliases,
 }
 
 impl Resolver<'_> {
-    fn resolve(
+    fn resolve<'t>(
         &self,
         d: &mut Diagnostics<'_>,
-        raw: &RawTargets,
-        all_targets: &[(Range<usize>, &str)],
+        key_span: Range<usize>,
+        written: &Written<'t>,
         what: &dyn Fn() -> String,
-    ) -> Option<Vec<Target>> {
-        let targets = &all_targets[raw.targets.clone()];
+    ) -> Option<Vec<Found<'t>>> {
+        let targets = written.as_slice();
         if targets.is_empty() {
             let what = what();
             d.error(
-                raw.key_span.clone(),
+                key_span,
                 format!("{what} delivers to nothing"),
                 "give it at least one mailbox or address",
             );
             return None;
         }
-        let mut out: Vec<Target> = Vec::with_capacity(targets.len());
+        let mut out: Vec<Found<'t>> = Vec::with_capacity(targets.len());
         let mut ok = true;
         for (span, text) in targets {
             match self.target(text) {
@@ -601,10 +787,10 @@ impl Resolver<'_> {
         ok.then_some(out)
     }
 
-    fn target(&self, text: &str) -> Result<Target, (String, String)> {
+    fn target<'t>(&self, text: &'t str) -> Result<Found<'t>, (String, String)> {
         if !text.contains('@') {
             return if self.mailboxes.contains_key(text) {
-                Ok(Target::Mailbox(text.to_string()))
+                Ok(Found::Mailbox(text))
             } else {
                 Err((
                     format!(
@@ -622,12 +808,13 @@ impl Resolver<'_> {
             )
         })?;
         if !self.policy.domains.contains(&a.domain) {
-            return Ok(Target::External(a));
+            return Ok(Found::External(a));
         }
         if self.mailboxes.contains_key(&a.local) {
-            Ok(Target::Mailbox(a.local))
-        } else if self.aliases.contains_key(&a) {
-            Ok(Target::Alias(a))
+            let (local, _) = text.rsplit_once('@').expect("an address has an `@`");
+            Ok(Found::Mailbox(local))
+        } else if let Some(row) = self.table.find((&a).into()) {
+            Ok(Found::Alias { row, address: a })
         } else {
             Err((
                 format!("`{a}` is neither a mailbox nor an alias, so mail would go nowhere"),
@@ -638,35 +825,26 @@ impl Resolver<'_> {
 }
 
 /// Reports every alias that reaches itself, once per loop, at the key of the
-/// loop's first member in file order.
-fn report_loops(
-    d: &mut Diagnostics<'_>,
-    resolved_keys: &[Option<Vec<Target>>],
-    aliases: &BTreeMap<Address, usize>,
-    keys: &[(&str, RawTargets)],
-) {
-    let key_span = |a: &Address| keys[aliases[a]].1.key_span.clone();
-    let resolved = Resolved {
-        aliases,
-        resolved_keys,
-    };
-    let mut reported: BTreeSet<Address> = BTreeSet::new();
-    for (start, &key) in aliases {
+/// loop's first member in file order. The table is sorted; its rows' `targets`
+/// are still their keys' indexes.
+fn report_loops(d: &mut Diagnostics<'_>, table: &Aliases, keys: &[Key]) {
+    let key_span = |row: usize| keys[table.rows[row].targets as usize].span();
+    let mut reported: BTreeSet<usize> = BTreeSet::new();
+    for start in 0..table.rows.len() {
         // Only an alias that delivers to another alias can be part of a loop; most
-        // deliver to mailboxes, and need no search (nor a lookup of their own
-        // address: 100,000 such lookups were 5% of `postmaster check`).
-        let to_an_alias = resolved_keys[key]
-            .iter()
-            .flatten()
-            .any(|t| matches!(t, Target::Alias(_)));
-        if !to_an_alias || reported.contains(start) {
+        // deliver to mailboxes, and need no search.
+        let to_an_alias = alias_targets(table, keys, start).next().is_some();
+        if !to_an_alias || reported.contains(&start) {
             continue;
         }
-        if let Some(cycle) = find_cycle(&resolved, start) {
-            let text: Vec<String> = cycle.iter().map(|a| a.to_string()).collect();
-            let first = cycle
+        if let Some(cycle) = find_cycle(table, keys, start) {
+            let text: Vec<String> = cycle
                 .iter()
-                .min_by_key(|a| key_span(a).start)
+                .map(|&row| table.row_addr(&table.rows[row]).to_string())
+                .collect();
+            let first = *cycle
+                .iter()
+                .min_by_key(|&&row| key_span(row).start)
                 .expect("a cycle has members");
             d.error(
                 key_span(first),
@@ -678,49 +856,48 @@ fn report_loops(
     }
 }
 
-/// The resolved targets of each alias address, while they are still kept by key.
-struct Resolved<'r> {
-    aliases: &'r BTreeMap<Address, usize>,
-    resolved_keys: &'r [Option<Vec<Target>>],
+/// The rows of the aliases that the alias of `row` delivers to, in the order its
+/// key lists them; none when its targets did not resolve.
+fn alias_targets<'t>(
+    table: &'t Aliases,
+    keys: &[Key],
+    row: usize,
+) -> impl Iterator<Item = usize> + 't {
+    let slots: &[Slot] = match keys[table.rows[row].targets as usize].targets {
+        KeyTargets::Resolved { at, count } => &table.slots[at as usize..(at + count) as usize],
+        KeyTargets::Later | KeyTargets::Failed => &[],
+    };
+    slots
+        .iter()
+        .filter(|s| s.kind == table::Kind::Alias)
+        .map(|s| s.at as usize)
 }
 
-impl Resolved<'_> {
-    /// The targets of `address`: none when it is no alias or did not resolve.
-    fn targets(&self, address: &Address) -> impl Iterator<Item = &Target> {
-        self.aliases
-            .get(address)
-            .and_then(|&i| self.resolved_keys[i].as_ref())
-            .into_iter()
-            .flatten()
-    }
-}
-
-/// A path of aliases from `start` back to `start`, if there is one.
-fn find_cycle(resolved: &Resolved<'_>, start: &Address) -> Option<Vec<Address>> {
+/// A path of aliases (rows) from `start` back to `start`, if there is one.
+fn find_cycle(table: &Aliases, keys: &[Key], start: usize) -> Option<Vec<usize>> {
     fn visit(
-        resolved: &Resolved<'_>,
-        start: &Address,
-        at: &Address,
-        path: &mut Vec<Address>,
-        seen: &mut BTreeSet<Address>,
+        table: &Aliases,
+        keys: &[Key],
+        start: usize,
+        at: usize,
+        path: &mut Vec<usize>,
+        seen: &mut BTreeSet<usize>,
     ) -> bool {
-        for t in resolved.targets(at) {
-            if let Target::Alias(next) = t {
-                if next == start {
+        for next in alias_targets(table, keys, at) {
+            if next == start {
+                return true;
+            }
+            if seen.insert(next) {
+                path.push(next);
+                if visit(table, keys, start, next, path, seen) {
                     return true;
                 }
-                if seen.insert(next.clone()) {
-                    path.push(next.clone());
-                    if visit(resolved, start, next, path, seen) {
-                        return true;
-                    }
-                    path.pop();
-                }
+                path.pop();
             }
         }
         false
     }
-    let mut path = vec![start.clone()];
+    let mut path = vec![start];
     let mut seen = BTreeSet::new();
-    visit(resolved, start, start, &mut path, &mut seen).then_some(path)
+    visit(table, keys, start, start, &mut path, &mut seen).then_some(path)
 }

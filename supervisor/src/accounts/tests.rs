@@ -1,5 +1,6 @@
 //! Every class of accounts-file error, with the exact text a person reads.
 
+use super::table::Addr;
 use super::*;
 use crate::diag::Source;
 
@@ -67,7 +68,7 @@ postmaster = "thomas"
         vec![Target::Mailbox("thomas".into())]
     );
     assert_eq!(
-        a.aliases[&Address::parse("webmaster@example.org").unwrap()],
+        a.aliases.owned("webmaster@example.org").unwrap(),
         vec![Target::Mailbox("thomas".into())],
         "an address of a mailbox is that mailbox"
     );
@@ -308,8 +309,11 @@ fn external_targets_and_alias_chains() {
         "[mailboxes.t]\npassword = \"HASH\"\n[aliases]\n\"list@example.org\" = [\"t\", \"friend@elsewhere.example\"]\n\"sales@example.org\" = \"list@example.org\"\n",
     )
     .unwrap();
-    let sales = &a.aliases[&Address::parse("sales@example.org").unwrap()];
-    let (mailboxes, external) = a.expand(sales);
+    let sales = a.aliases.get(Addr {
+        local: "sales",
+        domain: "example.org",
+    });
+    let (mailboxes, external) = a.expand(sales.unwrap().iter());
     assert_eq!(mailboxes.into_iter().collect::<Vec<_>>(), vec!["t"]);
     assert!(external);
 }
@@ -336,11 +340,7 @@ fn a_bare_alias_gives_every_hosted_domain_the_same_targets() {
         Target::External(Address::parse("pal@elsewhere.example").unwrap()),
     ];
     for address in ["team@example.org", "team@example.net"] {
-        assert_eq!(
-            a.aliases[&Address::parse(address).unwrap()],
-            want,
-            "{address}"
-        );
+        assert_eq!(a.aliases.owned(address).unwrap(), want, "{address}");
     }
 }
 
@@ -357,4 +357,89 @@ fn a_loop_is_found_whichever_alias_the_file_names_first() {
             "accounts.toml:5:1: alias loop: y@example.org → z@example.org → y@example.org; make one of these aliases deliver to a mailbox",
         ]
     );
+}
+
+#[test]
+fn the_alias_table_holds_what_a_map_of_addresses_would() {
+    // Many aliases written in no order, of every kind, some bare (one address per
+    // hosted domain), and local parts that sort one way as text and another by
+    // (local part, domain): `a.b@…` is before `a@…` as text, after it as a local
+    // part. The table must give each address its targets, in the order a map of
+    // `Address` gives them (the maps' line order).
+    let mut text = String::from(
+        "[mailboxes.m0]\npassword = \"HASH\"\n[mailboxes.m1]\npassword = \"HASH\"\n[aliases]\n",
+    );
+    let mut want: BTreeMap<Address, Vec<Target>> = BTreeMap::new();
+    let mailbox = |n: usize| Target::Mailbox(format!("m{}", n % 2));
+    let address = |s: &str| Address::parse(s).unwrap();
+    for i in (0..300).rev() {
+        let (key, targets, value) = match i % 5 {
+            0 => (
+                format!("\"a{i}@example.net\""),
+                vec![mailbox(i)],
+                format!("\"m{}\"", i % 2),
+            ),
+            1 => (
+                format!("\"a.{}@example.org\"", i - 1),
+                vec![
+                    mailbox(i),
+                    Target::External(address(&format!("x{i}@far.example"))),
+                ],
+                format!("[\"m{}@example.net\", \"x{i}@far.example\"]", i % 2),
+            ),
+            2 => (
+                format!("b{i}"),
+                vec![Target::Alias(address(&format!("a{}@example.net", i - 2)))],
+                format!("\"a{}@example.net\"", i - 2),
+            ),
+            3 => (
+                format!("\"a{}@example.org\"", i - 2),
+                vec![Target::External(address(&format!("y{i}@far.example")))],
+                format!("\"y{i}@far.example\""),
+            ),
+            _ => (
+                format!("\"a{i}-@example.org\""),
+                vec![mailbox(i + 1), mailbox(i)],
+                format!("[\"m{}\", \"m{}\"]", (i + 1) % 2, i % 2),
+            ),
+        };
+        text.push_str(&format!("{key} = {value}\n"));
+        let key = key.trim_matches('"');
+        let addresses = match key.contains('@') {
+            true => vec![address(key)],
+            false => ["example.org", "example.net"]
+                .map(|d| address(&format!("{key}@{d}")))
+                .to_vec(),
+        };
+        for a in addresses {
+            want.insert(a, targets.clone());
+        }
+    }
+    let a = parse_text(&text).unwrap();
+    let got: Vec<(String, Vec<Target>)> = a
+        .aliases
+        .iter()
+        .map(|(address, t)| {
+            (
+                address.to_string(),
+                t.iter().map(TargetRef::to_owned).collect(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, Vec<Target>)> =
+        want.into_iter().map(|(a, t)| (a.to_string(), t)).collect();
+    assert_eq!(got.len(), 360);
+    assert_eq!(got, want);
+    // An alias of an alias reaches the mailbox behind it.
+    let (mailboxes, external) = a.expand(
+        a.aliases
+            .get(Addr {
+                local: "b2",
+                domain: "example.org",
+            })
+            .unwrap()
+            .iter(),
+    );
+    assert_eq!(mailboxes.into_iter().collect::<Vec<_>>(), ["m0"]);
+    assert!(!external);
 }

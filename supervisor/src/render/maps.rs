@@ -2,28 +2,28 @@
 
 use std::fmt::{self, Write};
 
-use crate::accounts::{Accounts, SendAs, Target};
+use crate::accounts::{Accounts, SendAs, Target, TargetRef};
 use crate::config::Config;
 
 /// The address a mailbox target is written as: its address in the primary domain.
 /// Every mailbox address maps to itself, so this ends postfix's alias expansion.
-struct TargetAddress<'a>(&'a Config, &'a Target);
+struct TargetAddress<'a>(&'a Config, TargetRef<'a>);
 
 impl fmt::Display for TargetAddress<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.1 {
-            Target::Mailbox(name) => write!(f, "{name}@{}", self.0.domains[0]),
-            Target::Alias(a) | Target::External(a) => write!(f, "{a}"),
+            TargetRef::Mailbox(name) => write!(f, "{name}@{}", self.0.domains[0]),
+            TargetRef::Alias(a) | TargetRef::External(a) => write!(f, "{a}"),
         }
     }
 }
 
 /// Targets as a map's value: `a@example.org, b@example.org`.
-struct Targets<'a>(&'a Config, &'a [Target]);
+struct Targets<'a, I>(&'a Config, I);
 
-impl fmt::Display for Targets<'_> {
+impl<'a, I: Iterator<Item = TargetRef<'a>> + Clone> fmt::Display for Targets<'a, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, t) in self.1.iter().enumerate() {
+        for (i, t) in self.1.clone().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
@@ -52,16 +52,16 @@ fn each_virtual_alias(
             );
         }
     }
-    for (address, targets) in &accounts.aliases {
+    for (address, targets) in accounts.aliases.iter() {
         row(
             format_args!("{address}"),
-            format_args!("{}", Targets(config, targets)),
+            format_args!("{}", Targets(config, targets.iter())),
         );
     }
     for (domain, targets) in &accounts.catch_all {
         row(
             format_args!("@{domain}"),
-            format_args!("{}", Targets(config, targets)),
+            format_args!("{}", Targets(config, targets.iter().map(Target::as_ref))),
         );
     }
 }
@@ -156,14 +156,14 @@ pub(crate) fn sender_owners<'a>(config: &Config, accounts: &'a Accounts) -> Send
             }
         }
     }
-    for (address, targets) in &accounts.aliases {
+    for (address, targets) in accounts.aliases.iter() {
         // Nearly every alias delivers to one mailbox: that one owns it, without
         // expanding (two allocations each, for 100,000 aliases).
-        if let [Target::Mailbox(only)] = targets.as_slice() {
+        if let Some(TargetRef::Mailbox(only)) = targets.only() {
             owners.own(format_args!("{address}"), only);
             continue;
         }
-        let (mailboxes, external) = accounts.expand(targets);
+        let (mailboxes, external) = accounts.expand(targets.iter());
         if let (false, [only]) = (external, mailboxes.iter().collect::<Vec<_>>().as_slice()) {
             owners.own(format_args!("{address}"), only);
         }
