@@ -8,13 +8,13 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::config::MapType;
-use crate::render::{File, Kind};
+use crate::render::{Kind, Output};
 
 /// Temporary files end in this, so that leftovers of a killed run can be recognised
 /// and removed.
@@ -92,7 +92,11 @@ impl Report {
 /// compiled. So a map postmap refuses leaves every map, and all that comes after
 /// the maps, as it was: the host is left in a state the safe order passes
 /// through, and the apply is tried again.
-pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Report, ApplyError> {
+pub(crate) fn apply<O: Output>(
+    dir: &Path,
+    files: &[O],
+    options: &Options,
+) -> Result<Report, ApplyError> {
     let passwd_gid = match &options.passwd_group {
         Some(name) => Some(group_id(name)?.ok_or_else(|| ApplyError::NoSuchGroup(name.clone()))?),
         None => None,
@@ -100,7 +104,7 @@ pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Rep
     // Leftovers of a killed run go before this run makes temporaries of its own.
     let mut parents: Vec<PathBuf> = Vec::new();
     for file in files {
-        let path = dir.join(&file.path);
+        let path = dir.join(file.path());
         let parent = path
             .parent()
             .expect("a file under a directory")
@@ -115,21 +119,21 @@ pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Rep
     // maps' temporaries, each flushed to disk, and their postmaps would delay it.
     let leading = files
         .iter()
-        .take_while(|f| f.kind != Kind::PostfixMap)
+        .take_while(|f| f.kind() != Kind::PostfixMap)
         .count();
     let mut report = Report::default();
     for file in &files[..leading] {
-        let path = dir.join(&file.path);
+        let path = dir.join(file.path());
         let changed = write_file(&path, file, passwd_gid)?;
         report.add(path, changed);
     }
     let mut compiling: Vec<Option<Compiling>> = Vec::with_capacity(files.len());
     let mut failed = None;
     for file in files {
-        let started = match (file.kind, options.compile_maps) {
+        let started = match (file.kind(), options.compile_maps) {
             (Kind::PostfixMap, Some(map_type)) if failed.is_none() => {
-                let path = dir.join(&file.path);
-                match start_map(&path, &file.content, map_type, &options.postmap) {
+                let path = dir.join(file.path());
+                match start_map(&path, file, map_type, &options.postmap) {
                     Ok(started) => started,
                     Err(e) => {
                         failed = Some(e);
@@ -168,8 +172,8 @@ pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Rep
     }
 
     for (file, done) in files.iter().zip(compiled).skip(leading) {
-        let path = dir.join(&file.path);
-        let changed = match (file.kind, options.compile_maps) {
+        let path = dir.join(file.path());
+        let changed = match (file.kind(), options.compile_maps) {
             (Kind::PostfixMap, Some(_)) => match done {
                 Some(done) => {
                     done.put_in_place()?;
@@ -187,16 +191,20 @@ pub(crate) fn apply(dir: &Path, files: &[File], options: &Options) -> Result<Rep
 /// Writes a file that is not compiled, with the mode its kind needs (the
 /// passwd-file readable by `passwd_gid`, dovecot's group); returns whether
 /// anything changed.
-fn write_file(path: &Path, file: &File, passwd_gid: Option<u32>) -> Result<bool, ApplyError> {
-    let content = file.content.as_bytes();
-    match file.kind {
+fn write_file(
+    path: &Path,
+    file: &impl Output,
+    passwd_gid: Option<u32>,
+) -> Result<bool, ApplyError> {
+    let (mode, gid) = match file.kind() {
         Kind::PasswdFile => match passwd_gid {
-            Some(gid) => write_atomic(path, content, 0o640, Some(gid)),
-            None => write_atomic(path, content, 0o600, None),
+            Some(gid) => (0o640, Some(gid)),
+            None => (0o600, None),
         },
-        Kind::Program => write_atomic(path, content, 0o755, None),
-        _ => write_atomic(path, content, 0o644, None),
-    }
+        Kind::Program => (0o755, None),
+        _ => (0o644, None),
+    };
+    write_atomic_with(path, mode, gid, true, &|out| file.write_to(out))
 }
 
 /// Writes `content` to `path` atomically with `mode` (and group `gid`); returns
@@ -215,33 +223,120 @@ pub(crate) fn write_atomic(
     {
         return Ok(false);
     }
+    write_atomic_with(path, mode, gid, false, &|out| out.write_all(content))
+}
+
+/// Writes what `write` writes to `path` atomically with `mode` (and group `gid`);
+/// returns whether anything changed. With `compare`, the bytes are compared with
+/// the file in place as they are written: when they are the same (and so are the
+/// mode and group), the temporary goes and nothing changes.
+fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    gid: Option<u32>,
+    compare: bool,
+    write: &dyn Fn(&mut dyn Write) -> io::Result<()>,
+) -> Result<bool, ApplyError> {
+    let old = fs::metadata(path).ok();
+    let compare = compare
+        && old.as_ref().is_some_and(|meta| {
+            meta.permissions().mode() & 0o7777 == mode && gid.is_none_or(|g| meta.gid() == g)
+        });
     let tmp = temporary_name(path);
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io_err("creating", &tmp))?;
-        if let Some(gid) = gid {
-            rustix::fs::fchown(&f, None, Some(rustix::fs::Gid::from_raw(gid)))
-                .map_err(|e| io_err("setting the group of", &tmp)(e.into()))?;
+        let f = create_temporary(&tmp, mode, gid)?;
+        let same =
+            write_comparing(&f, compare.then_some(path), write).map_err(io_err("writing", &tmp))?;
+        if same {
+            fs::remove_file(&tmp).map_err(io_err("removing", &tmp))?;
+            return Ok(false);
         }
-        // The umask may have narrowed the mode given to open().
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err("setting the mode of", &tmp))?;
-        f.write_all(content).map_err(io_err("writing", &tmp))?;
         if let Some(meta) = &old {
             bump_mtime(&f, meta).map_err(io_err("setting the time of", &tmp))?;
         }
         f.sync_all().map_err(io_err("flushing", &tmp))?;
         fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
-        sync_dir(path)
+        sync_dir(path).map(|()| true)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map(|()| true)
+    result
+}
+
+/// A new file at `path` with `mode` exactly (and group `gid`).
+fn create_temporary(path: &Path, mode: u32, gid: Option<u32>) -> Result<fs::File, ApplyError> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err("creating", path))?;
+    if let Some(gid) = gid {
+        rustix::fs::fchown(&f, None, Some(rustix::fs::Gid::from_raw(gid)))
+            .map_err(|e| io_err("setting the group of", path)(e.into()))?;
+    }
+    // The umask may have narrowed the mode given to open().
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting the mode of", path))?;
+    Ok(f)
+}
+
+/// Writes what `write` writes to `out` through a buffer, and says whether it is
+/// byte for byte the file at `compare`.
+fn write_comparing(
+    out: &fs::File,
+    compare: Option<&Path>,
+    write: &dyn Fn(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<bool> {
+    let old = compare.and_then(|p| fs::File::open(p).ok());
+    let mut buffered = io::BufWriter::with_capacity(
+        64 * 1024,
+        Comparing {
+            out,
+            old,
+            piece: Vec::new(),
+        },
+    );
+    write(&mut buffered)?;
+    let comparing = buffered.into_inner().map_err(|e| e.into_error())?;
+    Ok(comparing.same())
+}
+
+/// Passes bytes on to a file and compares them with another file's as they pass:
+/// whether a rendering changed anything is known once it is written, without
+/// holding it whole or reading it back.
+struct Comparing<W> {
+    out: W,
+    /// The file compared with, read as far as the bytes written; `None` once they
+    /// differ (or there is none).
+    old: Option<fs::File>,
+    piece: Vec<u8>,
+}
+
+impl<W: Write> Write for Comparing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        if let Some(old) = &mut self.old {
+            self.piece.resize(n, 0);
+            if old.read_exact(&mut self.piece).is_err() || self.piece[..] != buf[..n] {
+                self.old = None;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl<W> Comparing<W> {
+    /// Whether every byte written was the old file's, and the old file has no more.
+    fn same(self) -> bool {
+        self.old
+            .is_some_and(|mut old| matches!(old.read(&mut [0u8; 1]), Ok(0)))
+    }
 }
 
 /// Readers that poll by mtime and size (dovecot's passwd-file, for one) miss a
@@ -270,22 +365,20 @@ fn bump_mtime(f: &fs::File, old: &fs::Metadata) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether a map needs compiling: its source differs from `content`, or its
-/// table is missing or older than its source (a run killed between the two
-/// renames, or a table removed by hand).
-fn map_is_current(path: &Path, content: &[u8], map_type: MapType) -> bool {
+/// Whether a map's table can stand for its source: it is there and no older
+/// than its source (not so after a run killed between the two renames, or a
+/// table removed by hand).
+fn table_is_fresh(path: &Path, map_type: MapType) -> bool {
     let table = with_suffix(path, map_type.suffix());
-    let table_fresh = match (fs::metadata(&table), fs::metadata(path)) {
+    match (fs::metadata(&table), fs::metadata(path)) {
         (Ok(t), Ok(s)) => t.modified().ok() >= s.modified().ok(),
         _ => false,
-    };
-    table_fresh && same_content(path, content)
+    }
 }
 
 /// Whether the file at `path` holds exactly `content`, read in pieces: a map of
 /// 100,000 aliases is not read into a second copy just to be compared.
 fn same_content(path: &Path, content: &[u8]) -> bool {
-    use std::io::Read;
     let Ok(mut f) = fs::File::open(path) else {
         return false;
     };
@@ -323,30 +416,38 @@ struct Compiled {
     table: PathBuf,
 }
 
-/// Writes a changed map's source under a temporary name and starts `postmap` on
-/// it; `None` when the map is current.
+/// Writes a map's source under a temporary name and starts `postmap` on it;
+/// `None` when the map is current: the same source, and its table fresh.
 fn start_map(
     path: &Path,
-    content: &str,
+    file: &impl Output,
     map_type: MapType,
     postmap: &Path,
 ) -> Result<Option<Compiling>, ApplyError> {
-    if map_is_current(path, content.as_bytes(), map_type) {
-        return Ok(None);
-    }
     let tmp_source = temporary_name(path);
     let tmp_table = with_suffix(&tmp_source, map_type.suffix());
-    let started = write_new(&tmp_source, content.as_bytes(), 0o644).and_then(|()| {
+    let compare = table_is_fresh(path, map_type).then_some(path);
+    let started = (|| {
+        let f = create_temporary(&tmp_source, 0o644, None)?;
+        let same = write_comparing(&f, compare, &|out| file.write_to(out))
+            .map_err(io_err("writing", &tmp_source))?;
+        if same {
+            fs::remove_file(&tmp_source).map_err(io_err("removing", &tmp_source))?;
+            return Ok(None);
+        }
+        f.sync_all().map_err(io_err("flushing", &tmp_source))?;
         Command::new(postmap)
             .arg(format!("{}:{}", map_type.name(), tmp_source.display()))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
+            .map(Some)
             .map_err(io_err("running postmap for", path))
-    });
+    })();
     match started {
-        Ok(child) => Ok(Some(Compiling {
+        Ok(None) => Ok(None),
+        Ok(Some(child)) => Ok(Some(Compiling {
             path: path.to_path_buf(),
             table: with_suffix(path, map_type.suffix()),
             tmp_source,
@@ -457,20 +558,6 @@ pub(crate) fn republish_table(source: &Path, map_type: MapType) -> Result<(), Ap
     result
 }
 
-fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), ApplyError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_err("creating", path))?;
-    // open() applied the umask to `mode`.
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting the mode of", path))?;
-    f.write_all(content).map_err(io_err("writing", path))?;
-    f.sync_all().map_err(io_err("flushing", path))
-}
-
 fn sync_dir(path: &Path) -> Result<(), ApplyError> {
     let dir = path.parent().expect("a file under a directory");
     fs::File::open(dir)
@@ -530,6 +617,7 @@ fn id_in(path: &Path, name: &str) -> Result<Option<u32>, ApplyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::File;
 
     #[test]
     fn writes_atomically_and_skips_unchanged_content() {
@@ -640,26 +728,32 @@ mod tests {
     #[test]
     fn a_map_is_current_only_with_the_same_source_and_a_table_no_older() {
         let dir = tempfile::tempdir().unwrap();
+        let postmap = fake_postmap(dir.path(), "touch \"${1#*:}.lmdb\" \"${1#*:}.db\"\n");
         let source = dir.path().join("virtual_alias");
         let table = dir.path().join("virtual_alias.lmdb");
+        // Whether start_map compiles `content`; a compile is thrown away.
+        let compiles = |content: &str, map_type| {
+            let file = map("virtual_alias", content);
+            match start_map(&source, &file, map_type, &postmap).unwrap() {
+                None => false,
+                Some(c) => {
+                    c.finish().unwrap().discard();
+                    true
+                }
+            }
+        };
         fs::write(&source, "a@example.org\ta@example.org\n").unwrap();
         assert!(
-            !map_is_current(&source, b"a@example.org\ta@example.org\n", MapType::Lmdb),
+            compiles("a@example.org\ta@example.org\n", MapType::Lmdb),
             "no table yet"
         );
         fs::write(&table, "compiled").unwrap();
-        assert!(map_is_current(
-            &source,
-            b"a@example.org\ta@example.org\n",
-            MapType::Lmdb
-        ));
-        assert!(!map_is_current(
-            &source,
-            b"a@example.org\tb@example.org\n",
-            MapType::Lmdb
-        ));
+        assert!(!compiles("a@example.org\ta@example.org\n", MapType::Lmdb));
+        assert!(compiles("a@example.org\tb@example.org\n", MapType::Lmdb));
+        assert!(compiles("a@example.org\ta@example.org\n\n", MapType::Lmdb));
+        assert!(compiles("a@example.org\ta@example.org", MapType::Lmdb));
         assert!(
-            !map_is_current(&source, b"a@example.org\ta@example.org\n", MapType::Hash),
+            compiles("a@example.org\ta@example.org\n", MapType::Hash),
             "a table of another type"
         );
         // A source newer than its table (a run killed between the renames).
@@ -670,27 +764,45 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        assert!(!map_is_current(
-            &source,
-            b"a@example.org\ta@example.org\n",
-            MapType::Lmdb
-        ));
+        assert!(compiles("a@example.org\ta@example.org\n", MapType::Lmdb));
+        // What was compiled went; the source and the table are as they were.
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".db") && n != "postmap")
+            .collect();
+        names.sort();
+        assert_eq!(names, ["virtual_alias", "virtual_alias.lmdb"]);
+        assert_eq!(
+            fs::read_to_string(&source).unwrap(),
+            "a@example.org\ta@example.org\n"
+        );
     }
 
     #[test]
-    fn content_is_compared_in_pieces_to_the_last_byte() {
+    fn written_bytes_are_compared_with_the_old_file_in_pieces_to_the_last_byte() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("map");
+        let old = dir.path().join("old");
         let mut content = vec![b'x'; 200_000];
-        fs::write(&p, &content).unwrap();
-        assert!(same_content(&p, &content));
+        fs::write(&old, &content).unwrap();
+        let same = |content: &[u8], compare: &Path| {
+            let out = fs::File::create(dir.path().join("new")).unwrap();
+            // Written in small pieces, as a renderer writes rows.
+            let same = write_comparing(&out, Some(compare), &|w| {
+                content.chunks(7).try_for_each(|piece| w.write_all(piece))
+            })
+            .unwrap();
+            assert_eq!(fs::read(dir.path().join("new")).unwrap(), content);
+            same
+        };
+        assert!(same(&content, &old));
         content[199_999] = b'y';
-        assert!(
-            !same_content(&p, &content),
-            "a difference past the first piece"
-        );
-        assert!(!same_content(&p, &content[..100]), "a shorter content");
-        assert!(!same_content(&dir.path().join("none"), b""), "no file");
+        assert!(!same(&content, &old), "a difference past the first piece");
+        assert!(!same(&content[..100], &old), "a shorter content");
+        content[199_999] = b'x';
+        content.push(b'x');
+        assert!(!same(&content, &old), "a longer content");
+        assert!(!same(b"", &dir.path().join("none")), "no file");
     }
 
     /// A stand-in for postmap, as an executable script in `dir`.

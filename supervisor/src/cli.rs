@@ -386,7 +386,12 @@ fn check(config_path: &Path) -> Result<(), Failure> {
 
 fn render_to(config_path: &Path, out: &Path) -> Result<(), Failure> {
     let (config, accounts) = load(config_path)?;
-    let mut files = render::generated(&config, &accounts);
+    // Rendered whole, beside the host's configuration: this is not the apply
+    // that runs on every edit.
+    let mut files: Vec<render::File> = render::generated(&config, &accounts)
+        .iter()
+        .map(render::Generated::to_file)
+        .collect();
     let resolved = Resolved::probe(config);
     files.extend(render::host_config(
         &resolved.config,

@@ -1,6 +1,7 @@
 //! postfix lookup tables (map sources; `postmap` compiles them).
 
 use std::fmt::{self, Write};
+use std::io;
 
 use crate::accounts::{Accounts, SendAs, Target, TargetRef};
 use crate::config::Config;
@@ -42,28 +43,29 @@ impl<'a, I: Iterator<Item = TargetRef<'a>> + Clone> fmt::Display for Targets<'a,
 fn each_virtual_alias(
     config: &Config,
     accounts: &Accounts,
-    mut row: impl FnMut(fmt::Arguments<'_>, fmt::Arguments<'_>),
-) {
+    mut row: impl FnMut(fmt::Arguments<'_>, fmt::Arguments<'_>) -> io::Result<()>,
+) -> io::Result<()> {
     for name in accounts.mailboxes.keys() {
         for domain in &config.domains {
             row(
                 format_args!("{name}@{domain}"),
                 format_args!("{name}@{domain}"),
-            );
+            )?;
         }
     }
     for (address, targets) in accounts.aliases.iter() {
         row(
             format_args!("{address}"),
             format_args!("{}", Targets(config, targets.iter())),
-        );
+        )?;
     }
     for (domain, targets) in &accounts.catch_all {
         row(
             format_args!("@{domain}"),
             format_args!("{}", Targets(config, targets.iter().map(Target::as_ref))),
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// The virtual_alias_maps entries, in lookup-relevant order (see
@@ -73,27 +75,38 @@ pub(crate) fn virtual_alias_entries(config: &Config, accounts: &Accounts) -> Vec
     let mut out = Vec::new();
     each_virtual_alias(config, accounts, |key, value| {
         out.push((key.to_string(), value.to_string()));
-    });
+        Ok(())
+    })
+    .expect("collecting in memory");
     out
 }
 
-/// Appends the virtual_alias_maps source to `out`.
-pub(crate) fn virtual_alias(config: &Config, accounts: &Accounts, out: &mut String) {
-    each_virtual_alias(config, accounts, |key, value| row(out, key, value));
+/// Writes the virtual_alias_maps source to `out`.
+pub(crate) fn virtual_alias(
+    config: &Config,
+    accounts: &Accounts,
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
+    each_virtual_alias(config, accounts, |key, value| row(out, key, value))
 }
 
 /// Every mailbox address: the recipients postfix delivers to dovecot over LMTP.
-/// (The value is unused with LMTP delivery but must be present.) Appended to `out`.
-pub(crate) fn virtual_mailbox(config: &Config, accounts: &Accounts, out: &mut String) {
+/// (The value is unused with LMTP delivery but must be present.) Written to `out`.
+pub(crate) fn virtual_mailbox(
+    config: &Config,
+    accounts: &Accounts,
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
     for name in accounts.mailboxes.keys() {
         for domain in &config.domains {
             row(
                 out,
                 format_args!("{name}@{domain}"),
                 format_args!("{name}/"),
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 /// Which logins own each sender address: a mailbox owns its addresses, every alias
@@ -175,12 +188,20 @@ pub(crate) fn sender_owners<'a>(config: &Config, accounts: &'a Accounts) -> Send
     owners
 }
 
-/// Appends the smtpd_sender_login_maps source to `out`.
-pub(crate) fn sender_login(config: &Config, accounts: &Accounts, out: &mut String) {
+/// Writes the smtpd_sender_login_maps source to `out`.
+pub(crate) fn sender_login(
+    config: &Config,
+    accounts: &Accounts,
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
+    let mut result = Ok(());
     sender_owners(config, accounts).each(|address, rows| {
-        let logins = LoginList(rows);
-        row(out, format_args!("{address}"), format_args!("{logins}"));
+        if result.is_ok() {
+            let logins = LoginList(rows);
+            result = row(out, format_args!("{address}"), format_args!("{logins}"));
+        }
     });
+    result
 }
 
 /// The logins of one address as a map's value: `anna, thomas`.
@@ -199,6 +220,10 @@ impl fmt::Display for LoginList<'_, '_> {
 }
 
 /// One line of a map source: key, tab, value.
-fn row(out: &mut String, key: fmt::Arguments<'_>, value: fmt::Arguments<'_>) {
-    writeln!(out, "{key}\t{value}").expect("writing to a String");
+fn row(
+    out: &mut dyn io::Write,
+    key: fmt::Arguments<'_>,
+    value: fmt::Arguments<'_>,
+) -> io::Result<()> {
+    writeln!(out, "{key}\t{value}")
 }

@@ -4,13 +4,17 @@
 //! dovecot strips the domain from `thomas@example.org` before looking it up (see the
 //! dovecot configuration), so one line serves every hosted domain.
 
-use std::fmt::Write;
+use std::io;
 
 use crate::accounts::Accounts;
 use crate::config::{Config, DovecotVersion};
 
-/// Appends the passwd-file's lines to `out`.
-pub(crate) fn render(config: &Config, accounts: &Accounts, out: &mut String) {
+/// Writes the passwd-file's lines to `out`.
+pub(crate) fn render(
+    config: &Config,
+    accounts: &Accounts,
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
     let dc = &config.dovecot;
     for m in accounts.mailboxes.values() {
         let home = config.dovecot.mail_root.join(&m.name);
@@ -37,9 +41,9 @@ pub(crate) fn render(config: &Config, accounts: &Accounts, out: &mut String) {
             dc.vmail_gid,
             home.display(),
             extra.join(" ")
-        )
-        .expect("writing to a String");
+        )?;
     }
+    Ok(())
 }
 
 /// A byte count in the largest unit that states it exactly, as dovecot reads sizes.

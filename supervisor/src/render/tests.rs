@@ -88,7 +88,7 @@ fn golden(name: &str, actual: &str) {
 #[test]
 fn generated_files_match_golden() {
     let c = config("");
-    for f in generated(&c, &accounts(&c)) {
+    for f in generated(&c, &accounts(&c)).iter().map(Generated::to_file) {
         golden(&f.path.file_name().unwrap().to_string_lossy(), &f.content);
     }
 }
@@ -209,7 +209,7 @@ fn sender_rights() {
 fn adding_writes_the_passwd_file_first_and_removing_writes_it_last() {
     let c = config("");
     let a = accounts(&c);
-    let kinds = |files: Vec<File>| files.into_iter().map(|f| f.kind).collect::<Vec<_>>();
+    let kinds = |files: Vec<Generated<'_>>| files.into_iter().map(|f| f.kind).collect::<Vec<_>>();
     let first = kinds(in_safe_order(generated(&c, &a), false));
     assert_eq!(first[0], Kind::PasswdFile, "first apply");
     let previous = "# header\nthomas:{X}y:1:1::/h::\n\n  \n";
