@@ -186,6 +186,20 @@ impl Aliases {
             .map(|row| (self.row_addr(row), self.targets_of(row)))
     }
 
+    /// Each alias address as one text, where it is in the table's text, and its
+    /// targets, in address order: for a list of addresses that refers to these
+    /// instead of copying them ([`Aliases::text_at`]).
+    pub(crate) fn iter_spans(&self) -> impl Iterator<Item = ((u32, u16), AliasTargets<'_>)> {
+        self.rows
+            .iter()
+            .map(|row| ((row.at, row.len), self.targets_of(row)))
+    }
+
+    /// The text at a place [`Aliases::iter_spans`] gave.
+    pub(crate) fn text_at(&self, (at, len): (u32, u16)) -> &str {
+        &self.text[at as usize..at as usize + len as usize]
+    }
+
     /// The targets of `address`, if it is an alias.
     pub(crate) fn get(&self, address: Addr<'_>) -> Option<AliasTargets<'_>> {
         self.find(address).map(|i| self.targets_of(&self.rows[i]))

@@ -3,7 +3,7 @@
 use std::fmt::{self, Write};
 use std::io;
 
-use crate::accounts::{Accounts, SendAs, Target, TargetRef};
+use crate::accounts::{Accounts, Aliases, SendAs, Target, TargetRef};
 use crate::config::Config;
 
 /// The address a mailbox target is written as: its address in the primary domain.
@@ -113,30 +113,74 @@ pub(crate) fn virtual_mailbox(
 /// that delivers to it alone, and what its `send_as` grants. Sorted by address,
 /// then login, without repeats: the order of the map.
 ///
-/// Kept as one text of every address and a sorted list of rows into it: with
-/// 100,000 aliases a map of sets took 110,000 strings and as many B-tree nodes
-/// for sets of one login; this takes two allocations (about 5 MB).
+/// A sorted list of 12-byte rows: with 100,000 aliases a map of sets took
+/// 110,000 strings and as many B-tree nodes for sets of one login. An alias's
+/// address is where the alias table has it; only the others are written out
+/// here, and a login is the number of its mailbox.
 pub(crate) struct SenderOwners<'a> {
-    /// Every address, one after the other.
+    aliases: &'a Aliases,
+    /// The addresses that are no alias's: the mailboxes' own and what `send_as`
+    /// grants, one after the other.
     text: String,
-    /// Where an address is in `text`, and a login that owns it.
-    rows: Vec<(usize, usize, &'a str)>,
+    /// Every mailbox's name, in order: a login is an index into it.
+    logins: Vec<&'a str>,
+    rows: Vec<Owner>,
+}
+
+/// An address and a login that owns it.
+#[derive(Clone, Copy)]
+pub(crate) struct Owner {
+    /// Where the address is: in the alias table's text, or in [`SenderOwners`]'s
+    /// own.
+    at: u32,
+    len: u16,
+    own_text: bool,
+    login: u32,
 }
 
 impl<'a> SenderOwners<'a> {
-    fn own(&mut self, address: fmt::Arguments<'_>, login: &'a str) {
+    fn address(&self, row: &Owner) -> &str {
+        if row.own_text {
+            &self.text[row.at as usize..row.at as usize + row.len as usize]
+        } else {
+            self.aliases.text_at((row.at, row.len))
+        }
+    }
+
+    /// Adds an address written here.
+    fn own(&mut self, address: fmt::Arguments<'_>, login: u32) {
         let start = self.text.len();
         self.text.write_fmt(address).expect("writing to a String");
-        self.rows.push((start, self.text.len(), login));
+        self.rows.push(Owner {
+            at: u32::try_from(start).expect("the addresses' text is under 4 GiB"),
+            len: u16::try_from(self.text.len() - start).expect("an address is short"),
+            own_text: true,
+            login,
+        });
+    }
+
+    /// The number of the mailbox `name`.
+    fn login(&self, name: &str) -> u32 {
+        let i = self
+            .logins
+            .binary_search(&name)
+            .expect("an alias delivers to a mailbox of the accounts");
+        u32::try_from(i).expect("fewer than 4 billion mailboxes")
     }
 
     /// Each address with the logins that own it, in order.
-    pub(crate) fn each(&self, mut f: impl FnMut(&str, &[(usize, usize, &'a str)])) {
+    pub(crate) fn each(&self, mut f: impl FnMut(&str, LoginList<'_, 'a>)) {
         for group in self
             .rows
-            .chunk_by(|a, b| self.text[a.0..a.1] == self.text[b.0..b.1])
+            .chunk_by(|a, b| self.address(a) == self.address(b))
         {
-            f(&self.text[group[0].0..group[0].1], group);
+            f(
+                self.address(&group[0]),
+                LoginList {
+                    logins: &self.logins,
+                    rows: group,
+                },
+            );
         }
     }
 
@@ -144,9 +188,14 @@ impl<'a> SenderOwners<'a> {
     #[cfg(test)]
     pub(crate) fn get(&self, address: &str) -> Option<Vec<&'a str>> {
         let mut found = None;
-        self.each(|a, rows| {
+        self.each(|a, list| {
             if a == address {
-                found = Some(rows.iter().map(|r| r.2).collect());
+                found = Some(
+                    list.rows
+                        .iter()
+                        .map(|r| list.logins[r.login as usize])
+                        .collect(),
+                );
             }
         });
         found
@@ -154,37 +203,55 @@ impl<'a> SenderOwners<'a> {
 }
 
 pub(crate) fn sender_owners<'a>(config: &Config, accounts: &'a Accounts) -> SenderOwners<'a> {
+    let mailboxes = &accounts.mailboxes;
+    let grants: usize = mailboxes.values().map(|m| m.send_as.len()).sum();
+    // Sized once: a vector that doubles its way to a megabyte leaves the
+    // smaller copies behind in the heap.
     let mut owners = SenderOwners {
+        aliases: &accounts.aliases,
         text: String::new(),
-        rows: Vec::new(),
+        logins: mailboxes.keys().map(String::as_str).collect(),
+        rows: Vec::with_capacity(
+            mailboxes.len() * config.domains.len() + grants + accounts.aliases.len(),
+        ),
     };
-    for (name, mailbox) in &accounts.mailboxes {
+    for (login, (name, mailbox)) in mailboxes.iter().enumerate() {
+        let login = u32::try_from(login).expect("fewer than 4 billion mailboxes");
         for domain in &config.domains {
-            owners.own(format_args!("{name}@{domain}"), name);
+            owners.own(format_args!("{name}@{domain}"), login);
         }
         for grant in &mailbox.send_as {
             match grant {
-                SendAs::Address(a) => owners.own(format_args!("{a}"), name),
-                SendAs::Domain(d) => owners.own(format_args!("@{d}"), name),
+                SendAs::Address(a) => owners.own(format_args!("{a}"), login),
+                SendAs::Domain(d) => owners.own(format_args!("@{d}"), login),
             }
         }
     }
-    for (address, targets) in accounts.aliases.iter() {
+    for (span, targets) in accounts.aliases.iter_spans() {
         // Nearly every alias delivers to one mailbox: that one owns it, without
         // expanding (two allocations each, for 100,000 aliases).
-        if let Some(TargetRef::Mailbox(only)) = targets.only() {
-            owners.own(format_args!("{address}"), only);
-            continue;
-        }
-        let (mailboxes, external) = accounts.expand(targets.iter());
-        if let (false, [only]) = (external, mailboxes.iter().collect::<Vec<_>>().as_slice()) {
-            owners.own(format_args!("{address}"), only);
+        let only = match targets.only() {
+            Some(TargetRef::Mailbox(only)) => Some(only),
+            _ => match accounts.expand(targets.iter()) {
+                (mailboxes, false) if mailboxes.len() == 1 => mailboxes.first().copied(),
+                _ => None,
+            },
+        };
+        if let Some(only) = only {
+            let login = owners.login(only);
+            owners.rows.push(Owner {
+                at: span.0,
+                len: span.1,
+                own_text: false,
+                login,
+            });
         }
     }
-    let SenderOwners { text, rows } = &mut owners;
-    let key = |r: &(usize, usize, &'a str)| (&text[r.0..r.1], r.2);
-    rows.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
-    rows.dedup_by(|a, b| key(&*a) == key(&*b));
+    let mut rows = std::mem::take(&mut owners.rows);
+    // Logins are numbered in name order, so the numbers sort as the names do.
+    rows.sort_unstable_by(|a, b| (owners.address(a), a.login).cmp(&(owners.address(b), b.login)));
+    rows.dedup_by(|a, b| a.login == b.login && owners.address(a) == owners.address(b));
+    owners.rows = rows;
     owners
 }
 
@@ -195,9 +262,8 @@ pub(crate) fn sender_login(
     out: &mut dyn io::Write,
 ) -> io::Result<()> {
     let mut result = Ok(());
-    sender_owners(config, accounts).each(|address, rows| {
+    sender_owners(config, accounts).each(|address, logins| {
         if result.is_ok() {
-            let logins = LoginList(rows);
             result = row(out, format_args!("{address}"), format_args!("{logins}"));
         }
     });
@@ -205,15 +271,18 @@ pub(crate) fn sender_login(
 }
 
 /// The logins of one address as a map's value: `anna, thomas`.
-struct LoginList<'r, 'a>(&'r [(usize, usize, &'a str)]);
+pub(crate) struct LoginList<'r, 'a> {
+    logins: &'r [&'a str],
+    rows: &'r [Owner],
+}
 
 impl fmt::Display for LoginList<'_, '_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, row) in self.0.iter().enumerate() {
+        for (i, row) in self.rows.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            f.write_str(row.2)?;
+            f.write_str(self.logins[row.login as usize])?;
         }
         Ok(())
     }
