@@ -72,15 +72,49 @@ struct RawTargets<'a> {
     targets: Written<'a>,
 }
 
-/// One `[aliases]` key as read: 20 bytes, for there may be 100,000 of them.
+/// One `[aliases]` key as read: 12 bytes, for there may be 100,000 of them.
 struct Key {
-    span: (u32, u32),
-    targets: KeyTargets,
+    /// Where the key starts in the file: all a diagnostic keeps of its span.
+    start: u32,
+    /// Its targets ([`KeyTargets`]): where its slots are, or [`LATER`] or
+    /// [`FAILED`] in `count`.
+    at: u32,
+    count: u32,
 }
 
+const LATER: u32 = u32::MAX;
+const FAILED: u32 = u32::MAX - 1;
+
 impl Key {
+    fn new(span: &Range<usize>, targets: KeyTargets) -> Key {
+        let mut key = Key {
+            start: table::offset(span.start),
+            at: 0,
+            count: 0,
+        };
+        key.set(targets);
+        key
+    }
+
+    /// Its span for a diagnostic, which is placed where the span starts.
     fn span(&self) -> Range<usize> {
-        self.span.0 as usize..self.span.1 as usize
+        self.start as usize..self.start as usize
+    }
+
+    fn targets(&self) -> KeyTargets {
+        match self.count {
+            LATER => KeyTargets::Later,
+            FAILED => KeyTargets::Failed,
+            count => KeyTargets::Resolved { at: self.at, count },
+        }
+    }
+
+    fn set(&mut self, targets: KeyTargets) {
+        (self.at, self.count) = match targets {
+            KeyTargets::Resolved { at, count } => (at, count),
+            KeyTargets::Later => (0, LATER),
+            KeyTargets::Failed => (0, FAILED),
+        };
     }
 }
 
@@ -177,10 +211,7 @@ impl<'a, 'p> Builder<'a, 'p> {
                 KeyTargets::Later
             }
         };
-        self.keys.push(Key {
-            span: (table::offset(key_span.start), table::offset(key_span.end)),
-            targets,
-        });
+        self.keys.push(Key::new(&key_span, targets));
     }
 
     /// A key's targets resolved at once when each is a mailbox or an outside
@@ -335,7 +366,7 @@ impl<'a, 'p> Builder<'a, 'p> {
             }
         }
         for (l, found) in later.iter().zip(resolved_later) {
-            keys[l.key].targets = match found {
+            let targets = match found {
                 Some(found) => {
                     let at = table.slots.len();
                     for f in &found {
@@ -349,11 +380,12 @@ impl<'a, 'p> Builder<'a, 'p> {
                 }
                 None => KeyTargets::Failed,
             };
+            keys[l.key].set(targets);
         }
         report_loops(d, &table, &keys);
         // Each row gets its key's targets; the addresses of a bare name share them.
         for row in &mut table.rows {
-            (row.targets, row.count) = match keys[row.targets as usize].targets {
+            (row.targets, row.count) = match keys[row.targets as usize].targets() {
                 KeyTargets::Resolved { at, count } => (at, count),
                 // Reported: these accounts are refused.
                 KeyTargets::Failed | KeyTargets::Later => (0, 0),
@@ -863,7 +895,7 @@ fn alias_targets<'t>(
     keys: &[Key],
     row: usize,
 ) -> impl Iterator<Item = usize> + 't {
-    let slots: &[Slot] = match keys[table.rows[row].targets as usize].targets {
+    let slots: &[Slot] = match keys[table.rows[row].targets as usize].targets() {
         KeyTargets::Resolved { at, count } => &table.slots[at as usize..(at + count) as usize],
         KeyTargets::Later | KeyTargets::Failed => &[],
     };
