@@ -638,3 +638,80 @@ fn postfix_never_delivers_to_one_mailbox_more_at_once_than_dovecot_takes() {
         assert!(dovecot[0] > 0, "0 would mean unlimited in dovecot");
     }
 }
+
+/// Accounts with `n` mailboxes and ten times as many aliases of every kind, and
+/// alias `a4` (a bare name, in both domains): with `bump`, another mailbox.
+fn large_accounts(c: &Config, n: usize, bump: bool) -> Accounts {
+    let password = ACCOUNTS.split('"').nth(1).unwrap();
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!("[mailboxes.m{i}]\npassword = \"{password}\"\n"));
+        if i % 10 == 0 {
+            text.push_str("send_as = [\"@example.net\"]\n");
+        }
+    }
+    text.push_str("[aliases]\n");
+    for i in 0..10 * n {
+        let first = if i == 4 && bump { 100 } else { i % n };
+        text.push_str(&match i % 4 {
+            0 => format!("a{i} = \"m{first}\"\n"),
+            1 => format!("\"a{i}@example.org\" = [\"m{first}\", \"x{i}@far.example\"]\n"),
+            2 => format!("\"a{i}@example.net\" = \"a{}@example.org\"\n", i - 1),
+            _ => format!(
+                "\"a{i}@example.org\" = [\"m{first}@example.net\", \"m{}\"]\n",
+                (i + 1) % n
+            ),
+        });
+    }
+    crate::accounts::parse(
+        &Source::new("/etc/postmaster/accounts.toml", text),
+        &c.accounts_policy(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn large_files_streamed_to_disk_are_what_they_render_to_in_memory() {
+    // 2,000 mailboxes and 20,000 aliases: each map is many of the 64 KiB pieces
+    // it is written and compared in.
+    let c = config("");
+    let dir = tempfile::tempdir().unwrap();
+    let options = crate::apply::Options {
+        compile_maps: None,
+        passwd_group: None,
+        postmap: "postmap".into(),
+    };
+    let a = large_accounts(&c, 2000, false);
+    let files = generated(&c, &a);
+    let report = crate::apply::apply(dir.path(), &files, &options).unwrap();
+    assert_eq!(report.written.len(), 4, "{report:?}");
+    for f in &files {
+        let whole = f.to_file().content;
+        assert!(whole.len() > 200_000 || f.path.ends_with("virtual_mailbox"));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(&f.path)).unwrap(),
+            whole,
+            "{}",
+            f.path.display()
+        );
+    }
+    // The same again: compared piece by piece, nothing is written.
+    let again = crate::apply::apply(dir.path(), &files, &options).unwrap();
+    assert!(again.written.is_empty(), "{again:?}");
+    // One alias delivers elsewhere: its map and the sender owners change.
+    let bumped = large_accounts(&c, 2000, true);
+    let files = generated(&c, &bumped);
+    let report = crate::apply::apply(dir.path(), &files, &options).unwrap();
+    let written: Vec<String> = report
+        .written
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(written, ["virtual_alias", "sender_login"]);
+    for f in &files {
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(&f.path)).unwrap(),
+            f.to_file().content
+        );
+    }
+}
