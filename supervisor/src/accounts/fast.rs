@@ -36,6 +36,9 @@ pub(super) fn parse(source: &Source, policy: &Policy) -> Option<Accounts> {
     // way, which reports it.
     let mut d = Diagnostics::new(source);
     let mut b = Builder::new(policy);
+    // Each mailbox's table starts with a header like this one (a few more or fewer
+    // only cost room).
+    b.expect_mailboxes(text.matches("[mailboxes.").count());
     let mut section = Section::Root;
     let mut mailbox: Option<Fields<'_>> = None;
     let (mut seen_aliases, mut seen_catch_all) = (false, false);
@@ -67,7 +70,13 @@ pub(super) fn parse(source: &Source, policy: &Policy) -> Option<Accounts> {
             }
             section = line.header()?;
             match section {
-                Section::Aliases if !std::mem::replace(&mut seen_aliases, true) => {}
+                // Every mailbox is read by now (below), and checked against the
+                // others: a table given twice is refused by the whole-file parse.
+                Section::Aliases if !std::mem::replace(&mut seen_aliases, true) => {
+                    if !b.mailboxes_read() {
+                        return None;
+                    }
+                }
                 Section::CatchAll if !std::mem::replace(&mut seen_catch_all, true) => {}
                 // An alias is checked against the mailboxes as it is read, so they
                 // must all be known by then (the whole-file parse reads them first).
@@ -119,7 +128,7 @@ pub(super) fn parse(source: &Source, policy: &Policy) -> Option<Accounts> {
     if let Some(fields) = mailbox.take() {
         finish_mailbox(&mut d, &mut b, policy, fields)?;
     }
-    if b.mailboxes.is_empty() {
+    if !b.mailboxes_read() || b.mailboxes.is_empty() {
         return None;
     }
     let accounts = b.finish(&mut d);
@@ -207,20 +216,16 @@ fn finish_mailbox(
     for (span, entry) in f.send_as.unwrap_or_default() {
         send_as.push(parse_send_as(d, policy, span, entry)?);
     }
-    // A table given twice is refused by the whole-file parse.
-    if b.mailboxes.contains_key(f.name) || !d.is_empty() {
+    if !d.is_empty() {
         return None;
     }
-    b.mailboxes.insert(
-        f.name.to_string(),
-        Mailbox {
-            name: f.name.to_string(),
-            password,
-            disabled: f.disabled.unwrap_or(false),
-            quota,
-            send_as,
-        },
-    );
+    b.mailbox(Mailbox {
+        name: f.name.to_string(),
+        password,
+        disabled: f.disabled.unwrap_or(false),
+        quota,
+        send_as,
+    });
     Some(())
 }
 

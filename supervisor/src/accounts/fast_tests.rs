@@ -140,6 +140,9 @@ fn every_mistake_goes_the_whole_file_way_with_its_diagnostics() {
         "[mailboxes.thomas]\npassword = \"HASH\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\npassword = \"HASH\"\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\n[mailboxes.thomas]\npassword = \"HASH\"\n",
+        // Found twice once every mailbox is read: before the aliases, or at the end.
+        "[mailboxes.thomas]\npassword = \"HASH\"\n[mailboxes.anna]\npassword = \"HASH\"\n[mailboxes.thomas]\npassword = \"HASH\"\n[aliases]\nx = \"anna\"\n",
+        "[catch_all]\n\"example.org\" = \"anna\"\n[mailboxes.anna]\npassword = \"HASH\"\n[mailboxes.anna]\npassword = \"HASH\"\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\n[aliases]\n[aliases]\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\n[aliases]\nx = \"thomas\"\nx = \"thomas\"\n",
         "[mailboxes.thomas]\npassword = \"HASH\"\n[catch_all]\n\"example.org\" = \"thomas\"\n'example.org' = \"thomas\"\n",

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use super::table::{self, Aliases, Row, Slot};
-use super::{Accounts, Mailbox, SendAs, Target};
+use super::{Accounts, Mailbox, Mailboxes, SendAs, Target};
 use crate::address::{Address, check_domain, check_local_part};
 use crate::diag::{Diagnostics, Invalid, Source};
 use crate::password::{self, PasswordHash, Scheme};
@@ -142,7 +142,10 @@ struct Later<'a> {
 /// check that is not about TOML's syntax or types, and the resolution of targets.
 pub(super) struct Builder<'a, 'p> {
     policy: &'p Policy,
-    pub(super) mailboxes: BTreeMap<String, Mailbox>,
+    /// The mailboxes as read, until [`Builder::mailboxes_read`] sorts them into
+    /// `mailboxes`.
+    read: Vec<Mailbox>,
+    pub(super) mailboxes: Mailboxes,
     /// Every alias key, in file order.
     keys: Vec<Key>,
     later: Vec<Later<'a>>,
@@ -156,12 +159,37 @@ impl<'a, 'p> Builder<'a, 'p> {
     pub(super) fn new(policy: &'p Policy) -> Self {
         Builder {
             policy,
-            mailboxes: BTreeMap::new(),
+            read: Vec::new(),
+            mailboxes: Mailboxes::default(),
             keys: Vec::new(),
             later: Vec::new(),
             table: Aliases::default(),
             catch_all_raw: BTreeMap::new(),
         }
+    }
+
+    /// Room for `n` mailboxes, when the number to read is known or a close guess:
+    /// a vector doubling its way there leaves its smaller copies in the heap.
+    pub(super) fn expect_mailboxes(&mut self, n: usize) {
+        self.read.reserve_exact(n);
+    }
+
+    /// One `[mailboxes.NAME]` table, checked.
+    pub(super) fn mailbox(&mut self, m: Mailbox) {
+        self.read.push(m);
+    }
+
+    /// Sorts the mailboxes read so far in with the others: once every one is read,
+    /// before the first alias. `false` if a name was read twice.
+    pub(super) fn mailboxes_read(&mut self) -> bool {
+        if self.read.is_empty() {
+            return true;
+        }
+        let mut all = std::mem::take(&mut self.read);
+        all.extend(std::mem::take(&mut self.mailboxes).into_vec());
+        let twice;
+        (self.mailboxes, twice) = Mailboxes::from_read(all);
+        !twice
     }
 
     /// One `[aliases]` entry; `targets` reads its value (and reports a wrong type).
@@ -174,6 +202,10 @@ impl<'a, 'p> Builder<'a, 'p> {
         key_span: Range<usize>,
         targets: impl FnOnce(&mut Diagnostics<'_>) -> Option<Written<'a>>,
     ) {
+        debug_assert!(
+            self.read.is_empty(),
+            "an alias before every mailbox is read"
+        );
         let Some(addresses) = alias_addresses(d, self.policy, name, key_span.clone()) else {
             return;
         };
@@ -304,8 +336,13 @@ impl<'a, 'p> Builder<'a, 'p> {
     /// Sorts the aliases, reports an address defined twice, resolves the targets
     /// that waited for every alias address to be known, and reports loops.
     pub(super) fn finish(self, d: &mut Diagnostics<'_>) -> Accounts {
+        debug_assert!(
+            self.read.is_empty(),
+            "accounts finished before every mailbox is read"
+        );
         let Builder {
             policy,
+            read: _,
             mailboxes,
             mut keys,
             later,
@@ -452,12 +489,15 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
     if let Some((_, v)) = tomlwalk::get(root, "mailboxes")
         && let Some(table) = tomlwalk::as_table(d, v, "`mailboxes`")
     {
+        b.expect_mailboxes(table.len());
         for (key, value) in table.iter() {
             if let Some(m) = parse_mailbox(d, policy, key_str(key), key.span(), value) {
-                b.mailboxes.insert(m.name.clone(), m);
+                b.mailbox(m);
             }
         }
     }
+    // TOML refuses a key given twice: no name can be read twice here.
+    b.mailboxes_read();
     if b.mailboxes.is_empty() && d.is_empty() {
         d.error(
             root_span.start..root_span.start,
@@ -773,7 +813,7 @@ impl Found<'_> {
 
 struct Resolver<'r> {
     policy: &'r Policy,
-    mailboxes: &'r BTreeMap<String, Mailbox>,
+    mailboxes: &'r Mailboxes,
     /// Sorted, without duplicates.
     table: &'r Aliases,
 }

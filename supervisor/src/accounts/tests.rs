@@ -443,3 +443,38 @@ fn the_alias_table_holds_what_a_map_of_addresses_would() {
     assert_eq!(mailboxes.into_iter().collect::<Vec<_>>(), ["m0"]);
     assert!(!external);
 }
+
+#[test]
+fn mailboxes_are_found_by_name_in_name_order_and_the_last_read_is_kept() {
+    let mailbox = |name: &str, quota| Mailbox {
+        name: name.into(),
+        password: PasswordHash {
+            scheme: crate::password::Scheme::Plain,
+            text: "{PLAIN}x".into(),
+        },
+        disabled: false,
+        quota,
+        send_as: Vec::new(),
+    };
+    let read = vec![
+        mailbox("thomas", Some(1)),
+        mailbox("anna", None),
+        mailbox("zoe", None),
+        mailbox("thomas", Some(2)),
+        mailbox("bob", None),
+    ];
+    let (m, twice) = Mailboxes::from_read(read);
+    assert!(twice);
+    assert_eq!(
+        m.keys().collect::<Vec<_>>(),
+        ["anna", "bob", "thomas", "zoe"]
+    );
+    assert_eq!(m.len(), 4);
+    assert_eq!(m["thomas"].quota, Some(2));
+    assert!(m.contains_key("zoe") && m.contains_key("anna"));
+    assert!(!m.contains_key("thom") && !m.contains_key("zz") && !m.contains_key(""));
+    assert_eq!(m.get("carl"), None);
+    let (again, twice) = Mailboxes::from_read(m.clone().into_vec());
+    assert!(!twice);
+    assert_eq!(again, m);
+}

@@ -210,7 +210,7 @@ pub(crate) fn sender_owners<'a>(config: &Config, accounts: &'a Accounts) -> Send
     let mut owners = SenderOwners {
         aliases: &accounts.aliases,
         text: String::new(),
-        logins: mailboxes.keys().map(String::as_str).collect(),
+        logins: mailboxes.keys().collect(),
         rows: Vec::with_capacity(
             mailboxes.len() * config.domains.len() + grants + accounts.aliases.len(),
         ),
