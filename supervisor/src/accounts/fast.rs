@@ -22,6 +22,7 @@
 //! path only has to be right about files it accepts, and its result is the
 //! whole-file parse's (the tests hold it to that).
 
+use std::io::BufRead;
 use std::ops::Range;
 
 use super::parse::{Builder, Policy, Written, parse_send_as, password_of, quota_of_text};
@@ -29,29 +30,37 @@ use super::{Accounts, Mailbox};
 use crate::address::check_local_part;
 use crate::diag::{Diagnostics, Source};
 
-/// The accounts of a valid file in the plain form; `None` for any other file.
-pub(super) fn parse(source: &Source, policy: &Policy) -> Option<Accounts> {
-    let text = source.text.as_str();
+/// The accounts of a valid file in the plain form, read from `file` one line at a
+/// time: only what outlives its line is kept (a mailbox's fields until its table
+/// ends, the targets that wait for every alias address), never the file's text.
+/// `None` for any other file, and when reading fails.
+pub(super) fn parse(file: &mut dyn BufRead, policy: &Policy) -> Option<Accounts> {
     // The same checks, reported nowhere: a file with a problem goes the whole-file
-    // way, which reports it.
-    let mut d = Diagnostics::new(source);
+    // way, which reports it. So the diagnostics need no text to place them in.
+    let nowhere = Source::new("", "");
+    let mut d = Diagnostics::new(&nowhere);
     let mut b = Builder::new(policy);
-    // Each mailbox's table starts with a header like this one (a few more or fewer
-    // only cost room).
-    b.expect_mailboxes(text.matches("[mailboxes.").count());
     let mut section = Section::Root;
-    let mut mailbox: Option<Fields<'_>> = None;
+    let mut mailbox: Option<Fields> = None;
     let (mut seen_aliases, mut seen_catch_all) = (false, false);
-    let mut catch_all_domains: Vec<&str> = Vec::new();
+    let mut catch_all_domains: Vec<String> = Vec::new();
+    let mut buf = Vec::new();
     let mut start = 0;
-    while start < text.len() {
-        let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    loop {
+        buf.clear();
+        let read = file.read_until(b'\n', &mut buf).ok()?;
+        if read == 0 {
+            break;
+        }
+        let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        // A line break is never inside a character: text valid line by line is
+        // valid as a whole.
         let mut line = Line {
-            text: &text[start..end],
+            text: std::str::from_utf8(bytes).ok()?,
             at: 0,
             base: start,
         };
-        start = end + 1;
+        start += read;
         if line
             .text
             .bytes()
@@ -68,30 +77,33 @@ pub(super) fn parse(source: &Source, policy: &Policy) -> Option<Accounts> {
             if let Some(fields) = mailbox.take() {
                 finish_mailbox(&mut d, &mut b, policy, fields)?;
             }
-            section = line.header()?;
-            match section {
-                // Every mailbox is read by now (below), and checked against the
-                // others: a table given twice is refused by the whole-file parse.
-                Section::Aliases if !std::mem::replace(&mut seen_aliases, true) => {
+            section = match line.header()? {
+                Header::Aliases if !std::mem::replace(&mut seen_aliases, true) => {
+                    // Every mailbox is read by now (below), and checked against the
+                    // others: a table given twice is refused by the whole-file parse.
                     if !b.mailboxes_read() {
                         return None;
                     }
+                    Section::Aliases
                 }
-                Section::CatchAll if !std::mem::replace(&mut seen_catch_all, true) => {}
+                Header::CatchAll if !std::mem::replace(&mut seen_catch_all, true) => {
+                    Section::CatchAll
+                }
                 // An alias is checked against the mailboxes as it is read, so they
                 // must all be known by then (the whole-file parse reads them first).
-                Section::Mailbox(name) if !seen_aliases => {
+                Header::Mailbox(name) if !seen_aliases => {
                     mailbox = Some(Fields {
-                        name,
+                        name: name.to_string(),
                         password: None,
                         quota: None,
                         disabled: None,
                         send_as: None,
                     });
+                    Section::Mailbox
                 }
                 // A table defined twice, or one this form does not have.
                 _ => return None,
-            }
+            };
             continue;
         }
         let (key_span, key) = line.key()?;
@@ -104,19 +116,19 @@ pub(super) fn parse(source: &Source, policy: &Policy) -> Option<Accounts> {
         if !line.at_end() {
             return None;
         }
-        match &section {
+        match section {
             Section::Root => return None,
-            Section::Mailbox(..) => mailbox.as_mut()?.set(key, value)?,
+            Section::Mailbox => mailbox.as_mut()?.set(key, value)?,
             Section::Aliases => {
                 let targets = value.targets()?;
                 b.alias(&mut d, key, key_span, |_| Some(targets));
             }
             Section::CatchAll => {
                 // The whole-file parse refuses a key given twice.
-                if catch_all_domains.contains(&key) {
+                if catch_all_domains.iter().any(|k| k == key) {
                     return None;
                 }
-                catch_all_domains.push(key);
+                catch_all_domains.push(key.to_string());
                 let targets = value.targets()?;
                 b.catch_all(&mut d, key, key_span, |_| Some(targets));
             }
@@ -137,8 +149,15 @@ pub(super) fn parse(source: &Source, policy: &Policy) -> Option<Accounts> {
 
 /// The table the lines belong to.
 #[derive(Clone, Copy)]
-enum Section<'a> {
+enum Section {
     Root,
+    Mailbox,
+    Aliases,
+    CatchAll,
+}
+
+/// A table's header.
+enum Header<'a> {
     Mailbox(&'a str),
     Aliases,
     CatchAll,
@@ -157,36 +176,49 @@ impl<'a> Value<'a> {
     /// An alias's or catch-all's targets: a string or an array of strings.
     fn targets(self) -> Option<Written<'a>> {
         match self {
-            Value::String(span, s) => Some(Written::One((span, s))),
-            Value::Strings(list) => Some(Written::List(list)),
+            Value::String(span, s) => Some(Written::one(span, s)),
+            Value::Strings(list) => Some(Written::list(list)),
             _ => None,
         }
     }
 }
 
-/// A mailbox's table as read so far.
-struct Fields<'a> {
-    name: &'a str,
-    password: Option<(Range<usize>, &'a str)>,
-    quota: Option<Value<'a>>,
+/// A mailbox's table as read so far: its lines are gone, so it keeps copies.
+struct Fields {
+    name: String,
+    password: Option<(Range<usize>, String)>,
+    quota: Option<Quota>,
     disabled: Option<bool>,
-    send_as: Option<Vec<(Range<usize>, &'a str)>>,
+    send_as: Option<Vec<(Range<usize>, String)>>,
 }
 
-impl<'a> Fields<'a> {
+/// A quota as written: a number of bytes, or a size with a unit.
+enum Quota {
+    Bytes(u64),
+    Text(Range<usize>, String),
+}
+
+impl Fields {
     /// Takes one `key = value` line; `None` for an unknown key, a key given twice
     /// or a value of the wrong type.
-    fn set(&mut self, key: &str, value: Value<'a>) -> Option<()> {
+    fn set(&mut self, key: &str, value: Value<'_>) -> Option<()> {
         match (key, value) {
             ("password", Value::String(span, s)) if self.password.is_none() => {
-                self.password = Some((span, s));
+                self.password = Some((span, s.to_string()));
             }
-            ("quota", v @ (Value::String(..) | Value::Integer(_))) if self.quota.is_none() => {
-                self.quota = Some(v);
+            ("quota", Value::String(span, s)) if self.quota.is_none() => {
+                self.quota = Some(Quota::Text(span, s.to_string()));
+            }
+            ("quota", Value::Integer(n)) if self.quota.is_none() => {
+                self.quota = Some(Quota::Bytes(n));
             }
             ("disabled", Value::Bool(b)) if self.disabled.is_none() => self.disabled = Some(b),
             ("send_as", Value::Strings(list)) if self.send_as.is_none() => {
-                self.send_as = Some(list);
+                self.send_as = Some(
+                    list.into_iter()
+                        .map(|(span, s)| (span, s.to_string()))
+                        .collect(),
+                );
             }
             _ => return None,
         }
@@ -197,30 +229,29 @@ impl<'a> Fields<'a> {
 /// Checks a mailbox's table with the whole-file parse's checks and adds it.
 fn finish_mailbox(
     d: &mut Diagnostics<'_>,
-    b: &mut Builder<'_, '_>,
+    b: &mut Builder<'_>,
     policy: &Policy,
-    f: Fields<'_>,
+    f: Fields,
 ) -> Option<()> {
-    check_local_part(f.name).ok()?;
+    check_local_part(&f.name).ok()?;
     let (span, text) = f.password?;
-    let password = password_of(d, policy, f.name, span, text)?;
+    let password = password_of(d, policy, &f.name, span, &text)?;
     let quota = match f.quota {
         None => None,
         // A quota of 0 is refused.
-        Some(Value::Integer(0)) => return None,
-        Some(Value::Integer(n)) => Some(n),
-        Some(Value::String(span, text)) => Some(quota_of_text(d, span, text)?),
-        Some(_) => return None,
+        Some(Quota::Bytes(0)) => return None,
+        Some(Quota::Bytes(n)) => Some(n),
+        Some(Quota::Text(span, text)) => Some(quota_of_text(d, span, &text)?),
     };
     let mut send_as = Vec::new();
     for (span, entry) in f.send_as.unwrap_or_default() {
-        send_as.push(parse_send_as(d, policy, span, entry)?);
+        send_as.push(parse_send_as(d, policy, span, &entry)?);
     }
     if !d.is_empty() {
         return None;
     }
     b.mailbox(Mailbox {
-        name: f.name.to_string(),
+        name: f.name,
         password,
         disabled: f.disabled.unwrap_or(false),
         quota,
@@ -315,7 +346,7 @@ impl<'a> Line<'a> {
     }
 
     /// The table a header names, after its `[`.
-    fn header(&mut self) -> Option<Section<'a>> {
+    fn header(&mut self) -> Option<Header<'a>> {
         if self.peek() == Some(b'[') {
             return None;
         }
@@ -328,13 +359,13 @@ impl<'a> Line<'a> {
             }
             self.skip_ws();
             let (_, name) = self.key()?;
-            Section::Mailbox(name)
+            Header::Mailbox(name)
         } else {
             // Only bare names: a quoted "aliases" is the same table, but rare enough
             // to leave to the whole-file parse.
             match (first, span.len()) {
-                ("aliases", 7) => Section::Aliases,
-                ("catch_all", 9) => Section::CatchAll,
+                ("aliases", 7) => Header::Aliases,
+                ("catch_all", 9) => Header::CatchAll,
                 _ => return None,
             }
         };

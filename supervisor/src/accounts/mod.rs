@@ -27,6 +27,13 @@ mod table;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) use parse::{Policy, parse};
+
+/// The accounts of a file in the form nearly every one has, read line by line
+/// without holding its text (see [`fast`]); `None` for a file [`parse`] must read
+/// whole, and when reading fails.
+pub(crate) fn read_plain(file: &mut dyn std::io::BufRead, policy: &Policy) -> Option<Accounts> {
+    fast::parse(file, policy)
+}
 pub(crate) use table::{Aliases, TargetRef};
 
 use crate::address::Address;

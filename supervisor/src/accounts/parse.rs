@@ -1,5 +1,6 @@
 //! From the accounts file's text to [`Accounts`], reporting every problem at once.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
@@ -32,7 +33,7 @@ const MAILBOX_KEYS: &[&str] = &["password", "disabled", "quota", "send_as"];
 /// goes the whole-file way, so what a person reads about a mistake never depends on
 /// which way was taken.
 pub(crate) fn parse(source: &Source, policy: &Policy) -> Result<Accounts, Invalid> {
-    match super::fast::parse(source, policy) {
+    match super::fast::parse(&mut source.text.as_bytes(), policy) {
         Some(accounts) => Ok(accounts),
         None => parse_whole(source, policy),
     }
@@ -51,25 +52,48 @@ pub(crate) fn parse_whole(source: &Source, policy: &Policy) -> Result<Accounts, 
 
 /// An alias's or catch-all's targets as its value gives them, each with its span:
 /// one string (nearly always, and then without a vector of its own), or a list.
+/// Borrowed from the text read; a copy is kept only for targets that wait to be
+/// resolved, for the line-by-line path keeps no line once it is read.
 pub(super) enum Written<'a> {
-    One((Range<usize>, &'a str)),
-    List(Vec<(Range<usize>, &'a str)>),
+    One((Range<usize>, Cow<'a, str>)),
+    List(Vec<(Range<usize>, Cow<'a, str>)>),
 }
 
 impl<'a> Written<'a> {
-    fn as_slice(&self) -> &[(Range<usize>, &'a str)] {
+    pub(super) fn one(span: Range<usize>, text: &'a str) -> Self {
+        Written::One((span, Cow::Borrowed(text)))
+    }
+
+    pub(super) fn list(list: Vec<(Range<usize>, &'a str)>) -> Self {
+        Written::List(
+            list.into_iter()
+                .map(|(span, text)| (span, Cow::Borrowed(text)))
+                .collect(),
+        )
+    }
+
+    fn as_slice(&self) -> &[(Range<usize>, Cow<'a, str>)] {
         match self {
             Written::One(one) => std::slice::from_ref(one),
             Written::List(list) => list,
+        }
+    }
+
+    fn into_owned(self) -> Written<'static> {
+        let own =
+            |(span, text): (Range<usize>, Cow<'a, str>)| (span, Cow::Owned(text.into_owned()));
+        match self {
+            Written::One(one) => Written::One(own(one)),
+            Written::List(list) => Written::List(list.into_iter().map(own).collect()),
         }
     }
 }
 
 /// A catch-all's targets as written, kept with its key's span until every alias
 /// address is known and they can be resolved.
-struct RawTargets<'a> {
+struct RawTargets {
     key_span: Range<usize>,
-    targets: Written<'a>,
+    targets: Written<'static>,
 }
 
 /// One `[aliases]` key as read: 12 bytes, for there may be 100,000 of them.
@@ -132,15 +156,15 @@ enum KeyTargets {
 
 /// A key whose targets wait for every alias address to be known (it names an
 /// alias, or something is wrong with it).
-struct Later<'a> {
+struct Later {
     key: usize,
-    name: &'a str,
-    targets: Written<'a>,
+    name: String,
+    targets: Written<'static>,
 }
 
 /// What both ways of reading the file share once they have its entries: every
 /// check that is not about TOML's syntax or types, and the resolution of targets.
-pub(super) struct Builder<'a, 'p> {
+pub(super) struct Builder<'p> {
     policy: &'p Policy,
     /// The mailboxes as read, until [`Builder::mailboxes_read`] sorts them into
     /// `mailboxes`.
@@ -148,14 +172,14 @@ pub(super) struct Builder<'a, 'p> {
     pub(super) mailboxes: Mailboxes,
     /// Every alias key, in file order.
     keys: Vec<Key>,
-    later: Vec<Later<'a>>,
+    later: Vec<Later>,
     /// The aliases being filled in. Until [`Builder::finish`] sorts them, each row's
     /// `targets` is the index of its key, and a duplicate address is in it twice.
     table: Aliases,
-    catch_all_raw: BTreeMap<String, RawTargets<'a>>,
+    catch_all_raw: BTreeMap<String, RawTargets>,
 }
 
-impl<'a, 'p> Builder<'a, 'p> {
+impl<'p> Builder<'p> {
     pub(super) fn new(policy: &'p Policy) -> Self {
         Builder {
             policy,
@@ -195,12 +219,12 @@ impl<'a, 'p> Builder<'a, 'p> {
     /// One `[aliases]` entry; `targets` reads its value (and reports a wrong type).
     /// Every mailbox must be in `mailboxes` by now: an alias that is a mailbox's
     /// address is refused here, and targets that are mailboxes are resolved here.
-    pub(super) fn alias(
+    pub(super) fn alias<'t>(
         &mut self,
         d: &mut Diagnostics<'_>,
-        name: &'a str,
+        name: &str,
         key_span: Range<usize>,
-        targets: impl FnOnce(&mut Diagnostics<'_>) -> Option<Written<'a>>,
+        targets: impl FnOnce(&mut Diagnostics<'_>) -> Option<Written<'t>>,
     ) {
         debug_assert!(
             self.read.is_empty(),
@@ -239,7 +263,11 @@ impl<'a, 'p> Builder<'a, 'p> {
         let targets = match self.resolve_now(&targets) {
             Some(resolved) => resolved,
             None => {
-                self.later.push(Later { key, name, targets });
+                self.later.push(Later {
+                    key,
+                    name: name.to_string(),
+                    targets: targets.into_owned(),
+                });
                 KeyTargets::Later
             }
         };
@@ -249,7 +277,7 @@ impl<'a, 'p> Builder<'a, 'p> {
     /// A key's targets resolved at once when each is a mailbox or an outside
     /// address, and none is listed twice: what [`Resolver::target`] makes of them,
     /// without a word to report. `None` leaves them for `finish`.
-    fn resolve_now(&mut self, targets: &Written<'a>) -> Option<KeyTargets> {
+    fn resolve_now(&mut self, targets: &Written<'_>) -> Option<KeyTargets> {
         let list = targets.as_slice();
         if list.is_empty() {
             return None;
@@ -301,12 +329,12 @@ impl<'a, 'p> Builder<'a, 'p> {
     }
 
     /// One `[catch_all]` entry; `targets` reads its value (and reports a wrong type).
-    pub(super) fn catch_all(
+    pub(super) fn catch_all<'t>(
         &mut self,
         d: &mut Diagnostics<'_>,
         domain: &str,
         key_span: Range<usize>,
-        targets: impl FnOnce(&mut Diagnostics<'_>) -> Option<Written<'a>>,
+        targets: impl FnOnce(&mut Diagnostics<'_>) -> Option<Written<'t>>,
     ) {
         if let Err(why) = check_domain(domain) {
             d.error(
@@ -328,8 +356,13 @@ impl<'a, 'p> Builder<'a, 'p> {
             return;
         }
         if let Some(targets) = targets(d) {
-            self.catch_all_raw
-                .insert(domain.to_string(), RawTargets { key_span, targets });
+            self.catch_all_raw.insert(
+                domain.to_string(),
+                RawTargets {
+                    key_span,
+                    targets: targets.into_owned(),
+                },
+            );
         }
     }
 
@@ -383,7 +416,7 @@ impl<'a, 'p> Builder<'a, 'p> {
             mailboxes: &mailboxes,
             table: &table,
         };
-        let resolved_later: Vec<Option<Vec<Found<'a>>>> = later
+        let resolved_later: Vec<Option<Vec<Found<'_>>>> = later
             .iter()
             .map(|l| {
                 resolver.resolve(d, keys[l.key].span(), &l.targets, &|| {
@@ -514,9 +547,9 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
             b.alias(d, name, key.span(), |d| match value.get_ref() {
                 // The common case, one target, without naming the alias for an error
                 // that cannot happen: 100,000 aliases made 100,000 such names.
-                toml::de::DeValue::String(s) => Some(Written::One((value.span(), s.as_ref()))),
+                toml::de::DeValue::String(s) => Some(Written::one(value.span(), s.as_ref())),
                 _ => tomlwalk::as_str_or_list(d, value, &format!("alias `{name}`"))
-                    .map(Written::List),
+                    .map(Written::list),
             });
         }
     }
@@ -528,7 +561,7 @@ fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Opti
             let domain = key_str(key);
             b.catch_all(d, domain, key.span(), |d| {
                 tomlwalk::as_str_or_list(d, value, &format!("catch-all of `{domain}`"))
-                    .map(Written::List)
+                    .map(Written::list)
             });
         }
     }
@@ -823,7 +856,7 @@ impl Resolver<'_> {
         &self,
         d: &mut Diagnostics<'_>,
         key_span: Range<usize>,
-        written: &Written<'t>,
+        written: &'t Written<'_>,
         what: &dyn Fn() -> String,
     ) -> Option<Vec<Found<'t>>> {
         let targets = written.as_slice();

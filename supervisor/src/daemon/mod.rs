@@ -728,8 +728,9 @@ impl Daemon {
 
     async fn check_accounts(&mut self, force: bool) {
         let path = self.resolved.config.accounts_file.clone();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        // Hashed in pieces: an unchanged file is never held whole.
+        let digest = match pipeline::accounts_digest(&path) {
+            Ok(digest) => digest,
             Err(e) => {
                 let message = format!("{}: cannot read the accounts file: {e}", path.display());
                 self.accounts_refused(vec![message]);
@@ -737,12 +738,13 @@ impl Daemon {
                 return;
             }
         };
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
         if !force && self.accounts_seen == Some(digest) {
             return;
         }
-        self.accounts_seen = Some(digest);
-        let accounts = match pipeline::parse_accounts(&self.resolved.config, &path, bytes) {
+        // What is seen is what was validated: the file read again for it.
+        let (accounts, validated) = pipeline::read_and_parse_accounts(&self.resolved.config);
+        self.accounts_seen = validated;
+        let accounts = match accounts {
             Ok(a) => a,
             Err(invalid) => {
                 // Only a change of the file can mend it: no timed retry.
