@@ -263,7 +263,7 @@ async fn relay(mut client: UnixStream, settings: &Settings) {
 }
 
 /// How much is read from either side at once.
-const READ_SIZE: usize = 64 * 1024;
+const READ_SIZE: usize = 16 * 1024;
 
 /// The LMTP dialogue after dovecot's greeting: followed by a [`Dialogue`] for as
 /// long as it can, then copied unchanged both ways to the end.
