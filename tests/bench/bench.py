@@ -1734,6 +1734,9 @@ def print_report(r: dict) -> None:
               f"logins {st['logins']}  failed logins {st['failed_logins']}"
               + ("  (mail still queued at the end)" if st["still_queued"] else "")
               + (f"  ({st['failed_disturbances']} reloads/edits FAILED)" if st.get("failed_disturbances") else ""))
+        if st.get("relay_cpu_s") is not None:
+            print(f"  LMTP relay: {st['relay_cpu_s']:.2f} s CPU for {st['via_relay']} deliveries "
+                  f"({1e3 * st['relay_cpu_s'] / max(1, st['via_relay']):.3f} ms each)")
         for e in st["errors"] + st["deferred_lines"] + st.get("cut_lines", []) + st.get("rcpt_lines", []):
             print(f"    {e}")
     sg = r.get("signing")

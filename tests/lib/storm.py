@@ -229,6 +229,15 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
         what in line for what in ("Auth server restarted", "Server shutting down", "while receiving the initial",
                                   "Internal login failure", "Login aborted", "Disconnected unexpectedly"))]
     relayed = relay_log(host, since)
+    # The relay's CPU time since it started (at the boot's first delivery): what
+    # following the dialogue costs, beside the deliveries it carried.
+    # (/proc: systemd's CPUUsageNSec needs cgroup accounting that a bed may lack.)
+    stat = host.bed.run(["sh", "-c", "cat /proc/$(systemctl show -P MainPID postmaster-lmtp.service)/stat; "
+                         "getconf CLK_TCK"], timeout=60).stdout.split()
+    # utime and stime are fields 14 and 15, after the parenthesised name.
+    cpu_s = None
+    if len(stat) > 15 and stat[1].endswith(")"):
+        cpu_s = (int(stat[13]) + int(stat[14])) / int(stat[-1])
     return {
         "seconds": seconds,
         "accepted": counts.accepted,
@@ -250,6 +259,7 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
         "rcpt_resent": sum(RCPT_RESENT in line for line in relayed),
         "rcpt_saved": sum(RCPT_SAVED in line for line in relayed),
         "relay_unfollowed": sum(UNFOLLOWED in line for line in relayed),
+        "relay_cpu_s": cpu_s,
         "dovecot_reloads": sum("SIGHUP received - reloading configuration" in line for line in journal.splitlines()),
         "still_queued": not drained,
         "errors": counts.errors[:10],
