@@ -278,25 +278,25 @@ impl Dialogue {
 
     /// postfix sent these bytes.
     pub(crate) fn client_sent(&mut self, bytes: &[u8]) -> Vec<Action> {
-        let mut actions = Vec::new();
-        if self.is_raw() {
-            actions.push(Action::ToServer(bytes.to_vec()));
-            return actions;
-        }
-        self.client.extend_from_slice(bytes);
-        self.advance(&mut actions);
-        actions
+        self.received(bytes, true)
     }
 
     /// dovecot sent these bytes.
     pub(crate) fn server_sent(&mut self, bytes: &[u8]) -> Vec<Action> {
+        self.received(bytes, false)
+    }
+
+    fn received(&mut self, bytes: &[u8], from_client: bool) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.is_raw() {
-            actions.push(Action::ToClient(bytes.to_vec()));
-            return actions;
+        match (self.is_raw(), from_client) {
+            (true, true) => actions.push(Action::ToServer(bytes.to_vec())),
+            (true, false) => actions.push(Action::ToClient(bytes.to_vec())),
+            (false, true) => self.client.extend_from_slice(bytes),
+            (false, false) => self.server.extend_from_slice(bytes),
         }
-        self.server.extend_from_slice(bytes);
-        self.advance(&mut actions);
+        if !self.is_raw() {
+            self.advance(&mut actions);
+        }
         actions
     }
 

@@ -6,36 +6,51 @@ const RCPT: &[u8] = b"RCPT TO:<thomas@example.org>\r\n";
 const CUT: &[u8] = b"451 4.3.0 <thomas@example.org> Temporary internal error\r\n";
 const OK: &[u8] = b"250 2.1.5 OK\r\n";
 
+/// What the actions send to dovecot (`to_server`) or to postfix, end to end.
+fn sent(actions: &[Action], to_server: bool) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for action in actions {
+        match (action, to_server) {
+            (Action::ToServer(b), true) | (Action::ToClient(b), false) => bytes.extend(b),
+            _ => {}
+        }
+    }
+    bytes
+}
+
 fn to_server(actions: &[Action]) -> Vec<u8> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::ToServer(b) => Some(b.as_slice()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .concat()
+    sent(actions, true)
 }
 
 fn to_client(actions: &[Action]) -> Vec<u8> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::ToClient(b) => Some(b.as_slice()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .concat()
+    sent(actions, false)
 }
 
 fn pauses(actions: &[Action]) -> Vec<Duration> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Pause(d) => Some(*d),
-            _ => None,
-        })
-        .collect()
+    let mut each = Vec::new();
+    for action in actions {
+        if let Action::Pause(d) = action {
+            each.push(*d);
+        }
+    }
+    each
+}
+
+/// dovecot's `reply` reaches postfix as it is, and nothing else happens.
+fn passes(d: &mut Dialogue, reply: &[u8]) {
+    assert_eq!(d.server_sent(reply), [Action::ToClient(reply.to_vec())]);
+}
+
+/// dovecot's `reply` reaches postfix, and postfix's `next` command, held back until
+/// then, goes to dovecot.
+fn reply_releases(d: &mut Dialogue, reply: &[u8], next: &[u8]) {
+    assert_eq!(
+        d.server_sent(reply),
+        [
+            Action::ToClient(reply.to_vec()),
+            Action::ToServer(next.to_vec())
+        ]
+    );
 }
 
 /// A dialogue past LHLO and MAIL, in a transaction with no recipient yet.
@@ -48,10 +63,7 @@ fn in_transaction() -> Dialogue {
     d.server_sent(LHLO_REPLY);
     let mail = b"MAIL FROM:<a@elsewhere.example> BODY=8BITMIME\r\n";
     assert_eq!(to_server(&d.client_sent(mail)), mail);
-    assert_eq!(
-        to_client(&d.server_sent(b"250 2.1.0 OK\r\n")),
-        b"250 2.1.0 OK\r\n"
-    );
+    passes(&mut d, b"250 2.1.0 OK\r\n");
     d
 }
 
@@ -61,7 +73,7 @@ fn with_recipients(n: usize) -> Dialogue {
     for i in 0..n {
         let line = format!("RCPT TO:<r{i}@example.org>\r\n");
         assert_eq!(to_server(&d.client_sent(line.as_bytes())), line.as_bytes());
-        assert_eq!(to_client(&d.server_sent(OK)), OK);
+        passes(&mut d, OK);
     }
     d
 }
@@ -71,7 +83,7 @@ fn in_message(n: usize) -> Dialogue {
     let mut d = with_recipients(n);
     assert_eq!(to_server(&d.client_sent(b"DATA\r\n")), b"DATA\r\n");
     let go = b"354 OK\r\n";
-    assert_eq!(to_client(&d.server_sent(go)), go);
+    passes(&mut d, go);
     d
 }
 
@@ -86,26 +98,9 @@ fn one_command_at_a_time_even_when_postfix_sends_more() {
     // the second's.
     let actions = d.client_sent(b"MAIL FROM:<>\r\nRCPT TO:<a@example.org>\r\nNOOP\r\n");
     assert_eq!(actions, [Action::ToServer(b"MAIL FROM:<>\r\n".to_vec())]);
-    let actions = d.server_sent(b"250 2.1.0 OK\r\n");
-    assert_eq!(
-        actions,
-        [
-            Action::ToClient(b"250 2.1.0 OK\r\n".to_vec()),
-            Action::ToServer(b"RCPT TO:<a@example.org>\r\n".to_vec()),
-        ]
-    );
-    let actions = d.server_sent(OK);
-    assert_eq!(
-        actions,
-        [
-            Action::ToClient(OK.to_vec()),
-            Action::ToServer(b"NOOP\r\n".to_vec())
-        ]
-    );
-    assert_eq!(
-        to_client(&d.server_sent(b"250 2.0.0 OK\r\n")),
-        b"250 2.0.0 OK\r\n"
-    );
+    reply_releases(&mut d, b"250 2.1.0 OK\r\n", b"RCPT TO:<a@example.org>\r\n");
+    reply_releases(&mut d, OK, b"NOOP\r\n");
+    passes(&mut d, b"250 2.0.0 OK\r\n");
     assert!(!d.is_raw());
 }
 
@@ -135,7 +130,7 @@ fn lhlo_hides_pipelining_and_chunking_and_keeps_the_rest() {
     let mut d = Dialogue::new();
     d.client_sent(b"LHLO\r\n");
     let refused = b"501-5.5.4 Missing\r\n501 5.5.4 domain\r\n";
-    assert_eq!(to_client(&d.server_sent(refused)), refused);
+    passes(&mut d, refused);
 }
 
 #[test]
@@ -185,10 +180,7 @@ fn a_rcpt_cut_at_a_reload_is_sent_again_and_postfix_sees_only_the_acceptance() {
     // The recipient counts: the message gets its one reply.
     d.server_sent(b"354 OK\r\n");
     assert_eq!(to_server(&d.client_sent(b"x\r\n.\r\n")), b"x\r\n.\r\n");
-    assert_eq!(
-        to_client(&d.server_sent(b"250 2.0.0 saved\r\n")),
-        b"250 2.0.0 saved\r\n"
-    );
+    passes(&mut d, b"250 2.0.0 saved\r\n");
     assert!(!d.is_raw());
 }
 
@@ -273,17 +265,8 @@ fn the_message_passes_unchanged_whatever_its_lines_look_like() {
     assert_eq!(d.server_sent(first), [Action::ToClient(first.to_vec())]);
     // A 451 here is the message's, for one recipient: never sent again.
     let second = b"451 4.3.0 <r1@example.org> Temporary internal error\r\n";
-    assert_eq!(
-        d.server_sent(second),
-        [
-            Action::ToClient(second.to_vec()),
-            Action::ToServer(b"RSET\r\n".to_vec())
-        ]
-    );
-    assert_eq!(
-        to_client(&d.server_sent(b"250 2.0.0 OK\r\n")),
-        b"250 2.0.0 OK\r\n"
-    );
+    reply_releases(&mut d, second, b"RSET\r\n");
+    passes(&mut d, b"250 2.0.0 OK\r\n");
     assert!(!d.is_raw());
 }
 
@@ -327,7 +310,7 @@ fn long_lines_stream_through_without_being_held() {
         assert!(d.client.is_empty());
     }
     assert_eq!(to_server(&d.client_sent(b"\r\n.\r\n")), b"\r\n.\r\n");
-    assert_eq!(to_client(&d.server_sent(OK)), OK);
+    passes(&mut d, OK);
     // A command line is not a message line: one past the limit is not followed.
     let mut d = Dialogue::new();
     let long = [b"NOOP ".as_slice(), &vec![b'x'; COMMAND_LIMIT]].concat();
@@ -415,18 +398,12 @@ fn a_new_transaction_counts_its_recipients_from_zero() {
     d.server_sent(b"354 OK\r\n");
     d.client_sent(b".\r\nQUIT\r\n");
     // One reply for the one recipient, then QUIT goes.
-    assert_eq!(
-        d.server_sent(OK),
-        [
-            Action::ToClient(OK.to_vec()),
-            Action::ToServer(b"QUIT\r\n".to_vec())
-        ]
-    );
+    reply_releases(&mut d, OK, b"QUIT\r\n");
     // DATA refused: no message follows, commands do.
     let mut d = in_transaction();
     d.client_sent(b"DATA\r\n");
     let refused = b"554 5.5.1 No valid recipients\r\n";
-    assert_eq!(to_client(&d.server_sent(refused)), refused);
+    passes(&mut d, refused);
     assert_eq!(to_server(&d.client_sent(b"QUIT\r\n")), b"QUIT\r\n");
     assert!(!d.is_raw());
 }
