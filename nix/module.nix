@@ -1791,8 +1791,9 @@ in
       # recreates its LMTP socket, and a delivery postfix had just connected to the
       # old one was deferred. postfix delivers to this socket instead, which systemd
       # holds; `postmaster lmtp-relay` behind it waits for dovecot's greeting (trying
-      # again while the socket is replaced) and then copies bytes both ways
-      # unchanged. Only postfix may connect (0600), as to dovecot's own socket.
+      # again while the socket is replaced) and then passes the dialogue on,
+      # sending again a RCPT that a reload's cut user lookup made dovecot answer
+      # 451 4.3.0. Only postfix may connect (0600), as to dovecot's own socket.
       # private/ is postfix's; postfix-setup's `postfix set-permissions` makes it
       # postfix's 0700 even if systemd made it first.
       systemd.sockets.postmaster-lmtp = {

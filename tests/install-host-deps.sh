@@ -19,6 +19,8 @@ packages=(
   libnet-ssleay-perl
   # the TLS profile's judge (tests/scenarios/test_tls_profile.py)
   testssl.sh
+  # ./bench's scale part: a command's own peak RSS (GNU time's %M)
+  time
 )
 
 missing=()

@@ -160,7 +160,9 @@ pub(crate) enum Commands {
     /// Relay postfix's LMTP deliveries to dovecot from the socket systemd holds
     /// (postmaster-lmtp.socket, started by systemd as postmaster-lmtp.service):
     /// connects to dovecot and waits for its greeting, trying again while a dovecot
-    /// reload replaces its socket, then copies the bytes both ways unchanged.
+    /// reload replaces its socket, then passes the dialogue on unchanged but for
+    /// a RCPT dovecot answered 451 4.3.0 (a user lookup a reload cut), which it
+    /// sends again.
     #[command(name = "lmtp-relay")]
     LmtpRelay {
         /// dovecot's LMTP socket.

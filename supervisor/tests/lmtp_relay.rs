@@ -1,8 +1,11 @@
 //! `postmaster lmtp-relay` as systemd runs it: the binary, handed a listening unix
 //! socket as fd 3 (LISTEN_FDS), in front of a fake dovecot on a real unix socket in
 //! a temporary directory. The fake loses connections before its greeting the way a
-//! dovecot reload does; the relay must hide that from its client and pass every
-//! byte unchanged afterwards, and never try again once the client spoke.
+//! dovecot reload does; the relay must hide that from its client, pass what it
+//! does not follow unchanged afterwards, and never open another connection once
+//! the client spoke. A fake that speaks LMTP answers a RCPT as dovecot does when a
+//! reload cut its user lookup: the relay sends that RCPT again, and the client sees
+//! only the last reply.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -227,4 +230,175 @@ fn without_a_socket_from_systemd_it_says_what_to_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("postmaster-lmtp.socket"), "{err}");
+}
+
+/// What a fake dovecot that speaks LMTP saw of one connection.
+#[derive(Default)]
+struct Seen {
+    /// Every command line, as received.
+    commands: Vec<String>,
+    /// Every message, as received between DATA's 354 and the lone dot.
+    messages: Vec<Vec<u8>>,
+}
+
+/// A fake dovecot's LMTP: greets, offers PIPELINING and CHUNKING among its
+/// extensions, and answers its first `cut` RCPTs the way dovecot does when a
+/// reload cut its user lookup; every later RCPT is accepted.
+fn lmtp_dovecot(path: PathBuf, cut: usize) -> Arc<std::sync::Mutex<Seen>> {
+    use std::io::BufRead;
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let record = seen.clone();
+    let listener = UnixListener::bind(&path).expect("bind the fake dovecot");
+    thread::spawn(move || {
+        let (conn, _) = listener.accept().expect("accept");
+        let mut out = conn.try_clone().unwrap();
+        let mut lines = std::io::BufReader::new(conn);
+        out.write_all(GREETING).unwrap();
+        let (mut refused, mut accepted) = (0, 0);
+        loop {
+            let mut line = Vec::new();
+            if lines.read_until(b'\n', &mut line).unwrap() == 0 {
+                return;
+            }
+            let command = String::from_utf8(line).unwrap();
+            record.lock().unwrap().commands.push(command.clone());
+            let reply: &[u8] = match &command[..4] {
+                "LHLO" => {
+                    b"250-fake.example\r\n250-8BITMIME\r\n250-CHUNKING\r\n\
+                      250-ENHANCEDSTATUSCODES\r\n250 PIPELINING\r\n"
+                }
+                "MAIL" => b"250 2.1.0 OK\r\n",
+                "RCPT" if refused < cut => {
+                    refused += 1;
+                    b"451 4.3.0 <thomas@example.org> Temporary internal error\r\n"
+                }
+                "RCPT" => {
+                    accepted += 1;
+                    b"250 2.1.5 OK\r\n"
+                }
+                "DATA" if accepted == 0 => b"554 5.5.1 No valid recipients\r\n",
+                "DATA" => {
+                    out.write_all(b"354 OK\r\n").unwrap();
+                    let mut message = Vec::new();
+                    loop {
+                        let mut line = Vec::new();
+                        lines.read_until(b'\n', &mut line).unwrap();
+                        if line == b".\r\n" {
+                            break;
+                        }
+                        message.extend_from_slice(&line);
+                    }
+                    record.lock().unwrap().messages.push(message);
+                    for _ in 0..accepted {
+                        out.write_all(b"250 2.0.0 <thomas@example.org> Saved\r\n")
+                            .unwrap();
+                    }
+                    continue;
+                }
+                "QUIT" => {
+                    out.write_all(b"221 2.0.0 Bye\r\n").unwrap();
+                    return;
+                }
+                _ => b"500 5.5.1 Unknown command\r\n",
+            };
+            out.write_all(reply).unwrap();
+        }
+    });
+    seen
+}
+
+/// Reads one reply (all its lines) from the relay.
+fn read_reply(r: &mut impl std::io::BufRead) -> String {
+    let mut reply = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "closed after {reply:?}"
+        );
+        reply.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return reply;
+        }
+    }
+}
+
+/// postfix's side of one delivery to thomas, in lockstep; returns each reply.
+fn deliver(listen: &Path, message: &[u8]) -> Vec<String> {
+    let c = client(listen);
+    let mut w = c.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(c);
+    let mut replies = vec![read_reply(&mut r)];
+    for command in [
+        "LHLO postfix.example\r\n",
+        "MAIL FROM:<someone@elsewhere.example>\r\n",
+        "RCPT TO:<thomas@example.org>\r\n",
+        "DATA\r\n",
+    ] {
+        w.write_all(command.as_bytes()).unwrap();
+        replies.push(read_reply(&mut r));
+    }
+    if replies[4].starts_with("354") {
+        w.write_all(message).unwrap();
+        w.write_all(b".\r\n").unwrap();
+        replies.push(read_reply(&mut r));
+    }
+    w.write_all(b"QUIT\r\n").unwrap();
+    replies.push(read_reply(&mut r));
+    replies
+}
+
+/// A message with lines that read like commands and replies, and a stuffed dot.
+const MESSAGE: &[u8] = b"Subject: cut\r\n\r\nRCPT TO:<someone@example.org>\r\n\
+451 4.3.0 not a reply\r\n..stuffed\r\n.\tnot the end\r\n";
+
+#[test]
+fn a_rcpt_cut_by_a_reload_is_sent_again_and_postfix_sees_250_and_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, backend) = (dir.path().join("relay"), dir.path().join("dovecot-lmtp"));
+    let seen = lmtp_dovecot(backend.clone(), 1);
+    let _relay = Relay::start(&listen, &backend, 30);
+
+    let replies = deliver(&listen, MESSAGE);
+    // postfix never learns of PIPELINING or CHUNKING, and not of the 451.
+    assert_eq!(
+        replies[1],
+        "250-fake.example\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+    );
+    assert_eq!(replies[3], "250 2.1.5 OK\r\n", "{replies:?}");
+    assert_eq!(replies[4], "354 OK\r\n");
+    assert_eq!(replies[5], "250 2.0.0 <thomas@example.org> Saved\r\n");
+    assert_eq!(replies[6], "221 2.0.0 Bye\r\n");
+    assert_eq!(replies.len(), 7, "{replies:?}");
+    let seen = seen.lock().unwrap();
+    let rcpts = seen.commands.iter().filter(|c| c.starts_with("RCPT"));
+    assert_eq!(rcpts.count(), 2, "{:?}", seen.commands);
+    assert_eq!(seen.messages, [MESSAGE.to_vec()]);
+}
+
+#[test]
+fn a_rcpt_cut_every_time_reaches_postfix_as_dovecots_451_after_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, backend) = (dir.path().join("relay"), dir.path().join("dovecot-lmtp"));
+    let seen = lmtp_dovecot(backend.clone(), usize::MAX);
+    let _relay = Relay::start(&listen, &backend, 30);
+
+    let started = Instant::now();
+    let replies = deliver(&listen, MESSAGE);
+    let waited = started.elapsed();
+    assert_eq!(
+        replies[3],
+        "451 4.3.0 <thomas@example.org> Temporary internal error\r\n"
+    );
+    // No recipient: dovecot's refusal of DATA, and no message.
+    assert_eq!(replies[4], "554 5.5.1 No valid recipients\r\n");
+    // 4 tries, 100 + 300 + 600 ms apart.
+    assert!(
+        waited >= Duration::from_millis(1000) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    let seen = seen.lock().unwrap();
+    let rcpts = seen.commands.iter().filter(|c| c.starts_with("RCPT"));
+    assert_eq!(rcpts.count(), 4, "{:?}", seen.commands);
+    assert!(seen.messages.is_empty());
 }

@@ -32,14 +32,22 @@ MAILBOX = "thomas"
 # show up here any more.
 SOCKET_REPLACED = re.compile(r"status=deferred \(lost connection with \S*\[private/(?:dovecot|postmaster)-lmtp\] "
                              r"while receiving the initial server greeting\)")
-# The one deferral the relay cannot prevent: a reload cuts lmtp's user lookup (dovecot
-# logs "auth-master: userdb lookup(...): Disconnected unexpectedly") and lmtp answers
-# the RCPT with a 451; the RCPT was sent, so nobody may try it again but postfix.
+# A reload also cuts lmtp's user lookups (dovecot logs "auth-master: userdb
+# lookup(...): Disconnected unexpectedly") and lmtp answers the RCPT with
+# "451 4.3.0 ... Temporary internal error". postfix deferred that recipient; the relay
+# now sends such a RCPT again (supervisor/src/lmtp_relay/dialogue.rs), so a deferral
+# of this kind means its tries ran out.
 USERDB_CUT = re.compile(r"status=deferred \(host \S*\[private/postmaster-lmtp\] said: 451 4\.3\.0 .*"
                         r"\(in reply to RCPT TO command\)\)")
 USERDB_CUT_EVIDENCE = re.compile(r"auth-master: userdb lookup\(.*\): Disconnected unexpectedly")
 # The relay's line for a delivery it saved that way (supervisor/src/lmtp_relay.rs).
 RELAY_RETRIED = "dovecot's LMTP socket was being replaced: greeted at try"
+# The relay's lines for a RCPT it sent again, and for one then accepted: each of
+# those a deferral without it (supervisor/src/lmtp_relay.rs).
+RCPT_RESENT = "RCPT TO sent again after an internal error"
+RCPT_SAVED = "RCPT TO accepted at try"
+# The relay's line for a connection whose dialogue it stopped following.
+UNFOLLOWED = "LMTP dialogue no longer followed"
 
 
 @dataclass
@@ -109,15 +117,17 @@ def _logins(host, stop: threading.Event, counts: Counts) -> None:
         time.sleep(0.05)
 
 
-def _disturb(host, every: float, stop: threading.Event, counts: Counts, renewals: tuple[str, ...]) -> None:
+def _disturb(host, every: float, stop: threading.Event, counts: Counts, renewals: tuple[str, ...],
+             renewals_only: bool) -> None:
     bed = host.bed
     added: str | None = None
     for i in itertools.count():
         if stop.wait(every):
             break
+        step = 0 if renewals_only else i
         try:
-            _disturb_once(bed, i, renewals, added)
-            if i % 3 == 1:
+            _disturb_once(bed, step, renewals, added)
+            if step % 3 == 1:
                 added = f"storm{i}"
         except Exception as e:  # a reload that fails is a finding too, not a silent stop
             with counts.lock:
@@ -147,19 +157,19 @@ def _disturb_once(bed, i: int, renewals: tuple[str, ...], added: str | None) -> 
         bed.run(["systemctl", "reload", "postmaster.service"], timeout=60, check=True)
 
 
-def relay_retries(host: mailhost.MailHost, since: str) -> int:
-    """How many deliveries the LMTP relay had to try again for: each one a delivery
-    that postfix would have deferred had it connected to dovecot's socket itself."""
-    out = host.bed.run(["journalctl", "--no-pager", "-q", "--since", since, "-u", "postmaster-lmtp.service"],
-                       timeout=60).stdout
-    return sum(RELAY_RETRIED in line for line in out.splitlines())
+def relay_log(host: mailhost.MailHost, since: str) -> list[str]:
+    """The LMTP relay's journal lines since `since`."""
+    return host.bed.run(["journalctl", "--no-pager", "-q", "--since", since, "-u", "postmaster-lmtp.service"],
+                        timeout=60).stdout.splitlines()
 
 
 def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, every: float = 3.0,
-        settle: float = 90.0, renewals: tuple[str, ...] = ("dovecot.service", "postfix.service")) -> dict:
+        settle: float = 90.0, renewals: tuple[str, ...] = ("dovecot.service", "postfix.service"),
+        renewals_only: bool = False) -> dict:
     """Runs the storm for `seconds`, waits for the queue to empty (at most `settle`),
     and returns the counts. `renewals`: the units a renewal reloads (fewer, to
-    find out which one disturbs)."""
+    find out which one disturbs). `renewals_only`: every disturbance a renewal
+    (dovecot reloaded every `every` seconds), no accounts edit or postmaster reload."""
     run_id = uuid.uuid4().hex[:8]
     started = time.time()
     stop = threading.Event()
@@ -168,7 +178,7 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
     threads = [threading.Thread(target=_sender, args=(host, port, run_id, stop, counts, serial))
                for port in (25, 587) for _ in range(senders_per_port)]
     threads.append(threading.Thread(target=_logins, args=(host, stop, counts)))
-    threads.append(threading.Thread(target=_disturb, args=(host, every, stop, counts, renewals)))
+    threads.append(threading.Thread(target=_disturb, args=(host, every, stop, counts, renewals, renewals_only)))
     for t in threads:
         t.start()
     time.sleep(seconds)
@@ -218,6 +228,16 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
     cut = [line for line in journal.splitlines() if any(
         what in line for what in ("Auth server restarted", "Server shutting down", "while receiving the initial",
                                   "Internal login failure", "Login aborted", "Disconnected unexpectedly"))]
+    relayed = relay_log(host, since)
+    # The relay's CPU time since it started (at the boot's first delivery): what
+    # following the dialogue costs, beside the deliveries it carried.
+    # (/proc: systemd's CPUUsageNSec needs cgroup accounting that a bed may lack.)
+    stat = host.bed.run(["sh", "-c", "cat /proc/$(systemctl show -P MainPID postmaster-lmtp.service)/stat; "
+                         "getconf CLK_TCK"], timeout=60).stdout.split()
+    # utime and stime are fields 14 and 15, after the parenthesised name.
+    cpu_s = None
+    if len(stat) > 15 and stat[1].endswith(")"):
+        cpu_s = (int(stat[13]) + int(stat[14])) / int(stat[-1])
     return {
         "seconds": seconds,
         "accepted": counts.accepted,
@@ -225,8 +245,8 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
         "duplicated": sum(n - 1 for n in seen.values() if n > 1),
         "deferred": len(deferred),
         "deferred_at_reload": len(at_reload),
-        # One allowed deferral per lookup dovecot says was cut, no more.
-        "deferred_userdb_cut": min(len(userdb_cut), cut_lookups),
+        # Deferrals for a RCPT answered 451 4.3.0 that the relay's tries did not save.
+        "deferred_userdb_cut": len(userdb_cut),
         "cut_lookups": cut_lookups,
         "failed_sessions": counts.failed_sessions,
         "logins": counts.logins,
@@ -235,10 +255,16 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
         "failed_disturbances": counts.failed_disturbances,
         "via_relay": via_relay,
         "around_relay": len(lmtp_sent) - via_relay,
-        "relay_retries": relay_retries(host, since),
+        "relay_retries": sum(RELAY_RETRIED in line for line in relayed),
+        "rcpt_resent": sum(RCPT_RESENT in line for line in relayed),
+        "rcpt_saved": sum(RCPT_SAVED in line for line in relayed),
+        "relay_unfollowed": sum(UNFOLLOWED in line for line in relayed),
+        "relay_cpu_s": cpu_s,
         "dovecot_reloads": sum("SIGHUP received - reloading configuration" in line for line in journal.splitlines()),
         "still_queued": not drained,
         "errors": counts.errors[:10],
         "deferred_lines": deferred[:10],
         "cut_lines": [line for line in cut if "status=deferred" not in line][:10],
+        "rcpt_lines": [line for line in relayed if RCPT_RESENT in line or RCPT_SAVED in line
+                       or UNFOLLOWED in line or "RCPT TO still answered" in line][:10],
     }

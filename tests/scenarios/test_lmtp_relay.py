@@ -16,6 +16,11 @@ import mailclient as mc
 
 OUTSIDE = "someone@elsewhere.example"
 RETRIED = "dovecot's LMTP socket was being replaced: greeted at try"
+# The relay's lines for a RCPT sent again and for one then accepted, and for a
+# connection it stopped following (supervisor/src/lmtp_relay.rs).
+RCPT_RESENT = "RCPT TO sent again after an internal error"
+RCPT_SAVED = "RCPT TO accepted at try"
+UNFOLLOWED = "LMTP dialogue no longer followed"
 
 
 def since(bed) -> str:
@@ -47,6 +52,9 @@ def test_postfix_delivers_through_the_relay_which_only_postfix_reaches(host, ser
     mc.imap_find(server, *anna, subject)
     sent = mc.wait_for("postfix's log of the delivery", lambda: delivered(bed, start, 1))
     assert all("[private/postmaster-lmtp]" in line for line in sent), sent
+    # The relay followed postfix and dovecot's dialogue to its end: nothing in it
+    # (an extension dovecot offers, a command postfix sends) made it stop.
+    assert UNFOLLOWED not in relay_log(bed, start), relay_log(bed, start)
     # The socket: postfix's alone, as dovecot's is; the relay runs as postfix.
     for sock in ("postmaster-lmtp", "dovecot-lmtp"):
         mode = bed.run(["stat", "-c", "%F %U %G %a", f"/var/spool/postfix/private/{sock}"], check=True).stdout
@@ -153,3 +161,43 @@ def test_the_relay_units_verify_clean_and_are_hardened(host):
     # AF_UNIX itself, the host's root directory, RemoveIPC= (not set: it would remove
     # user postfix's IPC objects, postfix's own) and the clock's device (read-only).
     assert float(m.group(1)) <= 0.3, out
+
+
+def test_a_rcpt_whose_user_lookup_was_cut_is_sent_again_instead_of_deferred(host, server, thomas):
+    """What a dovecot reload does to an lmtp user lookup, made to happen on purpose:
+    dovecot's auth process is frozen while a delivery's RCPT waits for its lookup,
+    then killed. lmtp answers that RCPT 451 4.3.0 (its lookup "Disconnected
+    unexpectedly"), which postfix deferred to its next queue run; the relay sends
+    the RCPT again, dovecot's master starts a new auth process for the new lookup,
+    and the mail is delivered at once."""
+    bed = host.bed
+    start = since(bed)
+    # A delivery first, so that the lmtp process the next one reaches holds a
+    # connection to auth that the kill cuts (one still waiting in the socket's
+    # backlog would be taken by the next auth process, as at a reload).
+    assert mc.send_inbound(server, OUTSIDE, ["thomas@example.org"], mc.unique_subject("before the cut")) == {}
+    mc.wait_for("postfix's log of the first delivery", lambda: delivered(bed, start, 1))
+    procs = bed.run(["ps", "-eo", "pid=,args="], check=True).stdout.splitlines()
+    auth = [line.split()[0] for line in procs if line.split(None, 1)[1:] == ["dovecot/auth"]]
+    assert len(auth) == 1, procs
+    bed.run(["kill", "-STOP", auth[0]], check=True)
+    try:
+        subject = mc.unique_subject("user lookup cut")
+        # Port 25 needs nothing of dovecot's auth to accept it (no AUTH).
+        assert mc.send_inbound(server, OUTSIDE, ["thomas@example.org"], subject) == {}
+        # postfix hands it on at once; lmtp's lookup then waits for the frozen auth.
+        time.sleep(2)
+    finally:
+        bed.run(["kill", "-KILL", auth[0]], check=True)
+    mc.imap_find(server, *thomas, subject)
+    sent = mc.wait_for("postfix's log of the deliveries", lambda: delivered(bed, start, 2))
+    assert all("[private/postmaster-lmtp]" in line for line in sent), sent
+    log = mail_log(bed, start)
+    # dovecot's lines for the cut lookup and postfix's for the delivery, for `pytest -rP`.
+    print("\n".join(line for line in log.splitlines() if "thomas@example.org" in line))
+    assert "Disconnected unexpectedly" in log, "the lookup was not cut: the test did not test"
+    assert "status=deferred" not in log, [line for line in log.splitlines() if "status=deferred" in line]
+    relayed = relay_log(bed, start)
+    print(relayed)
+    assert RCPT_RESENT in relayed and RCPT_SAVED in relayed, relayed
+    assert UNFOLLOWED not in relayed, relayed
