@@ -238,9 +238,10 @@ mod tests {
         assert_eq!(map_type_from_postconf("hash\nlmdbx\n"), MapType::Hash);
     }
 
-    fn accounts_config(dir: &Path) -> Config {
+    /// A configuration with its state (and the accounts file) in `dir`.
+    fn config_in(dir: &Path, more: &str) -> Config {
         let text = format!(
-            "host_name = \"mail.example.org\"\ndomains = [\"example.org\"]\nstate_dir = \"{0}\"\naccounts_file = \"{0}/accounts.toml\"\ninsecure_allow_plain_passwords = true\n",
+            "host_name = \"mail.example.org\"\ndomains = [\"example.org\", \"example.net\"]\nstate_dir = \"{0}\"\naccounts_file = \"{0}/accounts.toml\"\n{more}",
             dir.display()
         );
         Config::parse(&crate::diag::Source::new(
@@ -254,7 +255,7 @@ mod tests {
     fn the_accounts_file_is_read_line_by_line_or_again_whole_with_the_digest_of_what_was_validated()
     {
         let dir = tempfile::tempdir().unwrap();
-        let config = accounts_config(dir.path());
+        let config = config_in(dir.path(), "insecure_allow_plain_passwords = true\n");
         let whole = |text: &str| {
             let source = tomlwalk::decode(&config.accounts_file, text.into()).unwrap();
             accounts::parse(&source, &config.accounts_policy())
@@ -298,23 +299,11 @@ mod tests {
         assert!(accounts_digest(&config.accounts_file).is_err());
     }
 
-    fn dkim_config(state_dir: &Path) -> Config {
-        let text = format!(
-            "host_name = \"mail.example.org\"\ndomains = [\"example.org\", \"example.net\"]\nstate_dir = \"{}\"\n",
-            state_dir.display()
-        );
-        Config::parse(&crate::diag::Source::new(
-            "/etc/postmaster/config.toml",
-            text,
-        ))
-        .unwrap()
-    }
-
     #[test]
     fn dkim_keys_are_made_once_and_switched_only_when_dns_shows_the_new_one() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let config = dkim_config(dir.path());
+        let config = config_in(dir.path(), "");
         // Without the setgid directory rspamd could not read the keys: refused.
         let err = apply_dkim(&config, &BTreeMap::new(), &[]).unwrap_err();
         assert!(
