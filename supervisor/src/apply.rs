@@ -227,9 +227,10 @@ pub(crate) fn write_atomic(
 }
 
 /// Writes what `write` writes to `path` atomically with `mode` (and group `gid`);
-/// returns whether anything changed. With `compare`, the bytes are compared with
-/// the file in place as they are written: when they are the same (and so are the
-/// mode and group), the temporary goes and nothing changes.
+/// returns whether anything changed. With `compare`, the rendering is first
+/// compared with the file in place (see [`renders_as`]): when it is the same, and so
+/// are the mode and group, nothing is written, not even a temporary, so an apply
+/// that changes nothing needs no free space.
 fn write_atomic_with(
     path: &Path,
     mode: u32,
@@ -238,19 +239,18 @@ fn write_atomic_with(
     write: &dyn Fn(&mut dyn Write) -> io::Result<()>,
 ) -> Result<bool, ApplyError> {
     let old = fs::metadata(path).ok();
-    let compare = compare
+    if compare
         && old.as_ref().is_some_and(|meta| {
             meta.permissions().mode() & 0o7777 == mode && gid.is_none_or(|g| meta.gid() == g)
-        });
+        })
+        && renders_as(path, write).map_err(io_err("comparing with", path))?
+    {
+        return Ok(false);
+    }
     let tmp = temporary_name(path);
     let result = (|| {
         let f = create_temporary(&tmp, mode, gid)?;
-        let same =
-            write_comparing(&f, compare.then_some(path), write).map_err(io_err("writing", &tmp))?;
-        if same {
-            fs::remove_file(&tmp).map_err(io_err("removing", &tmp))?;
-            return Ok(false);
-        }
+        write_buffered(&f, write).map_err(io_err("writing", &tmp))?;
         if let Some(meta) = &old {
             bump_mtime(&f, meta).map_err(io_err("setting the time of", &tmp))?;
         }
@@ -282,60 +282,78 @@ fn create_temporary(path: &Path, mode: u32, gid: Option<u32>) -> Result<fs::File
     Ok(f)
 }
 
-/// Writes what `write` writes to `out` through a buffer, and says whether it is
-/// byte for byte the file at `compare`.
-fn write_comparing(
+/// Writes what `write` writes to `out` through a buffer: a renderer writes row by
+/// row.
+fn write_buffered(
     out: &fs::File,
-    compare: Option<&Path>,
     write: &dyn Fn(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<bool> {
-    let old = compare.and_then(|p| fs::File::open(p).ok());
-    let mut buffered = io::BufWriter::with_capacity(
-        64 * 1024,
-        Comparing {
-            out,
-            old,
-            piece: Vec::new(),
-        },
-    );
+) -> io::Result<()> {
+    let mut buffered = io::BufWriter::with_capacity(COMPARED_PIECE, out);
     write(&mut buffered)?;
-    let comparing = buffered.into_inner().map_err(|e| e.into_error())?;
-    Ok(comparing.same())
+    buffered.flush()
 }
 
-/// Passes bytes on to a file and compares them with another file's as they pass:
-/// whether a rendering changed anything is known once it is written, without
-/// holding it whole or reading it back.
-struct Comparing<W> {
-    out: W,
-    /// The file compared with, read as far as the bytes written; `None` once they
-    /// differ (or there is none).
-    old: Option<fs::File>,
+/// How much of a rendering is compared, or written, at once.
+const COMPARED_PIECE: usize = 64 * 1024;
+
+/// Whether what `write` writes is byte for byte the file at `path`: compared piece
+/// by piece as it is rendered, written nowhere, and the rendering stopped at the
+/// first difference. No file, or one that cannot be read, is not the same.
+fn renders_as(path: &Path, write: &dyn Fn(&mut dyn Write) -> io::Result<()>) -> io::Result<bool> {
+    let Ok(old) = fs::File::open(path) else {
+        return Ok(false);
+    };
+    let mut buffered = io::BufWriter::with_capacity(
+        COMPARED_PIECE,
+        Comparing {
+            old,
+            piece: vec![0; COMPARED_PIECE],
+        },
+    );
+    match write(&mut buffered).and_then(|()| buffered.flush()) {
+        Ok(()) => {}
+        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<Differs>()) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let Ok(mut comparing) = buffered.into_inner() else {
+        return Ok(false);
+    };
+    // Every byte written was the old file's: the same if the old file has no more.
+    Ok(matches!(comparing.old.read(&mut [0u8; 1]), Ok(0)))
+}
+
+/// Takes bytes written as the next bytes of a file, and stops the writer with
+/// [`Differs`] at the first that are not.
+struct Comparing {
+    old: fs::File,
     piece: Vec<u8>,
 }
 
-impl<W: Write> Write for Comparing<W> {
+/// The error [`Comparing`] stops a rendering with: it is not the file in place.
+#[derive(Debug)]
+struct Differs;
+
+impl std::fmt::Display for Differs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not the file in place")
+    }
+}
+
+impl std::error::Error for Differs {}
+
+impl Write for Comparing {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        if let Some(old) = &mut self.old {
-            self.piece.resize(n, 0);
-            if old.read_exact(&mut self.piece).is_err() || self.piece[..] != buf[..n] {
-                self.old = None;
-            }
+        let n = buf.len().min(self.piece.len());
+        let piece = &mut self.piece[..n];
+        // A read error is a difference: the file is written anew.
+        if self.old.read_exact(piece).is_err() || piece[..] != buf[..n] {
+            return Err(io::Error::other(Differs));
         }
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-}
-
-impl<W> Comparing<W> {
-    /// Whether every byte written was the old file's, and the old file has no more.
-    fn same(self) -> bool {
-        self.old
-            .is_some_and(|mut old| matches!(old.read(&mut [0u8; 1]), Ok(0)))
+        Ok(())
     }
 }
 
@@ -376,8 +394,8 @@ fn table_is_fresh(path: &Path, map_type: MapType) -> bool {
     }
 }
 
-/// Whether the file at `path` holds exactly `content`, read in pieces: a map of
-/// 100,000 aliases is not read into a second copy just to be compared.
+/// Whether the file at `path` holds exactly `content` (bytes already in memory: a
+/// certificate, a key), read in pieces, so no second copy is made to compare.
 fn same_content(path: &Path, content: &[u8]) -> bool {
     let Ok(mut f) = fs::File::open(path) else {
         return false;
@@ -426,15 +444,14 @@ fn start_map(
 ) -> Result<Option<Compiling>, ApplyError> {
     let tmp_source = temporary_name(path);
     let tmp_table = with_suffix(&tmp_source, map_type.suffix());
-    let compare = table_is_fresh(path, map_type).then_some(path);
+    if table_is_fresh(path, map_type)
+        && renders_as(path, &|out| file.write_to(out)).map_err(io_err("comparing with", path))?
+    {
+        return Ok(None);
+    }
     let started = (|| {
         let f = create_temporary(&tmp_source, 0o644, None)?;
-        let same = write_comparing(&f, compare, &|out| file.write_to(out))
-            .map_err(io_err("writing", &tmp_source))?;
-        if same {
-            fs::remove_file(&tmp_source).map_err(io_err("removing", &tmp_source))?;
-            return Ok(None);
-        }
+        write_buffered(&f, &|out| file.write_to(out)).map_err(io_err("writing", &tmp_source))?;
         f.sync_all().map_err(io_err("flushing", &tmp_source))?;
         Command::new(postmap)
             .arg(format!("{}:{}", map_type.name(), tmp_source.display()))
@@ -442,12 +459,10 @@ fn start_map(
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map(Some)
             .map_err(io_err("running postmap for", path))
     })();
     match started {
-        Ok(None) => Ok(None),
-        Ok(Some(child)) => Ok(Some(Compiling {
+        Ok(child) => Ok(Some(Compiling {
             path: path.to_path_buf(),
             table: with_suffix(path, map_type.suffix()),
             tmp_source,
@@ -780,20 +795,21 @@ mod tests {
     }
 
     #[test]
-    fn written_bytes_are_compared_with_the_old_file_in_pieces_to_the_last_byte() {
+    fn a_rendering_is_compared_with_the_old_file_in_pieces_to_the_last_byte() {
         let dir = tempfile::tempdir().unwrap();
         let old = dir.path().join("old");
         let mut content = vec![b'x'; 200_000];
         fs::write(&old, &content).unwrap();
+        // Written in small pieces, as a renderer writes rows, and in one piece larger
+        // than the buffer, as a rendered File writes itself.
         let same = |content: &[u8], compare: &Path| {
-            let out = fs::File::create(dir.path().join("new")).unwrap();
-            // Written in small pieces, as a renderer writes rows.
-            let same = write_comparing(&out, Some(compare), &|w| {
+            let small = renders_as(compare, &|w| {
                 content.chunks(7).try_for_each(|piece| w.write_all(piece))
             })
             .unwrap();
-            assert_eq!(fs::read(dir.path().join("new")).unwrap(), content);
-            same
+            let whole = renders_as(compare, &|w| w.write_all(content)).unwrap();
+            assert_eq!(small, whole);
+            small
         };
         assert!(same(&content, &old));
         content[199_999] = b'y';
@@ -803,6 +819,55 @@ mod tests {
         content.push(b'x');
         assert!(!same(&content, &old), "a longer content");
         assert!(!same(b"", &dir.path().join("none")), "no file");
+        fs::write(dir.path().join("empty"), b"").unwrap();
+        assert!(same(b"", &dir.path().join("empty")), "both empty");
+    }
+
+    #[test]
+    fn a_rendering_is_stopped_at_its_first_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        fs::write(&old, "row\n".repeat(100_000)).unwrap();
+        let rows = std::cell::Cell::new(0);
+        let same = renders_as(&old, &|w| {
+            (0..100_000).try_for_each(|i| {
+                rows.set(i);
+                w.write_all(if i == 10 { b"new\n" } else { b"row\n" })
+            })
+        })
+        .unwrap();
+        assert!(!same);
+        // The difference shows once the buffer (64 KiB, ~16,000 rows) is compared.
+        assert!(rows.get() < 20_000, "rendered {} rows", rows.get());
+    }
+
+    #[test]
+    fn an_unchanged_file_or_map_needs_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("virtual_alias");
+        let postmap = fake_postmap(dir.path(), "cp \"${1#lmdb:}\" \"${1#lmdb:}.lmdb\"\n");
+        let file = map(path.to_str().unwrap(), "a@example.org\ta@example.org\n");
+        let compiled = start_map(&path, &file, MapType::Lmdb, &postmap)
+            .unwrap()
+            .expect("a new map is compiled")
+            .finish()
+            .unwrap();
+        compiled.put_in_place().unwrap();
+        // Where the temporary would go, something is in the way (as a full disk or a
+        // read-only directory would be): what changes nothing must not need it.
+        fs::write(temporary_name(&path), b"in the way").unwrap();
+        assert!(
+            start_map(&path, &file, MapType::Lmdb, &postmap)
+                .unwrap()
+                .is_none()
+        );
+        assert!(!write_file(&path, &file, None).unwrap());
+        // A change does need it, and says so.
+        let changed = map(path.to_str().unwrap(), "b@example.org\tb@example.org\n");
+        let e = start_map(&path, &changed, MapType::Lmdb, &postmap)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("creating"), "{e}");
     }
 
     /// A stand-in for postmap, as an executable script in `dir`.
