@@ -285,7 +285,7 @@ impl<'p> Builder<'p> {
         let (text_before, at) = (self.table.text.len(), self.table.slots.len());
         for (_, text) in list {
             let slot = match self.found_now(text) {
-                Some(found) => push_slot(&mut self.table, &found),
+                Some(found) => Some(push_slot(&mut self.table, &found)),
                 None => None,
             };
             let new = slot.filter(|slot| {
@@ -440,7 +440,7 @@ impl<'p> Builder<'p> {
                 Some(found) => {
                     let at = table.slots.len();
                     for f in &found {
-                        let slot = push_slot(&mut table, f).expect("a resolved target");
+                        let slot = push_slot(&mut table, f);
                         table.slots.push(slot);
                     }
                     KeyTargets::Resolved {
@@ -471,10 +471,10 @@ impl<'p> Builder<'p> {
     }
 }
 
-/// The slot for a resolved target, its text added to the table's; `None` for an
-/// alias before the table is sorted (it has no row number yet).
-fn push_slot(table: &mut Aliases, found: &Found<'_>) -> Option<Slot> {
-    Some(match found {
+/// The slot for a resolved target, its text added to the table's (an alias's is
+/// its row number).
+fn push_slot(table: &mut Aliases, found: &Found<'_>) -> Slot {
+    match found {
         Found::Mailbox(name) => {
             let (at, len) = table.push_text(name);
             Slot {
@@ -501,7 +501,7 @@ fn push_slot(table: &mut Aliases, found: &Found<'_>) -> Option<Slot> {
                 kind: table::Kind::External,
             }
         }
-    })
+    }
 }
 
 fn parse_into(source: &Source, policy: &Policy, d: &mut Diagnostics<'_>) -> Option<Accounts> {
@@ -969,7 +969,9 @@ fn alias_targets<'t>(
     row: usize,
 ) -> impl Iterator<Item = usize> + 't {
     let slots: &[Slot] = match keys[table.rows[row].targets as usize].targets() {
-        KeyTargets::Resolved { at, count } => &table.slots[at as usize..(at + count) as usize],
+        KeyTargets::Resolved { at, count } => {
+            &table.slots[at as usize..at as usize + count as usize]
+        }
         KeyTargets::Later | KeyTargets::Failed => &[],
     };
     slots

@@ -170,7 +170,7 @@ impl Aliases {
     fn targets_of(&self, row: &Row) -> AliasTargets<'_> {
         AliasTargets {
             aliases: self,
-            slots: &self.slots[row.targets as usize..(row.targets + row.count) as usize],
+            slots: &self.slots[row.targets as usize..row.targets as usize + row.count as usize],
         }
     }
 
