@@ -209,8 +209,10 @@ impl<'p> Builder<'p> {
         if self.read.is_empty() {
             return true;
         }
-        let mut all = std::mem::take(&mut self.read);
-        all.extend(std::mem::take(&mut self.mailboxes).into_vec());
+        // Those read before first, so that of a name read twice the one read last
+        // is kept, as Mailboxes::from_read says.
+        let mut all = std::mem::take(&mut self.mailboxes).into_vec();
+        all.extend(std::mem::take(&mut self.read));
         let twice;
         (self.mailboxes, twice) = Mailboxes::from_read(all);
         !twice

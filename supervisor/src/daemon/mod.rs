@@ -747,8 +747,12 @@ impl Daemon {
         let accounts = match accounts {
             Ok(a) => a,
             Err(invalid) => {
-                // Only a change of the file can mend it: no timed retry.
-                self.accounts_retry = None;
+                // Only a change of the file can mend it: no timed retry. A file that
+                // could not be read again since its digest (no digest of what was
+                // validated) is a failed read, as above: a pending retry stays.
+                if validated.is_some() {
+                    self.accounts_retry = None;
+                }
                 self.accounts_refused(invalid.0.iter().map(|d| d.to_string()).collect());
                 return;
             }
