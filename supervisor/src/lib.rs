@@ -3,7 +3,9 @@
 //! The crate is a pure core with effects at its edges:
 //!
 //! - [`config`]: the configuration file, read into a validated [`config::Config`].
-//! - [`accounts`]: the accounts file (mailboxes, aliases, catch-alls), validated.
+//! - [`accounts`]: the accounts file (mailboxes, aliases, catch-alls), validated;
+//!   read line by line in its usual form (`fast`), the aliases one compact sorted
+//!   table (`table`).
 //! - [`address`], [`password`]: the small value types both are made of.
 //! - [`diag`], [`tomlwalk`]: `file:line:column` diagnostics, all at once.
 //! - [`render`]: pure functions from config + accounts to file contents (postfix
@@ -33,7 +35,8 @@
 //!   each login and reports each failure; blocks in the status, lifted by `unblock`.
 //! - [`lmtp_relay`]: `postmaster lmtp-relay`, postfix's LMTP deliveries to dovecot
 //!   through a socket systemd holds, so that a dovecot reload (which replaces its
-//!   own socket) defers none.
+//!   own socket) defers none; it follows the LMTP dialogue (`dialogue`, pure) to
+//!   send again a RCPT a reload's cut user lookup refused.
 //! - [`cli`]: the `postmaster` command line.
 //!
 //! Only what the binary (`cli`) and the integration tests (`acme`, `apply`,
