@@ -15,7 +15,10 @@
 #   /usr/local/bin/postmaster
 #   /usr/local/lib/systemd/system/postmaster.service, postmaster-acme.socket,
 #     postmaster-lmtp.socket, postmaster-lmtp.service (postfix's deliveries to dovecot:
-#     main.cf as `postmaster render` writes it delivers to that socket)
+#     main.cf as `postmaster render` writes it delivers to that socket),
+#     postmaster-tls.socket, postmaster-tls.service (TLS for IMAP, POP3, ManageSieve
+#     on 993, 995, 143, 110, 4190, in front of the dovecot.conf `postmaster render`
+#     writes, which listens on loopback only)
 #   /usr/local/lib/sysusers.d/postmaster.conf, /usr/local/lib/tmpfiles.d/postmaster.conf
 #   /usr/local/lib/systemd/system/{dovecot,postfix,postfix@}.service.d/50-postmaster-hardening.conf
 #   /usr/share/dbus-1/system.d/io.postmaster.Supervisor1.conf
@@ -86,14 +89,21 @@ put() {
 }
 
 put 0755 "$binary" /usr/local/bin/postmaster
+binary_changed=$put_changed
 # The LMTP relay runs the binary too: a new one, or a new relay unit, restarts it.
-lmtp_changed=$put_changed
+lmtp_changed=$binary_changed
 put 0644 "$here/postmaster.service" /usr/local/lib/systemd/system/postmaster.service
 put 0644 "$here/postmaster-acme.socket" /usr/local/lib/systemd/system/postmaster-acme.socket
 put 0644 "$here/postmaster-lmtp.socket" /usr/local/lib/systemd/system/postmaster-lmtp.socket
 lmtp_socket_changed=$put_changed
 put 0644 "$here/postmaster-lmtp.service" /usr/local/lib/systemd/system/postmaster-lmtp.service
 [ "$put_changed" = no ] || lmtp_changed=yes
+# The TLS front runs the binary too: a new one, or a new front unit, restarts it.
+tls_changed=$binary_changed
+put 0644 "$here/postmaster-tls.socket" /usr/local/lib/systemd/system/postmaster-tls.socket
+tls_socket_changed=$put_changed
+put 0644 "$here/postmaster-tls.service" /usr/local/lib/systemd/system/postmaster-tls.service
+[ "$put_changed" = no ] || tls_changed=yes
 put 0644 "$here/sysusers-postmaster.conf" /usr/local/lib/sysusers.d/postmaster.conf
 put 0644 "$here/tmpfiles-postmaster.conf" /usr/local/lib/tmpfiles.d/postmaster.conf
 # postfix and dovecot, hardened (drop-ins over Debian's units). They take effect at
@@ -119,11 +129,11 @@ fi
 systemctl daemon-reload
 
 if [ "$enable" = yes ]; then
-	systemctl enable postmaster.service postmaster-lmtp.socket
+	systemctl enable postmaster.service postmaster-lmtp.socket postmaster-tls.socket postmaster-tls.service
 elif systemctl --quiet is-enabled postmaster.service; then
-	# An upgrade of a host installed before the relay existed: the main.cf postmaster
-	# renders names the relay's socket, so it must listen as well.
-	systemctl enable postmaster-lmtp.socket
+	# An upgrade of a host installed before the relay and the front existed: the
+	# main.cf and dovecot.conf postmaster renders need both.
+	systemctl enable postmaster-lmtp.socket postmaster-tls.socket postmaster-tls.service
 fi
 # The socket postfix delivers to: listening before postfix reads a main.cf that
 # names it. A changed socket unit takes effect when bound again (systemd will not
@@ -138,6 +148,23 @@ if systemctl --quiet is-enabled postmaster-lmtp.socket; then
 	fi
 	[ "$lmtp_changed" = no ] || systemctl try-restart postmaster-lmtp.service
 fi
+# The front's ports: free once dovecot runs the dovecot.conf postmaster renders
+# (loopback only). Until then the socket cannot bind, and that is said, not fatal.
+if systemctl --quiet is-enabled postmaster-tls.socket; then
+	if [ "$tls_socket_changed" = yes ] && systemctl --quiet is-active postmaster-tls.socket; then
+		systemctl stop postmaster-tls.service
+		systemctl restart postmaster-tls.socket
+	fi
+	if ! systemctl start postmaster-tls.socket; then
+		echo "postmaster-tls.socket could not listen on 993, 995, 143, 110 and 4190: is dovecot still" \
+			"listening there? Install the dovecot.conf \`postmaster render\` writes, restart dovecot," \
+			"then: systemctl start postmaster-tls.socket postmaster-tls.service" >&2
+	elif [ "$tls_changed" = yes ]; then
+		systemctl restart postmaster-tls.service
+	else
+		systemctl start postmaster-tls.service
+	fi
+fi
 if systemctl --quiet is-active postmaster.service; then
 	[ "$changed" = no ] || systemctl restart postmaster.service
 elif [ "$enable" = yes ]; then
@@ -146,5 +173,5 @@ elif [ "$enable" = yes ]; then
 fi
 
 if [ "$enable" = no ] && ! systemctl --quiet is-enabled postmaster.service; then
-	echo "postmaster is installed, not enabled; start it with: systemctl enable --now postmaster.service postmaster-lmtp.socket"
+	echo "postmaster is installed, not enabled; start it with: systemctl enable --now postmaster.service postmaster-lmtp.socket postmaster-tls.socket postmaster-tls.service"
 fi

@@ -70,8 +70,9 @@ pub(crate) fn placeholder(config: &Config) -> Result<(CertInfo, Vec<u8>), tls::P
 pub(crate) fn install(config: &Config, pair: &[u8]) -> Result<(), apply::ApplyError> {
     let target = config.installed_pair();
     create_parent(&target)?;
-    // Only the owner (and root, which postfix and dovecot read it as) may read a key.
-    apply::write_atomic(&target, pair, 0o600, None).map(|_| ())
+    // The owner, root (postfix and dovecot read it as root) and the TLS front, whose
+    // group the directory gives every file made in it (setgid, units/tmpfiles).
+    apply::write_atomic(&target, pair, 0o640, None).map(|_| ())
 }
 
 /// Why the daemon could not install a pair; the status shows this text.

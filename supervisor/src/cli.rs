@@ -176,6 +176,34 @@ pub(crate) enum Commands {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         max_connections: u32,
     },
+    /// TLS for IMAP (993, and 143 after STARTTLS), POP3 (995, 110 after STLS) and
+    /// ManageSieve (4190 after STARTTLS) in front of dovecot, on the sockets
+    /// systemd passes (postmaster-tls.socket, started as postmaster-tls.service).
+    /// Each client goes on to dovecot on loopback with a PROXY header (its address,
+    /// and that it spoke TLS). SIGHUP (systemctl reload) reads the pair again: a
+    /// new certificate without reloading dovecot.
+    #[command(name = "tls-front")]
+    TlsFront {
+        /// The pair postmaster installs: the private key, then the chain.
+        #[arg(long, default_value = "/var/lib/postmaster/tls/pair.pem")]
+        pair: PathBuf,
+        /// What a socket on a port other than 993, 995, 143, 110 or 4190 speaks:
+        /// PORT=imaps, pop3s, imap, pop3 or sieve (repeat for each).
+        #[arg(long = "role", value_parser = crate::tls_front::parse_role)]
+        roles: Vec<(u16, crate::tls_front::Role)>,
+        /// dovecot's IMAP listener for the front (`haproxy = yes`).
+        #[arg(long, default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], crate::tls_front::IMAP_BACKEND_PORT)))]
+        imap_backend: std::net::SocketAddr,
+        /// dovecot's POP3 listener for the front (`haproxy = yes`).
+        #[arg(long, default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], crate::tls_front::POP3_BACKEND_PORT)))]
+        pop3_backend: std::net::SocketAddr,
+        /// dovecot's ManageSieve listener for the front (`haproxy = yes`).
+        #[arg(long, default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], crate::tls_front::SIEVE_BACKEND_PORT)))]
+        sieve_backend: std::net::SocketAddr,
+        /// Clients served at once; more wait in the sockets' backlogs, unrefused.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        max_connections: u32,
+    },
     /// Catch-alls in the accounts file: set, unset.
     #[command(name = "catch-all")]
     CatchAll {
@@ -273,6 +301,25 @@ pub fn run(cli: Cli) -> ExitCode {
             crate::lmtp_relay::run(crate::lmtp_relay::Settings {
                 backend,
                 give_up_after: std::time::Duration::from_secs(give_up_after),
+                max_connections: max_connections as usize,
+            })
+            .map_err(|e| Failure::Failed(e.to_string()))
+        }
+        Commands::TlsFront {
+            pair,
+            roles,
+            imap_backend,
+            pop3_backend,
+            sieve_backend,
+            max_connections,
+        } => {
+            crate::logging::init();
+            crate::tls_front::run(crate::tls_front::Settings {
+                pair,
+                roles,
+                imap_backend,
+                pop3_backend,
+                sieve_backend,
                 max_connections: max_connections as usize,
             })
             .map_err(|e| Failure::Failed(e.to_string()))

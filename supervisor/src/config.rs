@@ -210,6 +210,9 @@ pub struct Eab {
 pub(crate) struct Units {
     pub(crate) postfix: String,
     pub(crate) dovecot: String,
+    /// `postmaster tls-front`, TLS for dovecot's IMAP, POP3 and ManageSieve: reloaded
+    /// (not dovecot) when the certificate changes.
+    pub(crate) tls_front: String,
     /// rspamd, which signs outgoing mail: reloaded when the keys it signs with change.
     pub(crate) rspamd: String,
     /// The Redis-compatible store of rspamd's Bayes filter (valkey on Debian 13),
@@ -513,6 +516,7 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             &[
                 "postfix_unit",
                 "dovecot_unit",
+                "tls_front_unit",
                 "rspamd_unit",
                 "valkey_unit",
                 "resolver_unit",
@@ -526,6 +530,9 @@ fn parse_into(source: &Source, d: &mut Diagnostics<'_>) -> Option<Config> {
             dovecot: s
                 .unit("dovecot_unit")
                 .unwrap_or_else(|| "dovecot.service".into()),
+            tls_front: s
+                .unit("tls_front_unit")
+                .unwrap_or_else(|| "postmaster-tls.service".into()),
             rspamd: s
                 .unit("rspamd_unit")
                 .unwrap_or_else(|| "rspamd.service".into()),
@@ -1125,6 +1132,7 @@ mod tests {
         assert_eq!(c.postfix.map_type, None);
         assert_eq!(c.dovecot.version, DovecotVersion::V2_4);
         assert_eq!(c.units.dovecot, "dovecot.service");
+        assert_eq!(c.units.tls_front, "postmaster-tls.service");
         assert_eq!(c.certificate_names(), vec!["mail.example.org"]);
     }
 

@@ -37,6 +37,10 @@
 //!   through a socket systemd holds, so that a dovecot reload (which replaces its
 //!   own socket) defers none; it follows the LMTP dialogue (`dialogue`, pure) to
 //!   send again a RCPT a reload's cut user lookup refused.
+//! - [`tls_front`]: `postmaster tls-front`, TLS for IMAP, POP3 and ManageSieve in
+//!   front of dovecot (STARTTLS answered before TLS by `plaintext`, pure; dovecot
+//!   told the client's address by a PROXY header, `proxy_header`, pure), so that a
+//!   new certificate is a reload of the front, never of dovecot.
 //! - [`cli`]: the `postmaster` command line.
 //!
 //! Only what the binary (`cli`) and the integration tests (`acme`, `apply`,
@@ -67,5 +71,6 @@ pub(crate) mod setup;
 pub(crate) mod status;
 pub(crate) mod systemd;
 pub mod tls;
+pub(crate) mod tls_front;
 pub(crate) mod tomlwalk;
 pub(crate) mod watch;

@@ -1,14 +1,16 @@
 //! Serving a newly installed certificate: the sequence of reloads and checks that
-//! makes dovecot and postfix hand it to clients, as plain values.
+//! makes the TLS front (IMAP, POP3, ManageSieve) and postfix hand it to clients, as
+//! plain values.
 //!
 //! The order is what makes it work without disturbing clients (measured in the
 //! bed, see the README):
 //!
-//! 1. dovecot is reloaded first, and seen serving the new certificate: while it
-//!    reloads its auth socket is briefly gone, and a submission smtpd that starts
-//!    then exits ("no SASL authentication mechanisms"), after which postfix
-//!    throttles that service for 60 s. Its new certificate served means its
-//!    master has set up its listeners again, the auth socket included.
+//! 1. The TLS front (`postmaster tls-front`, postmaster-tls.service) is reloaded
+//!    first, and seen serving the new certificate: it reads the pair again and
+//!    swaps it for the next handshake, sessions in flight untouched. dovecot is
+//!    never reloaded for a certificate: each dovecot reload replaces its auth
+//!    process, which fails logins in flight and takes postfix's SMTP AUTH socket
+//!    away for a moment.
 //! 2. postfix, if it runs: the table every smtpd has open is republished, so each
 //!    one starts over before its next client and reads the new pair, without the
 //!    1-2 s stalls a `postfix reload` causes.
@@ -32,7 +34,8 @@ pub(crate) const POSTFIX_GRACE: Duration = Duration::from_secs(5);
 /// The two daemons that serve the certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Server {
-    Dovecot,
+    /// `postmaster tls-front`: TLS for dovecot's IMAP, POP3 (and ManageSieve).
+    Front,
     Postfix,
 }
 
@@ -41,7 +44,7 @@ impl Server {
     pub(crate) fn ports(self) -> &'static [u16] {
         match self {
             Server::Postfix => &[25, 465, 587],
-            Server::Dovecot => &[993, 995, 143, 110],
+            Server::Front => &[993, 995, 143, 110],
         }
     }
 }
@@ -49,7 +52,7 @@ impl Server {
 impl std::fmt::Display for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Server::Dovecot => "dovecot",
+            Server::Front => "the TLS front",
             Server::Postfix => "postfix",
         })
     }
@@ -170,8 +173,8 @@ impl Eq for ReloadFailed {}
 /// Where the sequence stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
-    ReloadingDovecot,
-    AwaitingDovecot,
+    ReloadingFront,
+    AwaitingFront,
     AskingPostfix,
     Republishing,
     /// postfix's smtpd processes are starting over by themselves.
@@ -233,12 +236,12 @@ impl Serving {
     /// The sequence for a pair that was just installed.
     pub(crate) fn start() -> (Serving, Action) {
         let serving = Serving {
-            phase: Phase::ReloadingDovecot,
+            phase: Phase::ReloadingFront,
             failures: Vec::new(),
             checked: false,
             postfix_reloaded: false,
         };
-        (serving, Action::Reload(Server::Dovecot))
+        (serving, Action::Reload(Server::Front))
     }
 
     /// Takes what the host saw doing the last action and says what comes next.
@@ -249,27 +252,27 @@ impl Serving {
         use Observation as O;
         let phase = std::mem::replace(&mut self.phase, Phase::AskingPostfix);
         match (phase, seen) {
-            (Phase::ReloadingDovecot, O::Reloaded(ReloadResult::Done)) => {
+            (Phase::ReloadingFront, O::Reloaded(ReloadResult::Done)) => {
                 self.checked = true;
                 self.then(
-                    Phase::AwaitingDovecot,
-                    Action::AwaitServed(Server::Dovecot, SERVED_DEADLINE),
+                    Phase::AwaitingFront,
+                    Action::AwaitServed(Server::Front, SERVED_DEADLINE),
                 )
             }
-            (Phase::ReloadingDovecot, O::Reloaded(ReloadResult::NotRunning)) => self.ask_postfix(),
+            (Phase::ReloadingFront, O::Reloaded(ReloadResult::NotRunning)) => self.ask_postfix(),
             // It still serves the old certificate: no use waiting to see that.
-            (Phase::ReloadingDovecot, O::Reloaded(ReloadResult::Failed(e))) => {
+            (Phase::ReloadingFront, O::Reloaded(ReloadResult::Failed(e))) => {
                 self.checked = true;
                 self.failures.extend(all_ports(
-                    Server::Dovecot,
+                    Server::Front,
                     &NotServed::NotReloaded {
-                        server: Server::Dovecot,
+                        server: Server::Front,
                         why: e,
                     },
                 ));
                 self.ask_postfix()
             }
-            (Phase::AwaitingDovecot, O::Served(served)) => {
+            (Phase::AwaitingFront, O::Served(served)) => {
                 self.failures.extend(served.err().unwrap_or_default());
                 self.ask_postfix()
             }
@@ -321,7 +324,7 @@ impl Serving {
             (phase, seen) => {
                 self.checked = true;
                 let why = NotServed::Confused(format!("{seen:?} does not answer {phase:?}"));
-                self.failures.extend(all_ports(Server::Dovecot, &why));
+                self.failures.extend(all_ports(Server::Front, &why));
                 self.failures.extend(all_ports(Server::Postfix, &why));
                 self.finish()
             }
@@ -394,7 +397,7 @@ mod tests {
     /// A host whose answers are scripted, and which records what it was asked.
     #[derive(Default)]
     struct FakeHost {
-        dovecot_reload: Vec<ReloadResult>,
+        front_reload: Vec<ReloadResult>,
         postfix_reload: Vec<ReloadResult>,
         postfix_running: bool,
         republish: Option<Result<(), RepublishError>>,
@@ -417,7 +420,7 @@ mod tests {
         async fn reload(&mut self, server: Server) -> ReloadResult {
             self.asked.push(Action::Reload(server));
             match server {
-                Server::Dovecot => Self::take(&mut self.dovecot_reload, "dovecot reload"),
+                Server::Front => Self::take(&mut self.front_reload, "TLS front reload"),
                 Server::Postfix => Self::take(&mut self.postfix_reload, "postfix reload"),
             }
         }
@@ -471,9 +474,9 @@ mod tests {
     }
 
     #[test]
-    fn dovecot_first_then_postfix_recycles_without_a_reload() {
+    fn the_front_first_then_postfix_recycles_without_a_reload() {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::Done],
+            front_reload: vec![ReloadResult::Done],
             postfix_running: true,
             republish: Some(Ok(())),
             served: vec![Ok(()), Ok(())],
@@ -488,8 +491,8 @@ mod tests {
         assert_eq!(
             host.asked,
             [
-                Action::Reload(Server::Dovecot),
-                Action::AwaitServed(Server::Dovecot, SERVED_DEADLINE),
+                Action::Reload(Server::Front),
+                Action::AwaitServed(Server::Front, SERVED_DEADLINE),
                 Action::IsRunning(Server::Postfix),
                 Action::Republish,
                 Action::AwaitServed(Server::Postfix, POSTFIX_GRACE),
@@ -500,7 +503,7 @@ mod tests {
     #[test]
     fn postfix_still_serving_the_old_certificate_after_the_grace_is_reloaded() {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::Done],
+            front_reload: vec![ReloadResult::Done],
             postfix_reload: vec![ReloadResult::Done],
             postfix_running: true,
             republish: Some(Ok(())),
@@ -552,7 +555,7 @@ mod tests {
     #[test]
     fn a_table_that_cannot_be_republished_reloads_postfix_at_once() {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::Done],
+            front_reload: vec![ReloadResult::Done],
             postfix_reload: vec![ReloadResult::Done],
             postfix_running: true,
             republish: Some(Err(postmap_failed("No space left on device"))),
@@ -576,10 +579,10 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_dovecot_reload_fails_its_ports_without_waiting_and_postfix_still_gets_the_certificate()
+    fn a_failed_front_reload_fails_its_ports_without_waiting_and_postfix_still_gets_the_certificate()
      {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::Failed(job_failed("dovecot.service"))],
+            front_reload: vec![ReloadResult::Failed(job_failed("postmaster-tls.service"))],
             postfix_running: true,
             republish: Some(Ok(())),
             served: vec![Ok(())],
@@ -590,7 +593,7 @@ mod tests {
             postfix_reloaded: false,
         } = run(&mut host)
         else {
-            panic!("a failed dovecot reload must not count as served");
+            panic!("a failed reload of the front must not count as served");
         };
         let ports: Vec<u16> = failures.iter().map(|f| f.port).collect();
         assert_eq!(ports, [993, 995, 143, 110]);
@@ -598,20 +601,20 @@ mod tests {
             failures
                 .iter()
                 .all(|f| f.why.to_string()
-                    == "dovecot could not be reloaded: reloading dovecot.service ended with result `failed`"),
+                    == "the TLS front could not be reloaded: reloading postmaster-tls.service ended with result `failed`"),
             "{failures:?}"
         );
         assert!(
             !host
                 .asked
-                .contains(&Action::AwaitServed(Server::Dovecot, SERVED_DEADLINE))
+                .contains(&Action::AwaitServed(Server::Front, SERVED_DEADLINE))
         );
     }
 
     #[test]
-    fn dovecot_reloaded_but_not_serving_reports_those_ports() {
+    fn front_reloaded_but_not_serving_reports_those_ports() {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::Done],
+            front_reload: vec![ReloadResult::Done],
             postfix_running: false,
             served: vec![Err(vec![late(993)])],
             ..FakeHost::default()
@@ -628,7 +631,7 @@ mod tests {
     #[test]
     fn a_failed_postfix_reload_fails_every_postfix_port() {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::Done],
+            front_reload: vec![ReloadResult::Done],
             postfix_reload: vec![ReloadResult::Failed(ReloadFailed::NoSystemd)],
             postfix_running: true,
             republish: Some(Ok(())),
@@ -649,7 +652,7 @@ mod tests {
     #[test]
     fn postfix_that_stopped_during_the_fallback_reports_the_late_ports() {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::Done],
+            front_reload: vec![ReloadResult::Done],
             postfix_reload: vec![ReloadResult::NotRunning],
             postfix_running: true,
             republish: Some(Ok(())),
@@ -668,7 +671,7 @@ mod tests {
     #[test]
     fn postfix_reloaded_but_still_not_serving_reports_those_ports() {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::Done],
+            front_reload: vec![ReloadResult::Done],
             postfix_reload: vec![ReloadResult::Done],
             postfix_running: true,
             republish: Some(Ok(())),
@@ -687,23 +690,23 @@ mod tests {
     #[test]
     fn nothing_running_is_nothing_to_verify() {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::NotRunning],
+            front_reload: vec![ReloadResult::NotRunning],
             ..FakeHost::default()
         };
         assert_eq!(run(&mut host), Outcome::NothingRunning);
         assert_eq!(
             host.asked,
             [
-                Action::Reload(Server::Dovecot),
+                Action::Reload(Server::Front),
                 Action::IsRunning(Server::Postfix)
             ]
         );
     }
 
     #[test]
-    fn only_postfix_running_skips_dovecot_checks() {
+    fn only_postfix_running_skips_the_fronts_checks() {
         let mut host = FakeHost {
-            dovecot_reload: vec![ReloadResult::NotRunning],
+            front_reload: vec![ReloadResult::NotRunning],
             postfix_running: true,
             republish: Some(Ok(())),
             served: vec![Ok(())],
@@ -730,7 +733,7 @@ mod tests {
             failures[0]
                 .why
                 .to_string()
-                .starts_with("internal error: Running(true) does not answer ReloadingDovecot")
+                .starts_with("internal error: Running(true) does not answer ReloadingFront")
         );
     }
 
@@ -738,11 +741,11 @@ mod tests {
     fn why_a_port_does_not_serve_reads_as_before() {
         assert_eq!(
             NotServed::NotReloaded {
-                server: Server::Dovecot,
-                why: job_failed("dovecot.service")
+                server: Server::Front,
+                why: job_failed("postmaster-tls.service")
             }
             .to_string(),
-            "dovecot could not be reloaded: reloading dovecot.service ended with result `failed`"
+            "the TLS front could not be reloaded: reloading postmaster-tls.service ended with result `failed`"
         );
         assert_eq!(
             NotServed::NotReloaded {
@@ -759,9 +762,8 @@ mod tests {
             "no probe finished within 15s"
         );
         assert_eq!(
-            NotServed::Confused("Running(true) does not answer ReloadingDovecot".into())
-                .to_string(),
-            "internal error: Running(true) does not answer ReloadingDovecot"
+            NotServed::Confused("Running(true) does not answer ReloadingFront".into()).to_string(),
+            "internal error: Running(true) does not answer ReloadingFront"
         );
     }
 }

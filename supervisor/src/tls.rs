@@ -152,6 +152,36 @@ fn covers(names: &[String]) -> String {
     }
 }
 
+/// The pair file postmaster installs (the private key, then the chain) as rustls
+/// serves it: for `postmaster tls-front`, which reads it again at each reload.
+/// The pair was validated before it was installed; this checks only what serving
+/// needs (one usable key, matching the first certificate).
+pub(crate) fn certified_pair(pem: &[u8]) -> Result<rustls::sign::CertifiedKey, PairProblem> {
+    let file = read_pem(pem).map_err(|fault| fault.in_chain_file())?;
+    if file.certs.is_empty() {
+        return Err(PairProblem::NoCertificate {
+            found: file.other_labels,
+        });
+    }
+    let key = match (file.keys.as_slice(), file.encrypted_keys) {
+        ([only], 0) => only,
+        ([], 0) => {
+            return Err(PairProblem::NoPrivateKey {
+                found: file.other_labels,
+            });
+        }
+        ([], 1) => return Err(PairProblem::EncryptedKey),
+        (keys, encrypted) => return Err(PairProblem::KeyCount(keys.len() + encrypted)),
+    };
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(key)
+        .map_err(|_| PairProblem::UnsupportedKey)?;
+    let certified = rustls::sign::CertifiedKey::new(file.certs, signing_key);
+    certified
+        .keys_match()
+        .map_err(|_| PairProblem::KeyMismatch)?;
+    Ok(certified)
+}
+
 /// Validates a chain (leaf first) and its private key for serving `required_names` at `now`.
 ///
 /// Either file may also hold the other's sections (a combined key+chain file works as

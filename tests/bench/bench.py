@@ -1727,8 +1727,10 @@ def print_report(r: dict) -> None:
     st = r.get("storm")
     if st:
         print()
-        print(f"reload storm, {st['seconds']:.0f} s ({st['disturbances']} reloads/edits, "
-              f"{st.get('dovecot_reloads', '?')} of them dovecot reloads; target 0 for all but accepted):")
+        print(f"reload storm, {st['seconds']:.0f} s ({st['disturbances']} renewals/edits/reloads; "
+              f"{st.get('renewals_served', '?')} renewals served on every port "
+              f"({st.get('renewals_not_served', '?')} not), {st.get('front_reloads', '?')} TLS front reloads, "
+              f"{st.get('dovecot_reloads', '?')} dovecot reloads; target 0 for all but accepted):")
         print(f"  accepted {st['accepted']}  lost {st['lost']}  duplicated {st['duplicated']}  "
               f"deferred {st['deferred']} ({st.get('deferred_at_reload', '?')} of them a greeting lost at a reload, "
               f"{st.get('deferred_userdb_cut', '?')} a RCPT answered 451 4.3.0; "
@@ -1900,7 +1902,7 @@ def main() -> int:
                     "the signing part (its mail host gets this name + 'm'; default pmbsign)")
     ap.add_argument("--storm-seconds", type=float, default=60, help="how long the storm part runs (default 60)")
     ap.add_argument("--storm-renewals-only", action="store_true",
-                    help="every disturbance of the storm a renewal: dovecot and postfix reloaded every 3 s")
+                    help="every disturbance of the storm a renewal: a new certificate every 3 s")
     ap.add_argument("--signing-net", default="10.231.9", help="the signing part's network (default 10.231.9)")
     ap.add_argument("--issuance-name", default="pmbiss", help="machine name of the ACME bed (default pmbiss)")
     ap.add_argument("--issuance-net", default="10.231.8",

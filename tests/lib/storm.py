@@ -1,7 +1,9 @@
-"""A reload storm: mail on 25 and 587 and IMAPS logins while dovecot and postfix are
-reloaded (what a certificate renewal does), the accounts file is edited and
-postmaster itself is reloaded, every few seconds. Counts what a user would notice:
-accepted, lost, duplicated, deferred, failed sessions and failed logins.
+"""A reload storm: mail on 25 and 587 and IMAPS logins while the certificate is
+renewed (a new pair written where the daemon reads it, as certbot does: the daemon
+validates and installs it, reloads the TLS front and makes postfix take it), the
+accounts file is edited and postmaster itself is reloaded, every few seconds.
+Counts what a user would notice: accepted, lost, duplicated, deferred, failed
+sessions and failed logins; and how often dovecot, the front and postfix reloaded.
 
 Shared by ./bench (--only storm) and tests/scenarios/test_storm.py.
 """
@@ -117,16 +119,31 @@ def _logins(host, stop: threading.Event, counts: Counts) -> None:
         time.sleep(0.05)
 
 
-def _disturb(host, every: float, stop: threading.Event, counts: Counts, renewals: tuple[str, ...],
-             renewals_only: bool) -> None:
+# Where the bed's daemon reads its certificate ([tls] source = "files", certbot's
+# layout; tests/lib/bed-setup.sh).
+LIVE = "/etc/letsencrypt/live/mail.example.org"
+
+
+def _pairs(host) -> list[tuple[str, str]]:
+    """Two pairs for the host from the bed's CA, (chain, key) each: a renewal installs
+    the one not served, so each is a new certificate to the daemon."""
+    pairs = []
+    for stem in ("storm-a", "storm-b"):
+        chain, key = host.ca.issue(host.dir / "storm", [mailhost.HOST_NAME], stem=stem)
+        pairs.append((chain.read_text(), key.read_text()))
+    return pairs
+
+
+def _disturb(host, every: float, stop: threading.Event, counts: Counts, renewals_only: bool) -> None:
     bed = host.bed
+    pairs = _pairs(host)
     added: str | None = None
     for i in itertools.count():
         if stop.wait(every):
             break
         step = 0 if renewals_only else i
         try:
-            _disturb_once(bed, step, renewals, added)
+            _disturb_once(bed, step, pairs[i % 2], added)
             if step % 3 == 1:
                 added = f"storm{i}"
         except Exception as e:  # a reload that fails is a finding too, not a silent stop
@@ -140,12 +157,14 @@ def _disturb(host, every: float, stop: threading.Event, counts: Counts, renewals
         bed.run(["postmaster", "mailbox", "remove", added], timeout=60, check=True)
 
 
-def _disturb_once(bed, i: int, renewals: tuple[str, ...], added: str | None) -> None:
+def _disturb_once(bed, i: int, pair: tuple[str, str], added: str | None) -> None:
     step = i % 3
     if step == 0:
-        # A renewal: postmaster reloads both daemons for a new certificate.
-        if renewals:
-            bed.run(["systemctl", "reload", *renewals], check=True)
+        # A renewal, as certbot writes it (the key, then the chain); the daemon does
+        # the rest, as it would for any new certificate.
+        chain, key = pair
+        bed.run(["sh", "-c", f"cat > {LIVE}/privkey.pem"], input=key, check=True)
+        bed.run(["sh", "-c", f"cat > {LIVE}/fullchain.pem"], input=chain, check=True)
     elif step == 1:
         # An accounts edit: a mailbox added, the one added before removed, so the
         # accounts file ends as it began (the bed is shared with other tests).
@@ -164,12 +183,10 @@ def relay_log(host: mailhost.MailHost, since: str) -> list[str]:
 
 
 def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, every: float = 3.0,
-        settle: float = 90.0, renewals: tuple[str, ...] = ("dovecot.service", "postfix.service"),
-        renewals_only: bool = False) -> dict:
+        settle: float = 90.0, renewals_only: bool = False) -> dict:
     """Runs the storm for `seconds`, waits for the queue to empty (at most `settle`),
-    and returns the counts. `renewals`: the units a renewal reloads (fewer, to
-    find out which one disturbs). `renewals_only`: every disturbance a renewal
-    (dovecot reloaded every `every` seconds), no accounts edit or postmaster reload."""
+    and returns the counts. `renewals_only`: every disturbance a renewal (a new
+    certificate every `every` seconds), no accounts edit or postmaster reload."""
     run_id = uuid.uuid4().hex[:8]
     started = time.time()
     stop = threading.Event()
@@ -178,7 +195,7 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
     threads = [threading.Thread(target=_sender, args=(host, port, run_id, stop, counts, serial))
                for port in (25, 587) for _ in range(senders_per_port)]
     threads.append(threading.Thread(target=_logins, args=(host, stop, counts)))
-    threads.append(threading.Thread(target=_disturb, args=(host, every, stop, counts, renewals, renewals_only)))
+    threads.append(threading.Thread(target=_disturb, args=(host, every, stop, counts, renewals_only)))
     for t in threads:
         t.start()
     time.sleep(seconds)
@@ -229,6 +246,10 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
         what in line for what in ("Auth server restarted", "Server shutting down", "while receiving the initial",
                                   "Internal login failure", "Login aborted", "Disconnected unexpectedly"))]
     relayed = relay_log(host, since)
+    front = host.bed.run(["journalctl", "--no-pager", "-q", "--since", since, "-u", "postmaster-tls.service"],
+                         timeout=60).stdout.splitlines()
+    daemon = host.bed.run(["journalctl", "--no-pager", "-q", "--since", since, "-u", "postmaster.service"],
+                          timeout=60).stdout.splitlines()
     # The relay's CPU time since it started (at the boot's first delivery): what
     # following the dialogue costs, beside the deliveries it carried.
     # (/proc: systemd's CPUUsageNSec needs cgroup accounting that a bed may lack.)
@@ -261,6 +282,11 @@ def run(host: mailhost.MailHost, seconds: float, senders_per_port: int = 2, ever
         "relay_unfollowed": sum(UNFOLLOWED in line for line in relayed),
         "relay_cpu_s": cpu_s,
         "dovecot_reloads": sum("SIGHUP received - reloading configuration" in line for line in journal.splitlines()),
+        # The front read a pair (at each renewal's reload), and the daemon saw a new
+        # certificate served on every port (the renewal done).
+        "front_reloads": sum("serving the certificate" in line for line in front),
+        "renewals_served": sum("new certificate served on every port" in line for line in daemon),
+        "renewals_not_served": sum("the new certificate is not served everywhere" in line for line in daemon),
         "still_queued": not drained,
         "errors": counts.errors[:10],
         "deferred_lines": deferred[:10],

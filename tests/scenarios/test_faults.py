@@ -1,6 +1,6 @@
 """Faults under the running mail host, with nothing lost (#11 item 4): the disk of
 the generated files full during an apply, the system bus restarted under the daemon,
-a reload of dovecot that fails, and the daemon killed at random points of an apply,
+a reload of the TLS front (what a new certificate reloads) that fails, and the daemon killed at random points of an apply,
 a hundred times.
 
 Each test puts the mail host back as it found it: the accounts file, the certificate
@@ -198,14 +198,14 @@ def test_the_daemon_comes_back_on_a_restarted_system_bus(host, server, thomas):
     s = wait_status(host, "postmaster's status over the restarted bus", lambda s: True, timeout=30)
     assert s["accounts"]["errors"] == [], s
     assert logged(host, "the connection to the system bus was lost"), entries(host, 30)
-    # It talks to systemd on the new bus: a new certificate needs dovecot reloaded
-    # over D-Bus (and is checked on every port).
+    # It talks to systemd on the new bus: a new certificate needs the TLS front
+    # reloaded over D-Bus (and is checked on every port).
     chain, key, fingerprint = new_pair(host, "after-bus-restart")
     install_pair(host, chain, key)
     s = wait_status(host, "the new certificate served", lambda s: s["certificate"]["fingerprint"] == fingerprint
                     and s["certificate"]["verified"], timeout=60)
     assert s["certificate"]["verified"]["ok"], s["certificate"]
-    assert s["last_reload"]["ok"] and "dovecot.service" in s["last_reload"]["detail"], s["last_reload"]
+    assert s["last_reload"]["ok"] and "postmaster-tls.service" in s["last_reload"]["detail"], s["last_reload"]
     assert mc.served_fingerprint(server, 993) == fingerprint
     # Reloads asked for over D-Bus work again, and the units' live state is there.
     out = b.run(["postmaster", "reload"])
@@ -224,52 +224,52 @@ def test_the_daemon_comes_back_on_a_restarted_system_bus(host, server, thomas):
     assert (b.main_pid("postmaster.service"), restarts(host)) == (pid, restarts_before), "the daemon restarted"
 
 
-# --- 3. dovecot failing to reload -------------------------------------------------
+# --- 3. the TLS front failing to reload -------------------------------------------
 
 # A drop-in of the test's own (in /run: gone at the next boot anyway) whose reload
 # fails, whatever the unit's reload does otherwise.
-BROKEN_RELOAD = "/run/systemd/system/dovecot.service.d/zz-pm-faults-reload.conf"
+BROKEN_RELOAD = "/run/systemd/system/postmaster-tls.service.d/zz-pm-faults-reload.conf"
 
 
 def test_a_failing_reload_is_reported_retried_and_served_once_it_works(host, server):
     b = host.bed
     pid, restarts_before = b.main_pid("postmaster.service"), restarts(host)
-    dovecot = b.main_pid("dovecot.service")
+    front = b.main_pid("postmaster-tls.service")
     old = mc.served_fingerprint(server, 993)
     b.run(["sh", "-c", f"mkdir -p {BROKEN_RELOAD.rsplit('/', 1)[0]} && cat > {BROKEN_RELOAD} && systemctl daemon-reload"],
           input="[Service]\nExecReload=\nExecReload=/bin/false\n", check=True)
     try:
-        assert b.run(["systemctl", "reload", "dovecot.service"]).returncode != 0, "the reload did not fail"
+        assert b.run(["systemctl", "reload", "postmaster-tls.service"]).returncode != 0, "the reload did not fail"
         chain, key, fingerprint = new_pair(host, "reload-fails")
         install_pair(host, chain, key)
         s = wait_status(host, "the failed reload in the status",
                         lambda s: s["certificate"]["fingerprint"] == fingerprint and s["certificate"]["verified"],
                         timeout=60)
         verified, last = s["certificate"]["verified"], s["last_reload"]
-        assert not verified["ok"] and "port 993: dovecot could not be reloaded" in verified["detail"], verified
+        assert not verified["ok"] and "port 993: the TLS front could not be reloaded" in verified["detail"], verified
         # The job's result (`failed`) or, where the daemon did not see the job end,
         # the unit's record of its reload (`exit-code`).
         failed = ("ended with result `failed`", "ended with result `exit-code`")
-        assert not last["ok"] and last["detail"].startswith("dovecot.service: reloading dovecot.service ")
+        assert not last["ok"] and last["detail"].startswith("postmaster-tls.service: reloading postmaster-tls.service ")
         assert any(f in last["detail"] for f in failed), last
         assert b.run(["postmaster", "status"]).returncode == 1
         # Each attempt, and the giving up, name the unit.
-        assert len(logged(host, "reload failed; retrying", unit="dovecot.service")) >= 2, entries(host, 30)
-        assert logged(host, "reload failed", unit="dovecot.service", error="ended with result"), entries(host, 30)
+        assert len(logged(host, "reload failed; retrying", unit="postmaster-tls.service")) >= 2, entries(host, 30)
+        assert logged(host, "reload failed", unit="postmaster-tls.service", error="ended with result"), entries(host, 30)
         assert logged(host, "the new certificate is not served everywhere; trying again later",
-                      failures="dovecot could not be reloaded"), entries(host, 30)
-        # dovecot still serves the old certificate, and runs.
+                      failures="the TLS front could not be reloaded"), entries(host, 30)
+        # The front still serves the old certificate, and runs.
         assert mc.served_fingerprint(server, 993) == old
-        assert b.is_active("dovecot.service")
+        assert b.is_active("postmaster-tls.service")
     finally:
         b.run(["sh", "-c", f"rm -f {BROKEN_RELOAD} && systemctl daemon-reload"], check=True)
-    # Retried by itself: once dovecot reloads again, the new certificate is served.
+    # Retried by itself: once the front reloads again, the new certificate is served.
     s = wait_status(host, "the certificate served after the retry",
                     lambda s: s["certificate"]["verified"] and s["certificate"]["verified"]["ok"], timeout=60)
     assert s["last_reload"]["ok"], s["last_reload"]
     assert mc.served_fingerprint(server, 993) == fingerprint
     assert logged(host, "serving the installed certificate again")
-    assert b.main_pid("dovecot.service") == dovecot, "dovecot was restarted"
+    assert b.main_pid("postmaster-tls.service") == front, "the front was restarted"
     assert (b.main_pid("postmaster.service"), restarts(host)) == (pid, restarts_before), "the daemon crashed"
 
 

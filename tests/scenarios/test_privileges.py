@@ -5,8 +5,8 @@ units/install-debian.sh installs (test_install_is_idempotent runs it over them);
 daemon itself is not needed: the tests act as its user `postmaster` (setpriv), and
 run probes inside a copy of its unit, so they hold whether or not the daemon runs.
 
-- polkit: user postmaster may reload and restart postfix, dovecot and rspamd,
-  and is refused everything else, outright (no authentication challenge).
+- polkit: user postmaster may reload and restart postfix, dovecot, rspamd and the
+  TLS front, and is refused everything else, outright (no authentication challenge).
 - D-Bus: only postmaster may own io.postmaster.Supervisor1; root and group
   postmaster-admin may call it; nobody else may send it anything.
 - The unit's sandbox: no capabilities, read-only system, no mail, no other
@@ -29,7 +29,7 @@ import pytest
 import mailhost
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("postfix.service", "dovecot.service", "rspamd.service")
+SERVICES = ("postfix.service", "dovecot.service", "rspamd.service", "postmaster-tls.service")
 UNIT = "/usr/local/lib/systemd/system/postmaster.service"
 SOCKET = "/usr/local/lib/systemd/system/postmaster-acme.socket"
 BUS_NAME = "io.postmaster.Supervisor1"
@@ -129,6 +129,38 @@ def test_units_verify_clean_and_are_hardened(host, units):
     assert float(m.group(1)) <= 1.5, out
 
 
+TLS_FRONT = "/usr/local/lib/systemd/system/postmaster-tls.service"
+TLS_SOCKET = "/usr/local/lib/systemd/system/postmaster-tls.socket"
+
+
+def test_the_tls_front_is_hardened_and_reads_only_the_pair(host, units):
+    """postmaster-tls.service: its own user, no capabilities, nothing writable; of
+    postmaster's files only the installed pair (group postmaster-tls), never the
+    accounts file or the DKIM keys."""
+    b = host.bed
+    res = b.run(["systemd-analyze", "verify", TLS_FRONT, TLS_SOCKET])
+    assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), res
+    out = b.run(["systemd-analyze", "security", "--no-pager", "postmaster-tls.service"], check=True).stdout
+    m = re.search(r"Overall exposure level for postmaster-tls\.service: ([\d.]+)", out)
+    assert m, out
+    # 1.5 when written (systemd 257): what is left is the network it serves.
+    assert float(m.group(1)) <= 1.6, out
+    assert b.is_active("postmaster-tls.service"), b.journal("postmaster-tls.service", lines=30)
+    pid = b.main_pid("postmaster-tls.service")
+    status = b.run(["cat", f"/proc/{pid}/status"], check=True).stdout
+    assert int(re.search(r"^CapEff:\s*([0-9a-f]+)", status, re.M).group(1), 16) == 0, status
+    user = b.run(["ps", "-o", "user=", "-p", str(pid)], check=True).stdout.strip()
+    assert user == "postmaster-tls", user
+    pair = b.run(["stat", "-c", "%U:%G %a", "/var/lib/postmaster/tls/pair.pem"], check=True).stdout.strip()
+    assert pair == "postmaster:postmaster-tls 640", pair
+    assert b.run(as_user("postmaster-tls", ["head", "-c1", "/var/lib/postmaster/tls/pair.pem"])).returncode == 0
+    # (head reads the file; ls lists the directory: both need more than a stat.)
+    for secret, read in (("/etc/postmaster/accounts.toml", ["head", "-c1"]), ("/var/lib/postmaster/dkim", ["ls"])):
+        assert b.path(secret).exists(), secret
+        res = b.run(as_user("postmaster-tls", [*read, secret]))
+        assert res.returncode != 0, f"postmaster-tls reads {secret}: {res.stdout}"
+
+
 # Debian 13 as shipped: dovecot.service 8.5, postfix.service (and postfix@-.service) 3.9.
 # With units/{dovecot,postfix}-hardening.conf (systemd 257): 2.8 and 2.7. What is left
 # is a root master (both must bind ports below 1024, chroot and become other users),
@@ -168,7 +200,8 @@ def test_install_is_idempotent(host, units):
 # --- polkit: the rule itself, action by action -----------------------------------------------
 
 VERBS = ("reload", "restart", "try-restart", "reload-or-restart", "reload-or-try-restart", "start", "stop", "kill")
-UNITS_ASKED = ("postfix.service", "dovecot.service", "rspamd.service", "dbus.service", "systemd-journald.service", "postmaster.service")
+UNITS_ASKED = ("postfix.service", "dovecot.service", "rspamd.service", "postmaster-tls.service", "dbus.service",
+               "systemd-journald.service", "postmaster.service")
 ALLOWED = {(u, v) for u in SERVICES for v in ("reload", "restart", "try-restart", "reload-or-restart")}
 OTHER_ACTIONS = (
     "org.freedesktop.systemd1.reload-daemon",

@@ -1079,7 +1079,7 @@ impl LiveHost<'_> {
     fn unit(&self, server: Server) -> String {
         let units = &self.daemon.resolved.config.units;
         match server {
-            Server::Dovecot => units.dovecot.clone(),
+            Server::Front => units.tls_front.clone(),
             Server::Postfix => units.postfix.clone(),
         }
     }
@@ -1163,7 +1163,11 @@ impl serve::Host for LiveHost<'_> {
 /// the accounts file, and the units whose state the D-Bus status reports (a
 /// reload may change them). Returns whether anything changed.
 fn describe_host(s: &mut Status, config: &Config) -> bool {
-    let mut units = vec![&config.units.postfix, &config.units.dovecot];
+    let mut units = vec![
+        &config.units.postfix,
+        &config.units.dovecot,
+        &config.units.tls_front,
+    ];
     if config.dkim.enabled || config.inbound.enabled {
         units.push(&config.units.rspamd);
     }
@@ -1734,6 +1738,7 @@ mod tests {
         let all = [
             "postfix.service",
             "dovecot.service",
+            "postmaster-tls.service",
             "rspamd.service",
             "valkey-server.service",
             "unbound.service",
@@ -1750,6 +1755,7 @@ mod tests {
             [
                 "postfix@-.service",
                 "dovecot.service",
+                "postmaster-tls.service",
                 "rspamd.service",
                 "redis-rspamd.service",
                 "unbound.service"
@@ -1760,7 +1766,14 @@ mod tests {
         // host's business, nor is unbound; valkey only matters while Junk teaches
         // Bayes.
         let (names, _, inbound) = describe("[dkim]\nenabled = false\n[inbound]\nenabled = false\n");
-        assert_eq!(names, ["postfix.service", "dovecot.service"]);
+        assert_eq!(
+            names,
+            [
+                "postfix.service",
+                "dovecot.service",
+                "postmaster-tls.service"
+            ]
+        );
         assert_eq!(inbound, None);
         assert_eq!(describe("[dkim]\nenabled = false\n").0, all);
         let (names, _, inbound) = describe("[inbound]\nlearning = false\n");
@@ -1769,6 +1782,7 @@ mod tests {
             [
                 "postfix.service",
                 "dovecot.service",
+                "postmaster-tls.service",
                 "rspamd.service",
                 "unbound.service"
             ]
@@ -1784,7 +1798,7 @@ mod tests {
         // The checks with the system's resolver: unbound is none of the mail
         // host's business; rspamd still checks and signs.
         let (names, _, inbound) = describe("[inbound]\nresolver = \"system\"\n");
-        assert_eq!(names, all[..4]);
+        assert_eq!(names, all[..5]);
         assert_eq!(inbound.unwrap().resolver_unit, None);
     }
 

@@ -46,6 +46,18 @@ pub(crate) fn render(config: &Config, config_file: &str) -> String {
             ("SIEVE_PIPE_DIR", SIEVE_PIPE_DIR.to_string()),
             ("AUTH_POLICY", auth_policy(config)),
             ("LMTP_CONCURRENCY", super::LMTP_CONCURRENCY.to_string()),
+            (
+                "IMAP_BACKEND_PORT",
+                crate::tls_front::IMAP_BACKEND_PORT.to_string(),
+            ),
+            (
+                "POP3_BACKEND_PORT",
+                crate::tls_front::POP3_BACKEND_PORT.to_string(),
+            ),
+            (
+                "SIEVE_BACKEND_PORT",
+                crate::tls_front::SIEVE_BACKEND_PORT.to_string(),
+            ),
         ],
     )
 }

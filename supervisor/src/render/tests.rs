@@ -418,10 +418,11 @@ fn spam_goes_to_junk_always_and_junk_teaches_rspamd_only_with_learning_on() {
                 d.contains("/etc/dovecot/sieve/spam-to-junk.sieve"),
                 "{version}"
             );
-            // ManageSieve on 4190, behind dovecot's ssl = required like IMAP.
+            // ManageSieve behind the TLS front (4190) like IMAP and POP3, and
+            // behind dovecot's ssl = required.
             assert!(
                 d.contains(
-                    "service managesieve-login {\n  inet_listener sieve {\n    port = 4190\n"
+                    "service managesieve-login {\n  inet_listener sieve {\n    port = 14190\n    haproxy = yes\n"
                 ),
                 "{version}"
             );
@@ -712,6 +713,63 @@ fn large_files_streamed_to_disk_are_what_they_render_to_in_memory() {
         assert_eq!(
             std::fs::read_to_string(dir.path().join(&f.path)).unwrap(),
             f.to_file().content
+        );
+    }
+}
+
+/// dovecot serves no port of its own: every listener is on loopback, takes only
+/// connections from the TLS front (a PROXY header first), at the ports the front
+/// connects to; no listener speaks TLS, so a new certificate never needs dovecot.
+#[test]
+fn dovecot_listens_only_on_loopback_behind_the_tls_front() {
+    for version in ["2.4", "2.3"] {
+        let c = config(&format!("[dovecot]\nversion = \"{version}\"\n"));
+        let d = dovecot_conf::render(&c, "/etc/postmaster/config.toml");
+        assert_eq!(setting(&d, "listen"), ["127.0.0.1"], "{version}");
+        assert_eq!(
+            setting(&d, "haproxy_trusted_networks"),
+            ["127.0.0.1/32"],
+            "{version}"
+        );
+        let (mut ports, mut off) = (Vec::new(), Vec::new());
+        let mut lines = d.lines().map(str::trim);
+        while let Some(line) = lines.next() {
+            if line.starts_with("inet_listener ") {
+                let body: Vec<&str> = lines.by_ref().take_while(|l| *l != "}").collect();
+                // dovecot's default 993 and 995 listeners, turned off.
+                if body == ["port = 0"] {
+                    off.push(line.to_owned());
+                    continue;
+                }
+                assert!(
+                    body.contains(&"haproxy = yes"),
+                    "{version}: {line} {body:?}"
+                );
+                assert!(
+                    !body.iter().any(|l| l.starts_with("ssl")),
+                    "{version}: {line}"
+                );
+                ports.push(
+                    body.iter()
+                        .find_map(|l| l.strip_prefix("port = "))
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+        }
+        assert_eq!(
+            ports,
+            [
+                crate::tls_front::IMAP_BACKEND_PORT.to_string(),
+                crate::tls_front::POP3_BACKEND_PORT.to_string(),
+                crate::tls_front::SIEVE_BACKEND_PORT.to_string()
+            ],
+            "{version}"
+        );
+        assert_eq!(
+            off,
+            ["inet_listener imaps {", "inet_listener pop3s {"],
+            "{version}"
         );
     }
 }

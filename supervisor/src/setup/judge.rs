@@ -11,15 +11,18 @@ use std::path::{Path, PathBuf};
 pub(crate) const MAIL_PORTS: [u16; 5] = [25, 465, 587, 993, 995];
 
 /// Programs that may hold the mail ports: postfix's master (and the smtpd it
-/// hands the socket to) and dovecot (and its login processes). A second run of
-/// setup finds them there, and on a fresh host Debian's packages started them.
-const MAIL_PROGRAMS: [&str; 6] = [
+/// hands the socket to), dovecot (and its login processes) and postmaster's TLS
+/// front (993 and 995, with systemd, which holds its socket). A second run of setup
+/// finds postfix and the front there; on a fresh host Debian's packages started
+/// postfix and dovecot.
+const MAIL_PROGRAMS: [&str; 7] = [
     "master",
     "smtpd",
     "postscreen",
     "dovecot",
     "imap-login",
     "pop3-login",
+    "postmaster",
 ];
 
 /// Why setup will not go on. Display says what is wrong and what to do.
@@ -425,12 +428,17 @@ mod tests {
         let ok = [
             held(25, &["master", "smtpd"]),
             held(993, &["dovecot", "imap-login"]),
+            held(995, &["systemd", "postmaster"]),
             held(8080, &["nginx"]),
         ];
         assert_eq!(judge_ports(&ok), vec![]);
-        let taken = [held(25, &["exim4"]), held(587, &[])];
+        let taken = [
+            held(25, &["exim4"]),
+            held(587, &[]),
+            held(993, &["systemd"]),
+        ];
         let refusals = judge_ports(&taken);
-        assert_eq!(refusals.len(), 2);
+        assert_eq!(refusals.len(), 3);
         assert!(
             refusals[0]
                 .to_string()

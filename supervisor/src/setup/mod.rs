@@ -184,6 +184,10 @@ const ACME_SOCKET: &str = "postmaster-acme.socket";
 /// dovecot's reloads (`postmaster lmtp-relay`, units/postmaster-lmtp.socket).
 const LMTP_SOCKET: &str = "postmaster-lmtp.socket";
 const LMTP_SERVICE: &str = "postmaster-lmtp.service";
+/// TLS for IMAP, POP3 and ManageSieve in front of dovecot (`postmaster tls-front`,
+/// units/postmaster-tls.socket): a new certificate reloads it, never dovecot.
+const TLS_SOCKET: &str = "postmaster-tls.socket";
+const TLS_SERVICE: &str = "postmaster-tls.service";
 
 /// postmaster's own files, carried in the binary (units/ in the source tree).
 fn own_files() -> Vec<(&'static str, &'static str, u32)> {
@@ -206,6 +210,16 @@ fn own_files() -> Vec<(&'static str, &'static str, u32)> {
         (
             "/usr/local/lib/systemd/system/postmaster-lmtp.service",
             include_str!("../../../units/postmaster-lmtp.service"),
+            0o644,
+        ),
+        (
+            "/usr/local/lib/systemd/system/postmaster-tls.socket",
+            include_str!("../../../units/postmaster-tls.socket"),
+            0o644,
+        ),
+        (
+            "/usr/local/lib/systemd/system/postmaster-tls.service",
+            include_str!("../../../units/postmaster-tls.service"),
             0o644,
         ),
         (
@@ -922,7 +936,11 @@ fn start_services(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
         // A unit's sandbox (its drop-in) takes effect only when it starts again.
         let dropin_changed =
             changed(&|p| owner(p) == Some(name) && p.to_string_lossy().contains(".service.d/"));
-        if !unit_active(unit) || first_time || dropin_changed {
+        // dovecot gives 993, 995, 143, 110 and 4190 up to the TLS front: until the
+        // front's socket is there, a reload could leave an old login process
+        // listening on one of them, and the socket would not bind.
+        let giving_ports_up = name == "dovecot" && !unit_active(TLS_SOCKET);
+        if !unit_active(unit) || first_time || dropin_changed || giving_ports_up {
             systemctl(&["restart", unit])?;
         } else if changed(&|p| owner(p) == Some(name)) {
             // rspamd dies from a SIGHUP in its first seconds: restart it instead.
@@ -936,6 +954,7 @@ fn start_services(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
             ])?;
         }
     }
+    start_tls_front(steps)?;
     let acme_socket =
         config.tls.source == TlsSource::Acme && config.acme.challenge == Challenge::Http01;
     let daemon_changed = changed(&|p| owner(p).is_none());
@@ -984,6 +1003,32 @@ fn start_lmtp_relay(steps: &[Step]) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// The mail-access ports held for the TLS front once dovecot has let them go, and
+/// the front running what was installed.
+fn start_tls_front(steps: &[Step]) -> Result<(), SetupError> {
+    let changed = |path: &Path| {
+        steps
+            .iter()
+            .any(|s| s.action != Action::Unchanged && s.path == path)
+    };
+    let unit = |name: &str| Path::new("/usr/local/lib/systemd/system").join(name);
+    systemctl(&["enable", "--quiet", TLS_SOCKET, TLS_SERVICE])?;
+    if changed(&unit(TLS_SOCKET)) && unit_active(TLS_SOCKET) {
+        // As for the LMTP relay's socket: bound again only with its service stopped.
+        systemctl(&["stop", TLS_SERVICE])?;
+        systemctl(&["restart", TLS_SOCKET])?;
+    } else {
+        systemctl(&["start", TLS_SOCKET])?;
+    }
+    if changed(&unit(TLS_SERVICE)) || changed(Path::new(BINARY)) {
+        // The socket keeps listening meanwhile: clients wait, none is refused.
+        systemctl(&["restart", TLS_SERVICE])?;
+    } else {
+        systemctl(&["start", TLS_SERVICE])?;
+    }
+    Ok(())
+}
+
 fn report(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
     let changed = steps
         .iter()
@@ -1008,6 +1053,7 @@ fn report(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
         config.units.rspamd.as_str(),
         SERVICE,
         LMTP_SOCKET,
+        TLS_SOCKET,
     ];
     let states: Vec<String> = units
         .iter()
@@ -1070,7 +1116,14 @@ pub(crate) fn uninstall(config_path: &Path) -> Result<(), SetupError> {
         return Err(StepFailed::NothingInstalled.into());
     }
     let config = Config::load(config_path).ok();
-    for unit in [SERVICE, ACME_SOCKET, LMTP_SOCKET, LMTP_SERVICE] {
+    for unit in [
+        SERVICE,
+        ACME_SOCKET,
+        LMTP_SOCKET,
+        LMTP_SERVICE,
+        TLS_SOCKET,
+        TLS_SERVICE,
+    ] {
         // Not there (a half-finished setup) is fine: nothing to stop.
         let _ = systemctl(&["disable", "--now", "--quiet", unit]);
     }
@@ -1119,7 +1172,7 @@ pub(crate) fn uninstall(config_path: &Path) -> Result<(), SetupError> {
     let _ = fs::remove_dir(Path::new(plan::MANIFEST).parent().expect("has a parent"));
 
     println!(
-        "postmaster uninstall: stopped and disabled {SERVICE}, {ACME_SOCKET}, {LMTP_SOCKET} and {LMTP_SERVICE}."
+        "postmaster uninstall: stopped and disabled {SERVICE}, {ACME_SOCKET}, {LMTP_SOCKET}, {LMTP_SERVICE}, {TLS_SOCKET} and {TLS_SERVICE}."
     );
     println!(
         "Removed {removed} file{} setup installed.",
