@@ -6,7 +6,10 @@
 # configuration files itself. What postmaster owns at run time (the postfix maps,
 # the dovecot passwd-file, the installed certificate pair) lives in
 # /var/lib/postmaster and is kept up to date by the postmaster daemon, which
-# reloads postfix and dovecot through systemd when they need it.
+# reloads postfix, dovecot and rspamd through systemd when they need it. TLS on
+# the mail-access ports (IMAP, POP3, ManageSieve) is postmaster's own TLS front
+# (postmaster-tls.socket and .service), which hands each connection to dovecot on
+# loopback: a new certificate reloads postfix and the front, never dovecot.
 #
 # nixpkgs options this module relies on (NixOS 26.05 and nixos-unstable of June
 # 2026; nix/tests/eval/stubs mirrors their declarations):
@@ -65,8 +68,10 @@ let
 
   stateDir = "/var/lib/postmaster";
   generatedDir = "${stateDir}/generated";
-  # The validated pair (key, then chain) the daemon installs for postfix and dovecot.
-  tlsPair = "${stateDir}/tls/pair.pem";
+  # The validated pair (key, then chain) the daemon installs for postfix, dovecot
+  # and the TLS front.
+  tlsDir = "${stateDir}/tls";
+  tlsPair = "${tlsDir}/pair.pem";
   passwdFile = "${generatedDir}/dovecot/users";
   configPath = "/etc/postmaster/config.toml";
   defaultAccountsFile = "/etc/postmaster/accounts.toml";
@@ -81,6 +86,27 @@ let
   postfixUnit = "postfix.service";
   dovecotUnit = "dovecot.service";
   rspamdUnit = "rspamd.service";
+
+  # postmaster's TLS front for IMAP, POP3 and ManageSieve (as units/ on Debian):
+  # systemd holds the public ports (postmaster-tls.socket), `postmaster
+  # tls-front` ends TLS with the installed pair and passes each connection on to
+  # dovecot on loopback with a PROXY v2 header (the client's address, and the
+  # SSL TLV that makes dovecot count it as TLS-secured). A renewal reloads the
+  # front, which swaps the certificate without dropping anything; dovecot, whose
+  # every reload replaces its auth process and fails the logins in flight, is no
+  # longer reloaded for it. The front tells the protocols apart by the local port
+  # of each socket systemd passes: 993 IMAP and 995 POP3 with implicit TLS, 143
+  # IMAP, 110 POP3 and 4190 ManageSieve with STARTTLS.
+  tlsFrontUnit = "postmaster-tls.service";
+  # Its own user: only it (and postmaster) may read the pair's directory.
+  tlsFrontUser = "postmaster-tls";
+  tlsFrontPorts = [
+    993
+    995
+    143
+    110
+    4190
+  ];
 
   # DKIM: rspamd signs as postfix's milter, through its proxy worker on a unix
   # socket of postfix's group. Only postfix (and rspamd) may connect: a milter on
@@ -308,28 +334,44 @@ let
     )
   );
 
-  # User postmaster may reload (and restart) postfix.service, dovecot.service and
-  # rspamd.service, nothing else. The unit names are the same on NixOS as on
-  # Debian. Without DKIM signing there is no rspamd to reload: the rule then
-  # names postfix and dovecot only.
+  # User postmaster may reload (and restart) postfix.service, dovecot.service,
+  # rspamd.service and postmaster-tls.service, nothing else. The unit names are
+  # the same on NixOS as on Debian. Without DKIM signing there is no rspamd to
+  # reload: the rule then leaves it out. The rule is the Debian file with its
+  # UNITS line written by the module.
   polkitRuleShared = builtins.readFile (unitsDir + "/polkit-postmaster.rules");
   polkitUnits = units: "var UNITS = [${concatStringsSep ", " (map (u: ''"${u}"'') units)}];";
-  polkitUnitsShared = polkitUnits [
+  polkitUnitsAll = [
     postfixUnit
     dovecotUnit
     rspamdUnit
+    tlsFrontUnit
   ];
+  # The Debian file's `var UNITS = [...];` line (exactly one is expected) and the
+  # names it lists.
+  polkitSharedLines = builtins.filter (l: builtins.match " *var UNITS = [[].*[]];" l != null) (
+    lib.splitString "\n" polkitRuleShared
+  );
+  polkitSharedLine =
+    if builtins.length polkitSharedLines == 1 then builtins.head polkitSharedLines else null;
+  polkitSharedUnits =
+    if polkitSharedLine == null then
+      [ ]
+    else
+      map builtins.head (
+        builtins.filter builtins.isList (builtins.split "\"([^\"]*)\"" polkitSharedLine)
+      );
   polkitRule =
-    if cfg.dkim.enable then
-      polkitRuleShared
+    if polkitSharedLine == null then
+      polkitRuleShared # (an assertion below says what is wrong)
     else
       builtins.replaceStrings
-        [ polkitUnitsShared ]
+        [ polkitSharedLine ]
         [
-          (polkitUnits [
-            postfixUnit
-            dovecotUnit
-          ])
+          (
+            builtins.head (builtins.match "( *).*" polkitSharedLine)
+            + polkitUnits (builtins.filter (u: cfg.dkim.enable || u != rspamdUnit) polkitUnitsAll)
+          )
         ]
         polkitRuleShared;
 
@@ -373,24 +415,31 @@ let
   }
   // lib.mapAttrs' (name: value: lib.nameValuePair "mailbox ${name}" value) specialUse;
 
+  # IMAP, POP3 and ManageSieve only from the TLS front, on loopback (`listen` and
+  # haproxy_trusted_networks in dovecotCommon): every connection opens with the
+  # front's PROXY v2 header. dovecot's built-in imaps and pop3s listeners (993,
+  # 995) are switched off by port 0, or dovecot would bind the front's ports.
   dovecotListeners = {
     "service imap-login" = {
-      "inet_listener imap".port = 143;
-      "inet_listener imaps" = {
-        port = 993;
-        ssl = true;
+      "inet_listener imap" = {
+        port = 10143;
+        haproxy = true;
       };
+      "inet_listener imaps".port = 0;
     };
     "service pop3-login" = {
-      "inet_listener pop3".port = 110;
-      "inet_listener pop3s" = {
-        port = 995;
-        ssl = true;
+      "inet_listener pop3" = {
+        port = 10110;
+        haproxy = true;
       };
+      "inet_listener pop3s".port = 0;
     };
-    # ManageSieve for the users' own filters, with the same logins: ssl = required
-    # refuses AUTHENTICATE before STARTTLS.
-    "service managesieve-login"."inet_listener sieve".port = 4190;
+    # ManageSieve for the users' own filters, with the same logins, behind the
+    # front's 4190 (STARTTLS there).
+    "service managesieve-login"."inet_listener sieve" = {
+      port = 14190;
+      haproxy = true;
+    };
     # postfix: virtual_transport = lmtp:unix:private/postmaster-lmtp, relayed here
     # by postmaster-lmtp.service, as postfix.
     "service lmtp"."unix_listener ${lmtpDovecotSocket}" = {
@@ -412,8 +461,15 @@ let
     hostname = cfg.hostName;
     postmaster_address = "postmaster@${primaryDomain}";
     auth_verbose = true;
+    # Dovecot still reads the pair when it starts, and ssl = required refuses
+    # a password on any connection that is not secured: one through the front
+    # counts as secured only when the front's PROXY header carries its SSL flag.
     ssl = "required";
     ssl_min_protocol = "TLSv1.2";
+    # Nothing public: the TLS front (on this host) connects on loopback, and
+    # only its PROXY headers are believed.
+    listen = "127.0.0.1";
+    haproxy_trusted_networks = "127.0.0.1/32";
     # Mozilla's "intermediate" TLS 1.2 suites (guidelines 6.0), as on Debian.
     ssl_cipher_list = mozillaIntermediate;
     first_valid_uid = cfg.vmail.uid;
@@ -421,8 +477,9 @@ let
     first_valid_gid = cfg.vmail.gid;
     last_valid_gid = cfg.vmail.gid;
     recipient_delimiter = "+";
-    # A reload (each renewal: postmaster reloads dovecot) lets old processes finish
-    # what they serve instead of ending it: with yes, lmtp answers deliveries in
+    # A reload (no longer one per renewal, which goes to the TLS front; an
+    # admin's, a configuration switch) lets old processes finish what they serve
+    # instead of ending it: with yes, lmtp answers deliveries in
     # flight "421 4.3.2 Server shutting down" (duplicates, deferrals). Stopping the
     # unit still ends them all.
     shutdown_clients = false;
@@ -575,6 +632,29 @@ let
     ];
     SystemCallErrorNumber = "EPERM";
   };
+
+  # The TLS front, as units/postmaster-tls.service: the relay's sandbox, with the
+  # network it serves (clients on the ports systemd passes it, dovecot on
+  # loopback): no PrivateNetwork and no IPAddressDeny, which would filter the
+  # accepted clients too (they count as the service's cgroup's traffic). Of /var
+  # only the pair's directory, read-only; nothing writable, no capabilities.
+  tlsFrontSandbox =
+    removeAttrs lmtpRelaySandbox [
+      "PrivateNetwork"
+      "IPAddressDeny"
+    ]
+    // {
+      User = tlsFrontUser;
+      Group = tlsFrontUser;
+      BindReadOnlyPaths = [ tlsDir ];
+      RestrictAddressFamilies = [
+        "AF_UNIX"
+        "AF_INET"
+        "AF_INET6"
+      ];
+      # Its own user, unlike the relay's (postfix): no IPC of anyone else's.
+      RemoveIPC = true;
+    };
 
   hardening = pathFreeSandbox // {
     User = "postmaster";
@@ -823,8 +903,10 @@ in
             {option}`services.postmaster.acme`).
           - `"files"`: another tool writes {option}`tls.cert` and {option}`tls.key`
             (NixOS's security.acme, certbot, you). postmaster watches them,
-            validates the pair, installs it and reloads postfix and dovecot; a
-            renewal is served on every port without restarting either.
+            validates the pair, installs it and reloads postfix and postmaster's
+            TLS front for IMAP, POP3 and ManageSieve (`postmaster-tls.service`); a
+            renewal is served on every port without restarting either, and
+            without touching dovecot.
         '';
       };
 
@@ -838,7 +920,8 @@ in
           {option}`tls.cert` and {option}`tls.key` at that certificate's
           `fullchain.pem` and `key.pem`, and lets the postmaster daemon read them
           (it joins the certificate's group). No `reloadServices` are needed:
-          postmaster notices the renewal and reloads postfix and dovecot itself.
+          postmaster notices the renewal and reloads postfix and its TLS front
+          itself.
         '';
       };
 
@@ -1386,10 +1469,18 @@ in
           '';
         }
         {
-          # units/polkit-postmaster.rules is shared with Debian; its unit names must
-          # stay those of nixpkgs' postfix, dovecot and rspamd modules.
-          assertion = lib.hasInfix polkitUnitsShared polkitRuleShared;
-          message = "units/polkit-postmaster.rules no longer says exactly `${polkitUnitsShared}`, the units of services.postfix, services.dovecot2 and services.rspamd: give the NixOS module a rule of its own.";
+          # units/polkit-postmaster.rules is shared with Debian; the units it lets
+          # postmaster reload must stay those of nixpkgs' postfix, dovecot and
+          # rspamd modules and the TLS front's (in any order: the module writes the
+          # list itself).
+          assertion =
+            builtins.sort builtins.lessThan polkitSharedUnits == builtins.sort builtins.lessThan polkitUnitsAll;
+          message = "units/polkit-postmaster.rules must have one line `${polkitUnits polkitUnitsAll}` (in any order), the units of services.postfix, services.dovecot2, services.rspamd and postmaster's TLS front; it has ${
+            if polkitSharedLine == null then
+              "${toString (builtins.length polkitSharedLines)} such lines"
+            else
+              "`${builtins.head (builtins.match " *(.*)" polkitSharedLine)}`"
+          }. Give the NixOS module a rule of its own if they differ on purpose.";
         }
         {
           assertion = !(rspamdNeeded && rspamdCfg.postfix.enable);
@@ -1446,6 +1537,14 @@ in
       };
       users.groups.postmaster = { };
       users.groups.${cfg.adminGroup} = { };
+      # The TLS front's user: a system user without home or shell (nixpkgs'
+      # defaults for one: /var/empty, nologin).
+      users.users.${tlsFrontUser} = {
+        isSystemUser = true;
+        group = tlsFrontUser;
+        description = "postmaster TLS front (IMAP, POP3, ManageSieve)";
+      };
+      users.groups.${tlsFrontUser} = { };
       users.users.${cfg.vmail.user} = {
         isSystemUser = true;
         uid = cfg.vmail.uid;
@@ -1468,8 +1567,13 @@ in
         # dovecot's passwd-file, 0640 group dovecot. setgid: what postmaster creates
         # here is dovecot's group from the start, so the daemon needs no membership.
         "d ${generatedDir}/dovecot 2750 postmaster ${dovecotGroup} - -"
-        # The installed pair: postfix and dovecot read it as root.
-        "d ${stateDir}/tls 0750 postmaster postmaster - -"
+        # The installed pair: postfix and dovecot read it as root, the TLS front
+        # as its group. setgid: the pair postmaster writes (0640) is that group's
+        # from the start, without postmaster being a member; the rest there
+        # stays postmaster's own (0600).
+        "d ${tlsDir} 2750 postmaster ${tlsFrontUser} - -"
+        # A pair installed before the front existed (0600, group postmaster).
+        "z ${tlsPair} 0640 postmaster ${tlsFrontUser} - -"
         "d ${cfg.mailRoot} 0750 ${cfg.vmail.user} ${cfg.vmail.user} - -"
       ]
       ++ optionals cfg.dkim.enable [
@@ -1718,9 +1822,10 @@ in
         # Without NoNewPrivileges: a Sieve vacation reply goes out through
         # sendmail, whose wrapper is setgid postdrop (as on Debian).
         serviceConfig = removeAttrs mailDaemonHardening [ "NoNewPrivileges" ] // {
-          # The daemon waits for dovecot's reload at every new certificate: the
-          # signal `doveadm reload` sends, without a sandbox set up for the command
-          # that sends it, as units/dovecot-hardening.conf does on Debian.
+          # A reload (no longer at every new certificate: the TLS front takes
+          # those) is the signal `doveadm reload` sends, without a sandbox set up
+          # for the command that sends it, as units/dovecot-hardening.conf does on
+          # Debian.
           ExecReload = lib.mkForce "+${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         };
       };
@@ -1825,6 +1930,45 @@ in
           TimeoutStopSec = "90s";
           Restart = "on-failure";
           RestartSec = "1s";
+        };
+      };
+
+      # ---- TLS for IMAP, POP3 and ManageSieve: postmaster's front -------------------
+      # As units/postmaster-tls.{socket,service} (tlsFrontUnit above says why).
+      # One socket unit for all five ports (Accept=no): systemd passes every
+      # listening socket to the one front process.
+      systemd.sockets.postmaster-tls = {
+        description = "postmaster TLS front sockets (IMAP, POP3, ManageSieve)";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = map toString tlsFrontPorts;
+        socketConfig = {
+          # One long-lived front takes every connection.
+          Backlog = 1024;
+          NoDelay = true;
+          Service = tlsFrontUnit;
+        };
+      };
+      systemd.services.postmaster-tls = {
+        description = "postmaster TLS front (IMAP, POP3, ManageSieve to dovecot)";
+        # Running from boot, not only from the first client: a pair it cannot
+        # read shows in `postmaster status` and the journal at once.
+        wantedBy = [ "multi-user.target" ];
+        requires = [ "postmaster-tls.socket" ];
+        after = [
+          "postmaster-tls.socket"
+          dovecotUnit
+        ];
+        # A new binary: the front restarts, the sockets keep listening (clients
+        # wait in them, none is refused), as with the LMTP relay above.
+        stopIfChanged = false;
+        serviceConfig = tlsFrontSandbox // {
+          ExecStart = "${lib.getExe' cfg.package "postmaster"} tls-front --pair ${tlsPair}";
+          # SIGHUP: the pair read again (RELOADING=1 … READY=1), nothing dropped.
+          Type = "notify-reload";
+          Restart = "on-failure";
+          RestartSec = "1s";
+          # Two descriptors a client (its own, dovecot's), up to 1000 clients.
+          LimitNOFILE = 8192;
         };
       };
     }

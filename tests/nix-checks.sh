@@ -11,7 +11,8 @@
 # every NixOS example of README.md and the module's own checks and refusals,
 # against the project's stubs of nixpkgs' postfix, mail, dovecot, rspamd, unbound
 # and redis modules (nix/tests/eval/stubs), for both generations of the dovecot
-# module.
+# module; and the module's TLS front units (postmaster-tls.socket and .service)
+# are compared key by key with units/postmaster-tls.{socket,service}.
 #
 # NixOS VM tests need nixpkgs and KVM: they run with `nix flake check` elsewhere.
 #
@@ -559,6 +560,92 @@ check "nix/tests/module-eval.nix with minilib (stubs, both dovecot generations)"
   module_eval minilib -A summary
 check "nix/tests/module-eval.nix with minilib: undeclared options and wrong types are refused" \
   expected_errors minilib "$PWD/nix/tests/module-eval.nix"
+
+# The TLS front on NixOS as on Debian: the module's postmaster-tls.socket and
+# postmaster-tls.service (evaluated, both dovecot generations) say what
+# units/postmaster-tls.{socket,service} say, key by key, the binary's path aside.
+front_as_units() {
+  local dir=$work/front f
+  mkdir -p "$dir" || return 1
+  for f in units/postmaster-tls.socket units/postmaster-tls.service; do
+    [ -e "$f" ] || { echo "$f does not exist: the module's TLS front has nothing to agree with"; return 1; }
+  done
+  cat >"$dir/front.nix" <<NIX
+{ lib }:
+builtins.mapAttrs (
+  _: g:
+  let
+    systemd = g.configurations."declared accounts".systemd;
+  in
+  {
+    socket = systemd.sockets.postmaster-tls;
+    service = systemd.services.postmaster-tls;
+  }
+) (import $PWD/nix/tests/module-eval.nix { inherit lib; }).snapshot
+NIX
+  nix_with minilib --read-write-mode --option store "$work/store" --eval --strict --json \
+    "$dir/front.nix" >"$dir/front.json" || return 1
+  "$python" - "$dir/front.json" <<'EOF' || return 1
+import json, pathlib, sys
+
+def debian(path):
+    """The unit file's settings: {section: {key: [value per line]}}."""
+    sections, current = {}, {}
+    for raw in pathlib.Path(path).read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+def nixos(kind, unit):
+    """The same shape, from the module's evaluated unit."""
+    sections = {"Unit": {"Description": unit["description"]}}
+    for key, attr in (("Requires", "requires"), ("After", "after")):
+        if attr in unit:
+            sections["Unit"][key] = unit[attr]
+    if "wantedBy" in unit:
+        sections["Install"] = {"WantedBy": unit["wantedBy"]}
+    if kind == "socket":
+        sections["Socket"] = {"ListenStream": unit["listenStreams"], **unit["socketConfig"]}
+    else:
+        sections["Service"] = dict(unit["serviceConfig"])
+    return sections
+
+def norm(value):
+    """One string per key, as systemd reads it (a list is one line each; yes/no)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return " ".join(norm(v) for v in value)
+    return str(value)
+
+def binary_aside(command):
+    return command.split("/bin/postmaster ", 1)[-1]
+
+bad = []
+for generation, units in json.load(open(sys.argv[1])).items():
+    for kind in ("socket", "service"):
+        theirs = debian(f"units/postmaster-tls.{kind}")
+        ours = nixos(kind, units[kind])
+        for section in sorted(set(theirs) | set(ours)):
+            a, b = theirs.get(section, {}), ours.get(section, {})
+            for key in sorted(set(a) | set(b)):
+                want = " ".join(a[key]) if key in a else None
+                got = norm(b[key]) if key in b else None
+                if key == "ExecStart" and want and got:
+                    want, got = binary_aside(want), binary_aside(got)
+                if want != got:
+                    bad.append(f"{generation}: postmaster-tls.{kind} [{section}] {key}: units/ has {want!r}, the module {got!r}")
+print("\n".join(bad) or "the module's postmaster-tls.socket and .service say what units/ says (both dovecot generations)")
+sys.exit(1 if bad else 0)
+EOF
+}
+check "TLS front: the module's postmaster-tls.socket and .service as units/postmaster-tls.{socket,service}" front_as_units
 
 if [ -n "${POSTMASTER_NIXPKGS_LIB:-}" ]; then
   nixpkgs_lib=$POSTMASTER_NIXPKGS_LIB

@@ -272,17 +272,67 @@ let
 
   # Python for the test scripts (the driver's side).
   testLib = ''
-    MAIL_PORTS = [25, 465, 587, 143, 993, 110, 995]
+    # postmaster's TLS front holds these (postmaster-tls.socket): IMAP and POP3
+    # with implicit TLS, IMAP, POP3 and ManageSieve with STARTTLS.
+    FRONT_PORTS = [993, 995, 143, 110, 4190]
+    MAIL_PORTS = [25, 465, 587] + FRONT_PORTS
+    # Where dovecot listens behind the front: loopback alone.
+    DOVECOT_BEHIND_FRONT = ["127.0.0.1:10110", "127.0.0.1:10143", "127.0.0.1:14190"]
 
 
     def wait_for_mail_host(machine):
-        """postmaster, postfix, dovecot and rspamd up, every mail port open, and
-        rspamd's milter there: until then submitted mail is refused for later (451)."""
-        for unit in ("postmaster.service", "postfix.service", "dovecot.service", "rspamd.service"):
+        """postmaster, postfix, dovecot, rspamd and the TLS front's sockets up,
+        every mail port open, and rspamd's milter there: until then submitted mail
+        is refused for later (451)."""
+        for unit in (
+            "postmaster.service",
+            "postfix.service",
+            "dovecot.service",
+            "rspamd.service",
+            "postmaster-tls.socket",
+        ):
             machine.wait_for_unit(unit)
         for port in MAIL_PORTS:
             machine.wait_for_open_port(port)
         machine.wait_for_file("/run/rspamd/rspamd-milter.sock")
+
+
+    def assert_tls_front(machine):
+        """IMAP, POP3 and ManageSieve: systemd holds the public ports and hands
+        them to postmaster's TLS front, which runs as its own user; dovecot
+        listens on loopback alone, behind it."""
+        machine.succeed("systemctl is-active postmaster-tls.socket")
+        for port in FRONT_PORTS:
+            holders = machine.succeed(f"ss -Hltnp 'sport = :{port}'")
+            assert '"systemd"' in holders, f"port {port} is not systemd's: {holders}"
+            assert "dovecot" not in holders and "-login" not in holders, f"dovecot on port {port}: {holders}"
+        # wait_for_mail_host connected to every port: the socket started the front.
+        machine.wait_for_unit("postmaster-tls.service")
+        # user:32: ps shows a name longer than 8 characters as its uid otherwise.
+        user = machine.succeed("ps -o user:32= -p $(systemctl show -P MainPID postmaster-tls.service)").strip()
+        assert user == "postmaster-tls", f"the front runs as {user}"
+        dovecot = sorted(set(machine.succeed(
+            "ss -Hltnp | grep -E '\"(dovecot|imap-login|pop3-login|managesieve-login)\"' | awk '{print $4}'"
+        ).split()))
+        assert dovecot == DOVECOT_BEHIND_FRONT, f"dovecot listens on {dovecot}"
+
+
+    def login_addresses(machine):
+        """The client addresses of every login dovecot logged (2.3: "Login:", 2.4:
+        "Logged in:"): through the front, those its PROXY header gave."""
+        journal = machine.succeed("journalctl -u dovecot.service --no-pager")
+        return {
+            line.split("rip=", 1)[1].split(",", 1)[0]
+            for line in journal.splitlines()
+            if "-login: " in line and (" Login: " in line or " Logged in: " in line) and "rip=" in line
+        }
+
+
+    def assert_client_addresses(machine):
+        """dovecot saw the clients' own addresses, never the front's loopback one."""
+        addresses = login_addresses(machine)
+        assert addresses, "dovecot logged no login"
+        assert not addresses & {"127.0.0.1", "::1"}, f"logins from the front's address: {addresses}"
 
 
     def main_pids(machine, units=("postfix.service", "dovecot.service")):
@@ -299,6 +349,25 @@ let
         for unit in before:
             restarts = machine.succeed(f"systemctl show --property=NRestarts --value {unit}").strip()
             assert restarts in ("", "0"), f"{unit} restarted {restarts} times"
+
+
+    def dovecot_state(machine):
+        """dovecot's main PID, and the time from which its journal must not show a
+        reload (assert_dovecot_untouched)."""
+        pid = machine.succeed("systemctl show --property=ExecMainPID --value dovecot.service").strip()
+        since = machine.succeed("date '+%Y-%m-%d %H:%M:%S'").strip()
+        return pid, since
+
+
+    def assert_dovecot_untouched(machine, state):
+        """dovecot was neither restarted nor reloaded since dovecot_state: every
+        reload replaces its auth process and fails the logins in flight."""
+        pid, since = state
+        now = machine.succeed("systemctl show --property=ExecMainPID --value dovecot.service").strip()
+        assert now == pid, f"dovecot restarted: main PID {pid}, now {now}"
+        journal = machine.succeed(f"journalctl -u dovecot.service --no-pager --since '{since}'")
+        for line in journal.splitlines():
+            assert "SIGHUP received" not in line and "reload" not in line.lower(), f"dovecot reloaded: {line}"
   '';
 in
 {

@@ -5,6 +5,8 @@
 #                     unchanged) against the seed's mail host with accounts declared
 #                     in Nix: submission -> IMAPS/POP3S, catch-all, no open relay,
 #                     TLS 1.2+ on every port, no forged senders, quota, disabled login;
+#                     IMAP, POP3 and ManageSieve through postmaster's TLS front (systemd's
+#                     sockets), dovecot on loopback behind it, seeing the clients' addresses;
 #                     then DKIM: submitted and local mail delivered signed by rspamd
 #                     (d=example.org, the selector in use), mail from port 25 unsigned
 #   accounts-live     the admin edits the accounts file (in place, and by rename as
@@ -12,7 +14,8 @@
 #                     and dovecot keep their main PIDs
 #   acme              postmaster gets its certificate from pebble (http-01 on port 80
 #                     through systemd's socket) and a renewal is served on every port
-#                     without restarting postfix or dovecot
+#                     (the TLS front's 993, 995, 143, 110, 4190 too) without restarting
+#                     postfix or dovecot, and without reloading dovecot
 #   broken-accounts   a broken accounts file is refused, the last good accounts keep
 #                     being served, and `postmaster status` names file:line:column
 #   dovecot23         the same mail host on Dovecot 2.3 (system.stateVersion 25.11,

@@ -34,7 +34,14 @@
         mail.succeed("doveadm user thomas")
         mail.succeed("doveadm auth test thomas ${common.passwords.thomas}")
 
+    with subtest("dovecot 2.3 behind postmaster's TLS front, on loopback alone"):
+        assert_tls_front(mail)
+        mail.succeed("doveconf -h haproxy_trusted_networks | grep -qx 127.0.0.1/32")
+
     with subtest("the bed's scenarios (tests/scenarios/test_mail_flow.py) pass"):
         client.succeed("postmaster-scenarios >&2")
+
+    with subtest("dovecot 2.3 saw the clients' addresses through the front (its PROXY header)"):
+        assert_client_addresses(mail)
   '';
 }

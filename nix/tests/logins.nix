@@ -83,6 +83,9 @@ in
 
     with subtest("the guesser logs in before it guesses, through an auth process postmaster answers"):
         client.succeed(login("imap", "${passwords.thomas}"))
+        # Through the TLS front: dovecot (so the guard) sees the guesser's own
+        # address, which the front's PROXY header carries.
+        assert guesser in login_addresses(mail), login_addresses(mail)
         # Right after a login dovecot's auth process runs (it may end when idle):
         # as root, or as the user policy_clients names.
         auth_user = mail.succeed("ps -o user= -C auth | sort -u").strip()

@@ -48,12 +48,20 @@
 
     with subtest("the passwd-file and the pair have the modes postfix and dovecot expect"):
         mail.succeed("test \"$(stat -c '%U:%G %a' /var/lib/postmaster/generated/dovecot/users)\" = 'postmaster:dovecot 640'")
-        mail.succeed("test \"$(stat -c '%a' /var/lib/postmaster/tls/pair.pem)\" = 600")
+        # The pair: the TLS front reads it as its group (the directory is setgid).
+        mail.succeed("test \"$(stat -c '%U:%G %a' /var/lib/postmaster/tls)\" = 'postmaster:postmaster-tls 2750'")
+        mail.succeed("test \"$(stat -c '%U:%G %a' /var/lib/postmaster/tls/pair.pem)\" = 'postmaster:postmaster-tls 640'")
         mail.succeed("postmap -q thomas@example.org hash:/var/lib/postmaster/generated/postfix/virtual_mailbox")
         mail.succeed("doveadm user thomas")
 
+    with subtest("IMAP, POP3 and ManageSieve: systemd's sockets, postmaster's TLS front, dovecot on loopback behind it"):
+        assert_tls_front(mail)
+
     with subtest("the bed's scenarios (tests/scenarios/test_mail_flow.py) pass"):
         client.succeed("postmaster-scenarios >&2")
+
+    with subtest("dovecot saw the clients' addresses through the front (its PROXY header)"):
+        assert_client_addresses(mail)
 
     with subtest("LMTP: deliveries go through postmaster-lmtp.socket and the relay, as postfix, and wait out a dovecot restart"):
         queue = "/var/lib/postfix/queue/private"

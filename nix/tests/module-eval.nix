@@ -337,6 +337,39 @@ let
       };
       milter = "unix:/run/rspamd/rspamd-milter.sock";
       noSection = lib.flip builtins.removeAttrs [ "_section" ];
+      # Every TCP port dovecot listens on (its inet listeners whose port is not
+      # 0), sorted; nixpkgs' modules may wrap each section with `_section`.
+      dovecotPorts =
+        c:
+        let
+          settings = c.services.dovecot2.settings;
+          sectionsOf =
+            prefix: attrs:
+            map (n: attrs.${n}) (builtins.filter (lib.hasPrefix prefix) (builtins.attrNames attrs));
+          listeners = builtins.concatMap (sectionsOf "inet_listener ") (sectionsOf "service " settings);
+        in
+        builtins.sort builtins.lessThan (
+          builtins.filter (p: p != 0) (map (l: l.port or (throw "an inet listener without a port")) listeners)
+        );
+      # What postmaster-tls.socket holds: the mail-access ports, which the
+      # firewall opens (openFirewall) and dovecot must leave alone.
+      frontPorts = [
+        110
+        143
+        993
+        995
+        4190
+      ];
+      # The polkit rule's list of units, as the module writes it.
+      polkitUnitsLine =
+        c:
+        builtins.head (
+          builtins.head (
+            builtins.filter (l: l != null) (
+              map (builtins.match " *(var UNITS = .*)") (lib.splitString "\n" c.security.polkit.extraConfig)
+            )
+          )
+        );
 
       full = eval {
         imports = [
@@ -792,20 +825,263 @@ let
           auto = "subscribe";
           special_use = "\\Junk";
         })
-        (check "dovecot: implicit TLS on 993 and 995"
+        (check
+          "dovecot 2.4 and 2.3: IMAP, POP3 and ManageSieve only from the TLS front, on loopback, PROXY headers believed from there alone"
+          (map
+            (c: [
+              (noSection c.services.dovecot2.settings."service imap-login"."inet_listener imap")
+              (noSection (c.services.dovecot2.settings."service imap-login"."inet_listener imaps" or { }))
+              (noSection c.services.dovecot2.settings."service pop3-login"."inet_listener pop3")
+              (noSection (c.services.dovecot2.settings."service pop3-login"."inet_listener pop3s" or { }))
+              (noSection c.services.dovecot2.settings."service managesieve-login"."inet_listener sieve")
+              c.services.dovecot2.settings.listen
+              c.services.dovecot2.settings.haproxy_trusted_networks
+              # A connection without the front's SSL flag is not secured: no
+              # password in clear.
+              c.services.dovecot2.settings.ssl
+              (dovecotPorts c)
+            ])
+            [
+              full
+              dovecot23
+            ]
+          )
+          (
+            builtins.genList (_: [
+              {
+                port = 10143;
+                haproxy = true;
+              }
+              # dovecot's built-in implicit-TLS listeners, switched off.
+              { port = 0; }
+              {
+                port = 10110;
+                haproxy = true;
+              }
+              { port = 0; }
+              {
+                port = 14190;
+                haproxy = true;
+              }
+              "127.0.0.1"
+              "127.0.0.1/32"
+              "required"
+              [
+                10110
+                10143
+                14190
+              ]
+            ]) 2
+          )
+        )
+      ]
+      # nixpkgs' own modules render dovecot.conf (the stubs leave configFile
+      # null): the listeners as dovecot reads them, 2.4 and 2.3.
+      ++ lib.optional (full.services.dovecot2.configFile != null) (
+        check
+          "dovecot.conf as nixpkgs renders it: loopback, PROXY headers, the front's backends, no imaps or pop3s"
+          (map
+            (
+              c:
+              let
+                lines = lib.splitString "\n" c.services.dovecot2.configFile.text;
+                text = c.services.dovecot2.configFile.text;
+              in
+              [
+                (builtins.elem "listen = 127.0.0.1" lines)
+                (builtins.elem "haproxy_trusted_networks = 127.0.0.1/32" lines)
+                (lib.hasInfix "service imap-login {\n  inet_listener imap {\n    haproxy = yes\n    port = 10143\n  }\n  inet_listener imaps {\n    port = 0\n  }\n}\n" text)
+                (lib.hasInfix "service pop3-login {\n  inet_listener pop3 {\n    haproxy = yes\n    port = 10110\n  }\n  inet_listener pop3s {\n    port = 0\n  }\n}\n" text)
+                (lib.hasInfix "service managesieve-login {\n  inet_listener sieve {\n    haproxy = yes\n    port = 14190\n  }\n}\n" text)
+                (builtins.elem "ssl = required" lines)
+              ]
+            )
+            [
+              full
+              dovecot23
+            ]
+          )
+          (builtins.genList (_: builtins.genList (_: true) 6) 2)
+      )
+      ++ [
+        (check "dovecot: no listener on a port of the TLS front, in any configuration" (lib.mapAttrs (
+          _: c: builtins.filter (p: builtins.elem p frontPorts) (dovecotPorts c)
+        ) configurations) (lib.mapAttrs (_: _: [ ]) configurations))
+        (check
+          "TLS front: postmaster-tls.socket holds 993, 995, 143, 110 and 4190 for postmaster-tls.service"
           [
-            (noSection fullDovecot."service imap-login"."inet_listener imaps")
-            (noSection fullDovecot."service pop3-login"."inet_listener pop3s")
+            full.systemd.sockets.postmaster-tls.listenStreams
+            full.systemd.sockets.postmaster-tls.wantedBy
+            full.systemd.sockets.postmaster-tls.socketConfig
+            # The firewall opens what the socket holds (and SMTP's).
+            (builtins.filter (p: builtins.elem p frontPorts) acme.networking.firewall.allowedTCPPorts)
           ]
           [
+            [
+              "993"
+              "995"
+              "143"
+              "110"
+              "4190"
+            ]
+            [ "sockets.target" ]
             {
-              port = 993;
-              ssl = true;
+              Backlog = 1024;
+              NoDelay = true;
+              Service = "postmaster-tls.service";
             }
+            [
+              993
+              995
+              143
+              110
+              4190
+            ]
+          ]
+        )
+        (check
+          "TLS front: postmaster tls-front with the installed pair, reloaded on SIGHUP, after its socket and dovecot"
+          (
+            let
+              unit = full.systemd.services.postmaster-tls;
+            in
+            [
+              (builtins.match "/nix/store/[^ ]*/bin/postmaster tls-front --pair (.*)" unit.serviceConfig.ExecStart)
+              unit.serviceConfig.Type
+              unit.serviceConfig.Restart
+              unit.serviceConfig.RestartSec
+              unit.requires
+              unit.after
+              # The unit it waits for is nixpkgs' dovecot unit.
+              (full.systemd.services ? dovecot)
+              # Running from boot, not only from the first client.
+              unit.wantedBy
+              unit.serviceConfig.LimitNOFILE
+              unit.stopIfChanged
+            ]
+          )
+          [
+            [ "/var/lib/postmaster/tls/pair.pem" ]
+            "notify-reload"
+            "on-failure"
+            "1s"
+            [ "postmaster-tls.socket" ]
+            [
+              "postmaster-tls.socket"
+              "dovecot.service"
+            ]
+            true
+            [ "multi-user.target" ]
+            8192
+            false
+          ]
+        )
+        (check
+          "TLS front: its own system user, the network but no capability, of /var only the pair's directory, read-only"
+          (
+            let
+              sc = full.systemd.services.postmaster-tls.serviceConfig;
+            in
+            [
+              sc.User
+              sc.Group
+              full.users.users.postmaster-tls
+              full.users.groups.postmaster-tls
+              sc.RestrictAddressFamilies
+              (sc ? PrivateNetwork)
+              (sc ? IPAddressDeny)
+              sc.ProtectSystem
+              sc.TemporaryFileSystem
+              sc.BindReadOnlyPaths
+              (sc ? ReadWritePaths)
+              (sc ? StateDirectory)
+              sc.CapabilityBoundingSet
+              sc.AmbientCapabilities
+              sc.NoNewPrivileges
+              sc.PrivateUsers
+              sc.RemoveIPC
+              sc.SystemCallFilter
+              # The relay's sandbox otherwise.
+              (
+                removeAttrs sc [
+                  "User"
+                  "Group"
+                  "BindReadOnlyPaths"
+                  "RestrictAddressFamilies"
+                  "RemoveIPC"
+                  "ExecStart"
+                  "Type"
+                  "Restart"
+                  "RestartSec"
+                  "LimitNOFILE"
+                ] == removeAttrs full.systemd.services.postmaster-lmtp.serviceConfig [
+                  "User"
+                  "Group"
+                  "BindReadOnlyPaths"
+                  "RestrictAddressFamilies"
+                  "PrivateNetwork"
+                  "IPAddressDeny"
+                  "ExecStart"
+                  "TimeoutStopSec"
+                  "Restart"
+                  "RestartSec"
+                ]
+              )
+            ]
+          )
+          [
+            "postmaster-tls"
+            "postmaster-tls"
             {
-              port = 995;
-              ssl = true;
+              isSystemUser = true;
+              group = "postmaster-tls";
+              description = "postmaster TLS front (IMAP, POP3, ManageSieve)";
             }
+            { }
+            [
+              "AF_UNIX"
+              "AF_INET"
+              "AF_INET6"
+            ]
+            false
+            false
+            "strict"
+            "/var:ro"
+            [ "/var/lib/postmaster/tls" ]
+            false
+            false
+            [ "" ]
+            [ "" ]
+            true
+            true
+            true
+            [
+              "@system-service"
+              "~@privileged @resources"
+            ]
+            true
+          ]
+        )
+        (check
+          "TLS front: the pair's directory is setgid postmaster-tls, so the pair (0640) is the front's to read"
+          [
+            (builtins.elem "d /var/lib/postmaster/tls 2750 postmaster postmaster-tls - -" full.systemd.tmpfiles.rules)
+            # A pair from before the front gets its group and mode.
+            (builtins.elem "z /var/lib/postmaster/tls/pair.pem 0640 postmaster postmaster-tls - -" full.systemd.tmpfiles.rules)
+            (builtins.filter (lib.hasInfix "/var/lib/postmaster/tls") full.systemd.tmpfiles.rules)
+            # postmaster writes it without being in the group.
+            (full.users.users.postmaster ? extraGroups)
+            (full.systemd.services.postmaster.serviceConfig ? SupplementaryGroups)
+          ]
+          [
+            true
+            true
+            [
+              "d /var/lib/postmaster/tls 2750 postmaster postmaster-tls - -"
+              "z /var/lib/postmaster/tls/pair.pem 0640 postmaster postmaster-tls - -"
+            ]
+            false
+            false
           ]
         )
         (check "dovecot 2.3: passwd-file and ssl_cert"
@@ -877,14 +1153,18 @@ let
             lib.concatStringsSep "\n" (builtins.filter (l: builtins.substring 0 1 l != "#") lines)
           )
         )
-        (check "dovecot: ManageSieve on 4190, its programs and sieve plugins from Pigeonhole"
+        (check
+          "dovecot: ManageSieve (4190 through the front), its programs and sieve plugins from Pigeonhole"
           [
             (noSection fullDovecot."service managesieve-login"."inet_listener sieve")
             (builtins.elem "dovecot-pigeonhole" (map (p: p.name or null) full.environment.systemPackages))
             (builtins.elem 4190 acme.networking.firewall.allowedTCPPorts)
           ]
           [
-            { port = 4190; }
+            {
+              port = 14190;
+              haproxy = true;
+            }
             true
             true
           ]
@@ -1076,18 +1356,28 @@ let
           ]
         )
         (check
-          "polkit: only postfix, dovecot and rspamd, only for postmaster; without DKIM, postfix and dovecot only"
+          "polkit: only postfix, dovecot, rspamd and the TLS front, only for postmaster; without DKIM, no rspamd; the rest is units/'s"
           [
             (lib.hasInfix ''var USER = "postmaster";'' acme.security.polkit.extraConfig)
-            (lib.hasInfix ''var UNITS = ["postfix.service", "dovecot.service", "rspamd.service"];'' acme.security.polkit.extraConfig)
-            (lib.hasInfix ''var UNITS = ["postfix.service", "dovecot.service"];'' noDkim.security.polkit.extraConfig)
+            (polkitUnitsLine acme)
+            (polkitUnitsLine noDkim)
             (lib.hasInfix ''"rspamd.service"'' noDkim.security.polkit.extraConfig)
+            # Only the UNITS line is the module's.
+            (
+              builtins.replaceStrings [ (polkitUnitsLine noDkim) ] [ "" ] noDkim.security.polkit.extraConfig
+              == builtins.concatStringsSep "\n" (
+                map (l: if builtins.match " *var UNITS = .*" l != null then "    " else l) (
+                  lib.splitString "\n" (builtins.readFile ../../units/polkit-postmaster.rules)
+                )
+              )
+            )
           ]
           [
             true
-            true
-            true
+            ''var UNITS = ["postfix.service", "dovecot.service", "rspamd.service", "postmaster-tls.service"];''
+            ''var UNITS = ["postfix.service", "dovecot.service", "postmaster-tls.service"];''
             false
+            true
           ]
         )
         (check

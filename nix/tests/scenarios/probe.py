@@ -5,7 +5,7 @@
     postmaster-probe inbound --to ADDR [--read USER:PASSWORD ...]
     postmaster-probe gtube --to ADDR
     postmaster-probe rcpt ADDR --expect CODE
-    postmaster-probe served [--not FINGERPRINT]
+    postmaster-probe served [--not FINGERPRINT]   (25, 465, 587, 143, 993, 110, 995, 4190)
     postmaster-probe move USER PASSWORD SUBJECT SOURCE TARGET
 
 Everything goes through tests/scenarios/mailclient.py, like the bed's scenarios.
@@ -25,6 +25,7 @@ import poplib
 import smtplib
 import socket
 import sys
+from typing import BinaryIO
 
 import mailclient as mc
 
@@ -67,9 +68,32 @@ def peer_fingerprint(server: mc.Server, port: int) -> str:
             der = p.sock.getpeercert(binary_form=True)
         finally:
             p.quit()
+    elif port == 4190:
+        # ManageSieve (RFC 5804): capabilities, then OK; STARTTLS, then OK.
+        with socket.create_connection((server.address, port), timeout=server.timeout) as raw:
+            reader = raw.makefile("rb")
+            managesieve_ok(reader, "greeting")
+            raw.sendall(b"STARTTLS\r\n")
+            # Nothing more is sent in clear after this OK: the buffer holds no TLS.
+            managesieve_ok(reader, "STARTTLS")
+            with ctx.wrap_socket(raw, server_hostname=server.name) as tls:
+                der = tls.getpeercert(binary_form=True)
     else:
         raise ValueError(f"no TLS on port {port}")
     return hashlib.sha256(der).hexdigest()
+
+
+def managesieve_ok(reader: BinaryIO, what: str) -> None:
+    """Reads ManageSieve response lines up to the one that ends the response;
+    raises unless it is OK."""
+    while True:
+        line = reader.readline()
+        if not line:
+            raise ConnectionError(f"ManageSieve {what}: connection closed")
+        if line.startswith((b"OK", b"NO", b"BYE")):
+            if not line.startswith(b"OK"):
+                raise ConnectionError(f"ManageSieve {what}: {line!r}")
+            return
 
 
 def main(argv: list[str]) -> int:
@@ -175,7 +199,7 @@ def main(argv: list[str]) -> int:
         return 0
 
     if args.check == "served":
-        seen = {port: peer_fingerprint(server, port) for port in (25, 465, 587, 143, 993, 110, 995)}
+        seen = {port: peer_fingerprint(server, port) for port in (25, 465, 587, 143, 993, 110, 995, 4190)}
         for port, fingerprint in seen.items():
             print(f"port {port}: {fingerprint}", file=sys.stderr)
         if len(set(seen.values())) != 1:
