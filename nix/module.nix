@@ -1945,6 +1945,7 @@ in
           # One long-lived front takes every connection.
           Backlog = 1024;
           NoDelay = true;
+          KeepAlive = true;
           Service = tlsFrontUnit;
         };
       };

@@ -129,11 +129,11 @@ fi
 systemctl daemon-reload
 
 if [ "$enable" = yes ]; then
-	systemctl enable postmaster.service postmaster-lmtp.socket postmaster-tls.socket postmaster-tls.service
+	systemctl enable postmaster.service postmaster-lmtp.socket
 elif systemctl --quiet is-enabled postmaster.service; then
-	# An upgrade of a host installed before the relay and the front existed: the
-	# main.cf and dovecot.conf postmaster renders need both.
-	systemctl enable postmaster-lmtp.socket postmaster-tls.socket postmaster-tls.service
+	# An upgrade of a host installed before the relay existed: the main.cf postmaster
+	# renders names the relay's socket, so it must listen as well.
+	systemctl enable postmaster-lmtp.socket
 fi
 # The socket postfix delivers to: listening before postfix reads a main.cf that
 # names it. A changed socket unit takes effect when bound again (systemd will not
@@ -148,21 +148,26 @@ if systemctl --quiet is-enabled postmaster-lmtp.socket; then
 	fi
 	[ "$lmtp_changed" = no ] || systemctl try-restart postmaster-lmtp.service
 fi
-# The front's ports: free once dovecot runs the dovecot.conf postmaster renders
-# (loopback only). Until then the socket cannot bind, and that is said, not fatal.
-if systemctl --quiet is-enabled postmaster-tls.socket; then
+# The TLS front's ports: free once dovecot runs the dovecot.conf postmaster renders
+# (loopback only). The front is enabled only once its socket listens: enabled
+# before, it would take the ports at the next boot from a dovecot that still wants
+# them, and dovecot would not start at all.
+if [ "$enable" = yes ] || systemctl --quiet is-enabled postmaster.service; then
 	if [ "$tls_socket_changed" = yes ] && systemctl --quiet is-active postmaster-tls.socket; then
 		systemctl stop postmaster-tls.service
 		systemctl restart postmaster-tls.socket
 	fi
-	if ! systemctl start postmaster-tls.socket; then
+	if systemctl start postmaster-tls.socket; then
+		systemctl enable postmaster-tls.socket postmaster-tls.service
+		if [ "$tls_changed" = yes ]; then
+			systemctl restart postmaster-tls.service
+		else
+			systemctl start postmaster-tls.service
+		fi
+	else
 		echo "postmaster-tls.socket could not listen on 993, 995, 143, 110 and 4190: is dovecot still" \
 			"listening there? Install the dovecot.conf \`postmaster render\` writes, restart dovecot," \
-			"then: systemctl start postmaster-tls.socket postmaster-tls.service" >&2
-	elif [ "$tls_changed" = yes ]; then
-		systemctl restart postmaster-tls.service
-	else
-		systemctl start postmaster-tls.service
+			"then run this again (it enables the front once its ports are free)." >&2
 	fi
 fi
 if systemctl --quiet is-active postmaster.service; then

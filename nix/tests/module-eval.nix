@@ -928,6 +928,7 @@ let
             {
               Backlog = 1024;
               NoDelay = true;
+              KeepAlive = true;
               Service = "postmaster-tls.service";
             }
             [

@@ -21,8 +21,9 @@
 //! AES-GCM or ChaCha20-Poly1305), no finite-field DH at all: Mozilla's
 //! "intermediate" profile, on every one of these ports.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
@@ -47,10 +48,16 @@ pub(crate) const IMAP_BACKEND_PORT: u16 = 10143;
 pub(crate) const POP3_BACKEND_PORT: u16 = 10110;
 pub(crate) const SIEVE_BACKEND_PORT: u16 = 14190;
 
-/// How long a client may take to send a line before TLS, and to complete its
-/// handshake: a slot is not held by a client that does neither.
-const PLAINTEXT_IDLE: Duration = Duration::from_secs(60);
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a client has from its connection to a completed TLS handshake, the
+/// dialogue before STARTTLS included: one deadline, not one per read, so a client
+/// that trickles bytes does not hold a slot for longer.
+const UNTIL_TLS: Duration = Duration::from_secs(60);
+/// Connections from one address that have not completed TLS yet: more are closed
+/// at once, so that one address cannot take every slot with half-open sessions.
+const PENDING_PER_ADDRESS: usize = 20;
+/// Once dovecot has closed a session, how long the client gets to close its side
+/// before the front lets go of it.
+const LINGER: Duration = Duration::from_secs(5);
 /// How long a client waits for dovecot while it is (re)starting before it is told
 /// to come back later; dovecot's reloads keep its inet listeners, so only a
 /// stopped or starting dovecot refuses.
@@ -209,6 +216,43 @@ struct Shared {
     /// dovecot's `"SIEVE" "..."` capability line, learnt at the first ManageSieve
     /// client and forgotten at each reload.
     sieve_capability: Mutex<Option<String>>,
+    /// Connections per client address that have not completed TLS yet.
+    pending: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection counted in [`Shared::pending`] until TLS is up or it ends.
+struct Pending<'s> {
+    shared: &'s Shared,
+    address: IpAddr,
+}
+
+impl<'s> Pending<'s> {
+    /// Counts a connection from `address`; `None` when it has too many already.
+    fn enter(shared: &'s Shared, address: IpAddr) -> Option<Pending<'s>> {
+        let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let count = pending.entry(address).or_insert(0);
+        if *count >= PENDING_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(Pending { shared, address })
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = pending.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                pending.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// `postmaster tls-front`: the sockets systemd passes (LISTEN_FDS), served until
@@ -245,6 +289,7 @@ pub(crate) fn run(settings: Settings) -> Result<(), FrontError> {
         acceptor: TlsAcceptor::from(Arc::new(config)),
         settings,
         sieve_capability: Mutex::new(None),
+        pending: Mutex::new(HashMap::new()),
     });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -307,11 +352,8 @@ async fn serve(
 
 async fn accept(listener: TcpListener, role: Role, shared: Arc<Shared>, slots: Arc<Semaphore>) {
     loop {
-        let slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        // A slot is taken after the accept, so that every port keeps accepting
+        // whatever the limit; at the limit the accepted client waits for one.
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -321,6 +363,11 @@ async fn accept(listener: TcpListener, role: Role, shared: Arc<Shared>, slots: A
                 continue;
             }
         };
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let shared = shared.clone();
         tokio::spawn(async move {
             let local = stream.local_addr();
@@ -347,12 +394,29 @@ async fn client(
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let protocol = role.protocol;
-    if !role.implicit && !before_tls(&mut stream, protocol, peer, local, shared).await? {
-        return Ok(());
-    }
-    let mut tls = tokio::time::timeout(HANDSHAKE_LIMIT, shared.acceptor.accept(stream))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    let Some(pending) = Pending::enter(shared, peer.ip()) else {
+        return Err(io::Error::other(format!(
+            "more than {PENDING_PER_ADDRESS} connections from this address before TLS: closed"
+        )));
+    };
+    let until_tls = async {
+        if !role.implicit && !before_tls(&mut stream, protocol, peer, local, shared).await? {
+            return Ok(None);
+        }
+        shared.acceptor.accept(stream).await.map(Some)
+    };
+    let mut tls = match tokio::time::timeout(UNTIL_TLS, until_tls).await {
+        Ok(Ok(Some(tls))) => tls,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no TLS session within a minute",
+            ));
+        }
+    };
+    drop(pending);
     let session = {
         let (_, connection) = tls.get_ref();
         proxy_header::Tls {
@@ -379,12 +443,72 @@ async fn client(
         }
     };
     // After STARTTLS an IMAP or POP3 client expects no second greeting; ManageSieve's
-    // greeting is the capability list a client must get again after STARTTLS.
+    // greeting is the capability list a client must get again after STARTTLS. A
+    // greeting that refuses (dovecot at its limits) goes to the client as it is.
     if !role.implicit && protocol != Protocol::Sieve {
-        greeting(&mut dovecot, protocol).await?;
+        let greeted = tokio::time::timeout(BACKEND_PATIENCE, greeting(&mut dovecot, protocol))
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "dovecot did not greet",
+                ))
+            });
+        match greeted {
+            Ok(line) if refuses(&line) => {
+                tls.write_all(&line).await?;
+                tls.shutdown().await?;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("dovecot at {backend} did not greet {peer}: {e}");
+                tls.write_all(plaintext::unavailable(protocol)).await?;
+                tls.shutdown().await?;
+                return Ok(());
+            }
+        }
     }
-    tokio::io::copy_bidirectional(&mut tls, &mut dovecot).await?;
-    Ok(())
+    splice(tls, dovecot).await
+}
+
+/// Whether dovecot's IMAP or POP3 greeting turns the client away.
+fn refuses(greeting: &[u8]) -> bool {
+    greeting.starts_with(b"* BYE") || greeting.starts_with(b"-ERR")
+}
+
+/// Bytes both ways until the session ends. Each side's end is passed on to the
+/// other (a FIN; close_notify towards the client). When dovecot has ended the
+/// session, the client gets [`LINGER`] to close its side: a client that never does
+/// does not hold its slot for longer. When the client has, dovecot answers what it
+/// was sent and closes by itself.
+async fn splice<C>(client: C, dovecot: TcpStream) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_in, mut client_out) = tokio::io::split(client);
+    let (mut dovecot_in, mut dovecot_out) = dovecot.into_split();
+    let upstream = async {
+        let copied = tokio::io::copy(&mut client_in, &mut dovecot_out).await;
+        let _ = dovecot_out.shutdown().await;
+        copied
+    };
+    let downstream = async {
+        let copied = tokio::io::copy(&mut dovecot_in, &mut client_out).await;
+        let _ = client_out.shutdown().await;
+        copied
+    };
+    tokio::pin!(upstream, downstream);
+    tokio::select! {
+        copied = &mut downstream => {
+            let _ = tokio::time::timeout(LINGER, &mut upstream).await;
+            copied.map(drop)
+        }
+        copied = &mut upstream => {
+            let down = downstream.await;
+            copied.and(down).map(drop)
+        }
+    }
 }
 
 /// The dialogue before STARTTLS. True when the client asked for TLS and the
@@ -411,13 +535,11 @@ async fn before_tls(
         let line = match lines.next_line() {
             Next::Line(line) => line,
             Next::TooLong => {
-                stream.write_all(&plaintext::too_much(protocol)).await?;
+                farewell(stream, &plaintext::too_much(protocol)).await;
                 return Ok(false);
             }
             Next::More => {
-                let n = tokio::time::timeout(PLAINTEXT_IDLE, stream.read(&mut buffer))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle before TLS"))??;
+                let n = stream.read(&mut buffer).await?;
                 if n == 0 {
                     return Ok(false);
                 }
@@ -427,13 +549,13 @@ async fn before_tls(
         };
         commands += 1;
         if commands > plaintext::COMMAND_LIMIT {
-            stream.write_all(&plaintext::too_much(protocol)).await?;
+            farewell(stream, &plaintext::too_much(protocol)).await;
             return Ok(false);
         }
         match plaintext::answer(protocol, &line, &sieve) {
             Answer::Reply(reply) => stream.write_all(&reply).await?,
             Answer::Close(reply) => {
-                stream.write_all(&reply).await?;
+                farewell(stream, &reply).await;
                 return Ok(false);
             }
             Answer::StartTls(_) if lines.has_more() => {
@@ -449,6 +571,24 @@ async fn before_tls(
             }
         }
     }
+}
+
+/// Sends a last reply and closes so that it arrives: the write side first, then
+/// what the client still sends is read and dropped for a moment. Closing with
+/// unread input would reset the connection, and a reset may discard the reply.
+async fn farewell(stream: &mut TcpStream, reply: &[u8]) {
+    if stream.write_all(reply).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// dovecot's `"SIEVE" "..."` line, asked once: a connection that only reads
@@ -612,6 +752,135 @@ mod tests {
             parse_role("25=smtp"),
             Err("`25=smtp`: `smtp` is none of imaps, pop3s, imap, pop3, sieve".into())
         );
+    }
+
+    fn served(certificate: &Certificate) -> Option<Vec<u8>> {
+        let key = certificate.0.read().unwrap().clone()?;
+        Some(key.end_entity_cert().unwrap().to_vec())
+    }
+
+    fn pair(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let (chain, key) =
+            crate::tls::self_signed_placeholder(&[name.to_owned()], std::time::SystemTime::now());
+        let leaf = crate::tls::certified_pair(format!("{key}{chain}").as_bytes())
+            .unwrap()
+            .end_entity_cert()
+            .unwrap()
+            .to_vec();
+        (format!("{key}{chain}").into_bytes(), leaf)
+    }
+
+    #[test]
+    fn a_reload_serves_a_good_pair_and_keeps_the_last_good_one_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pair.pem");
+        let certificate = Certificate::default();
+        // Nothing there yet: nothing to serve (handshakes fail), no panic.
+        certificate.load(&path);
+        assert_eq!(served(&certificate), None);
+        let (first, first_leaf) = pair("mail.example.org");
+        std::fs::write(&path, &first).unwrap();
+        certificate.load(&path);
+        assert_eq!(served(&certificate), Some(first_leaf.clone()));
+        // Half-written, a key without its chain, garbage, gone: the first stays.
+        let text = String::from_utf8(first.clone()).unwrap();
+        let key_only = &text[..text.find("-----BEGIN CERTIFICATE-----").unwrap()];
+        for bad in [
+            &first[..first.len() / 2],
+            key_only.as_bytes(),
+            b"\0\0\0",
+            b"",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            certificate.load(&path);
+            assert_eq!(served(&certificate), Some(first_leaf.clone()));
+        }
+        std::fs::remove_file(&path).unwrap();
+        certificate.load(&path);
+        assert_eq!(served(&certificate), Some(first_leaf.clone()));
+        // A key that is not the certificate's: refused too.
+        let (second, second_leaf) = pair("mail.example.org");
+        let second_text = String::from_utf8(second.clone()).unwrap();
+        let mismatched = format!(
+            "{}{}",
+            key_only,
+            &second_text[second_text.find("-----BEGIN CERTIFICATE-----").unwrap()..]
+        );
+        std::fs::write(&path, mismatched).unwrap();
+        certificate.load(&path);
+        assert_eq!(served(&certificate), Some(first_leaf));
+        // The next good pair is served.
+        std::fs::write(&path, &second).unwrap();
+        certificate.load(&path);
+        assert_eq!(served(&certificate), Some(second_leaf));
+    }
+
+    /// A client end (in memory) and a dovecot end (loopback TCP) spliced.
+    async fn spliced() -> (
+        tokio::io::DuplexStream,
+        TcpStream,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_side = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (dovecot, _) = listener.accept().await.unwrap();
+        let (client, front_client_side) = tokio::io::duplex(4096);
+        let session = tokio::spawn(splice(front_client_side, front_side));
+        (client, dovecot, session)
+    }
+
+    #[tokio::test]
+    async fn dovecot_ending_a_session_ends_it_for_the_client() {
+        let (mut client, mut dovecot, session) = spliced().await;
+        client.write_all(b"a LOGOUT\r\n").await.unwrap();
+        let mut got = [0u8; 10];
+        dovecot.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"a LOGOUT\r\n");
+        dovecot
+            .write_all(b"* BYE\r\na OK Logout completed.\r\n")
+            .await
+            .unwrap();
+        drop(dovecot);
+        let mut seen = Vec::new();
+        // The client sees all of it, then the end (not a hang).
+        client.read_to_end(&mut seen).await.unwrap();
+        assert_eq!(seen, b"* BYE\r\na OK Logout completed.\r\n");
+        drop(client);
+        session.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_closes_is_let_go_after_the_linger() {
+        let (client, dovecot, session) = spliced().await;
+        let started = std::time::Instant::now();
+        drop(dovecot);
+        // The client neither reads nor closes; the session ends anyway.
+        tokio::time::timeout(LINGER * 2, session)
+            .await
+            .expect("the session ended")
+            .unwrap()
+            .unwrap();
+        assert!(started.elapsed() >= LINGER - Duration::from_millis(100));
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_finished_sending_still_gets_dovecots_answer() {
+        let (mut client, mut dovecot, session) = spliced().await;
+        client.write_all(b"QUIT\r\n").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        // dovecot sees the command, then the client's end.
+        dovecot.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"QUIT\r\n");
+        dovecot.write_all(b"+OK Logging out.\r\n").await.unwrap();
+        drop(dovecot);
+        let mut seen = Vec::new();
+        client.read_to_end(&mut seen).await.unwrap();
+        assert_eq!(seen, b"+OK Logging out.\r\n");
+        session.await.unwrap().unwrap();
     }
 
     #[tokio::test]

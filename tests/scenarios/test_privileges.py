@@ -786,6 +786,8 @@ def test_acme_socket_hands_port_80_to_the_daemon_by_name(host, units):
 def test_users_groups_and_directories(host, units):
     assert host.bed.run(["id", "-nG", "postmaster"], check=True).stdout.split() == ["postmaster"]
     assert host.bed.run(["getent", "group", "postmaster-admin"]).returncode == 0
+    # The TLS front's user: in its own group only (the pair's), no shell.
+    assert host.bed.run(["id", "-nG", "postmaster-tls"], check=True).stdout.split() == ["postmaster-tls"]
     modes = host.bed.run(["stat", "-c", "%n %U:%G %a",
                           "/var/lib/postmaster", "/var/lib/postmaster/generated", "/var/lib/postmaster/generated/postfix",
                           "/var/lib/postmaster/generated/dovecot", "/var/lib/postmaster/tls",
@@ -795,7 +797,7 @@ def test_users_groups_and_directories(host, units):
         "/var/lib/postmaster/generated postmaster:postmaster 751",
         "/var/lib/postmaster/generated/postfix postmaster:postmaster 755",
         "/var/lib/postmaster/generated/dovecot postmaster:dovecot 2750",
-        "/var/lib/postmaster/tls postmaster:postmaster 750",
+        "/var/lib/postmaster/tls postmaster:postmaster-tls 2750",
         "/var/lib/postmaster/dkim postmaster:_rspamd 2750",
         "/etc/postmaster/accounts.toml root:postmaster 640",
     ]

@@ -193,6 +193,40 @@ def test_nothing_sent_before_tls_is_carried_into_it(server, port, starttls):
             f.readline()
         s.sendall(starttls)
         assert f.readline() == b"", "the front answered a STARTTLS with plaintext after it"
+    # The same STARTTLS alone is answered: it was the injected line that closed.
+    s, f = _plain(server, port)
+    with s:
+        if port == 4190:
+            _read_until_ok(f)
+        else:
+            f.readline()
+        s.sendall(starttls.split(b"\n")[0] + b"\n")
+        assert f.readline().split(b" ")[0 if port != 143 else 1] in (b"OK", b"+OK"), "STARTTLS refused"
+
+
+def test_one_address_cannot_hold_every_slot_before_tls(server):
+    """At most 20 connections from one address may wait before TLS; the next is
+    closed at once, and a TLS session from the same address still works once they
+    are gone (the count goes down as connections end)."""
+    held = []
+    try:
+        for _ in range(20):
+            s, f = _plain(server, 143)
+            assert f.readline().startswith(b"* OK"), "no greeting"
+            held.append(s)
+        s, f = _plain(server, 143)
+        with s:
+            assert f.readline() == b"", "a 21st connection before TLS was served"
+    finally:
+        for s in held:
+            s.close()
+    mc.wait_for("a connection served again", lambda: _greeted(server), timeout=10)
+
+
+def _greeted(server) -> bool:
+    s, f = _plain(server, 143)
+    with s:
+        return f.readline().startswith(b"* OK")
 
 
 def test_dovecot_sees_the_clients_own_address(host, server, thomas):
@@ -222,5 +256,5 @@ def test_dovecot_sees_the_clients_own_address(host, server, thomas):
     assert all("TLS" in line for line in found), found
     # Nothing but the front reaches dovecot's listeners from outside.
     for port in (10143, 10110, 14190):
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             socket.create_connection((server.address, port), timeout=5).close()

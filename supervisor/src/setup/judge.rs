@@ -25,6 +25,9 @@ const MAIL_PROGRAMS: [&str; 7] = [
     "postmaster",
 ];
 
+/// The mail ports of those that postmaster-tls.socket holds.
+const FRONT_PORTS: [u16; 2] = [993, 995];
+
 /// Why setup will not go on. Display says what is wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -180,7 +183,14 @@ pub(crate) fn judge_ports(holders: &[(u16, BTreeSet<String>)]) -> Vec<Refusal> {
     holders
         .iter()
         .filter(|(port, _)| MAIL_PORTS.contains(port))
-        .filter(|(_, programs)| !programs.iter().any(|p| MAIL_PROGRAMS.contains(&p.as_str())))
+        .filter(|(port, programs)| {
+            !programs.iter().any(|p| {
+                MAIL_PROGRAMS.contains(&p.as_str())
+                    // postmaster-tls.socket while its service is stopped: setup
+                    // starts it again.
+                    || (p == "systemd" && FRONT_PORTS.contains(port))
+            })
+        })
         .map(|(port, programs)| Refusal::PortTaken {
             port: *port,
             programs: programs.iter().cloned().collect(),
@@ -432,10 +442,13 @@ mod tests {
             held(8080, &["nginx"]),
         ];
         assert_eq!(judge_ports(&ok), vec![]);
+        // systemd alone: the front's socket, its service stopped (993, 995); on
+        // postfix's ports another socket unit.
+        assert_eq!(judge_ports(&[held(993, &["systemd"])]), vec![]);
         let taken = [
             held(25, &["exim4"]),
             held(587, &[]),
-            held(993, &["systemd"]),
+            held(465, &["systemd"]),
         ];
         let refusals = judge_ports(&taken);
         assert_eq!(refusals.len(), 3);

@@ -57,8 +57,8 @@ pub(crate) fn header(client: SocketAddr, local: SocketAddr, tls: Option<&Tls>) -
     let mut tlvs = Vec::new();
     if let Some(tls) = tls {
         let mut ssl = vec![PP2_CLIENT_SSL, 0, 0, 0, 0];
-        tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, tls.version.as_bytes());
-        tlv(&mut ssl, PP2_SUBTYPE_SSL_CIPHER, tls.cipher.as_bytes());
+        tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, short(&tls.version));
+        tlv(&mut ssl, PP2_SUBTYPE_SSL_CIPHER, short(&tls.cipher));
         tlv(&mut tlvs, PP2_TYPE_SSL, &ssl);
     }
 
@@ -74,11 +74,19 @@ pub(crate) fn header(client: SocketAddr, local: SocketAddr, tls: Option<&Tls>) -
     out
 }
 
+/// A name as it goes into a sub-TLV: a version or a suite name, far shorter than
+/// this; cut rather than let the header grow.
+fn short(name: &str) -> &[u8] {
+    &name.as_bytes()[..name.len().min(255)]
+}
+
 fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
-    // Only short texts go in (a version, a suite name): cut rather than overflow.
-    let value = &value[..value.len().min(255)];
     out.push(kind);
-    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(
+        &u16::try_from(value.len())
+            .expect("a TLV holds at most two short names")
+            .to_be_bytes(),
+    );
     out.extend_from_slice(value);
 }
 
