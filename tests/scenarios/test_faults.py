@@ -227,7 +227,10 @@ def test_the_daemon_comes_back_on_a_restarted_system_bus(host, server, thomas):
 # --- 3. the TLS front failing to reload -------------------------------------------
 
 # A drop-in of the test's own (in /run: gone at the next boot anyway) whose reload
-# fails, whatever the unit's reload does otherwise.
+# fails, whatever the unit's reload does otherwise. The front is Type=notify-reload:
+# systemd sends it the reload signal and also runs ExecReload=, so the reload fails
+# only with both: a signal the front does not take (SIGWINCH, ignored) and a
+# command that fails.
 BROKEN_RELOAD = "/run/systemd/system/postmaster-tls.service.d/zz-pm-faults-reload.conf"
 
 
@@ -237,7 +240,7 @@ def test_a_failing_reload_is_reported_retried_and_served_once_it_works(host, ser
     front = b.main_pid("postmaster-tls.service")
     old = mc.served_fingerprint(server, 993)
     b.run(["sh", "-c", f"mkdir -p {BROKEN_RELOAD.rsplit('/', 1)[0]} && cat > {BROKEN_RELOAD} && systemctl daemon-reload"],
-          input="[Service]\nExecReload=\nExecReload=/bin/false\n", check=True)
+          input="[Service]\nReloadSignal=SIGWINCH\nExecReload=\nExecReload=/bin/false\n", check=True)
     try:
         assert b.run(["systemctl", "reload", "postmaster-tls.service"]).returncode != 0, "the reload did not fail"
         chain, key, fingerprint = new_pair(host, "reload-fails")
