@@ -163,16 +163,7 @@ pub(crate) fn certified_pair(pem: &[u8]) -> Result<rustls::sign::CertifiedKey, P
             found: file.other_labels,
         });
     }
-    let key = match (file.keys.as_slice(), file.encrypted_keys) {
-        ([only], 0) => only,
-        ([], 0) => {
-            return Err(PairProblem::NoPrivateKey {
-                found: file.other_labels,
-            });
-        }
-        ([], 1) => return Err(PairProblem::EncryptedKey),
-        (keys, encrypted) => return Err(PairProblem::KeyCount(keys.len() + encrypted)),
-    };
+    let key = the_one_key(&file)?;
     let signing_key = rustls::crypto::ring::sign::any_supported_type(key)
         .map_err(|_| PairProblem::UnsupportedKey)?;
     let certified = rustls::sign::CertifiedKey::new(file.certs, signing_key);
@@ -180,6 +171,18 @@ pub(crate) fn certified_pair(pem: &[u8]) -> Result<rustls::sign::CertifiedKey, P
         .keys_match()
         .map_err(|_| PairProblem::KeyMismatch)?;
     Ok(certified)
+}
+
+/// The one unencrypted private key a file must hold.
+fn the_one_key(file: &PemFile) -> Result<&PrivateKeyDer<'static>, PairProblem> {
+    match (file.keys.as_slice(), file.encrypted_keys) {
+        ([only], 0) => Ok(only),
+        ([], 0) => Err(PairProblem::NoPrivateKey {
+            found: file.other_labels.clone(),
+        }),
+        ([], 1) => Err(PairProblem::EncryptedKey),
+        (keys, encrypted) => Err(PairProblem::KeyCount(keys.len() + encrypted)),
+    }
 }
 
 /// Validates a chain (leaf first) and its private key for serving `required_names` at `now`.
@@ -203,16 +206,7 @@ pub fn validate_pair(
             found: chain.other_labels,
         });
     }
-    let private_key = match (key.keys.as_slice(), key.encrypted_keys) {
-        ([only], 0) => only,
-        ([], 0) => {
-            return Err(PairProblem::NoPrivateKey {
-                found: key.other_labels,
-            });
-        }
-        ([], 1) => return Err(PairProblem::EncryptedKey),
-        (keys, encrypted) => return Err(PairProblem::KeyCount(keys.len() + encrypted)),
-    };
+    let private_key = the_one_key(&key)?;
 
     let mut parsed = Vec::with_capacity(chain.certs.len());
     for (i, der) in chain.certs.iter().enumerate() {

@@ -253,3 +253,24 @@ def dns_zones(host: MailHost) -> dict[str, str]:
         elif current is not None and line.strip():
             zones[current] += line + "\n"
     return zones
+
+
+# Where the bed's daemon reads its certificate ([tls] source = "files", certbot's
+# layout; tests/lib/bed-setup.sh).
+LIVE = "/etc/letsencrypt/live/mail.example.org"
+
+
+def new_pair(host: MailHost, subdir: str, stem: str) -> tuple[str, str, str]:
+    """A new pair for the host from the bed's CA: (chain, key, SHA-256 of the leaf)."""
+    import hashlib
+    import ssl
+    chain, key = host.ca.issue(host.dir / subdir, [HOST_NAME], stem=stem)
+    der = ssl.PEM_cert_to_DER_cert(chain.read_text().split("-----END CERTIFICATE-----")[0]
+                                   + "-----END CERTIFICATE-----\n")
+    return chain.read_text(), key.read_text(), hashlib.sha256(der).hexdigest()
+
+
+def install_pair(host: MailHost, chain: str, key: str) -> None:
+    """Writes a pair where the daemon reads it, as certbot does: the key, then the chain."""
+    host.bed.run(["sh", "-c", f"cat > {LIVE}/privkey.pem"], input=key, check=True)
+    host.bed.run(["sh", "-c", f"cat > {LIVE}/fullchain.pem"], input=chain, check=True)

@@ -119,19 +119,10 @@ def _logins(host, stop: threading.Event, counts: Counts) -> None:
         time.sleep(0.05)
 
 
-# Where the bed's daemon reads its certificate ([tls] source = "files", certbot's
-# layout; tests/lib/bed-setup.sh).
-LIVE = "/etc/letsencrypt/live/mail.example.org"
-
-
 def _pairs(host) -> list[tuple[str, str]]:
     """Two pairs for the host from the bed's CA, (chain, key) each: a renewal installs
     the one not served, so each is a new certificate to the daemon."""
-    pairs = []
-    for stem in ("storm-a", "storm-b"):
-        chain, key = host.ca.issue(host.dir / "storm", [mailhost.HOST_NAME], stem=stem)
-        pairs.append((chain.read_text(), key.read_text()))
-    return pairs
+    return [mailhost.new_pair(host, "storm", stem)[:2] for stem in ("storm-a", "storm-b")]
 
 
 def _disturb(host, every: float, stop: threading.Event, counts: Counts, renewals_only: bool) -> None:
@@ -143,7 +134,7 @@ def _disturb(host, every: float, stop: threading.Event, counts: Counts, renewals
             break
         step = 0 if renewals_only else i
         try:
-            _disturb_once(bed, step, pairs[i % 2], added)
+            _disturb_once(host, step, pairs[i % 2], added)
             if step % 3 == 1:
                 added = f"storm{i}"
         except Exception as e:  # a reload that fails is a finding too, not a silent stop
@@ -157,14 +148,13 @@ def _disturb(host, every: float, stop: threading.Event, counts: Counts, renewals
         bed.run(["postmaster", "mailbox", "remove", added], timeout=60, check=True)
 
 
-def _disturb_once(bed, i: int, pair: tuple[str, str], added: str | None) -> None:
+def _disturb_once(host, i: int, pair: tuple[str, str], added: str | None) -> None:
+    bed = host.bed
     step = i % 3
     if step == 0:
         # A renewal, as certbot writes it (the key, then the chain); the daemon does
         # the rest, as it would for any new certificate.
-        chain, key = pair
-        bed.run(["sh", "-c", f"cat > {LIVE}/privkey.pem"], input=key, check=True)
-        bed.run(["sh", "-c", f"cat > {LIVE}/fullchain.pem"], input=chain, check=True)
+        mailhost.install_pair(host, *pair)
     elif step == 1:
         # An accounts edit: a mailbox added, the one added before removed, so the
         # accounts file ends as it began (the bed is shared with other tests).

@@ -21,7 +21,6 @@ import hashlib
 import imaplib
 import poplib
 import socket
-import ssl
 import threading
 import time
 
@@ -29,21 +28,7 @@ import mailclient as mc
 import mailhost
 import pytest
 
-LIVE = "/etc/letsencrypt/live/mail.example.org"
 FRONT_PORTS = (993, 995, 143, 110)
-
-
-def _new_pair(host, stem: str) -> tuple[str, str, str]:
-    chain, key = host.ca.issue(host.dir / "front", [mailhost.HOST_NAME], stem=stem)
-    der = ssl.PEM_cert_to_DER_cert(chain.read_text().split("-----END CERTIFICATE-----")[0]
-                                   + "-----END CERTIFICATE-----\n")
-    return chain.read_text(), key.read_text(), hashlib.sha256(der).hexdigest()
-
-
-def _install(host, chain: str, key: str) -> None:
-    # As certbot writes it: the key, then the chain.
-    host.bed.run(["sh", "-c", f"cat > {LIVE}/privkey.pem"], input=key, check=True)
-    host.bed.run(["sh", "-c", f"cat > {LIVE}/fullchain.pem"], input=chain, check=True)
 
 
 def _login_once(server, port: int, user: str, password: str) -> None:
@@ -94,8 +79,8 @@ def test_renewals_reload_the_front_not_dovecot_and_no_login_fails(host, server, 
     fingerprints = []
     try:
         for i in range(3):
-            chain, key, fingerprint = _new_pair(host, f"front-{i}")
-            _install(host, chain, key)
+            chain, key, fingerprint = mailhost.new_pair(host, "front", f"front-{i}")
+            mailhost.install_pair(host, chain, key)
             fingerprints.append(fingerprint)
             mc.wait_for(f"renewal {i} served on {FRONT_PORTS}",
                         lambda: all(mc.served_fingerprint(server, p) == fingerprint for p in FRONT_PORTS),
@@ -146,6 +131,16 @@ def _plain(server, port: int):
     return s, s.makefile("rb")
 
 
+def _greeted_plain(server, port: int):
+    """A plaintext connection past its greeting (ManageSieve's is a capability list)."""
+    s, f = _plain(server, port)
+    if port == 4190:
+        _read_until_ok(f)
+    else:
+        f.readline()
+    return s, f
+
+
 def test_before_starttls_only_the_way_to_tls(server, anna):
     # IMAP: the greeting offers STARTTLS and says logins are disabled; a LOGIN is
     # refused as dovecot refuses it; nothing else is served.
@@ -185,21 +180,13 @@ def test_nothing_sent_before_tls_is_carried_into_it(server, port, starttls):
     """A command after STARTTLS in the same packet would run inside the TLS session
     as if the client had sent it there (CVE-2011-0411's kind): the front closes
     instead of starting TLS."""
-    s, f = _plain(server, port)
+    s, f = _greeted_plain(server, port)
     with s:
-        if port == 4190:
-            _read_until_ok(f)
-        else:
-            f.readline()
         s.sendall(starttls)
         assert f.readline() == b"", "the front answered a STARTTLS with plaintext after it"
     # The same STARTTLS alone is answered: it was the injected line that closed.
-    s, f = _plain(server, port)
+    s, f = _greeted_plain(server, port)
     with s:
-        if port == 4190:
-            _read_until_ok(f)
-        else:
-            f.readline()
         s.sendall(starttls.split(b"\n")[0] + b"\n")
         assert f.readline().split(b" ")[0 if port != 143 else 1] in (b"OK", b"+OK"), "STARTTLS refused"
 

@@ -980,22 +980,9 @@ fn start_services(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
 /// The socket postfix delivers to (main.cf's virtual_transport) listening before
 /// postfix reads that, and the relay behind it running what was installed.
 fn start_lmtp_relay(steps: &[Step]) -> Result<(), SetupError> {
-    let changed = |path: &Path| {
-        steps
-            .iter()
-            .any(|s| s.action != Action::Unchanged && s.path == path)
-    };
-    let unit = |name: &str| Path::new("/usr/local/lib/systemd/system").join(name);
     systemctl(&["enable", "--quiet", LMTP_SOCKET])?;
-    if changed(&unit(LMTP_SOCKET)) && unit_active(LMTP_SOCKET) {
-        // A changed socket only takes effect when bound again; systemd refuses to
-        // restart a socket whose service runs.
-        systemctl(&["stop", LMTP_SERVICE])?;
-        systemctl(&["restart", LMTP_SOCKET])?;
-    } else {
-        systemctl(&["start", LMTP_SOCKET])?;
-    }
-    if changed(&unit(LMTP_SERVICE)) || changed(Path::new(BINARY)) {
+    let service_changed = start_socket(steps, LMTP_SOCKET, LMTP_SERVICE)?;
+    if service_changed {
         // Only if it runs (else its socket starts it at the next delivery). The
         // socket keeps listening meanwhile: deliveries wait, none is refused.
         systemctl(&["try-restart", LMTP_SERVICE])?;
@@ -1004,29 +991,37 @@ fn start_lmtp_relay(steps: &[Step]) -> Result<(), SetupError> {
 }
 
 /// The mail-access ports held for the TLS front once dovecot has let them go, and
-/// the front running what was installed.
+/// the front running what was installed (from boot on, not only from the first
+/// client: a pair it cannot read shows at once).
 fn start_tls_front(steps: &[Step]) -> Result<(), SetupError> {
+    systemctl(&["enable", "--quiet", TLS_SOCKET, TLS_SERVICE])?;
+    let service_changed = start_socket(steps, TLS_SOCKET, TLS_SERVICE)?;
+    // The socket keeps listening meanwhile: clients wait, none is refused.
+    systemctl(&[
+        if service_changed { "restart" } else { "start" },
+        TLS_SERVICE,
+    ])?;
+    Ok(())
+}
+
+/// Starts `socket`, bound again if setup changed its unit (systemd refuses to
+/// restart a socket whose service runs, so `service` is stopped for it). Returns
+/// whether the service's unit or the binary changed: what runs is then not what
+/// was installed.
+fn start_socket(steps: &[Step], socket: &str, service: &str) -> Result<bool, SetupError> {
     let changed = |path: &Path| {
         steps
             .iter()
             .any(|s| s.action != Action::Unchanged && s.path == path)
     };
     let unit = |name: &str| Path::new("/usr/local/lib/systemd/system").join(name);
-    systemctl(&["enable", "--quiet", TLS_SOCKET, TLS_SERVICE])?;
-    if changed(&unit(TLS_SOCKET)) && unit_active(TLS_SOCKET) {
-        // As for the LMTP relay's socket: bound again only with its service stopped.
-        systemctl(&["stop", TLS_SERVICE])?;
-        systemctl(&["restart", TLS_SOCKET])?;
+    if changed(&unit(socket)) && unit_active(socket) {
+        systemctl(&["stop", service])?;
+        systemctl(&["restart", socket])?;
     } else {
-        systemctl(&["start", TLS_SOCKET])?;
+        systemctl(&["start", socket])?;
     }
-    if changed(&unit(TLS_SERVICE)) || changed(Path::new(BINARY)) {
-        // The socket keeps listening meanwhile: clients wait, none is refused.
-        systemctl(&["restart", TLS_SERVICE])?;
-    } else {
-        systemctl(&["start", TLS_SERVICE])?;
-    }
-    Ok(())
+    Ok(changed(&unit(service)) || changed(Path::new(BINARY)))
 }
 
 fn report(config: &Config, steps: &[Step]) -> Result<(), SetupError> {
