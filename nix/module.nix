@@ -1827,11 +1827,6 @@ in
           # for the command that sends it, as units/dovecot-hardening.conf does on
           # Debian.
           ExecReload = lib.mkForce "+${pkgs.coreutils}/bin/kill -HUP $MAINPID";
-          # Loopback only, as units/dovecot-hardening.conf: the TLS front's
-          # connections and the login policy's questions; mail leaves through
-          # postfix's sendmail, never from dovecot itself.
-          IPAddressDeny = mkDefault "any";
-          IPAddressAllow = mkDefault "localhost";
         };
       };
 
