@@ -1946,6 +1946,9 @@ in
           Backlog = 1024;
           NoDelay = true;
           KeepAlive = true;
+          KeepAliveTimeSec = 300;
+          KeepAliveIntervalSec = 30;
+          KeepAliveProbes = 4;
           Service = tlsFrontUnit;
         };
       };

@@ -152,7 +152,8 @@ fi
 # (loopback only). The front is enabled only once its socket listens: enabled
 # before, it would take the ports at the next boot from a dovecot that still wants
 # them, and dovecot would not start at all.
-if [ "$enable" = yes ] || systemctl --quiet is-enabled postmaster.service; then
+if [ "$enable" = yes ] || systemctl --quiet is-enabled postmaster.service ||
+	systemctl --quiet is-enabled postmaster-tls.socket; then
 	if [ "$tls_socket_changed" = yes ] && systemctl --quiet is-active postmaster-tls.socket; then
 		systemctl stop postmaster-tls.service
 		systemctl restart postmaster-tls.socket

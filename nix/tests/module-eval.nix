@@ -929,6 +929,9 @@ let
               Backlog = 1024;
               NoDelay = true;
               KeepAlive = true;
+              KeepAliveTimeSec = 300;
+              KeepAliveIntervalSec = 30;
+              KeepAliveProbes = 4;
               Service = "postmaster-tls.service";
             }
             [

@@ -55,6 +55,12 @@ const UNTIL_TLS: Duration = Duration::from_secs(60);
 /// Connections from one address that have not completed TLS yet: more are closed
 /// at once, so that one address cannot take every slot with half-open sessions.
 const PENDING_PER_ADDRESS: usize = 20;
+/// Connections from one address at all: an office behind one NAT address has a few
+/// per mail client; more than this is one address taking the slots of the rest.
+const SESSIONS_PER_ADDRESS: usize = 100;
+/// How long one write to either side may wait: a client that stops reading (its
+/// receive window full) does not hold its slot for longer.
+const WRITE_STALL: Duration = Duration::from_secs(120);
 /// Once dovecot has closed a session, how long the client gets to close its side
 /// before the front lets go of it.
 const LINGER: Duration = Duration::from_secs(5);
@@ -217,39 +223,69 @@ struct Shared {
     /// client and forgotten at each reload.
     sieve_capability: Mutex<Option<String>>,
     /// Connections per client address that have not completed TLS yet.
-    pending: Mutex<HashMap<IpAddr, usize>>,
+    pending: PerAddress,
+    /// Connections per client address, whole sessions.
+    sessions: PerAddress,
 }
 
-/// A connection counted in [`Shared::pending`] until TLS is up or it ends.
-struct Pending<'s> {
-    shared: &'s Shared,
-    address: IpAddr,
+/// Connections counted per client address (an IPv6 client by its /64, which one
+/// host usually has whole), with a limit.
+struct PerAddress {
+    limit: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
-impl<'s> Pending<'s> {
-    /// Counts a connection from `address`; `None` when it has too many already.
-    fn enter(shared: &'s Shared, address: IpAddr) -> Option<Pending<'s>> {
-        let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let count = pending.entry(address).or_insert(0);
-        if *count >= PENDING_PER_ADDRESS {
+impl PerAddress {
+    fn new(limit: usize) -> PerAddress {
+        PerAddress {
+            limit,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a connection from `address` until the guard is dropped; `None` when
+    /// the address has its limit already.
+    fn enter(&self, address: IpAddr) -> Option<Counted<'_>> {
+        let key = per_address_key(address);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(key).or_insert(0);
+        if *count >= self.limit {
             return None;
         }
         *count += 1;
-        Some(Pending { shared, address })
+        Some(Counted { within: self, key })
     }
 }
 
-impl Drop for Pending<'_> {
+/// The address a client is counted by: IPv4 as it is (an IPv4 client on a
+/// dual-stack socket as IPv4), IPv6 by its /64.
+fn per_address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// A connection counted in a [`PerAddress`] until dropped.
+struct Counted<'s> {
+    within: &'s PerAddress,
+    key: IpAddr,
+}
+
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        let mut pending = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = pending.get_mut(&self.address) {
+        let mut counts = self.within.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                pending.remove(&self.address);
+                counts.remove(&self.key);
             }
         }
     }
@@ -289,7 +325,8 @@ pub(crate) fn run(settings: Settings) -> Result<(), FrontError> {
         acceptor: TlsAcceptor::from(Arc::new(config)),
         settings,
         sieve_capability: Mutex::new(None),
-        pending: Mutex::new(HashMap::new()),
+        pending: PerAddress::new(PENDING_PER_ADDRESS),
+        sessions: PerAddress::new(SESSIONS_PER_ADDRESS),
     });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -394,7 +431,12 @@ async fn client(
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let protocol = role.protocol;
-    let Some(pending) = Pending::enter(shared, peer.ip()) else {
+    let Some(_session) = shared.sessions.enter(peer.ip()) else {
+        return Err(io::Error::other(format!(
+            "more than {SESSIONS_PER_ADDRESS} connections from this address: closed"
+        )));
+    };
+    let Some(pending) = shared.pending.enter(peer.ip()) else {
         return Err(io::Error::other(format!(
             "more than {PENDING_PER_ADDRESS} connections from this address before TLS: closed"
         )));
@@ -437,8 +479,7 @@ async fn client(
         Ok(dovecot) => dovecot,
         Err(e) => {
             tracing::warn!("dovecot at {backend} not reachable for {peer}: {e}");
-            tls.write_all(plaintext::unavailable(protocol)).await?;
-            tls.shutdown().await?;
+            farewell(&mut tls, plaintext::unavailable(protocol)).await;
             return Ok(());
         }
     };
@@ -456,15 +497,13 @@ async fn client(
             });
         match greeted {
             Ok(line) if refuses(&line) => {
-                tls.write_all(&line).await?;
-                tls.shutdown().await?;
+                farewell(&mut tls, &line).await;
                 return Ok(());
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!("dovecot at {backend} did not greet {peer}: {e}");
-                tls.write_all(plaintext::unavailable(protocol)).await?;
-                tls.shutdown().await?;
+                farewell(&mut tls, plaintext::unavailable(protocol)).await;
                 return Ok(());
             }
         }
@@ -488,27 +527,50 @@ where
 {
     let (mut client_in, mut client_out) = tokio::io::split(client);
     let (mut dovecot_in, mut dovecot_out) = dovecot.into_split();
-    let upstream = async {
-        let copied = tokio::io::copy(&mut client_in, &mut dovecot_out).await;
-        let _ = dovecot_out.shutdown().await;
-        copied
-    };
-    let downstream = async {
-        let copied = tokio::io::copy(&mut dovecot_in, &mut client_out).await;
-        let _ = client_out.shutdown().await;
-        copied
-    };
+    let upstream = copy_then_close(&mut client_in, &mut dovecot_out);
+    let downstream = copy_then_close(&mut dovecot_in, &mut client_out);
     tokio::pin!(upstream, downstream);
     tokio::select! {
         copied = &mut downstream => {
             let _ = tokio::time::timeout(LINGER, &mut upstream).await;
-            copied.map(drop)
+            copied
         }
         copied = &mut upstream => {
-            let down = downstream.await;
-            copied.and(down).map(drop)
+            // dovecot answers what it was sent and closes; each write to the client
+            // is bounded by WRITE_STALL, and a dovecot that keeps the session open
+            // after the client's end is let go after the same time.
+            let down = tokio::time::timeout(WRITE_STALL, &mut downstream)
+                .await
+                .unwrap_or(Ok(()));
+            copied.and(down)
         }
     }
+}
+
+/// Copies until `from` ends, then ends `to`'s writing. Each write may wait at most
+/// [`WRITE_STALL`]: a reader that stops reading ends the copy with an error.
+async fn copy_then_close<R, W>(from: &mut R, to: &mut W) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; 16 * 1024];
+    let copied = async {
+        loop {
+            let n = from.read(&mut buffer).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            tokio::time::timeout(WRITE_STALL, to.write_all(&buffer[..n]))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "the reader stopped reading")
+                })??;
+        }
+    }
+    .await;
+    let _ = tokio::time::timeout(WRITE_STALL, to.shutdown()).await;
+    copied
 }
 
 /// The dialogue before STARTTLS. True when the client asked for TLS and the
@@ -576,17 +638,21 @@ async fn before_tls(
 /// Sends a last reply and closes so that it arrives: the write side first, then
 /// what the client still sends is read and dropped for a moment. Closing with
 /// unread input would reset the connection, and a reset may discard the reply.
-async fn farewell(stream: &mut TcpStream, reply: &[u8]) {
-    if stream.write_all(reply).await.is_err() || stream.shutdown().await.is_err() {
-        return;
-    }
-    let mut sink = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
+/// At most a few seconds, whatever the client does.
+async fn farewell<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, reply: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        if stream.write_all(reply).await.is_err() || stream.shutdown().await.is_err() {
+            return;
         }
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     })
     .await;
 }
@@ -607,14 +673,17 @@ async fn sieve_capability(shared: &Shared, peer: SocketAddr, local: SocketAddr) 
         greeting(&mut dovecot, Protocol::Sieve).await
     };
     match tokio::time::timeout(BACKEND_PATIENCE, asked).await {
-        Ok(Ok(greeting)) => {
-            let line = plaintext::sieve_line(&greeting).unwrap_or_default();
-            *shared
-                .sieve_capability
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(line.clone());
-            line
-        }
+        Ok(Ok(greeting)) => match plaintext::sieve_line(&greeting) {
+            Some(line) => {
+                *shared
+                    .sieve_capability
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(line.clone());
+                line
+            }
+            // Not remembered: the next client asks again.
+            None => String::new(),
+        },
         Ok(Err(e)) => {
             tracing::warn!("asking dovecot's ManageSieve for its capabilities: {e}");
             String::new()
@@ -849,6 +918,48 @@ mod tests {
         assert_eq!(seen, b"* BYE\r\na OK Logout completed.\r\n");
         drop(client);
         session.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_stops_reading_ends_the_copy() {
+        let (mut sender, mut from) = tokio::io::duplex(4096);
+        // Nobody reads this one, and it holds 64 bytes.
+        let (mut to, _never_read) = tokio::io::duplex(64);
+        sender.write_all(&[b'x'; 1024]).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let error = copy_then_close(&mut from, &mut to).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= WRITE_STALL);
+    }
+
+    #[test]
+    fn connections_are_counted_per_address_and_ipv6_per_64() {
+        let counts = PerAddress::new(2);
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let first = counts.enter(a).unwrap();
+        let _second = counts.enter("::ffff:192.0.2.7".parse().unwrap()).unwrap();
+        assert!(counts.enter(a).is_none(), "a third from the same address");
+        assert!(counts.enter("192.0.2.8".parse().unwrap()).is_some());
+        drop(first);
+        assert!(counts.enter(a).is_some(), "a slot given back");
+        let _v6 = counts.enter("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let _v6b = counts
+            .enter("2001:db8:1:2:ffff::9".parse().unwrap())
+            .unwrap();
+        assert!(
+            counts.enter("2001:db8:1:2::77".parse().unwrap()).is_none(),
+            "one /64 is one client"
+        );
+        assert!(counts.enter("2001:db8:1:3::1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn counts_are_forgotten_when_they_reach_zero() {
+        let counts = PerAddress::new(5);
+        for i in 0..100u8 {
+            drop(counts.enter(IpAddr::from([192, 0, 2, i])).unwrap());
+        }
+        assert!(counts.counts.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -181,6 +181,7 @@ def test_mail_daemons_are_hardened_and_still_serve(host, units, unit):
     out = host.bed.run(["systemd-analyze", "security", "--no-pager", unit], check=True).stdout
     m = re.search(rf"Overall exposure level for {re.escape(unit)}: ([\d.]+)", out)
     assert m, out
+    print(m.group(0))  # the figure, for `pytest -rP`
     assert float(m.group(1)) <= MAIL_DAEMON_EXPOSURE[unit], out
     if unit != "postfix@-.service":  # the instance is not what Debian 13 runs
         assert host.bed.is_active(unit), host.bed.journal(unit, lines=30)

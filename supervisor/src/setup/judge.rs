@@ -176,19 +176,21 @@ pub(crate) fn listeners(proc_net_tcp: &str) -> Vec<Listener> {
         .collect()
 }
 
-/// Refusals for mail ports held by programs other than postfix and dovecot.
+/// Refusals for mail ports held by programs other than postfix, dovecot and the
+/// TLS front; `front_socket`: whether postmaster-tls.socket is active (then systemd
+/// holding 993 and 995 is the front's socket).
 /// `holders` lists, per mail port that listens, the names (comm) of the processes
 /// that hold the socket.
-pub(crate) fn judge_ports(holders: &[(u16, BTreeSet<String>)]) -> Vec<Refusal> {
+pub(crate) fn judge_ports(holders: &[(u16, BTreeSet<String>)], front_socket: bool) -> Vec<Refusal> {
     holders
         .iter()
         .filter(|(port, _)| MAIL_PORTS.contains(port))
         .filter(|(port, programs)| {
             !programs.iter().any(|p| {
                 MAIL_PROGRAMS.contains(&p.as_str())
-                    // postmaster-tls.socket while its service is stopped: setup
-                    // starts it again.
-                    || (p == "systemd" && FRONT_PORTS.contains(port))
+                    // postmaster-tls.socket (active) while its service is
+                    // stopped: setup starts it again.
+                    || (front_socket && p == "systemd" && FRONT_PORTS.contains(port))
             })
         })
         .map(|(port, programs)| Refusal::PortTaken {
@@ -441,16 +443,18 @@ mod tests {
             held(995, &["systemd", "postmaster"]),
             held(8080, &["nginx"]),
         ];
-        assert_eq!(judge_ports(&ok), vec![]);
+        assert_eq!(judge_ports(&ok, true), vec![]);
         // systemd alone: the front's socket, its service stopped (993, 995); on
         // postfix's ports another socket unit.
-        assert_eq!(judge_ports(&[held(993, &["systemd"])]), vec![]);
+        assert_eq!(judge_ports(&[held(993, &["systemd"])], true), vec![]);
+        // Without the front's socket, systemd on 993 is another socket unit.
+        assert_eq!(judge_ports(&[held(993, &["systemd"])], false).len(), 1);
         let taken = [
             held(25, &["exim4"]),
             held(587, &[]),
             held(465, &["systemd"]),
         ];
-        let refusals = judge_ports(&taken);
+        let refusals = judge_ports(&taken, true);
         assert_eq!(refusals.len(), 3);
         assert!(
             refusals[0]

@@ -529,7 +529,7 @@ pub(crate) fn setup(opts: &Options) -> Result<(), SetupError> {
     }
     judge::judge_os(fs::read_to_string("/etc/os-release").ok().as_deref())?;
     let ports: Vec<(u16, BTreeSet<String>)> = listening().into_iter().collect();
-    let taken = judge::judge_ports(&ports);
+    let taken = judge::judge_ports(&ports, unit_active(TLS_SOCKET));
     if !taken.is_empty() {
         return Err(SetupError::Refused(taken));
     }
