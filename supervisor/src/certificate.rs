@@ -66,7 +66,7 @@ pub(crate) fn placeholder(config: &Config) -> Result<(CertInfo, Vec<u8>), tls::P
     prepare(config, chain.as_bytes(), key.as_bytes())
 }
 
-/// Writes the pair atomically where postfix and dovecot read it.
+/// Writes the pair atomically where postfix, dovecot and the TLS front read it.
 pub(crate) fn install(config: &Config, pair: &[u8]) -> Result<(), apply::ApplyError> {
     let target = config.installed_pair();
     create_parent(&target)?;

@@ -11,7 +11,7 @@ pub(crate) struct Status {
     pub(crate) domains: Vec<String>,
     pub(crate) accounts: AccountsStatus,
     pub(crate) certificate: CertificateStatus,
-    /// The last time postfix and dovecot were reloaded, and how it went.
+    /// The last time postfix or the TLS front was reloaded, and how it went.
     pub(crate) last_reload: Option<Event>,
     /// Certificate renewal over ACME, when that is the certificate's source.
     pub(crate) acme: Option<AcmeStatus>,

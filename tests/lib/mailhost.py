@@ -208,7 +208,7 @@ def boot(host: MailHost, name: str = "pmscen", net: str = "10.231.1", world=None
         res = bed.run(["/bin/sh", "-c", SETUP], timeout=300)
         if res.returncode != 0:
             raise RuntimeError(f"`{SETUP}` exited {res.returncode}:\n{res.stdout}\n{res.stderr}\n"
-                               + bed.journal(lines=60) + bed.run(["sh", "-c", "ss -ltnp; grep -n listen /etc/dovecot/dovecot.conf"]).stdout)
+                               + bed.journal(lines=60) + bed.run(["ss", "-ltnp"]).stdout)
         host.extra["setup_output"] = res.stdout
         for port in PORTS:
             bed.wait_port(port)

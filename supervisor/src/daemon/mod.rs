@@ -4,7 +4,7 @@
 //! One event loop does all the work, one thing at a time: a file change, the
 //! backstop timer, a D-Bus request or a signal becomes a check; a check validates
 //! what is on disk now and, only if it is good and different, applies it (and
-//! reloads postfix and dovecot when they need it); the outcome goes to the journal,
+//! reloads postfix and the TLS front when they need it); the outcome goes to the journal,
 //! to systemd's STATUS line and to the D-Bus status. Doing everything in one loop
 //! is what makes "never two reloads at once" and "coalesce bursts" simple.
 
@@ -57,7 +57,7 @@ const BUS_RETRY: Duration = Duration::from_secs(1);
 /// nothing is cheap, so trying every few seconds costs little.
 const ACCOUNTS_RETRY_FIRST: Duration = Duration::from_secs(1);
 const ACCOUNTS_RETRY_MOST: Duration = Duration::from_secs(10);
-/// A certificate that postfix or dovecot could not be made to serve (a reload
+/// A certificate that postfix or the TLS front could not be made to serve (a reload
 /// that failed every attempt) is served again after this, doubling up to
 /// [`SERVING_RETRY_MOST`].
 const SERVING_RETRY_FIRST: Duration = Duration::from_secs(5);
@@ -930,7 +930,7 @@ impl Daemon {
         self.serve_installed(&info).await;
     }
 
-    /// Makes postfix and dovecot serve `info` (installed already), checks what the
+    /// Makes postfix and the TLS front serve `info` (installed already), checks what the
     /// ports serve, and schedules another go if they do not serve it: a reload that
     /// failed must not leave the old certificate served until the next change.
     async fn serve_installed(&mut self, info: &CertInfo) {
